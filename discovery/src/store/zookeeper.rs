@@ -1,0 +1,587 @@
+//! The ZooKeeper store.
+//!
+//! Znode layout under the chroot (default `/strait`):
+//!
+//! ```text
+//! /services/<service>        container node (ZooKeeper deletes it once empty)
+//! /services/<service>/<id>   ephemeral, JSON `Instance`, owned by the registering session
+//! /routes/<name>             persistent, JSON `Route`
+//! ```
+//!
+//! One persistent recursive watch on the chroot delivers every change (no watch per node,
+//! so 10k instances are one watch). Each event names a path; the sync task re-reads that
+//! path, so the cache converges to the newest data even when events are coalesced.
+//!
+//! Failure handling:
+//! * Disconnected: keep serving the last snapshot (fail static), report `connected = 0`
+//!   and a growing snapshot age; writes fail with `Unavailable`.
+//! * Reconnected within the session: full resync (events during connection loss can be
+//!   lost, ZOOKEEPER-4698).
+//! * Session expired: new session, re-create this process's own ephemeral instances
+//!   (kept in `owned`), re-watch, full resync.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::join_all;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+use zookeeper_client as zk;
+
+use super::{Publisher, Store, StoreError, StoreMetrics, StoreStatus};
+use crate::model::{Health, Instance, Route};
+use crate::snapshot::{Snapshot, State};
+
+const SERVICES: &str = "/services";
+const ROUTES: &str = "/routes";
+/// Write retries when a concurrent change (container reaped, version moved) gets in the way.
+const WRITE_ATTEMPTS: usize = 5;
+
+pub struct ZkStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    hosts: String,
+    chroot: String,
+    session_timeout: Duration,
+    /// The client of the current session, once connected.
+    client: Mutex<Option<zk::Client>>,
+    /// Instances this process registered, re-created after a session expiry.
+    owned: Mutex<BTreeMap<(String, String), Instance>>,
+    publisher: Publisher,
+    stop: Notify,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a single insert/remove/replace: never half-done.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unavailable(e: zk::Error) -> StoreError {
+    StoreError::Unavailable(format!("ZooKeeper: {e}"))
+}
+
+fn instance_path(service: &str, id: &str) -> String {
+    format!("{SERVICES}/{service}/{id}")
+}
+
+fn route_path(name: &str) -> String {
+    format!("{ROUTES}/{name}")
+}
+
+impl ZkStore {
+    /// Starts the background session task and returns at once; the store becomes ready
+    /// after its first full sync.
+    pub fn start(hosts: &str, chroot: &str, session_timeout: Duration, metrics: StoreMetrics) -> Self {
+        let shared = Arc::new(Shared {
+            hosts: hosts.to_string(),
+            chroot: chroot.to_string(),
+            session_timeout,
+            client: Mutex::new(None),
+            owned: Mutex::new(BTreeMap::new()),
+            publisher: Publisher::new("zookeeper", metrics, false),
+            stop: Notify::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        });
+        tokio::spawn(run(Arc::clone(&shared)));
+        ZkStore { shared }
+    }
+
+    /// The client to write with, if the session is usable now.
+    fn client(&self) -> Result<zk::Client, StoreError> {
+        let client = lock(&self.shared.client).clone();
+        match client {
+            Some(client) if self.shared.publisher.is_connected() => Ok(client),
+            _ => Err(StoreError::Unavailable(format!(
+                "not connected to ZooKeeper at {}",
+                self.shared.hosts
+            ))),
+        }
+    }
+}
+
+/// Creates or updates `instance` as an ephemeral node of `client`'s session.
+async fn put_ephemeral(client: &zk::Client, instance: &Instance) -> Result<(), StoreError> {
+    let path = instance_path(&instance.service, &instance.id);
+    let data = serde_json::to_vec(instance).map_err(|e| StoreError::Storage(e.to_string()))?;
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    let container = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
+    for _ in 0..WRITE_ATTEMPTS {
+        match client.create(&path, &data, &ephemeral).await {
+            Ok(_) => return Ok(()),
+            Err(zk::Error::NoNode) => {
+                match client
+                    .create(&format!("{SERVICES}/{}", instance.service), &[], &container)
+                    .await
+                {
+                    Ok(_) | Err(zk::Error::NodeExists) => continue,
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+            Err(zk::Error::NodeExists) => {
+                let Some(stat) = client.check_stat(&path).await.map_err(unavailable)? else {
+                    continue;
+                };
+                if stat.ephemeral_owner != client.session_id().0 {
+                    return Err(StoreError::Conflict(format!(
+                        "instance `{}/{}` is registered by another strait process \
+                         (ZooKeeper session {:#x}); deregister it there or wait for it to expire",
+                        instance.service, instance.id, stat.ephemeral_owner
+                    )));
+                }
+                match client.set_data(&path, &data, Some(stat.version)).await {
+                    Ok(_) => return Ok(()),
+                    Err(zk::Error::NoNode | zk::Error::BadVersion) => continue,
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "{path}: gave up after {WRITE_ATTEMPTS} concurrent changes"
+    )))
+}
+
+#[async_trait]
+impl Store for ZkStore {
+    async fn register(&self, instance: Instance) -> Result<(), StoreError> {
+        let client = self.client()?;
+        put_ephemeral(&client, &instance).await?;
+        lock(&self.shared.owned).insert((instance.service.clone(), instance.id.clone()), instance);
+        Ok(())
+    }
+
+    async fn deregister(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+        let client = self.client()?;
+        let removed = match client.delete(&instance_path(service, id), None).await {
+            Ok(()) => true,
+            Err(zk::Error::NoNode) => false,
+            Err(e) => return Err(unavailable(e)),
+        };
+        lock(&self.shared.owned).remove(&(service.to_string(), id.to_string()));
+        Ok(removed)
+    }
+
+    async fn set_health(&self, service: &str, id: &str, health: Health) -> Result<(), StoreError> {
+        let client = self.client()?;
+        let path = instance_path(service, id);
+        for _ in 0..WRITE_ATTEMPTS {
+            let (data, stat) = match client.get_data(&path).await {
+                Ok(found) => found,
+                Err(zk::Error::NoNode) => {
+                    return Err(StoreError::NotFound {
+                        kind: "instance",
+                        name: format!("{service}/{id}"),
+                    });
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            let mut instance: Instance = serde_json::from_slice(&data)
+                .map_err(|e| StoreError::Storage(format!("{path}: undecodable instance: {e}")))?;
+            instance.spec.health = health;
+            let data = serde_json::to_vec(&instance).map_err(|e| StoreError::Storage(e.to_string()))?;
+            match client.set_data(&path, &data, Some(stat.version)).await {
+                Ok(_) => {
+                    if let Some(own) = lock(&self.shared.owned).get_mut(&(service.to_string(), id.to_string())) {
+                        own.spec.health = health;
+                    }
+                    return Ok(());
+                }
+                Err(zk::Error::BadVersion) => continue,
+                Err(zk::Error::NoNode) => {
+                    return Err(StoreError::NotFound {
+                        kind: "instance",
+                        name: format!("{service}/{id}"),
+                    });
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::Unavailable(format!("{path}: too many concurrent updates")))
+    }
+
+    async fn put_route(&self, name: &str, route: Route) -> Result<(), StoreError> {
+        let client = self.client()?;
+        let path = route_path(name);
+        let data = serde_json::to_vec(&route).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        for _ in 0..WRITE_ATTEMPTS {
+            match client.set_data(&path, &data, None).await {
+                Ok(_) => return Ok(()),
+                Err(zk::Error::NoNode) => match client.create(&path, &data, &persistent).await {
+                    Ok(_) => return Ok(()),
+                    Err(zk::Error::NodeExists) => continue,
+                    Err(e) => return Err(unavailable(e)),
+                },
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::Unavailable(format!("{path}: too many concurrent updates")))
+    }
+
+    async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
+        let client = self.client()?;
+        match client.delete(&route_path(name), None).await {
+            Ok(()) => Ok(true),
+            Err(zk::Error::NoNode) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.publisher.snapshot()
+    }
+
+    fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.shared.publisher.watch()
+    }
+
+    fn status(&self) -> StoreStatus {
+        self.shared.publisher.status()
+    }
+
+    async fn shutdown(&self) {
+        use std::sync::atomic::Ordering;
+        if self.shared.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Delete our instances explicitly so peers see them go now, not after the session
+        // timeout; dropping the last client then closes the session.
+        if let Ok(client) = self.client() {
+            let owned: Vec<_> = lock(&self.shared.owned).keys().cloned().collect();
+            let deletes = owned
+                .iter()
+                .map(|(service, id)| client.delete(&instance_path(service, id), None));
+            let _ = tokio::time::timeout(Duration::from_secs(2), join_all(deletes)).await;
+        }
+        lock(&self.shared.owned).clear();
+        lock(&self.shared.client).take();
+        self.shared.stop.notify_one();
+    }
+}
+
+/// What ended one session's event loop.
+enum SessionEnd {
+    Expired,
+    Stopped,
+}
+
+async fn run(shared: Arc<Shared>) {
+    let mut state = State::default();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let session = tokio::select! {
+            session = start_session(&shared, &mut state) => session,
+            () = shared.stop.notified() => return,
+        };
+        match session {
+            Ok(watcher) => {
+                backoff = Duration::from_millis(100);
+                match follow(&shared, &mut state, watcher).await {
+                    SessionEnd::Stopped => return,
+                    SessionEnd::Expired => {
+                        warn!(hosts = %shared.hosts, "ZooKeeper session ended; starting a new one");
+                    }
+                }
+            }
+            Err(e) => {
+                debug!(hosts = %shared.hosts, error = %e, "cannot start ZooKeeper session");
+            }
+        }
+        lock(&shared.client).take();
+        shared.publisher.set_connected(false);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shared.stop.notified() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Connects, lays out the chroot, watches it, re-creates owned instances, and syncs fully.
+async fn start_session(shared: &Shared, state: &mut State) -> Result<zk::PersistentWatcher, zk::Error> {
+    let connect = zk::Client::connector()
+        .with_session_timeout(shared.session_timeout)
+        .with_connection_timeout(Duration::from_secs(2))
+        .connect(&shared.hosts);
+    let root = tokio::time::timeout(shared.session_timeout.max(Duration::from_secs(2)), connect)
+        .await
+        .map_err(|_| zk::Error::Timeout)??;
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    for dir in [SERVICES, ROUTES] {
+        root.mkdir(&format!("{}{dir}", shared.chroot), &persistent).await?;
+    }
+    let client = root
+        .chroot(shared.chroot.as_str())
+        .map_err(|_| zk::Error::BadArguments(&"invalid chroot"))?;
+    let watcher = client.watch("/", zk::AddWatchMode::PersistentRecursive).await?;
+    let owned: Vec<Instance> = lock(&shared.owned).values().cloned().collect();
+    for instance in &owned {
+        if let Err(e) = put_ephemeral(&client, instance).await {
+            warn!(service = %instance.service, id = %instance.id, error = %e, "cannot re-create own instance");
+        }
+    }
+    resync(&client, state).await?;
+    shared.publisher.count_resync();
+    shared.publisher.publish(state);
+    *lock(&shared.client) = Some(client);
+    shared.publisher.set_connected(true);
+    info!(
+        hosts = %shared.hosts,
+        chroot = %shared.chroot,
+        revision = state.revision,
+        instances = state.snapshot().instance_count(),
+        "ZooKeeper session established; synced"
+    );
+    Ok(watcher)
+}
+
+/// Follows watch events until the session ends or the store stops.
+async fn follow(shared: &Shared, state: &mut State, mut watcher: zk::PersistentWatcher) -> SessionEnd {
+    loop {
+        let first = tokio::select! {
+            event = watcher.changed() => event,
+            () = shared.stop.notified() => return SessionEnd::Stopped,
+        };
+        // Coalesce everything already queued into one batch and one snapshot.
+        let mut paths = BTreeSet::new();
+        let mut session_event = None;
+        let mut next = Some(first);
+        while let Some(event) = next.take() {
+            if event.event_type == zk::EventType::Session {
+                session_event = Some(event.session_state);
+                break;
+            }
+            paths.insert(event.path);
+            next = watcher.changed().now_or_never();
+        }
+        if !paths.is_empty() {
+            shared.publisher.count_events(paths.len() as u64);
+            let client = lock(&shared.client).clone();
+            if let Some(client) = client
+                && apply_paths(shared, &client, state, &paths).await
+            {
+                state.revision += 1;
+                shared.publisher.publish(state);
+            }
+        }
+        match session_event {
+            None => {}
+            Some(zk::SessionState::Disconnected) => {
+                warn!(hosts = %shared.hosts, "disconnected from ZooKeeper; serving the last snapshot");
+                shared.publisher.set_connected(false);
+            }
+            Some(zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly) => {
+                let client = lock(&shared.client).clone();
+                if let Some(client) = client {
+                    match resync(&client, state).await {
+                        Ok(()) => {
+                            shared.publisher.count_resync();
+                            shared.publisher.publish(state);
+                            shared.publisher.set_connected(true);
+                            info!(hosts = %shared.hosts, revision = state.revision, "reconnected to ZooKeeper; resynced");
+                        }
+                        Err(e) => warn!(error = %e, "resync after reconnect failed"),
+                    }
+                }
+            }
+            Some(terminal) => {
+                shared.publisher.set_connected(false);
+                debug!(state = ?terminal, "ZooKeeper session terminated");
+                return SessionEnd::Expired;
+            }
+        }
+    }
+}
+
+/// What a znode path means in our layout.
+enum Node<'a> {
+    Service(&'a str),
+    Instance(&'a str, &'a str),
+    Route(&'a str),
+    Other,
+}
+
+fn classify(path: &str) -> Node<'_> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("services"), Some(service), None, None) => Node::Service(service),
+        (Some("services"), Some(service), Some(id), None) => Node::Instance(service, id),
+        (Some("routes"), Some(name), None, None) => Node::Route(name),
+        _ => Node::Other,
+    }
+}
+
+/// The result of re-reading one path after a watch event.
+enum Read {
+    Data(Result<(Vec<u8>, zk::Stat), zk::Error>),
+    Exists(Result<Option<zk::Stat>, zk::Error>),
+}
+
+/// Re-reads every path in `paths` and applies what it finds. Returns whether the state changed.
+async fn apply_paths(shared: &Shared, client: &zk::Client, state: &mut State, paths: &BTreeSet<String>) -> bool {
+    let reads = paths.iter().map(|path| async move {
+        let read = match classify(path) {
+            Node::Instance(..) | Node::Route(_) => Some(Read::Data(client.get_data(path).await)),
+            Node::Service(_) => Some(Read::Exists(client.check_stat(path).await)),
+            Node::Other => None,
+        };
+        (path, read)
+    });
+    let mut changed = false;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    for (path, read) in join_all(reads).await {
+        match (classify(path), read) {
+            // Only a deleted service node matters: it takes its instances with it.
+            (Node::Service(service), Some(Read::Exists(Ok(None)))) => {
+                changed |= state.remove_service(service);
+            }
+            (Node::Instance(service, id), Some(Read::Data(Ok((data, stat))))) => {
+                match decode_instance(path, service, id, &data) {
+                    Some(instance) => {
+                        if state.upsert_instance(instance) {
+                            changed = true;
+                            observe_mtime(shared, now_ms, stat.mtime);
+                        }
+                    }
+                    None => changed |= state.remove_instance(service, id).is_some(),
+                }
+            }
+            (Node::Route(name), Some(Read::Data(Ok((data, stat))))) => match decode_route(path, name, &data) {
+                Some(route) => {
+                    if state.upsert_route(name, route) {
+                        changed = true;
+                        observe_mtime(shared, now_ms, stat.mtime);
+                    }
+                }
+                None => changed |= state.remove_route(name),
+            },
+            (Node::Instance(service, id), Some(Read::Data(Err(zk::Error::NoNode)))) => {
+                changed |= state.remove_instance(service, id).is_some();
+            }
+            (Node::Route(name), Some(Read::Data(Err(zk::Error::NoNode)))) => {
+                changed |= state.remove_route(name);
+            }
+            (_, Some(Read::Data(Err(e)) | Read::Exists(Err(e)))) => {
+                // The next reconnect resyncs everything; nothing is lost by skipping now.
+                debug!(path, error = %e, "read after watch event failed");
+            }
+            _ => {}
+        }
+    }
+    changed
+}
+
+/// ZooKeeper's mtime is the server's wall clock in ms; on one host (or NTP-synced hosts)
+/// `now - mtime` is the write-to-publish latency.
+fn observe_mtime(shared: &Shared, now_ms: i64, mtime_ms: i64) {
+    if mtime_ms > 0 && now_ms >= mtime_ms {
+        let written = UNIX_EPOCH + Duration::from_millis(mtime_ms as u64);
+        shared.publisher.observe_propagation(written);
+    }
+}
+
+fn decode_instance(path: &str, service: &str, id: &str, data: &[u8]) -> Option<Instance> {
+    let mut instance: Instance = match serde_json::from_slice(data) {
+        Ok(instance) => instance,
+        Err(e) => {
+            warn!(path, error = %e, "ignoring undecodable instance znode");
+            return None;
+        }
+    };
+    if instance.service != service || instance.id != id {
+        warn!(path, "ignoring instance znode whose body names another service or id");
+        return None;
+    }
+    match Instance::new(service, id, instance.spec.clone()) {
+        Ok(valid) => instance = valid,
+        Err(e) => {
+            warn!(path, error = %e, "ignoring invalid instance znode");
+            return None;
+        }
+    }
+    Some(instance)
+}
+
+fn decode_route(path: &str, name: &str, data: &[u8]) -> Option<Route> {
+    let mut route: Route = match serde_json::from_slice(data) {
+        Ok(route) => route,
+        Err(e) => {
+            warn!(path, error = %e, "ignoring undecodable route znode");
+            return None;
+        }
+    };
+    if let Err(e) = crate::model::validate_id("route name", name).and_then(|()| route.validate()) {
+        warn!(path, error = %e, "ignoring invalid route znode");
+        return None;
+    }
+    Some(route)
+}
+
+/// Reads the whole layout and replaces `state` with it (bumping the revision if it differs).
+async fn resync(client: &zk::Client, state: &mut State) -> Result<(), zk::Error> {
+    let services = client.list_children(SERVICES).await?;
+    let listings = join_all(services.iter().map(|service| async move {
+        let path = format!("{SERVICES}/{service}");
+        (service, client.list_children(&path).await)
+    }))
+    .await;
+    let mut instance_paths = Vec::new();
+    for (service, listing) in listings {
+        match listing {
+            Ok(ids) => instance_paths.extend(ids.into_iter().map(|id| (service.clone(), id))),
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let reads = join_all(instance_paths.iter().map(|(service, id)| {
+        let path = instance_path(service, id);
+        async move { (client.get_data(&path).await, path) }
+    }))
+    .await;
+    let mut next = State::default();
+    for ((service, id), (result, path)) in instance_paths.iter().zip(reads) {
+        match result {
+            Ok((data, _)) => {
+                if let Some(instance) = decode_instance(&path, service, id, &data) {
+                    next.upsert_instance(instance);
+                }
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let names = client.list_children(ROUTES).await?;
+    let reads = join_all(names.iter().map(|name| {
+        let path = route_path(name);
+        async move { (client.get_data(&path).await, path) }
+    }))
+    .await;
+    for (name, (result, path)) in names.iter().zip(reads) {
+        match result {
+            Ok((data, _)) => {
+                if let Some(route) = decode_route(&path, name, &data) {
+                    next.upsert_route(name, route);
+                }
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if next.services != state.services || next.routes != state.routes || state.revision == 0 {
+        next.revision = state.revision + 1;
+        *state = next;
+    }
+    Ok(())
+}

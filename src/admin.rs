@@ -1,0 +1,147 @@
+//! The admin HTTP server: discovery's `/v1` API plus `/metrics`, `/healthz`, `/readyz`,
+//! behind bearer-token authentication when a token is configured.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use discovery::admin::{AdminState, ApiError};
+use discovery::store::StoreMetrics;
+use discovery::{Leases, Store};
+use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// Request bodies larger than this are refused (413) before parsing.
+const MAX_BODY: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct Admin {
+    pub store: Arc<dyn Store>,
+    pub leases: Arc<Leases>,
+    pub registry: Registry,
+    pub store_metrics: StoreMetrics,
+    pub token: Option<Arc<str>>,
+    requests: IntCounterVec,
+}
+
+impl Admin {
+    pub fn new(
+        store: Arc<dyn Store>,
+        leases: Arc<Leases>,
+        registry: Registry,
+        store_metrics: StoreMetrics,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new("strait_admin_requests_total", "Admin API requests by method and status"),
+            &["method", "status"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        Ok(Admin {
+            store,
+            leases,
+            registry,
+            store_metrics,
+            token: token.map(Arc::from),
+            requests,
+        })
+    }
+
+    pub fn router(self) -> axum::Router {
+        let api = discovery::admin::router(AdminState {
+            store: Arc::clone(&self.store),
+            leases: Arc::clone(&self.leases),
+        });
+        let protected = axum::Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(self.clone())
+            .merge(api)
+            .layer(middleware::from_fn_with_state(self.clone(), authenticate));
+        axum::Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self.clone())
+            .merge(protected)
+            .fallback(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint; see docs/admin-api.md")
+            })
+            .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(middleware::from_fn_with_state(self, count_requests))
+    }
+}
+
+async fn count_requests(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    admin
+        .requests
+        .with_label_values(&[method.as_str(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn token_matches(expected: &str, given: &[u8]) -> bool {
+    let expected = expected.as_bytes();
+    if expected.len() != given.len() {
+        return false;
+    }
+    expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn authenticate(State(admin): State<Admin>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if let Some(token) = &admin.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !given.is_some_and(|given| token_matches(token, given)) {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this admin API requires `Authorization: Bearer <token>`",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+async fn readyz(State(admin): State<Admin>) -> Response {
+    let status = admin.store.status();
+    if status.ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no snapshot loaded from the store yet\n").into_response()
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    admin
+        .store_metrics
+        .observe_scrape(&admin.store.snapshot(), &admin.store.status());
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    if let Err(e) = encoder.encode(&admin.registry.gather(), &mut body) {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, encoder.format_type().to_string())], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches("0123456789abcdef", b"0123456789abcdef"));
+        assert!(!token_matches("0123456789abcdef", b"0123456789abcdeF"));
+        assert!(!token_matches("0123456789abcdef", b"0123456789abcde"));
+        assert!(!token_matches("0123456789abcdef", b""));
+    }
+}

@@ -1,0 +1,349 @@
+//! The `svc`, `route` and `config` subcommands: thin clients of the admin API.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::settings::Settings;
+use crate::{AdminArgs, RouteCommand, SvcCommand};
+
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// A blocking client of one strait admin API.
+struct AdminClient {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+enum Method {
+    Get,
+    Put(Value),
+    Post(Value),
+    Delete,
+}
+
+impl AdminClient {
+    fn new(args: &AdminArgs) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .build()
+            .into();
+        AdminClient {
+            base: args.admin.trim_end_matches('/').to_string(),
+            token: args.token.clone(),
+            agent,
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body (`null` when empty).
+    fn call(&self, method: Method, path: &str) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        macro_rules! with_auth {
+            ($builder:expr) => {{
+                let builder = $builder;
+                match &auth {
+                    Some(value) => builder.header("authorization", value.as_str()),
+                    None => builder,
+                }
+            }};
+        }
+        let response = match method {
+            Method::Get => with_auth!(self.agent.get(&url)).call(),
+            Method::Delete => with_auth!(self.agent.delete(&url)).call(),
+            Method::Put(body) => with_auth!(self.agent.put(&url)).send_json(body),
+            Method::Post(body) => with_auth!(self.agent.post(&url)).send_json(body),
+        };
+        let mut response = response.with_context(|| format!("cannot reach the strait admin API at {}", self.base))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the response from {url}"))?;
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, value))
+    }
+
+    /// Like `call`, but a non-2xx status becomes an error carrying the API's message.
+    fn ok(&self, method: Method, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.call(method, path)?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let message = body
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| body.to_string());
+        bail!("{message} (HTTP {status})")
+    }
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn svc(args: &AdminArgs, command: SvcCommand) -> anyhow::Result<()> {
+    let client = AdminClient::new(args);
+    match command {
+        SvcCommand::Register {
+            service,
+            id,
+            addr,
+            zone,
+            tags,
+            weight,
+            ports,
+            metadata,
+            health,
+            ttl,
+        } => {
+            let mut body = json!({"address": addr.ip().to_string(), "port": addr.port()});
+            if let Some(zone) = zone {
+                body["zone"] = json!(zone);
+            }
+            if !tags.is_empty() {
+                body["tags"] = json!(tags);
+            }
+            if let Some(weight) = weight {
+                body["weight"] = json!(weight);
+            }
+            if !ports.is_empty() {
+                let ports: BTreeMap<String, u16> = ports
+                    .into_iter()
+                    .map(|(name, port)| {
+                        port.parse()
+                            .map(|p| (name.clone(), p))
+                            .map_err(|_| anyhow!("--port {name}={port}: not a port number"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                body["ports"] = json!(ports);
+            }
+            if !metadata.is_empty() {
+                body["metadata"] = json!(metadata.into_iter().collect::<BTreeMap<_, _>>());
+            }
+            if let Some(health) = health {
+                body["health"] = json!(health);
+            }
+            let path = format!("/v1/services/{service}/instances/{id}");
+            match ttl {
+                None => {
+                    let instance = client.ok(Method::Put(body), &path)?;
+                    if args.json {
+                        return print_json(&instance);
+                    }
+                    println!("registered {service}/{id} at {addr}");
+                    Ok(())
+                }
+                Some(ttl) => hold_registration(&client, &path, body, ttl, &format!("{service}/{id}")),
+            }
+        }
+        SvcCommand::Deregister { service, id } => {
+            client.ok(Method::Delete, &format!("/v1/services/{service}/instances/{id}"))?;
+            println!("deregistered {service}/{id}");
+            Ok(())
+        }
+        SvcCommand::Ls { service: None } => {
+            let body = client.ok(Method::Get, "/v1/services")?;
+            if args.json {
+                return print_json(&body);
+            }
+            println!("{:<32} {:>9} {:>8}", "SERVICE", "INSTANCES", "PASSING");
+            for service in body["services"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:>9} {:>8}",
+                    service["name"].as_str().unwrap_or_default(),
+                    service["instances"].as_u64().unwrap_or_default(),
+                    service["passing"].as_u64().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        SvcCommand::Ls { service: Some(service) } => {
+            let body = client.ok(Method::Get, &format!("/v1/services/{service}"))?;
+            if args.json {
+                return print_json(&body);
+            }
+            println!(
+                "{:<24} {:<40} {:>5} {:<12} {:<11} TAGS",
+                "ID", "ADDRESS", "PORT", "ZONE", "HEALTH"
+            );
+            for instance in body["instances"].as_array().into_iter().flatten() {
+                let tags: Vec<&str> = instance["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<24} {:<40} {:>5} {:<12} {:<11} {}",
+                    instance["id"].as_str().unwrap_or_default(),
+                    instance["address"].as_str().unwrap_or_default(),
+                    instance["port"].as_u64().unwrap_or_default(),
+                    instance["zone"].as_str().unwrap_or("-"),
+                    instance["health"].as_str().unwrap_or_default(),
+                    tags.join(",")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Registers under a lease and renews it every ttl/3 until SIGINT/SIGTERM, then revokes it.
+/// If this process dies instead, the lease expires and the instance vanishes.
+fn hold_registration(client: &AdminClient, path: &str, body: Value, ttl: Duration, name: &str) -> anyhow::Result<()> {
+    let lease = client.ok(
+        Method::Post(json!({"ttl": humantime::format_duration(ttl).to_string()})),
+        "/v1/leases",
+    )?;
+    let lease_id = lease["id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("admin API returned a lease without an id: {lease}"))?
+        .to_string();
+    client.ok(Method::Put(body), &format!("{path}?lease={lease_id}"))?;
+    println!(
+        "registered {name} under lease {lease_id} (ttl {}); renewing until interrupted",
+        humantime::format_duration(ttl)
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handler")?;
+    }
+    let interval = ttl / 3;
+    let mut waited = Duration::ZERO;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += Duration::from_millis(50);
+        if waited < interval {
+            continue;
+        }
+        waited = Duration::ZERO;
+        match client.call(Method::Put(Value::Null), &format!("/v1/leases/{lease_id}/renew")) {
+            Ok((200, _)) => {}
+            Ok((404, _)) => bail!("lease {lease_id} expired before it could be renewed; {name} was deregistered"),
+            Ok((status, body)) => eprintln!("warning: renewing lease failed (HTTP {status}): {body}"),
+            Err(e) => eprintln!("warning: renewing lease failed: {e:#}"),
+        }
+    }
+    client.ok(Method::Delete, &format!("/v1/leases/{lease_id}"))?;
+    println!("revoked lease {lease_id}; {name} deregistered");
+    Ok(())
+}
+
+/// A routes file: `[route.<name>]` tables (TOML) or `{"<name>": {...}}` (JSON).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesFile {
+    route: BTreeMap<String, discovery::Route>,
+}
+
+fn read_routes(file: &Path) -> anyhow::Result<BTreeMap<String, discovery::Route>> {
+    let mut routes = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).context("reading routes from stdin")?;
+        config::parse::<RoutesFile>(config::Source::Builtin("stdin"), &text)?.route
+    } else if file.extension().is_some_and(|e| e == "json") {
+        let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&text);
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            anyhow!(
+                "{}: at `{}`: {}",
+                file.display(),
+                e.path(),
+                e.inner()
+            )
+        })?
+    } else {
+        config::load::<RoutesFile>(file)?.route
+    };
+    if routes.is_empty() {
+        bail!("{}: no routes in file (expected `[route.<name>]` tables)", file.display());
+    }
+    for (name, route) in &mut routes {
+        discovery::model::validate_id("route name", name)
+            .and_then(|()| route.validate())
+            .map_err(|e| anyhow!("{}: route `{name}`: {e}", file.display()))?;
+    }
+    Ok(routes)
+}
+
+pub fn route(args: &AdminArgs, command: RouteCommand) -> anyhow::Result<()> {
+    let client = AdminClient::new(args);
+    match command {
+        RouteCommand::Apply { file } => {
+            // Validate the whole file before the first write, so a bad file changes nothing.
+            let routes = read_routes(&file)?;
+            for (name, route) in routes {
+                client
+                    .ok(Method::Put(serde_json::to_value(&route)?), &format!("/v1/routes/{name}"))
+                    .with_context(|| format!("applying route `{name}`"))?;
+                println!("applied route {name}");
+            }
+            Ok(())
+        }
+        RouteCommand::Ls => {
+            let body = client.ok(Method::Get, "/v1/routes")?;
+            if args.json {
+                return print_json(&body);
+            }
+            println!("{:<24} {:<5} {:<40} TARGET", "NAME", "KIND", "MATCH");
+            for (name, route) in body["routes"].as_object().into_iter().flatten() {
+                let kind = route["kind"].as_str().unwrap_or("http");
+                let matcher = match kind {
+                    "tcp" => format!(
+                        "listen {}{}",
+                        route["listen"].as_str().unwrap_or("-"),
+                        route["sni"].as_str().map(|s| format!(" sni {s}")).unwrap_or_default()
+                    ),
+                    _ => format!(
+                        "{}{}",
+                        route["host"].as_str().unwrap_or("*"),
+                        route.get("path").map(|p| format!(" {p}")).unwrap_or_default()
+                    ),
+                };
+                let target = match route["service"].as_str() {
+                    Some(service) => service.to_string(),
+                    None => route["split"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|s| format!("{}={}", s["service"].as_str().unwrap_or("?"), s["weight"]))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                };
+                println!("{name:<24} {kind:<5} {matcher:<40} {target}");
+            }
+            Ok(())
+        }
+        RouteCommand::Rm { name } => {
+            client.ok(Method::Delete, &format!("/v1/routes/{name}"))?;
+            println!("removed route {name}");
+            Ok(())
+        }
+    }
+}
+
+pub fn config_check(file: &Path) -> anyhow::Result<()> {
+    Settings::load(Some(file))?;
+    println!("{}: ok", file.display());
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! `strait`: edge router and service-discovery data plane. This binary parses the command
+//! line, loads configuration, wires the components and runs them; the work lives in the
+//! workspace's library crates (see docs/ARCHITECTURE.md).
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod cli;
+mod settings;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "strait", version, about = "Edge router and service-discovery data plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run strait: discovery store and admin API (the built-in demo config by default).
+    Up(UpArgs),
+    /// Register, deregister and list service instances (through the admin API).
+    Svc {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: SvcCommand,
+    },
+    /// Apply, list and remove routes (through the admin API).
+    Route {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Configuration file (TOML). Default: the built-in demo config.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Store URL: `embedded` or `zk://host:port[,host:port]/chroot`. Overrides `store.url`.
+    #[arg(long)]
+    pub store: Option<discovery::StoreUrl>,
+    /// Data directory of the embedded store. Overrides `store.data_dir`.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Admin API listen address (port 0 picks a free port). Overrides `admin.addr`.
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Admin API of the strait to talk to.
+    #[arg(long, env = "STRAIT_ADMIN", default_value = "http://127.0.0.1:9901", global = true)]
+    pub admin: String,
+    /// Bearer token for an admin API that requires one.
+    #[arg(long, env = "STRAIT_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum SvcCommand {
+    /// Register (or update) an instance.
+    Register {
+        service: String,
+        id: String,
+        /// IP:PORT peers connect to, e.g. 127.0.0.1:9000 or [::1]:9000.
+        addr: SocketAddr,
+        #[arg(long)]
+        zone: Option<String>,
+        /// Repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        weight: Option<u16>,
+        /// Named port NAME=PORT; repeatable.
+        #[arg(long = "port", value_parser = cli::parse_key_value)]
+        ports: Vec<(String, String)>,
+        /// Metadata KEY=VALUE; repeatable.
+        #[arg(long = "meta", value_parser = cli::parse_key_value)]
+        metadata: Vec<(String, String)>,
+        /// passing (default), warning, critical or maintenance.
+        #[arg(long)]
+        health: Option<String>,
+        /// Hold the registration under a lease with this TTL, renewing it until this
+        /// command is interrupted; then (or if this process dies) the instance vanishes.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Remove an instance.
+    Deregister { service: String, id: String },
+    /// List services, or the instances of one.
+    Ls { service: Option<String> },
+}
+
+#[derive(Subcommand)]
+pub enum RouteCommand {
+    /// Create or replace the routes in a file (TOML `[route.<name>]` tables, or JSON
+    /// `{"<name>": {...}}` for *.json; `-` reads TOML from stdin).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List routes.
+    Ls,
+    /// Remove a route.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file; errors print file:line:column and the key.
+    Check { file: PathBuf },
+    /// Print the built-in demo configuration.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Svc { admin, command } => cli::svc(&admin, command),
+        Command::Route { admin, command } => cli::route(&admin, command),
+        Command::Config { command } => match command {
+            ConfigCommand::Check { file } => cli::config_check(&file),
+            ConfigCommand::Demo => {
+                print!("{}", settings::DEMO_CONFIG);
+                Ok(())
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

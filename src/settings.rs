@@ -1,0 +1,171 @@
+//! strait's configuration document: each crate's section, composed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The built-in demo configuration `strait up` uses when no `--config` is given.
+pub const DEMO_CONFIG: &str = include_str!("../etc/strait.toml");
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub store: discovery::StoreConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The `[admin]` section. A non-loopback `addr` requires a `token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "RawAdminConfig")]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    /// Bearer token required on every `/v1/*` and `/metrics` request when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: default_admin_addr(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminConfig {
+    #[serde(default = "default_admin_addr")]
+    addr: SocketAddr,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+impl TryFrom<RawAdminConfig> for AdminConfig {
+    type Error = String;
+
+    fn try_from(raw: RawAdminConfig) -> Result<Self, Self::Error> {
+        let config = AdminConfig {
+            addr: raw.addr,
+            token: raw.token,
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl AdminConfig {
+    /// The admin API controls all traffic: off loopback it must be authenticated.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(token) = &self.token
+            && token.len() < MIN_TOKEN_LEN
+        {
+            return Err(format!(
+                "admin token is shorter than {MIN_TOKEN_LEN} characters; use a long random one"
+            ));
+        }
+        if !self.addr.ip().is_loopback() && self.token.is_none() {
+            return Err(format!(
+                "admin addr {} is not loopback; set an admin token (config `admin.token` or \
+                 STRAIT_ADMIN_TOKEN) or listen on 127.0.0.1",
+                self.addr
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    pub fn load(path: Option<&Path>) -> Result<Self, config::ConfigError> {
+        match path {
+            Some(path) => config::load(path),
+            None => config::parse(config::Source::Builtin("demo config"), DEMO_CONFIG),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use expect_test::{Expect, expect};
+
+    use super::*;
+
+    fn check(text: &str, expected: Expect) {
+        let actual = match config::parse::<Settings>(config::Source::Builtin("test"), text) {
+            Ok(settings) => format!("ok: store={} admin={}", settings.store.url, settings.admin.addr),
+            Err(e) => e.to_string(),
+        };
+        expected.assert_eq(&actual);
+    }
+
+    #[test]
+    fn demo_config_is_valid() {
+        check(DEMO_CONFIG, expect!["ok: store=embedded admin=127.0.0.1:9901"]);
+    }
+
+    #[test]
+    fn zookeeper_url() {
+        check(
+            "[store]\nurl = \"zk://127.0.0.1:2181,127.0.0.2:2181/prod\"\n",
+            expect!["ok: store=zk://127.0.0.1:2181,127.0.0.2:2181/prod admin=127.0.0.1:9901"],
+        );
+    }
+
+    #[test]
+    fn bad_store_url() {
+        check(
+            "[store]\nurl = \"etcd://x\"\n",
+            expect!["<test>:2:7: key `store.url`: `etcd://x` is not a store URL: use `embedded` or `zk://host:port[,host:port]/chroot`"],
+        );
+    }
+
+    #[test]
+    fn zk_url_without_port() {
+        check(
+            "[store]\nurl = \"zk://localhost/strait\"\n",
+            expect!["<test>:2:7: key `store.url`: `zk://localhost/strait`: `localhost` is not host:port"],
+        );
+    }
+
+    #[test]
+    fn unknown_section() {
+        check(
+            "[stor]\nurl = \"embedded\"\n",
+            expect!["<test>:1:2: key `stor`: unknown field `stor`, expected `store` or `admin` (remove it or check its spelling)"],
+        );
+    }
+
+    #[test]
+    fn public_admin_needs_token() {
+        check(
+            "[admin]\naddr = \"0.0.0.0:9901\"\n",
+            expect!["<test>:1:1: key `admin`: admin addr 0.0.0.0:9901 is not loopback; set an admin token (config `admin.token` or STRAIT_ADMIN_TOKEN) or listen on 127.0.0.1"],
+        );
+    }
+
+    #[test]
+    fn short_token() {
+        check(
+            "[admin]\ntoken = \"abc\"\n",
+            expect!["<test>:1:1: key `admin`: admin token is shorter than 16 characters; use a long random one"],
+        );
+    }
+
+    #[test]
+    fn bad_duration() {
+        check(
+            "[store]\nsession_timeout = 10\n",
+            expect!["<test>:2:19: key `store.session_timeout`: invalid type: integer `10`, expected a duration"],
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! `strait up`: open the store, serve the admin API, run until SIGINT/SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use discovery::Leases;
+use discovery::store::StoreMetrics;
+use prometheus::Registry;
+use tracing::info;
+
+use crate::UpArgs;
+use crate::admin::Admin;
+use crate::settings::Settings;
+
+pub fn run(args: UpArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut settings = Settings::load(args.config.as_deref())?;
+    if let Some(url) = args.store {
+        settings.store.url = url;
+    }
+    if let Some(dir) = args.data_dir {
+        settings.store.data_dir = dir;
+    }
+    if let Some(addr) = args.admin_addr {
+        settings.admin.addr = addr;
+    }
+    if let Ok(token) = std::env::var("STRAIT_ADMIN_TOKEN")
+        && !token.is_empty()
+    {
+        settings.admin.token = Some(token);
+    }
+    settings.admin.check().map_err(anyhow::Error::msg)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strait-control")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let build_info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("strait_build_info", "strait version"),
+        &["version"],
+    )?;
+    build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(build_info))?;
+
+    let store_metrics = StoreMetrics::new(&registry)?;
+    let store = discovery::store::open(&settings.store, store_metrics.clone())
+        .await
+        .with_context(|| format!("cannot open the {} store", settings.store.url))?;
+    info!(store = %settings.store.url, "discovery store opened");
+
+    let leases = Leases::new(Arc::clone(&store));
+    tokio::spawn(Arc::clone(&leases).run_reaper());
+
+    let admin = Admin::new(
+        Arc::clone(&store),
+        leases,
+        registry,
+        store_metrics,
+        settings.admin.token.clone(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(settings.admin.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for the admin API", settings.admin.addr))?;
+    let admin_addr = listener.local_addr()?;
+    info!(addr = %admin_addr, "admin API listening on {admin_addr}");
+
+    axum::serve(listener, admin.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("admin API server failed")?;
+    info!("shutting down");
+    store.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
