@@ -35,7 +35,10 @@ impl Admin {
         token: Option<String>,
     ) -> anyhow::Result<Self> {
         let requests = IntCounterVec::new(
-            Opts::new("strait_admin_requests_total", "Admin API requests by method and status"),
+            Opts::new(
+                "strait_admin_requests_total",
+                "Admin API requests by method and status",
+            ),
             &["method", "status"],
         )?;
         registry.register(Box::new(requests.clone()))?;
@@ -65,7 +68,11 @@ impl Admin {
             .with_state(self.clone())
             .merge(protected)
             .fallback(|| async {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint; see docs/admin-api.md")
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such admin endpoint; see docs/admin-api.md",
+                )
             })
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .layer(middleware::from_fn_with_state(self, count_requests))
@@ -88,10 +95,19 @@ fn token_matches(expected: &str, given: &[u8]) -> bool {
     if expected.len() != given.len() {
         return false;
     }
-    expected.iter().zip(given).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
-async fn authenticate(State(admin): State<Admin>, headers: HeaderMap, request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &admin.token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -103,9 +119,10 @@ async fn authenticate(State(admin): State<Admin>, headers: HeaderMap, request: R
                 "this admin API requires `Authorization: Bearer <token>`",
             )
             .into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return response;
         }
     }
@@ -117,7 +134,11 @@ async fn readyz(State(admin): State<Admin>) -> Response {
     if status.ready {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no snapshot loaded from the store yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no snapshot loaded from the store yet\n",
+        )
+            .into_response()
     }
 }
 
@@ -128,9 +149,14 @@ async fn metrics(State(admin): State<Admin>) -> Response {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
     if let Err(e) = encoder.encode(&admin.registry.gather(), &mut body) {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string()).into_response();
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string())
+            .into_response();
     }
-    ([(header::CONTENT_TYPE, encoder.format_type().to_string())], body).into_response()
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+        body,
+    )
+        .into_response()
 }
 
 #[cfg(test)]

@@ -67,7 +67,8 @@ impl AdminClient {
             Method::Put(body) => with_auth!(self.agent.put(&url)).send_json(body),
             Method::Post(body) => with_auth!(self.agent.post(&url)).send_json(body),
         };
-        let mut response = response.with_context(|| format!("cannot reach the strait admin API at {}", self.base))?;
+        let mut response = response
+            .with_context(|| format!("cannot reach the strait admin API at {}", self.base))?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
@@ -153,11 +154,16 @@ pub fn svc(args: &AdminArgs, command: SvcCommand) -> anyhow::Result<()> {
                     println!("registered {service}/{id} at {addr}");
                     Ok(())
                 }
-                Some(ttl) => hold_registration(&client, &path, body, ttl, &format!("{service}/{id}")),
+                Some(ttl) => {
+                    hold_registration(&client, &path, body, ttl, &format!("{service}/{id}"))
+                }
             }
         }
         SvcCommand::Deregister { service, id } => {
-            client.ok(Method::Delete, &format!("/v1/services/{service}/instances/{id}"))?;
+            client.ok(
+                Method::Delete,
+                &format!("/v1/services/{service}/instances/{id}"),
+            )?;
             println!("deregistered {service}/{id}");
             Ok(())
         }
@@ -177,7 +183,9 @@ pub fn svc(args: &AdminArgs, command: SvcCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        SvcCommand::Ls { service: Some(service) } => {
+        SvcCommand::Ls {
+            service: Some(service),
+        } => {
             let body = client.ok(Method::Get, &format!("/v1/services/{service}"))?;
             if args.json {
                 return print_json(&body);
@@ -210,7 +218,13 @@ pub fn svc(args: &AdminArgs, command: SvcCommand) -> anyhow::Result<()> {
 
 /// Registers under a lease and renews it every ttl/3 until SIGINT/SIGTERM, then revokes it.
 /// If this process dies instead, the lease expires and the instance vanishes.
-fn hold_registration(client: &AdminClient, path: &str, body: Value, ttl: Duration, name: &str) -> anyhow::Result<()> {
+fn hold_registration(
+    client: &AdminClient,
+    path: &str,
+    body: Value,
+    ttl: Duration,
+    name: &str,
+) -> anyhow::Result<()> {
     let lease = client.ok(
         Method::Post(json!({"ttl": humantime::format_duration(ttl).to_string()})),
         "/v1/leases",
@@ -226,7 +240,8 @@ fn hold_registration(client: &AdminClient, path: &str, body: Value, ttl: Duratio
     );
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install signal handler")?;
     }
     let interval = ttl / 3;
     let mut waited = Duration::ZERO;
@@ -237,10 +252,17 @@ fn hold_registration(client: &AdminClient, path: &str, body: Value, ttl: Duratio
             continue;
         }
         waited = Duration::ZERO;
-        match client.call(Method::Put(Value::Null), &format!("/v1/leases/{lease_id}/renew")) {
+        match client.call(
+            Method::Put(Value::Null),
+            &format!("/v1/leases/{lease_id}/renew"),
+        ) {
             Ok((200, _)) => {}
-            Ok((404, _)) => bail!("lease {lease_id} expired before it could be renewed; {name} was deregistered"),
-            Ok((status, body)) => eprintln!("warning: renewing lease failed (HTTP {status}): {body}"),
+            Ok((404, _)) => bail!(
+                "lease {lease_id} expired before it could be renewed; {name} was deregistered"
+            ),
+            Ok((status, body)) => {
+                eprintln!("warning: renewing lease failed (HTTP {status}): {body}")
+            }
             Err(e) => eprintln!("warning: renewing lease failed: {e:#}"),
         }
     }
@@ -259,24 +281,24 @@ struct RoutesFile {
 fn read_routes(file: &Path) -> anyhow::Result<BTreeMap<String, discovery::Route>> {
     let mut routes = if file == Path::new("-") {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("reading routes from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading routes from stdin")?;
         config::parse::<RoutesFile>(config::Source::Builtin("stdin"), &text)?.route
     } else if file.extension().is_some_and(|e| e == "json") {
-        let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let mut deserializer = serde_json::Deserializer::from_slice(&text);
-        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-            anyhow!(
-                "{}: at `{}`: {}",
-                file.display(),
-                e.path(),
-                e.inner()
-            )
-        })?
+        serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|e| anyhow!("{}: at `{}`: {}", file.display(), e.path(), e.inner()))?
     } else {
         config::load::<RoutesFile>(file)?.route
     };
     if routes.is_empty() {
-        bail!("{}: no routes in file (expected `[route.<name>]` tables)", file.display());
+        bail!(
+            "{}: no routes in file (expected `[route.<name>]` tables)",
+            file.display()
+        );
     }
     for (name, route) in &mut routes {
         discovery::model::validate_id("route name", name)
@@ -294,7 +316,10 @@ pub fn route(args: &AdminArgs, command: RouteCommand) -> anyhow::Result<()> {
             let routes = read_routes(&file)?;
             for (name, route) in routes {
                 client
-                    .ok(Method::Put(serde_json::to_value(&route)?), &format!("/v1/routes/{name}"))
+                    .ok(
+                        Method::Put(serde_json::to_value(&route)?),
+                        &format!("/v1/routes/{name}"),
+                    )
                     .with_context(|| format!("applying route `{name}`"))?;
                 println!("applied route {name}");
             }
@@ -312,12 +337,18 @@ pub fn route(args: &AdminArgs, command: RouteCommand) -> anyhow::Result<()> {
                     "tcp" => format!(
                         "listen {}{}",
                         route["listen"].as_str().unwrap_or("-"),
-                        route["sni"].as_str().map(|s| format!(" sni {s}")).unwrap_or_default()
+                        route["sni"]
+                            .as_str()
+                            .map(|s| format!(" sni {s}"))
+                            .unwrap_or_default()
                     ),
                     _ => format!(
                         "{}{}",
                         route["host"].as_str().unwrap_or("*"),
-                        route.get("path").map(|p| format!(" {p}")).unwrap_or_default()
+                        route
+                            .get("path")
+                            .map(|p| format!(" {p}"))
+                            .unwrap_or_default()
                     ),
                 };
                 let target = match route["service"].as_str() {
@@ -326,7 +357,9 @@ pub fn route(args: &AdminArgs, command: RouteCommand) -> anyhow::Result<()> {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|s| format!("{}={}", s["service"].as_str().unwrap_or("?"), s["weight"]))
+                        .map(|s| {
+                            format!("{}={}", s["service"].as_str().unwrap_or("?"), s["weight"])
+                        })
                         .collect::<Vec<_>>()
                         .join(","),
                 };

@@ -17,7 +17,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "strait", version, about = "Edge router and service-discovery data plane")]
+#[command(
+    name = "strait",
+    version,
+    about = "Edge router and service-discovery data plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,10 +71,20 @@ pub struct UpArgs {
 #[derive(Args)]
 pub struct AdminArgs {
     /// Admin API of the strait to talk to.
-    #[arg(long, env = "STRAIT_ADMIN", default_value = "http://127.0.0.1:9901", global = true)]
+    #[arg(
+        long,
+        env = "STRAIT_ADMIN",
+        default_value = "http://127.0.0.1:9901",
+        global = true
+    )]
     pub admin: String,
     /// Bearer token for an admin API that requires one.
-    #[arg(long, env = "STRAIT_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "STRAIT_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]

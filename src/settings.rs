@@ -102,7 +102,10 @@ mod tests {
 
     fn check(text: &str, expected: Expect) {
         let actual = match config::parse::<Settings>(config::Source::Builtin("test"), text) {
-            Ok(settings) => format!("ok: store={} admin={}", settings.store.url, settings.admin.addr),
+            Ok(settings) => format!(
+                "ok: store={} admin={}",
+                settings.store.url, settings.admin.addr
+            ),
             Err(e) => e.to_string(),
         };
         expected.assert_eq(&actual);
@@ -110,7 +113,10 @@ mod tests {
 
     #[test]
     fn demo_config_is_valid() {
-        check(DEMO_CONFIG, expect!["ok: store=embedded admin=127.0.0.1:9901"]);
+        check(
+            DEMO_CONFIG,
+            expect!["ok: store=embedded admin=127.0.0.1:9901"],
+        );
     }
 
     #[test]
@@ -125,7 +131,9 @@ mod tests {
     fn bad_store_url() {
         check(
             "[store]\nurl = \"etcd://x\"\n",
-            expect!["<test>:2:7: key `store.url`: `etcd://x` is not a store URL: use `embedded` or `zk://host:port[,host:port]/chroot`"],
+            expect![
+                "<test>:2:7: key `store.url`: `etcd://x` is not a store URL: use `embedded` or `zk://host:port[,host:port]/chroot`"
+            ],
         );
     }
 
@@ -133,7 +141,9 @@ mod tests {
     fn zk_url_without_port() {
         check(
             "[store]\nurl = \"zk://localhost/strait\"\n",
-            expect!["<test>:2:7: key `store.url`: `zk://localhost/strait`: `localhost` is not host:port"],
+            expect![
+                "<test>:2:7: key `store.url`: `zk://localhost/strait`: `localhost` is not host:port"
+            ],
         );
     }
 
@@ -141,7 +151,9 @@ mod tests {
     fn unknown_section() {
         check(
             "[stor]\nurl = \"embedded\"\n",
-            expect!["<test>:1:2: key `stor`: unknown field `stor`, expected `store` or `admin` (remove it or check its spelling)"],
+            expect![
+                "<test>:1:2: key `stor`: unknown field `stor`, expected `store` or `admin` (remove it or check its spelling)"
+            ],
         );
     }
 
@@ -149,7 +161,9 @@ mod tests {
     fn public_admin_needs_token() {
         check(
             "[admin]\naddr = \"0.0.0.0:9901\"\n",
-            expect!["<test>:1:1: key `admin`: admin addr 0.0.0.0:9901 is not loopback; set an admin token (config `admin.token` or STRAIT_ADMIN_TOKEN) or listen on 127.0.0.1"],
+            expect![
+                "<test>:1:1: key `admin`: admin addr 0.0.0.0:9901 is not loopback; set an admin token (config `admin.token` or STRAIT_ADMIN_TOKEN) or listen on 127.0.0.1"
+            ],
         );
     }
 
@@ -157,7 +171,9 @@ mod tests {
     fn short_token() {
         check(
             "[admin]\ntoken = \"abc\"\n",
-            expect!["<test>:1:1: key `admin`: admin token is shorter than 16 characters; use a long random one"],
+            expect![
+                "<test>:1:1: key `admin`: admin token is shorter than 16 characters; use a long random one"
+            ],
         );
     }
 
@@ -165,7 +181,9 @@ mod tests {
     fn bad_duration() {
         check(
             "[store]\nsession_timeout = 10\n",
-            expect!["<test>:2:19: key `store.session_timeout`: invalid type: integer `10`, expected a duration"],
+            expect![
+                "<test>:2:19: key `store.session_timeout`: invalid type: integer `10`, expected a duration"
+            ],
         );
     }
 }

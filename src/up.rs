@@ -55,7 +55,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         prometheus::Opts::new("strait_build_info", "strait version"),
         &["version"],
     )?;
-    build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
     registry.register(Box::new(build_info))?;
 
     let store_metrics = StoreMetrics::new(&registry)?;

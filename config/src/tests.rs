@@ -45,7 +45,9 @@ fn check(text: &str, expected: Expect) {
 fn valid_document_parses() {
     check(
         "[store]\nurl = \"zk://127.0.0.1:2181/strait\"\ntimeout = \"5s\"\n",
-        expect![[r#"ok: Doc { store: Store { url: Some("zk://127.0.0.1:2181/strait"), timeout: Some(5s) }, listeners: [] }"#]],
+        expect![[
+            r#"ok: Doc { store: Store { url: Some("zk://127.0.0.1:2181/strait"), timeout: Some(5s) }, listeners: [] }"#
+        ]],
     );
 }
 
@@ -53,7 +55,9 @@ fn valid_document_parses() {
 fn unknown_key_names_line_and_key() {
     check(
         "[store]\nurl = \"x\"\nurll = \"y\"\n",
-        expect!["<test>:3:1: key `store.urll`: unknown field `urll`, expected `url` or `timeout` (remove it or check its spelling)"],
+        expect![
+            "<test>:3:1: key `store.urll`: unknown field `urll`, expected `url` or `timeout` (remove it or check its spelling)"
+        ],
     );
 }
 
@@ -61,7 +65,9 @@ fn unknown_key_names_line_and_key() {
 fn bad_value_names_line_and_key() {
     check(
         "[store]\ntimeout = \"five seconds\"\n",
-        expect![[r#"<test>:2:11: key `store.timeout`: invalid value: string "five seconds", expected a duration"#]],
+        expect![[
+            r#"<test>:2:11: key `store.timeout`: invalid value: string "five seconds", expected a duration"#
+        ]],
     );
 }
 

@@ -39,9 +39,15 @@ pub fn router(state: AdminState) -> axum::Router {
             "/v1/services/{service}/instances/{id}",
             put(register).delete(deregister).get(get_instance),
         )
-        .route("/v1/services/{service}/instances/{id}/health", put(set_health))
+        .route(
+            "/v1/services/{service}/instances/{id}/health",
+            put(set_health),
+        )
         .route("/v1/routes", get(list_routes))
-        .route("/v1/routes/{name}", put(put_route).delete(delete_route).get(get_route))
+        .route(
+            "/v1/routes/{name}",
+            put(put_route).delete(delete_route).get(get_route),
+        )
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/leases", axum::routing::post(grant_lease))
         .route("/v1/leases/{id}", get(get_lease).delete(revoke_lease))
@@ -71,7 +77,11 @@ impl ApiError {
     }
 
     fn not_found(kind: &str, name: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{kind} `{name}` not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{kind} `{name}` not found"),
+        )
     }
 }
 
@@ -107,7 +117,9 @@ impl From<crate::model::ModelError> for ApiError {
 /// Parses a JSON body strictly, naming the offending field and position on error.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("request body is empty; expected a JSON object"));
+        return Err(ApiError::invalid(
+            "request body is empty; expected a JSON object",
+        ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
@@ -146,7 +158,10 @@ async fn list_services(State(state): State<AdminState>) -> Response {
     Json(json!({"revision": snapshot.revision, "services": services})).into_response()
 }
 
-async fn get_service(State(state): State<AdminState>, Path(service): Path<String>) -> Result<Response, ApiError> {
+async fn get_service(
+    State(state): State<AdminState>,
+    Path(service): Path<String>,
+) -> Result<Response, ApiError> {
     validate_service_name(&service)?;
     let snapshot = state.store.snapshot();
     let entry = snapshot
@@ -154,7 +169,10 @@ async fn get_service(State(state): State<AdminState>, Path(service): Path<String
         .get(service.as_str())
         .ok_or_else(|| ApiError::not_found("service", &service))?;
     let instances: Vec<&Instance> = entry.instances.values().collect();
-    Ok(Json(json!({"revision": snapshot.revision, "name": service, "instances": instances})).into_response())
+    Ok(
+        Json(json!({"revision": snapshot.revision, "name": service, "instances": instances}))
+            .into_response(),
+    )
 }
 
 async fn get_instance(
@@ -184,7 +202,10 @@ async fn register(
 ) -> Result<Response, ApiError> {
     let spec: InstanceSpec = parse_body(&body)?;
     let instance = Instance::new(&service, &id, spec)?;
-    state.leases.register(instance.clone(), query.lease.as_deref()).await?;
+    state
+        .leases
+        .register(instance.clone(), query.lease.as_deref())
+        .await?;
     Ok((StatusCode::OK, Json(instance)).into_response())
 }
 
@@ -224,7 +245,10 @@ async fn list_routes(State(state): State<AdminState>) -> Response {
     Json(json!({"revision": snapshot.revision, "routes": &*snapshot.routes})).into_response()
 }
 
-async fn get_route(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn get_route(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     validate_id("route name", &name)?;
     let snapshot = state.store.snapshot();
     let route = snapshot
@@ -234,15 +258,24 @@ async fn get_route(State(state): State<AdminState>, Path(name): Path<String>) ->
     Ok(Json(route.as_ref()).into_response())
 }
 
-async fn put_route(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn put_route(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     validate_id("route name", &name)?;
     let mut route: Route = parse_body(&body)?;
-    route.validate().map_err(|e| ApiError::invalid(format!("route `{name}`: {e}")))?;
+    route
+        .validate()
+        .map_err(|e| ApiError::invalid(format!("route `{name}`: {e}")))?;
     state.store.put_route(&name, route.clone()).await?;
     Ok(Json(route).into_response())
 }
 
-async fn delete_route(State(state): State<AdminState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn delete_route(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     validate_id("route name", &name)?;
     if state.store.delete_route(&name).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -293,17 +326,32 @@ async fn grant_lease(State(state): State<AdminState>, body: Bytes) -> Result<Res
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-async fn get_lease(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let info = state.leases.get(&id).ok_or_else(|| ApiError::not_found("lease", &id))?;
+async fn get_lease(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let info = state
+        .leases
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("lease", &id))?;
     Ok(Json(info).into_response())
 }
 
-async fn renew_lease(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let info = state.leases.renew(&id).ok_or_else(|| ApiError::not_found("lease", &id))?;
+async fn renew_lease(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let info = state
+        .leases
+        .renew(&id)
+        .ok_or_else(|| ApiError::not_found("lease", &id))?;
     Ok(Json(info).into_response())
 }
 
-async fn revoke_lease(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn revoke_lease(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     if state.leases.revoke(&id).await? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

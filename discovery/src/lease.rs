@@ -114,7 +114,11 @@ impl Leases {
     }
 
     /// Registers `instance`, owned by lease `lease` if given, else by this process.
-    pub async fn register(&self, instance: Instance, lease: Option<&str>) -> Result<(), StoreError> {
+    pub async fn register(
+        &self,
+        instance: Instance,
+        lease: Option<&str>,
+    ) -> Result<(), StoreError> {
         let lease_missing = || StoreError::NotFound {
             kind: "lease",
             name: lease.unwrap_or_default().to_string(),
@@ -166,7 +170,11 @@ impl Leases {
         Ok(removed)
     }
 
-    async fn deregister_all(&self, lease: &str, instances: BTreeSet<InstanceKey>) -> Result<(), StoreError> {
+    async fn deregister_all(
+        &self,
+        lease: &str,
+        instances: BTreeSet<InstanceKey>,
+    ) -> Result<(), StoreError> {
         let mut first_error = None;
         for (service, id) in instances {
             if let Err(e) = self.store.deregister(&service, &id).await {
@@ -219,7 +227,9 @@ impl Leases {
                     );
                 }
             }
-            let sleep = next_deadline.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(Instant::now()));
+            let sleep = next_deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.changed.notified() => {}

@@ -91,7 +91,9 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ModelError> {
 }
 
 /// Health of an instance, as its health checks (or an operator) last reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Serving. The default for a registration without checks, as in Consul.
@@ -176,7 +178,10 @@ impl InstanceSpec {
         if self.address.is_unspecified() {
             return Err(ModelError::new(
                 "address",
-                format!("`{}` is unspecified; give the address peers connect to", self.address),
+                format!(
+                    "`{}` is unspecified; give the address peers connect to",
+                    self.address
+                ),
             ));
         }
         for (name, port) in &self.ports {
@@ -293,12 +298,24 @@ pub struct WeightedService {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connect: Option<Duration>,
     /// Whole request, first byte sent to last byte received.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub request: Option<Duration>,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub idle: Option<Duration>,
 }
 
@@ -326,7 +343,11 @@ pub struct RetryPolicy {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on: Vec<RetryOn>,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub per_try_timeout: Option<Duration>,
     /// Retry non-idempotent methods (POST, PATCH) on gateway/server errors too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -463,7 +484,10 @@ impl Route {
             validate_service_name(service)?;
         }
         if self.split.len() > MAX_SPLIT {
-            return Err(ModelError::new("split", format!("at most {MAX_SPLIT} services")));
+            return Err(ModelError::new(
+                "split",
+                format!("at most {MAX_SPLIT} services"),
+            ));
         }
         let mut total = 0u64;
         for (i, target) in self.split.iter().enumerate() {
@@ -511,7 +535,10 @@ impl Route {
         match &self.path {
             Some(PathMatch::Exact(p)) | Some(PathMatch::Prefix(p)) => {
                 if !p.starts_with('/') {
-                    return Err(ModelError::new("path", format!("`{p}` must start with '/'")));
+                    return Err(ModelError::new(
+                        "path",
+                        format!("`{p}` must start with '/'"),
+                    ));
                 }
                 if p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
                     return Err(ModelError::new(
@@ -592,10 +619,16 @@ impl Route {
             ));
         }
         let Some(listen) = self.listen else {
-            return Err(ModelError::new("listen", "a tcp route needs a listen address"));
+            return Err(ModelError::new(
+                "listen",
+                "a tcp route needs a listen address",
+            ));
         };
         if listen.port() == 0 {
-            return Err(ModelError::new("listen", "needs a port between 1 and 65535"));
+            return Err(ModelError::new(
+                "listen",
+                "needs a port between 1 and 65535",
+            ));
         }
         if let Some(sni) = &mut self.sni {
             *sni = sni.to_ascii_lowercase();
@@ -626,7 +659,10 @@ fn validate_host_pattern(field: &str, host: &str) -> Result<(), ModelError> {
     }
     let name = host.strip_prefix("*.").unwrap_or(host);
     if name.is_empty() || name.len() > 253 {
-        return Err(ModelError::new(field, format!("`{host}` is not a host name")));
+        return Err(ModelError::new(
+            field,
+            format!("`{host}` is not a host name"),
+        ));
     }
     for label in name.split('.') {
         validate_dns_label(field, label).map_err(|_| {

@@ -78,11 +78,19 @@ impl State {
 
     /// Inserts or replaces an instance. Returns whether anything changed.
     pub fn upsert_instance(&mut self, instance: Instance) -> bool {
-        let services = Arc::make_mut(&mut self.services);
-        let service = services.entry(Arc::from(instance.service.as_str())).or_default();
-        if service.instances.get(instance.id.as_str()) == Some(&instance) {
+        let unchanged = self
+            .services
+            .get(instance.service.as_str())
+            .and_then(|service| service.instances.get(instance.id.as_str()))
+            == Some(&instance);
+        if unchanged {
+            // Checked before `make_mut`, which would copy maps a published snapshot shares.
             return false;
         }
+        let services = Arc::make_mut(&mut self.services);
+        let service = services
+            .entry(Arc::from(instance.service.as_str()))
+            .or_default();
         Arc::make_mut(service)
             .instances
             .insert(Arc::from(instance.id.as_str()), instance);

@@ -79,7 +79,10 @@ impl EmbeddedStore {
         result
     }
 
-    async fn write_routes(&self, change: impl FnOnce(&mut State) -> bool) -> Result<bool, StoreError> {
+    async fn write_routes(
+        &self,
+        change: impl FnOnce(&mut State) -> bool,
+    ) -> Result<bool, StoreError> {
         let written = SystemTime::now();
         let _serial = self.route_writes.lock().await;
         let mut next = self.lock_state().clone();
@@ -142,7 +145,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn put_route(&self, name: &str, route: Route) -> Result<(), StoreError> {
-        self.write_routes(|state| state.upsert_route(name, route)).await?;
+        self.write_routes(|state| state.upsert_route(name, route))
+            .await?;
         Ok(())
     }
 
@@ -188,8 +192,13 @@ fn load(dir: &Path) -> Result<(File, State), StoreError> {
     let mut state = State::default();
     match fs::read(&path) {
         Ok(bytes) => {
-            let file: RoutesFile = serde_json::from_slice(&bytes)
-                .map_err(|e| storage_error(&path, "corrupt routes file (not replaced; fix or move it)", e))?;
+            let file: RoutesFile = serde_json::from_slice(&bytes).map_err(|e| {
+                storage_error(
+                    &path,
+                    "corrupt routes file (not replaced; fix or move it)",
+                    e,
+                )
+            })?;
             if file.format != FORMAT {
                 return Err(storage_error(&path, "unsupported format", file.format));
             }
@@ -214,8 +223,10 @@ fn persist(dir: &Path, file: &RoutesFile) -> Result<(), StoreError> {
     let tmp = dir.join(format!("{ROUTES_FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(file).map_err(|e| storage_error(&path, "encode", e))?;
     let mut out = File::create(&tmp).map_err(|e| storage_error(&tmp, "create", e))?;
-    out.write_all(&bytes).map_err(|e| storage_error(&tmp, "write", e))?;
-    out.sync_all().map_err(|e| storage_error(&tmp, "fsync", e))?;
+    out.write_all(&bytes)
+        .map_err(|e| storage_error(&tmp, "write", e))?;
+    out.sync_all()
+        .map_err(|e| storage_error(&tmp, "fsync", e))?;
     drop(out);
     fs::rename(&tmp, &path).map_err(|e| storage_error(&path, "rename", e))?;
     File::open(dir)

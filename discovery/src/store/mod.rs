@@ -194,12 +194,18 @@ impl Default for StoreConfig {
 /// Opens the configured backend, reporting into `metrics`. The ZooKeeper store returns at
 /// once and connects in the background (not ready until its first sync); the embedded one
 /// loads its data first.
-pub async fn open(config: &StoreConfig, metrics: StoreMetrics) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open(
+    config: &StoreConfig,
+    metrics: StoreMetrics,
+) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &config.url {
         StoreUrl::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir, metrics).await?),
-        StoreUrl::ZooKeeper { hosts, chroot } => {
-            Arc::new(ZkStore::start(hosts, chroot, config.session_timeout, metrics))
-        }
+        StoreUrl::ZooKeeper { hosts, chroot } => Arc::new(ZkStore::start(
+            hosts,
+            chroot,
+            config.session_timeout,
+            metrics,
+        )),
     })
 }
 
@@ -311,7 +317,11 @@ impl Publisher {
             link: Mutex::new(Link {
                 connected,
                 ready: false,
-                stale_since: if connected { None } else { Some(Instant::now()) },
+                stale_since: if connected {
+                    None
+                } else {
+                    Some(Instant::now())
+                },
             }),
             metrics,
         }
@@ -346,7 +356,11 @@ impl Publisher {
             return;
         }
         link.connected = connected;
-        link.stale_since = if connected { None } else { Some(Instant::now()) };
+        link.stale_since = if connected {
+            None
+        } else {
+            Some(Instant::now())
+        };
         self.metrics.connected.set(i64::from(connected));
     }
 
@@ -376,7 +390,9 @@ impl Publisher {
 
     fn lock_link(&self) -> std::sync::MutexGuard<'_, Link> {
         // A panic while holding this lock cannot leave `Link` inconsistent (plain fields).
-        self.link.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

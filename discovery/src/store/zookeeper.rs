@@ -77,7 +77,12 @@ fn route_path(name: &str) -> String {
 impl ZkStore {
     /// Starts the background session task and returns at once; the store becomes ready
     /// after its first full sync.
-    pub fn start(hosts: &str, chroot: &str, session_timeout: Duration, metrics: StoreMetrics) -> Self {
+    pub fn start(
+        hosts: &str,
+        chroot: &str,
+        session_timeout: Duration,
+        metrics: StoreMetrics,
+    ) -> Self {
         let shared = Arc::new(Shared {
             hosts: hosts.to_string(),
             chroot: chroot.to_string(),
@@ -185,10 +190,13 @@ impl Store for ZkStore {
             let mut instance: Instance = serde_json::from_slice(&data)
                 .map_err(|e| StoreError::Storage(format!("{path}: undecodable instance: {e}")))?;
             instance.spec.health = health;
-            let data = serde_json::to_vec(&instance).map_err(|e| StoreError::Storage(e.to_string()))?;
+            let data =
+                serde_json::to_vec(&instance).map_err(|e| StoreError::Storage(e.to_string()))?;
             match client.set_data(&path, &data, Some(stat.version)).await {
                 Ok(_) => {
-                    if let Some(own) = lock(&self.shared.owned).get_mut(&(service.to_string(), id.to_string())) {
+                    if let Some(own) =
+                        lock(&self.shared.owned).get_mut(&(service.to_string(), id.to_string()))
+                    {
                         own.spec.health = health;
                     }
                     return Ok(());
@@ -203,7 +211,9 @@ impl Store for ZkStore {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        Err(StoreError::Unavailable(format!("{path}: too many concurrent updates")))
+        Err(StoreError::Unavailable(format!(
+            "{path}: too many concurrent updates"
+        )))
     }
 
     async fn put_route(&self, name: &str, route: Route) -> Result<(), StoreError> {
@@ -222,7 +232,9 @@ impl Store for ZkStore {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        Err(StoreError::Unavailable(format!("{path}: too many concurrent updates")))
+        Err(StoreError::Unavailable(format!(
+            "{path}: too many concurrent updates"
+        )))
     }
 
     async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
@@ -308,7 +320,10 @@ async fn run(shared: Arc<Shared>) {
 }
 
 /// Connects, lays out the chroot, watches it, re-creates owned instances, and syncs fully.
-async fn start_session(shared: &Shared, state: &mut State) -> Result<zk::PersistentWatcher, zk::Error> {
+async fn start_session(
+    shared: &Shared,
+    state: &mut State,
+) -> Result<zk::PersistentWatcher, zk::Error> {
     let connect = zk::Client::connector()
         .with_session_timeout(shared.session_timeout)
         .with_connection_timeout(Duration::from_secs(2))
@@ -318,12 +333,15 @@ async fn start_session(shared: &Shared, state: &mut State) -> Result<zk::Persist
         .map_err(|_| zk::Error::Timeout)??;
     let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     for dir in [SERVICES, ROUTES] {
-        root.mkdir(&format!("{}{dir}", shared.chroot), &persistent).await?;
+        root.mkdir(&format!("{}{dir}", shared.chroot), &persistent)
+            .await?;
     }
     let client = root
         .chroot(shared.chroot.as_str())
         .map_err(|_| zk::Error::BadArguments(&"invalid chroot"))?;
-    let watcher = client.watch("/", zk::AddWatchMode::PersistentRecursive).await?;
+    let watcher = client
+        .watch("/", zk::AddWatchMode::PersistentRecursive)
+        .await?;
     let owned: Vec<Instance> = lock(&shared.owned).values().cloned().collect();
     for instance in &owned {
         if let Err(e) = put_ephemeral(&client, instance).await {
@@ -346,7 +364,11 @@ async fn start_session(shared: &Shared, state: &mut State) -> Result<zk::Persist
 }
 
 /// Follows watch events until the session ends or the store stops.
-async fn follow(shared: &Shared, state: &mut State, mut watcher: zk::PersistentWatcher) -> SessionEnd {
+async fn follow(
+    shared: &Shared,
+    state: &mut State,
+    mut watcher: zk::PersistentWatcher,
+) -> SessionEnd {
     loop {
         let first = tokio::select! {
             event = watcher.changed() => event,
@@ -383,6 +405,21 @@ async fn follow(shared: &Shared, state: &mut State, mut watcher: zk::PersistentW
             Some(zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly) => {
                 let client = lock(&shared.client).clone();
                 if let Some(client) = client {
+                    // The server dropped our watch with the old connection, and
+                    // zookeeper-client 0.11.2 does not resend persistent watches
+                    // (`resend_watches` never raises its SetWatches2 index), so add it
+                    // again before resyncing: no change can fall between the two.
+                    match client
+                        .watch("/", zk::AddWatchMode::PersistentRecursive)
+                        .await
+                    {
+                        Ok(renewed) => watcher = renewed,
+                        Err(e) => {
+                            warn!(error = %e, "cannot re-add the watch after reconnecting; starting a new session");
+                            shared.publisher.set_connected(false);
+                            return SessionEnd::Expired;
+                        }
+                    }
                     match resync(&client, state).await {
                         Ok(()) => {
                             shared.publisher.count_resync();
@@ -428,7 +465,12 @@ enum Read {
 }
 
 /// Re-reads every path in `paths` and applies what it finds. Returns whether the state changed.
-async fn apply_paths(shared: &Shared, client: &zk::Client, state: &mut State, paths: &BTreeSet<String>) -> bool {
+async fn apply_paths(
+    shared: &Shared,
+    client: &zk::Client,
+    state: &mut State,
+    paths: &BTreeSet<String>,
+) -> bool {
     let reads = paths.iter().map(|path| async move {
         let read = match classify(path) {
             Node::Instance(..) | Node::Route(_) => Some(Read::Data(client.get_data(path).await)),
@@ -458,15 +500,17 @@ async fn apply_paths(shared: &Shared, client: &zk::Client, state: &mut State, pa
                     None => changed |= state.remove_instance(service, id).is_some(),
                 }
             }
-            (Node::Route(name), Some(Read::Data(Ok((data, stat))))) => match decode_route(path, name, &data) {
-                Some(route) => {
-                    if state.upsert_route(name, route) {
-                        changed = true;
-                        observe_mtime(shared, now_ms, stat.mtime);
+            (Node::Route(name), Some(Read::Data(Ok((data, stat))))) => {
+                match decode_route(path, name, &data) {
+                    Some(route) => {
+                        if state.upsert_route(name, route) {
+                            changed = true;
+                            observe_mtime(shared, now_ms, stat.mtime);
+                        }
                     }
+                    None => changed |= state.remove_route(name),
                 }
-                None => changed |= state.remove_route(name),
-            },
+            }
             (Node::Instance(service, id), Some(Read::Data(Err(zk::Error::NoNode)))) => {
                 changed |= state.remove_instance(service, id).is_some();
             }
@@ -501,7 +545,10 @@ fn decode_instance(path: &str, service: &str, id: &str, data: &[u8]) -> Option<I
         }
     };
     if instance.service != service || instance.id != id {
-        warn!(path, "ignoring instance znode whose body names another service or id");
+        warn!(
+            path,
+            "ignoring instance znode whose body names another service or id"
+        );
         return None;
     }
     match Instance::new(service, id, instance.spec.clone()) {

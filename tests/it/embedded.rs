@@ -1,0 +1,137 @@
+//! The embedded store: persistence across restarts, ephemeral instances, leases held by
+//! a real process that is then killed, and the data-directory lock.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{STRAIT, Strait, eventually};
+
+#[test]
+fn routes_survive_restart_and_instances_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut strait = Strait::builder().data_dir(&data).start();
+    strait.put(
+        "/v1/routes/web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    strait.put(
+        "/v1/routes/api",
+        r#"{"host":"api.example.com","path":{"prefix":"/v1"},"service":"api"}"#,
+    );
+    strait.delete("/v1/routes/api");
+    strait.put(
+        "/v1/services/web/instances/w1",
+        r#"{"address":"127.0.0.1","port":80}"#,
+    );
+    let (_, before) = strait.get("/v1/snapshot");
+    strait.kill(); // no clean shutdown: persistence must not depend on one
+
+    let strait = Strait::builder().data_dir(&data).start();
+    let (_, after) = strait.get("/v1/snapshot");
+    assert_eq!(after["routes"], before["routes"], "routes survive a crash");
+    assert!(after["routes"]["api"].is_null());
+    assert_eq!(
+        after["services"],
+        serde_json::json!({}),
+        "instances are ephemeral"
+    );
+    assert!(
+        after["revision"].as_u64() >= Some(2),
+        "revision does not go back below the persisted one: {after}"
+    );
+}
+
+#[test]
+fn corrupt_routes_file_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(
+        data.join("routes.json"),
+        b"{\"format\":1,\"revision\":3,\"rou",
+    )
+    .expect("write");
+    let stderr = Strait::builder().data_dir(&data).start_expecting_failure();
+    assert!(stderr.contains("corrupt routes file"), "{stderr}");
+    assert_eq!(
+        std::fs::read(data.join("routes.json")).expect("read"),
+        b"{\"format\":1,\"revision\":3,\"rou",
+        "the file is left for the operator"
+    );
+}
+
+#[test]
+fn one_process_per_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let _first = Strait::builder().data_dir(&data).start();
+    let stderr = Strait::builder().data_dir(&data).start_expecting_failure();
+    assert!(
+        stderr.contains("in use by another strait process"),
+        "{stderr}"
+    );
+}
+
+/// `strait svc register --ttl` holds a lease while it runs; killed with SIGKILL, it stops
+/// renewing and the instance expires. Stopped with SIGTERM, it revokes at once.
+#[test]
+fn killed_owner_instances_expire() {
+    let strait = Strait::builder().start();
+    let admin = format!("http://{}", strait.admin);
+    let hold = |id: &str| {
+        Command::new(STRAIT)
+            .args([
+                "svc",
+                "register",
+                "web",
+                id,
+                "127.0.0.1:9000",
+                "--ttl",
+                "1s",
+                "--admin",
+                &admin,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn strait svc register")
+    };
+    let mut killed = hold("killed");
+    let graceful = hold("graceful");
+    eventually(Duration::from_secs(10), "both registrations", || {
+        let ids = strait.instance_ids("web");
+        if ids.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    });
+    // Alive and renewing: still there after several TTLs.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(strait.instance_ids("web"), ["graceful", "killed"]);
+
+    killed.kill().expect("kill");
+    killed.wait().expect("wait");
+    eventually(
+        Duration::from_secs(5),
+        "the killed owner's instance to expire",
+        || {
+            let ids = strait.instance_ids("web");
+            if ids == ["graceful"] {
+                Ok(())
+            } else {
+                Err(format!("{ids:?}"))
+            }
+        },
+    );
+
+    crate::harness::signal(graceful.id(), "TERM");
+    let status = { graceful }.wait().expect("wait");
+    assert!(status.success(), "svc register exits cleanly on SIGTERM");
+    assert!(
+        strait.instance_ids("web").is_empty(),
+        "revoked at once on SIGTERM"
+    );
+}

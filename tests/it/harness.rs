@@ -1,0 +1,491 @@
+//! Real processes for the integration tests: the built `strait` binary and a real
+//! ZooKeeper from Debian's package. Each picks free loopback ports, waits for readiness,
+//! and is killed on drop (a watchdog also kills it if the test binary itself dies).
+//! A failing test prints the logs of what it started.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const STRAIT: &str = env!("CARGO_BIN_EXE_strait");
+
+/// Polls `check` every 50 ms until it returns `Ok` or `timeout` passes; then panics with
+/// the last error.
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Starts `command` with a watchdog that kills it if this test process exits without
+/// dropping its guard (e.g. killed by a timeout).
+fn spawn_guarded(command: &mut Command) -> (Child, Child) {
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let watchdog = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {parent} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 1; done; kill -9 {child} 2>/dev/null",
+            parent = std::process::id(),
+            child = child.id()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start watchdog");
+    (child, watchdog)
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A running `strait up`.
+pub struct Strait {
+    child: Option<Child>,
+    watchdog: Child,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct StraitBuilder {
+    args: Vec<String>,
+    data_dir: Option<PathBuf>,
+    config: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl StraitBuilder {
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn store(self, url: &str) -> Self {
+        self.arg("--store").arg(url)
+    }
+
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Runs with this configuration file content.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn start(self) -> Strait {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
+        let mut command = Command::new(STRAIT);
+        command
+            .arg("up")
+            .arg("--admin-addr")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                std::env::var("STRAIT_TEST_LOG").unwrap_or_else(|_| "info,discovery=debug".into()),
+            )
+            .envs(self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(config) = &self.config {
+            let path = tmp.path().join("strait.toml");
+            std::fs::write(&path, config).expect("write config");
+            command.arg("--config").arg(path);
+        }
+        let (mut child, watchdog) = spawn_guarded(&mut command);
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.split("admin API listening on ").nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap_or_default();
+                        let _ = addr_tx.send(addr.parse::<SocketAddr>());
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let mut strait = Strait {
+            child: Some(child),
+            watchdog,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+
+            _tmp: Some(tmp),
+        };
+        match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => strait.admin = addr,
+            other => panic!(
+                "strait did not report its admin address ({other:?}); log:\n{}",
+                strait.log_text()
+            ),
+        }
+        strait
+    }
+
+    /// Runs `strait up` expecting it to fail at start; returns its stderr.
+    pub fn start_expecting_failure(self) -> String {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
+        let mut command = Command::new(STRAIT);
+        command.arg("up").arg("--data-dir").arg(&data_dir);
+        if !self.args.iter().any(|a| a == "--admin-addr") {
+            command.arg("--admin-addr").arg("127.0.0.1:0");
+        }
+        command.args(&self.args).envs(self.env);
+        if let Some(config) = &self.config {
+            let path = tmp.path().join("strait.toml");
+            std::fs::write(&path, config).expect("write config");
+            command.arg("--config").arg(path);
+        }
+        let output = command.output().expect("run strait");
+        assert!(!output.status.success(), "strait up should have failed");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}
+
+impl Strait {
+    pub fn builder() -> StraitBuilder {
+        StraitBuilder {
+            args: Vec::new(),
+            data_dir: None,
+            config: None,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(
+                        status.success(),
+                        "strait exited with {status}; log:\n{}",
+                        self.log_text()
+                    );
+                    break;
+                }
+                if Instant::now() > deadline {
+                    kill(&mut child);
+                    panic!(
+                        "strait did not stop within 10s of SIGTERM; log:\n{}",
+                        self.log_text()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        http(self, "GET", path, None, None)
+    }
+
+    pub fn put(&self, path: &str, body: &str) -> (u16, Value) {
+        http(self, "PUT", path, Some(body), None)
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        http(self, "DELETE", path, None, None)
+    }
+
+    /// A metric's value from `/metrics` (first sample whose name and labels start with `name`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = http_text(&self.url("/metrics"), None).1;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn metrics_text(&self) -> String {
+        http_text(&self.url("/metrics"), None).1
+    }
+
+    /// The ids of the instances of `service` in this strait's snapshot.
+    pub fn instance_ids(&self, service: &str) -> Vec<String> {
+        let (_, snapshot) = self.get("/v1/snapshot");
+        snapshot["services"][service]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["id"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Strait {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+        kill(&mut self.watchdog);
+        if std::thread::panicking() {
+            eprintln!(
+                "--- strait log (admin {}) ---\n{}\n---",
+                self.admin,
+                self.log_text()
+            );
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+/// One admin API request; returns status and JSON body (`null` if empty, a string if not JSON).
+pub fn http(
+    strait: &Strait,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let url = strait.url(path);
+    let agent = agent();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match (method, body) {
+        ("GET", _) => {
+            let r = agent.get(&url);
+            match &auth {
+                Some(a) => r.header("authorization", a.as_str()).call(),
+                None => r.call(),
+            }
+        }
+        ("DELETE", _) => {
+            let r = agent.delete(&url);
+            match &auth {
+                Some(a) => r.header("authorization", a.as_str()).call(),
+                None => r.call(),
+            }
+        }
+        (m, b) => {
+            let r = if m == "PUT" {
+                agent.put(&url)
+            } else {
+                agent.post(&url)
+            };
+            let r = match &auth {
+                Some(a) => r.header("authorization", a.as_str()),
+                None => r,
+            };
+            r.content_type("application/json")
+                .send(b.unwrap_or_default())
+        }
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    let value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value)
+}
+
+pub fn http_text(url: &str, token: Option<&str>) -> (u16, String) {
+    let request = agent().get(url);
+    let request = match token {
+        Some(t) => request.header("authorization", format!("Bearer {t}")),
+        None => request,
+    };
+    let mut response = request.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+/// Runs the strait CLI; returns (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(STRAIT)
+        .args(args)
+        .output()
+        .expect("run strait");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A real ZooKeeper server (Debian's `zookeeper` package) on a free loopback port.
+pub struct ZooKeeper {
+    child: Option<(Child, Child)>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+const ZOOKEEPER_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+impl ZooKeeper {
+    /// A server of its own, for tests that stop or restart it.
+    pub fn start() -> ZooKeeper {
+        assert!(
+            Path::new(ZOOKEEPER_JAR).exists(),
+            "{ZOOKEEPER_JAR} is missing: install Debian's `zookeeper` package (scripts/test does)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "tickTime=200\ninitLimit=10\nsyncLimit=5\ndataDir={data}\nclientPort={port}\n\
+             clientPortAddress=127.0.0.1\nadmin.enableServer=false\nminSessionTimeout=400\n\
+             maxSessionTimeout=60000\n4lw.commands.whitelist=ruok,srvr\n",
+            data = dir.path().join("data").display()
+        );
+        std::fs::create_dir_all(dir.path().join("data")).expect("zk data dir");
+        std::fs::write(dir.path().join("zoo.cfg"), config).expect("zoo.cfg");
+        let mut zk = ZooKeeper {
+            child: None,
+            port,
+            dir,
+        };
+        zk.restart();
+        zk
+    }
+
+    /// One server shared by the tests of this run; each test uses its own chroot.
+    pub fn shared() -> &'static ZooKeeper {
+        static SHARED: OnceLock<ZooKeeper> = OnceLock::new();
+        SHARED.get_or_init(ZooKeeper::start)
+    }
+
+    /// A `zk://` store URL with a chroot unique to `test`.
+    pub fn url(&self, test: &str) -> String {
+        format!("zk://127.0.0.1:{}/strait-test/{test}", self.port)
+    }
+
+    /// Starts the server again (same port and data) after `stop`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "ZooKeeper already running");
+        let log = std::fs::File::create(self.dir.path().join("zookeeper.log")).expect("zk log");
+        let mut command = Command::new("java");
+        command
+            .arg("-Xmx256m")
+            .arg("-cp")
+            .arg(ZOOKEEPER_JAR)
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(self.dir.path().join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        self.child = Some(spawn_guarded(&mut command));
+        let port = self.port;
+        eventually(Duration::from_secs(60), "ZooKeeper to answer ruok", || {
+            use std::io::{Read, Write};
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .map_err(|e| e.to_string())?;
+            stream.write_all(b"ruok").map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            stream
+                .read_to_string(&mut answer)
+                .map_err(|e| e.to_string())?;
+            if answer == "imok" {
+                Ok(())
+            } else {
+                Err(format!("answered {answer:?}"))
+            }
+        });
+    }
+
+    /// Stops the server (SIGKILL, like a crash or a partition: clients see the connection drop).
+    pub fn stop(&mut self) {
+        if let Some((mut child, mut watchdog)) = self.child.take() {
+            kill(&mut child);
+            kill(&mut watchdog);
+        }
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

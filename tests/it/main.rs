@@ -1,0 +1,8 @@
+//! strait's integration tests: the real binary, real ZooKeeper, real HTTP clients.
+
+mod admin_api;
+mod cli;
+mod docs;
+mod embedded;
+mod harness;
+mod zookeeper;

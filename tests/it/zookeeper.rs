@@ -1,0 +1,332 @@
+//! The ZooKeeper store against a real ZooKeeper server: several strait processes on one
+//! ensemble, fail-static while it is down, resync when it is back, session expiry,
+//! killed processes, and propagation latency.
+
+use std::time::Duration;
+
+use crate::harness::{Strait, ZooKeeper, eventually, signal};
+
+const INSTANCE: &str = r#"{"address":"127.0.0.1","port":9000}"#;
+
+fn wait_ready(strait: &Strait) {
+    eventually(
+        Duration::from_secs(30),
+        "strait to sync with ZooKeeper",
+        || {
+            let (status, body) = strait.get("/v1/snapshot");
+            if status == 200 && body["connected"] == true {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            }
+        },
+    );
+    assert_eq!(
+        crate::harness::http_text(&strait.url("/readyz"), None).0,
+        200
+    );
+}
+
+fn wait_ids(strait: &Strait, service: &str, expected: &[&str], what: &str) {
+    eventually(Duration::from_secs(20), what, || {
+        let ids = strait.instance_ids(service);
+        if ids == expected {
+            Ok(())
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    });
+}
+
+fn zk_config(url: &str, session_timeout: &str) -> String {
+    format!("[store]\nurl = \"{url}\"\nsession_timeout = \"{session_timeout}\"\n")
+}
+
+#[test]
+fn registration_through_a_is_seen_by_b() {
+    let zk = ZooKeeper::shared();
+    let url = zk.url("a-sees-b");
+    let a = Strait::builder().store(&url).start();
+    let b = Strait::builder().store(&url).start();
+    wait_ready(&a);
+    wait_ready(&b);
+
+    let (status, body) = a.put("/v1/services/web/instances/web-1", INSTANCE);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = b.put(
+        "/v1/routes/web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_ids(&b, "web", &["web-1"], "B to see A's instance");
+    eventually(Duration::from_secs(10), "A to see B's route", || {
+        let (_, routes) = a.get("/v1/routes");
+        if routes["routes"]["web"]["service"] == "web" {
+            Ok(())
+        } else {
+            Err(routes.to_string())
+        }
+    });
+
+    // Health changes and deregistrations flow the same way, from either side.
+    let (status, _) = b.put(
+        "/v1/services/web/instances/web-1/health",
+        r#"{"health":"critical"}"#,
+    );
+    assert_eq!(status, 200);
+    eventually(
+        Duration::from_secs(10),
+        "A to see the health change",
+        || {
+            let (_, instance) = a.get("/v1/services/web/instances/web-1");
+            if instance["health"] == "critical" {
+                Ok(())
+            } else {
+                Err(instance.to_string())
+            }
+        },
+    );
+    assert_eq!(a.delete("/v1/services/web/instances/web-1").0, 204);
+    wait_ids(&b, "web", &[], "B to see the deregistration");
+    assert_eq!(a.delete("/v1/routes/web").0, 204);
+    eventually(
+        Duration::from_secs(10),
+        "B to see the route removed",
+        || {
+            let (status, _) = b.get("/v1/routes/web");
+            if status == 404 {
+                Ok(())
+            } else {
+                Err(format!("{status}"))
+            }
+        },
+    );
+}
+
+#[test]
+fn instance_owned_by_another_process_is_a_conflict() {
+    let zk = ZooKeeper::shared();
+    let url = zk.url("conflict");
+    let a = Strait::builder().store(&url).start();
+    let b = Strait::builder().store(&url).start();
+    wait_ready(&a);
+    wait_ready(&b);
+    assert_eq!(a.put("/v1/services/web/instances/web-1", INSTANCE).0, 200);
+    // Re-registering through the owner updates in place.
+    assert_eq!(
+        a.put(
+            "/v1/services/web/instances/web-1",
+            r#"{"address":"127.0.0.1","port":9001}"#
+        )
+        .0,
+        200
+    );
+    let (status, body) = b.put("/v1/services/web/instances/web-1", INSTANCE);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("registered by another strait process"),
+        "{body}"
+    );
+}
+
+#[test]
+fn graceful_stop_removes_instances_at_once_and_kill_after_session_timeout() {
+    let zk = ZooKeeper::shared();
+    let url = zk.url("owner-dies");
+    let config = zk_config(&url, "2s");
+    let mut graceful = Strait::builder().config(&config).start();
+    let mut killed = Strait::builder().config(&config).start();
+    let observer = Strait::builder().config(&config).start();
+    for s in [&graceful, &killed, &observer] {
+        wait_ready(s);
+    }
+    graceful.put("/v1/services/web/instances/graceful", INSTANCE);
+    killed.put("/v1/services/web/instances/killed", INSTANCE);
+    wait_ids(&observer, "web", &["graceful", "killed"], "both instances");
+
+    graceful.stop();
+    wait_ids(
+        &observer,
+        "web",
+        &["killed"],
+        "the gracefully stopped process's instance to go",
+    );
+
+    killed.kill();
+    // Still there right after the kill (the session outlives the TCP connection)...
+    assert_eq!(observer.instance_ids("web"), ["killed"]);
+    // ...and gone once the 2s session expires.
+    wait_ids(
+        &observer,
+        "web",
+        &[],
+        "the killed process's session to expire",
+    );
+}
+
+#[test]
+fn fail_static_while_zookeeper_is_down_then_resync() {
+    let mut zk = ZooKeeper::start();
+    let url = zk.url("fail-static");
+    let a = Strait::builder().config(&zk_config(&url, "20s")).start();
+    let b = Strait::builder().config(&zk_config(&url, "20s")).start();
+    wait_ready(&a);
+    wait_ready(&b);
+    a.put("/v1/services/web/instances/web-1", INSTANCE);
+    a.put(
+        "/v1/routes/web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_ids(&b, "web", &["web-1"], "B to see web-1");
+    eventually(Duration::from_secs(10), "B to see the route", || {
+        let (status, _) = b.get("/v1/routes/web");
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{status}"))
+        }
+    });
+
+    zk.stop();
+    eventually(
+        Duration::from_secs(20),
+        "B to report disconnected",
+        || match b.metric("strait_discovery_store_connected") {
+            Some(0.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    // Fail static: the last snapshot is still served, and it says how stale it is.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (_, snapshot) = b.get("/v1/snapshot");
+    assert_eq!(snapshot["connected"], false);
+    assert!(
+        snapshot["age_seconds"].as_f64().unwrap_or(0.0) >= 1.0,
+        "{snapshot}"
+    );
+    assert_eq!(b.instance_ids("web"), ["web-1"]);
+    assert_eq!(snapshot["routes"]["web"]["service"], "web");
+    assert!(
+        b.metric("strait_discovery_snapshot_age_seconds")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // Writes fail clearly and lose nothing.
+    let (status, body) = a.put("/v1/services/web/instances/web-2", INSTANCE);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable");
+
+    zk.restart();
+    wait_ready(&a);
+    wait_ready(&b);
+    assert_eq!(b.metric("strait_discovery_store_connected"), Some(1.0));
+    let (_, snapshot) = b.get("/v1/snapshot");
+    assert_eq!(snapshot["age_seconds"], 0.0);
+    // New changes flow again.
+    assert_eq!(a.put("/v1/services/web/instances/web-2", INSTANCE).0, 200);
+    wait_ids(
+        &b,
+        "web",
+        &["web-1", "web-2"],
+        "B to see a registration made after the outage",
+    );
+    assert!(b.metric("strait_discovery_resyncs_total").unwrap_or(0.0) >= 2.0);
+}
+
+/// A process frozen longer than its session timeout (a GC pause, a stalled VM) loses its
+/// session; when it thaws it must start a new one and re-create its own instances.
+#[test]
+fn session_expiry_recreates_own_instances() {
+    let zk = ZooKeeper::shared();
+    let url = zk.url("expiry");
+    let a = Strait::builder().config(&zk_config(&url, "1s")).start();
+    let b = Strait::builder().config(&zk_config(&url, "1s")).start();
+    wait_ready(&a);
+    wait_ready(&b);
+    assert_eq!(a.put("/v1/services/web/instances/web-1", INSTANCE).0, 200);
+    assert_eq!(
+        a.put(
+            "/v1/services/web/instances/web-1/health",
+            r#"{"health":"warning"}"#
+        )
+        .0,
+        200
+    );
+    wait_ids(&b, "web", &["web-1"], "B to see web-1");
+
+    signal(a.pid(), "STOP");
+    let expired =
+        std::panic::catch_unwind(|| wait_ids(&b, "web", &[], "A's session to expire while frozen"));
+    signal(a.pid(), "CONT");
+    assert!(expired.is_ok(), "A's session did not expire");
+
+    wait_ids(
+        &b,
+        "web",
+        &["web-1"],
+        "A to re-create its instance in a new session",
+    );
+    let (_, instance) = b.get("/v1/services/web/instances/web-1");
+    assert_eq!(
+        instance["health"], "warning",
+        "re-created with its latest health"
+    );
+    assert!(
+        a.log_text().contains("starting a new one"),
+        "A noticed the expiry"
+    );
+}
+
+/// Not a timing assertion: counts that every write propagated, and prints the latency
+/// distribution B observed (ZooKeeper mtime -> B's snapshot) for the issue note.
+#[test]
+fn propagation_latency_is_reported() {
+    let zk = ZooKeeper::shared();
+    let url = zk.url("propagation");
+    let a = Strait::builder().store(&url).start();
+    let b = Strait::builder().store(&url).start();
+    wait_ready(&a);
+    wait_ready(&b);
+    const N: usize = 200;
+    for i in 0..N {
+        let (status, body) = a.put(&format!("/v1/services/load/instances/i-{i}"), INSTANCE);
+        assert_eq!(status, 200, "{body}");
+        // Spread the writes so each one is its own event, not one coalesced batch.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eventually(Duration::from_secs(20), "B to see all instances", || {
+        let n = b.instance_ids("load").len();
+        if n == N {
+            Ok(())
+        } else {
+            Err(format!("{n} of {N}"))
+        }
+    });
+    let count = b
+        .metric("strait_discovery_propagation_seconds_count")
+        .unwrap_or(0.0);
+    assert!(count >= N as f64, "B measured {count} propagations");
+    let text = b.metrics_text();
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("strait_discovery_propagation_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"} ")?;
+            Some((le.parse().unwrap_or(f64::INFINITY), rest.parse().ok()?))
+        })
+        .collect();
+    let quantile = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= q * count)
+            .map_or(f64::INFINITY, |(le, _)| *le)
+    };
+    eprintln!(
+        "zookeeper propagation A->B over {count} writes: p50 <= {}s, p99 <= {}s (histogram bucket bounds; ms clock)",
+        quantile(0.5),
+        quantile(0.99)
+    );
+}
