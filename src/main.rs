@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run strait: discovery store and admin API (the built-in demo config by default).
+    /// Run strait: discovery store, router and admin API (the built-in demo config by default).
     Up(UpArgs),
     /// Register, deregister and list service instances (through the admin API).
     Svc {
@@ -66,6 +66,9 @@ pub struct UpArgs {
     /// Admin API listen address (port 0 picks a free port). Overrides `admin.addr`.
     #[arg(long)]
     pub admin_addr: Option<SocketAddr>,
+    /// HTTP router listen address (port 0 picks a free port). Overrides `router.http_addr`.
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
 }
 
 #[derive(Args)]

@@ -15,6 +15,8 @@ pub struct Settings {
     pub store: discovery::StoreConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub router: router::RouterConfig,
 }
 
 /// The `[admin]` section. A non-loopback `addr` requires a `token`.
@@ -152,7 +154,7 @@ mod tests {
         check(
             "[stor]\nurl = \"embedded\"\n",
             expect![
-                "<test>:1:2: key `stor`: unknown field `stor`, expected `store` or `admin` (remove it or check its spelling)"
+                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router` (remove it or check its spelling)"
             ],
         );
     }

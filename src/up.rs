@@ -24,6 +24,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.admin_addr {
         settings.admin.addr = addr;
     }
+    if let Some(addr) = args.http_addr {
+        settings.router.http_addr = addr;
+    }
     if let Ok(token) = std::env::var("STRAIT_ADMIN_TOKEN")
         && !token.is_empty()
     {
@@ -66,6 +69,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the {} store", settings.store.url))?;
     info!(store = %settings.store.url, "discovery store opened");
 
+    let router = router::Router::new(settings.router.clone(), &registry)?;
+    router.follow(store.watch())?;
+    let router = router.start()?;
+
     let leases = Leases::new(Arc::clone(&store));
     tokio::spawn(Arc::clone(&leases).run_reaper());
 
@@ -86,7 +93,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("admin API server failed")?;
-    info!("shutting down");
+    info!("shutting down: draining the router");
+    router.drain(settings.router.drain_timeout).await;
     store.shutdown().await;
     Ok(())
 }

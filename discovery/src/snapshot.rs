@@ -38,6 +38,10 @@ pub struct Snapshot {
     pub revision: u64,
     pub services: Arc<ServiceMap>,
     pub routes: Arc<RouteMap>,
+    /// Wall-clock time of the newest write this snapshot includes, when known, so
+    /// consumers can measure write-to-live propagation.
+    #[serde(skip)]
+    pub changed_at: Option<std::time::SystemTime>,
 }
 
 impl Snapshot {
@@ -65,6 +69,7 @@ pub(crate) struct State {
     pub revision: u64,
     pub services: Arc<ServiceMap>,
     pub routes: Arc<RouteMap>,
+    pub changed_at: Option<std::time::SystemTime>,
 }
 
 impl State {
@@ -73,6 +78,7 @@ impl State {
             revision: self.revision,
             services: Arc::clone(&self.services),
             routes: Arc::clone(&self.routes),
+            changed_at: self.changed_at,
         }
     }
 

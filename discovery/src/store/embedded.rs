@@ -72,6 +72,7 @@ impl EmbeddedStore {
         let (changed, result) = change(&mut state);
         if changed {
             state.revision += 1;
+            state.changed_at = Some(written);
             self.publisher.count_events(1);
             self.publisher.publish(&state);
             self.publisher.observe_propagation(written);

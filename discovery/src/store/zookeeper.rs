@@ -494,7 +494,7 @@ async fn apply_paths(
                     Some(instance) => {
                         if state.upsert_instance(instance) {
                             changed = true;
-                            observe_mtime(shared, now_ms, stat.mtime);
+                            observe_mtime(shared, state, now_ms, stat.mtime);
                         }
                     }
                     None => changed |= state.remove_instance(service, id).is_some(),
@@ -505,7 +505,7 @@ async fn apply_paths(
                     Some(route) => {
                         if state.upsert_route(name, route) {
                             changed = true;
-                            observe_mtime(shared, now_ms, stat.mtime);
+                            observe_mtime(shared, state, now_ms, stat.mtime);
                         }
                     }
                     None => changed |= state.remove_route(name),
@@ -529,10 +529,13 @@ async fn apply_paths(
 
 /// ZooKeeper's mtime is the server's wall clock in ms; on one host (or NTP-synced hosts)
 /// `now - mtime` is the write-to-publish latency.
-fn observe_mtime(shared: &Shared, now_ms: i64, mtime_ms: i64) {
+fn observe_mtime(shared: &Shared, state: &mut State, now_ms: i64, mtime_ms: i64) {
     if mtime_ms > 0 && now_ms >= mtime_ms {
         let written = UNIX_EPOCH + Duration::from_millis(mtime_ms as u64);
         shared.publisher.observe_propagation(written);
+        if state.changed_at.is_none_or(|t| t < written) {
+            state.changed_at = Some(written);
+        }
     }
 }
 
@@ -627,6 +630,8 @@ async fn resync(client: &zk::Client, state: &mut State) -> Result<(), zk::Error>
         }
     }
     if next.services != state.services || next.routes != state.routes || state.revision == 0 {
+        // A resync's changes have no single write time.
+        next.changed_at = None;
         next.revision = state.revision + 1;
         *state = next;
     }

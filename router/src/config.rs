@@ -1,0 +1,195 @@
+//! The `[router]` section of strait's configuration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How a service's instances are chosen for each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancerKind {
+    /// Power of two random choices, fewest outstanding requests (weighted). The default.
+    #[default]
+    LeastRequest,
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Consistent hashing (ring) with bounded load, keyed by `hash_on`.
+    ConsistentHash,
+    /// Weighted random.
+    Random,
+}
+
+/// What consistent hashing hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    ClientIp,
+}
+
+/// Per-service router settings (`[router.services.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    #[serde(default)]
+    pub balancer: BalancerKind,
+    /// For `consistent-hash`: `{ header = "x-user" }`, `{ cookie = "session" }` or `"client-ip"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+}
+
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_connect_retries() -> u32 {
+    2
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_local_endpoints() -> usize {
+    1
+}
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+fn default_retry_budget_percent() -> u32 {
+    20
+}
+fn default_h2_max_streams() -> u32 {
+    100
+}
+
+/// Passive outlier detection: eject endpoints that keep failing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive connect failures or 5xx responses before an ejection.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// First ejection lasts this long; each further one doubles it (capped at 5 minutes).
+    #[serde(default = "default_base_ejection", with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// Never eject more than this share of a pool (Envoy's panic threshold idea).
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection: default_base_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Plain-HTTP listener (HTTP/1.1 and h2c). Port 0 picks a free port.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: SocketAddr,
+    /// Worker threads for the data plane.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// This router's zone: instances in it are preferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Use only local-zone instances while at least this many are eligible.
+    #[serde(default = "default_min_local_endpoints")]
+    pub min_local_endpoints: usize,
+    /// Send traffic to instances whose health is `warning` too.
+    #[serde(default)]
+    pub serve_warning: bool,
+    /// Request head (request line + headers) size limit; larger heads get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Header count limit; more get 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// The whole request head must arrive within this long of its first byte (slowloris).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Default upstream connect timeout (a route's `timeouts.connect` overrides it).
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Default upstream request timeout (a route's `timeouts.request` overrides it).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connect failures are always retried on another instance, this many times.
+    #[serde(default = "default_connect_retries")]
+    pub connect_retries: u32,
+    /// Retries may add at most this percentage of the requests in flight.
+    #[serde(default = "default_retry_budget_percent")]
+    pub retry_budget_percent: u32,
+    /// On SIGTERM, wait at most this long for in-flight requests.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// HTTP/2: concurrent streams per connection.
+    #[serde(default = "default_h2_max_streams")]
+    pub h2_max_concurrent_streams: u32,
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// Per-service settings, by service name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ServiceSettings>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            http_addr: default_http_addr(),
+            threads: default_threads(),
+            zone: None,
+            min_local_endpoints: default_min_local_endpoints(),
+            serve_warning: false,
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            connect_retries: default_connect_retries(),
+            retry_budget_percent: default_retry_budget_percent(),
+            drain_timeout: default_drain_timeout(),
+            h2_max_concurrent_streams: default_h2_max_streams(),
+            outlier: OutlierConfig::default(),
+            services: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The front door for plain-HTTP/1.1 connections: reads each request head itself, under a
+//! whole-head deadline and size/count limits, validates its framing strictly, and only
+//! then hands the connection (head bytes pushed back in front of the stream) to pingora.
+//!
+//! Why not leave it to pingora: pingora's only head timeout is per read (a slowloris
+//! client dripping a byte every few seconds is never cut off), its limits are 1 MiB and
+//! 256 headers and not configurable, and on `Content-Length` + `Transfer-Encoding` it
+//! drops `Content-Length` rather than refusing the request. An edge must refuse.
+//!
+//! Phase order per connection: [TLS/ALPN or h2c preface -> pingora's HTTP/2] else loop
+//! { wait for first byte (idle timeout) -> read head (deadline, size) -> validate -> pingora
+//! proxies one request -> connection back if reusable }.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    Stream, TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+use crate::metrics::RouterMetrics;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Limits on request heads.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_bytes: usize,
+    pub max_headers: usize,
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Why a head was refused: the status and a short reason for the body and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+const fn reject(status: u16, reason: &'static str) -> Rejection {
+    Rejection { status, reason }
+}
+
+/// Finds the end of the head (`\r\n\r\n`); returns its length including the terminator.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Validates one complete request head strictly. Never panics on any input.
+pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> {
+    // Line endings: every LF preceded by CR, every CR followed by LF.
+    for (i, &b) in head.iter().enumerate() {
+        match b {
+            b'\n' if i == 0 || head[i - 1] != b'\r' => {
+                return Err(reject(400, "bare LF in request head"));
+            }
+            b'\r' if head.get(i + 1) != Some(&b'\n') => {
+                return Err(reject(400, "bare CR in request head"));
+            }
+            0 => return Err(reject(400, "NUL in request head")),
+            _ => {}
+        }
+    }
+    // Obsolete line folding: a header line starting with space or tab.
+    if head
+        .windows(2)
+        .any(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'))
+    {
+        return Err(reject(400, "obsolete header line folding"));
+    }
+    let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut request = httparse::Request::new(&mut storage);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(reject(400, "incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(reject(431, "too many request headers"));
+        }
+        Err(httparse::Error::Version) => return Err(reject(505, "unsupported HTTP version")),
+        Err(_) => return Err(reject(400, "malformed request head")),
+    }
+    let version = request.version.unwrap_or(1);
+    let method = request.method.unwrap_or_default();
+    let target = request.path.unwrap_or_default();
+    if method == "CONNECT" {
+        return Err(reject(405, "CONNECT is not supported"));
+    }
+    let target_ok = target.starts_with('/')
+        || (target == "*" && method == "OPTIONS")
+        || target.starts_with("http://")
+        || target.starts_with("https://");
+    if !target_ok {
+        return Err(reject(400, "invalid request target"));
+    }
+    let (mut content_length, mut transfer_encoding, mut host) = (0usize, 0usize, 0usize);
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length += 1;
+            let value = header.value;
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 18 {
+                return Err(reject(400, "invalid Content-Length"));
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding += 1;
+            if !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(reject(
+                    400,
+                    "unsupported Transfer-Encoding (only `chunked`)",
+                ));
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            host += 1;
+            if header
+                .value
+                .iter()
+                .any(|&b| b <= b' ' || b == b'/' || b == b'@' || b >= 0x7f)
+            {
+                return Err(reject(400, "invalid Host header"));
+            }
+        }
+    }
+    if content_length > 1 {
+        return Err(reject(400, "duplicate Content-Length"));
+    }
+    if transfer_encoding > 1 {
+        return Err(reject(400, "duplicate Transfer-Encoding"));
+    }
+    if content_length > 0 && transfer_encoding > 0 {
+        return Err(reject(400, "both Content-Length and Transfer-Encoding"));
+    }
+    if transfer_encoding > 0 && version == 0 {
+        return Err(reject(400, "Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    if host > 1 {
+        return Err(reject(400, "duplicate Host header"));
+    }
+    if host == 0 && version == 1 {
+        return Err(reject(400, "missing Host header"));
+    }
+    Ok(())
+}
+
+/// What reading a head produced.
+enum Head {
+    /// A complete head (and possibly more) is in the buffer.
+    Complete,
+    /// The connection is an HTTP/2 prior-knowledge (h2c) connection.
+    H2c,
+    /// Closed or idle before a request began: close quietly.
+    Gone,
+    Rejected(Rejection),
+}
+
+async fn read_head(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    limits: &HeadLimits,
+    check_h2c: bool,
+) -> Head {
+    // Idle: wait for the first byte of a request.
+    if buf.is_empty() {
+        match tokio::time::timeout(limits.idle_timeout, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Head::Gone,
+        }
+    }
+    let deadline = Instant::now() + limits.head_timeout;
+    loop {
+        if check_h2c && buf.len() <= H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+            if buf.len() == H2_PREFACE.len() {
+                return Head::H2c;
+            }
+        } else if check_h2c && buf.starts_with(H2_PREFACE) {
+            return Head::H2c;
+        } else if head_end(buf).is_some() {
+            return Head::Complete;
+        }
+        if buf.len() > limits.max_bytes {
+            return Head::Rejected(reject(431, "request head too large"));
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Gone,
+            Ok(Ok(_)) => {}
+            Err(_) => return Head::Rejected(reject(408, "request head not received in time")),
+        }
+    }
+}
+
+async fn respond_and_close(stream: &mut Stream, rejection: Rejection) {
+    let reason_phrase = match rejection.status {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    };
+    let response = format!(
+        "HTTP/1.1 {} {reason_phrase}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}\n",
+        rejection.status,
+        rejection.reason.len() + 1,
+        rejection.reason
+    );
+    let write = async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+/// The pingora app behind the front: proxies one request per call.
+pub struct Front<A> {
+    pub app: Arc<A>,
+    pub limits: HeadLimits,
+    pub h2c: bool,
+    pub metrics: RouterMetrics,
+}
+
+#[async_trait]
+impl<A> ServerApp for Front<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _connection = self.metrics.connection();
+        // TLS with ALPN h2: straight to pingora's HTTP/2 server.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.app.process_new(stream, shutdown).await;
+        }
+        let check_h2c = self.h2c && stream.get_ssl_digest().is_none();
+        let mut stream = stream;
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            match read_head(&mut stream, &mut buf, &self.limits, check_h2c).await {
+                Head::Gone => return None,
+                Head::H2c => {
+                    let prefixed = Prefixed::new(buf, stream);
+                    return self.app.process_new(Box::new(prefixed), shutdown).await;
+                }
+                Head::Rejected(rejection) => {
+                    self.metrics.rejected(rejection.reason);
+                    respond_and_close(&mut stream, rejection).await;
+                    return None;
+                }
+                Head::Complete => {}
+            }
+            let end = head_end(&buf).unwrap_or(buf.len());
+            if let Err(rejection) = validate_head(&buf[..end], &self.limits) {
+                self.metrics.rejected(rejection.reason);
+                respond_and_close(&mut stream, rejection).await;
+                return None;
+            }
+            // Hand everything read so far back to pingora, head first.
+            let prefixed: Stream = Box::new(Prefixed::new(std::mem::take(&mut buf), stream));
+            let mut session = ServerSession::new_http1(prefixed);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(self.limits.idle_timeout.as_secs().max(1)));
+            }
+            let reused = self.app.process_new_http(session, shutdown).await?;
+            let (reused_stream, _settings) = reused.consume();
+            // Unwrap our wrapper so connections do not nest one per request; bytes it
+            // still holds (a pipelined next request) become the next head's start.
+            match reused_stream.into_any().downcast::<Prefixed>() {
+                Ok(prefixed) => {
+                    let (rest, inner) = prefixed.into_parts();
+                    buf = rest;
+                    stream = inner;
+                }
+                Err(_) => return None,
+            }
+            if *shutdown.borrow() {
+                return None;
+            }
+        }
+    }
+}
+
+/// A stream with bytes pushed back in front of it.
+pub struct Prefixed {
+    prefix: BytesMut,
+    inner: Stream,
+}
+
+impl Prefixed {
+    pub fn new(prefix: BytesMut, inner: Stream) -> Self {
+        Prefixed { prefix, inner }
+    }
+
+    pub fn into_parts(self) -> (BytesMut, Stream) {
+        (self.prefix, self.inner)
+    }
+}
+
+impl fmt::Debug for Prefixed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prefixed")
+            .field("prefix", &self.prefix.len())
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(out.remaining());
+            out.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Prefixed {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(self.inner.as_mut()).await
+    }
+}
+
+impl UniqueID for Prefixed {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Prefixed {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Prefixed {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Prefixed {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for Prefixed {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for Prefixed {
+    /// Peeking is "not supported" while bytes are pushed back, so pingora's h2c probe
+    /// keeps h2c on (we only hand it connections whose preface we have already seen).
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        if self.prefix.is_empty() {
+            self.inner.try_peek(buf).await
+        } else {
+            Ok(false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,24 @@
+//! strait's router: an HTTP/1.1 and HTTP/2 reverse proxy on pingora, serving from routing
+//! tables compiled out of discovery snapshots and hot-swapped with `arc-swap`.
+//!
+//! * [`table`]: compile a `Snapshot` into a [`Table`] (control plane) and look up routes
+//!   (hot path).
+//! * [`pool`]: per-service endpoint pools, balancers, outlier ejection; state that
+//!   survives table swaps.
+//! * [`front`]: strict HTTP/1 head reading and validation before pingora sees a request.
+//! * [`proxy`]: the per-request hot path (pingora `ProxyHttp`).
+//! * [`service`]: wiring: the table-follower thread and the pingora server.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod front;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod service;
+pub mod table;
+
+pub use config::RouterConfig;
+pub use service::{Router, RouterError, RouterHandle};
+pub use table::Table;

@@ -1,0 +1,151 @@
+//! Router metrics, under `strait_router_*`.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Clone)]
+pub struct RouterMetrics {
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_connect_errors: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub active_requests: IntGauge,
+    pub active_connections: IntGauge,
+    pub rejected: IntCounterVec,
+    pub table_revision: IntGauge,
+    pub table_swaps: IntCounter,
+    pub table_build: Histogram,
+    pub propagation: Histogram,
+}
+
+impl RouterMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = RouterMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "strait_router_requests_total",
+                    "Requests by route, service and status class",
+                ),
+                &["route", "service", "class"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "strait_router_request_duration_seconds",
+                    "Downstream request duration, head received to response done",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "strait_router_upstream_duration_seconds",
+                    "Upstream time per attempt, connect to response done",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["service"],
+            )?,
+            upstream_connect_errors: IntCounterVec::new(
+                Opts::new(
+                    "strait_router_upstream_connect_errors_total",
+                    "Failed upstream connects",
+                ),
+                &["service"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new("strait_router_retries_total", "Retried upstream attempts"),
+                &["service"],
+            )?,
+            ejections: IntCounterVec::new(
+                Opts::new(
+                    "strait_router_ejections_total",
+                    "Endpoints ejected by outlier detection",
+                ),
+                &["service"],
+            )?,
+            active_requests: IntGauge::new("strait_router_active_requests", "Requests in flight")?,
+            active_connections: IntGauge::new(
+                "strait_router_active_connections",
+                "Open downstream HTTP/1 connections",
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "strait_router_rejected_requests_total",
+                    "Requests refused before routing (malformed, oversize, slow heads)",
+                ),
+                &["reason"],
+            )?,
+            table_revision: IntGauge::new(
+                "strait_router_table_revision",
+                "Snapshot revision of the routing table in use",
+            )?,
+            table_swaps: IntCounter::new(
+                "strait_router_table_swaps_total",
+                "Routing tables swapped in",
+            )?,
+            table_build: Histogram::with_opts(
+                HistogramOpts::new(
+                    "strait_router_table_build_seconds",
+                    "Time to compile a routing table",
+                )
+                .buckets(vec![
+                    0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )?,
+            propagation: Histogram::with_opts(
+                HistogramOpts::new(
+                    "strait_router_propagation_seconds",
+                    "Store write to routing table live",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.upstream_duration.clone()))?;
+        registry.register(Box::new(m.upstream_connect_errors.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.ejections.clone()))?;
+        registry.register(Box::new(m.active_requests.clone()))?;
+        registry.register(Box::new(m.active_connections.clone()))?;
+        registry.register(Box::new(m.rejected.clone()))?;
+        registry.register(Box::new(m.table_revision.clone()))?;
+        registry.register(Box::new(m.table_swaps.clone()))?;
+        registry.register(Box::new(m.table_build.clone()))?;
+        registry.register(Box::new(m.propagation.clone()))?;
+        Ok(m)
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub fn connection(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.active_connections)
+    }
+}
+
+/// Increments a gauge now and decrements it on drop.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,525 @@
+//! The request hot path: pingora's `ProxyHttp` phases over the current routing table.
+//!
+//! Phase order (pingora): `request_filter` (load the table once, route, choose the target
+//! service; 404/503 answered here) -> `upstream_peer` (pick an endpoint; called again for
+//! each retry) -> `fail_to_connect` (always retry elsewhere, within budget) ->
+//! `upstream_request_filter` (forwarding headers, rewrites) -> `upstream_response_filter`
+//! (outlier accounting, retry on gateway errors) -> `response_filter` (response header
+//! rewrites) -> `fail_to_proxy` (502/504) -> `logging` (metrics, release).
+//!
+//! No locks, no awaits on discovery: the table is an `Arc` loaded once per request.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::Method;
+use http::header::{HOST, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::{HashOn, RouterConfig};
+use crate::metrics::{GaugeGuard, RouterMetrics};
+use crate::pool::{Clock, Pool, Tried, fnv1a};
+use crate::table::{CompiledRoute, Table, normalize_host};
+
+/// Longest incoming `x-request-id` kept as is; others are replaced.
+const MAX_REQUEST_ID: usize = 128;
+/// Custom error for "no eligible endpoint" raised in `upstream_peer`.
+const NO_ENDPOINT: ErrorType = ErrorType::HTTPStatus(503);
+
+pub struct Proxy {
+    pub table: Arc<ArcSwap<Table>>,
+    pub config: Arc<RouterConfig>,
+    pub metrics: RouterMetrics,
+    pub clock: Clock,
+}
+
+/// Per-request state. Holds the table it routed with, so retries use the same one.
+pub struct RequestCtx {
+    started: Instant,
+    route: Option<Arc<CompiledRoute>>,
+    pool: Option<Arc<Pool>>,
+    /// The endpoint of the current attempt (its outstanding count is ours to release).
+    endpoint: Option<usize>,
+    attempt_started: Option<Instant>,
+    tried: Tried,
+    attempts: u32,
+    hash: Option<u64>,
+    retrying: bool,
+    _active: GaugeGuard,
+}
+
+impl RequestCtx {
+    /// Ends the current attempt: releases the endpoint's outstanding slot.
+    fn end_attempt(&mut self, metrics: &RouterMetrics) {
+        if let (Some(pool), Some(index)) = (&self.pool, self.endpoint.take()) {
+            if let Some(endpoint) = pool.endpoints.get(index) {
+                endpoint.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+            }
+            if let Some(started) = self.attempt_started.take() {
+                metrics
+                    .upstream_duration
+                    .with_label_values(&[&pool.service])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        if self.retrying {
+            self.retrying = false;
+            if let Some(pool) = &self.pool {
+                pool.shared.retries_active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Proxy {
+    /// Whether the pool's retry budget allows one more retry now.
+    fn retry_allowed(&self, pool: &Pool) -> bool {
+        let active = pool.shared.active.load(Ordering::Relaxed);
+        let retrying = pool.shared.retries_active.load(Ordering::Relaxed);
+        // At least a few retries are always allowed, so a quiet service can still fail over.
+        let budget = (active * self.config.retry_budget_percent / 100).max(3);
+        retrying < budget
+    }
+
+    fn start_retry(&self, ctx: &mut RequestCtx) -> bool {
+        let Some(pool) = &ctx.pool else { return false };
+        if !self.retry_allowed(pool) {
+            return false;
+        }
+        pool.shared.retries_active.fetch_add(1, Ordering::Relaxed);
+        ctx.retrying = true;
+        self.metrics
+            .retries
+            .with_label_values(&[&pool.service])
+            .inc();
+        true
+    }
+}
+
+/// Writes a small plain-text response, keeping the connection alive.
+async fn respond(session: &mut Session, status: u16, body: String) -> Result<bool> {
+    let mut header = ResponseHeader::build(status, Some(3))?;
+    header.insert_header("content-type", "text/plain")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(true)
+}
+
+fn request_host(req: &RequestHeader) -> &str {
+    req.headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("")
+}
+
+fn hash_key(hash_on: &HashOn, session: &Session) -> Option<u64> {
+    let req = session.req_header();
+    match hash_on {
+        HashOn::Header(name) => req
+            .headers
+            .get(name.as_str())
+            .map(|v| fnv1a(&[v.as_bytes()])),
+        HashOn::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let (key, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+                (key == name.as_bytes()).then(|| fnv1a(&[&value[1..]]))
+            }),
+        HashOn::ClientIp => session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| fnv1a(&[a.ip().to_string().as_bytes()])),
+    }
+}
+
+fn is_valid_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", rand::random::<u128>());
+    // 32 hex digits are always a valid header value.
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: None,
+            pool: None,
+            endpoint: None,
+            attempt_started: None,
+            tried: Tried::default(),
+            attempts: 0,
+            hash: None,
+            retrying: false,
+            _active: GaugeGuard::new(&self.metrics.active_requests),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let table = self.table.load();
+        let req = session.req_header();
+        let raw_host = request_host(req);
+        let host = normalize_host(raw_host);
+        let lowered;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = host.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            host
+        };
+        let Some(route) = table.route(host, req.uri.path(), &req.method, &req.headers) else {
+            let body = format!("no route for host {host:?}\n");
+            return respond(session, 404, body).await;
+        };
+        let route = Arc::clone(route);
+        let target = route.pick_target();
+        let Some(pool) = target.pool.clone().filter(|p| !p.is_empty()) else {
+            let body = format!("no healthy instance of service {:?}\n", &*target.service);
+            let service = Arc::clone(&target.service);
+            self.metrics
+                .requests
+                .with_label_values(&[&route.name, &service, "5xx"])
+                .inc();
+            return respond(session, 503, body).await;
+        };
+        ctx.hash = pool.hash_on().and_then(|h| hash_key(h, session));
+        pool.shared.active.fetch_add(1, Ordering::Relaxed);
+        ctx.pool = Some(pool);
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.end_attempt(&self.metrics);
+        let (Some(pool), Some(route)) = (&ctx.pool, &ctx.route) else {
+            return Err(Error::explain(NO_ENDPOINT, "no route selected"));
+        };
+        let Some(index) = pool.pick(self.clock.now_ms(), &ctx.tried, ctx.hash) else {
+            return Err(Error::explain(NO_ENDPOINT, "no eligible endpoint"));
+        };
+        let endpoint = &pool.endpoints[index];
+        endpoint.state.outstanding.fetch_add(1, Ordering::Relaxed);
+        ctx.endpoint = Some(index);
+        ctx.tried.push(index);
+        ctx.attempts += 1;
+        ctx.attempt_started = Some(Instant::now());
+        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(route.connect_timeout);
+        options.total_connection_timeout = Some(route.connect_timeout);
+        let read = route.per_try_timeout.unwrap_or(route.request_timeout);
+        options.read_timeout = Some(read);
+        options.write_timeout = Some(read);
+        options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(pool), Some(index)) = (&ctx.pool, ctx.endpoint) {
+            self.metrics
+                .upstream_connect_errors
+                .with_label_values(&[&pool.service])
+                .inc();
+            if pool.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
+                self.metrics
+                    .ejections
+                    .with_label_values(&[&pool.service])
+                    .inc();
+            }
+        }
+        ctx.end_attempt(&self.metrics);
+        // Nothing reached the upstream: always safe to try another instance.
+        let may_retry = ctx.attempts <= self.config.connect_retries
+            && ctx
+                .pool
+                .as_ref()
+                .is_some_and(|p| ctx.tried.len() < p.endpoints.len() || p.endpoints.len() == 1);
+        if may_retry && self.start_retry(ctx) {
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(ip) = client_ip {
+            let ip = ip.to_string();
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(previous) => format!("{previous}, {ip}"),
+                None => ip.clone(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+            let host = request_host(session.req_header()).to_string();
+            let node = if ip.contains(':') {
+                format!("\"[{ip}]\"")
+            } else {
+                ip
+            };
+            let element = if host.is_empty() {
+                format!("for={node};proto=http")
+            } else {
+                format!("for={node};host=\"{host}\";proto=http")
+            };
+            let forwarded = match upstream
+                .headers
+                .get("forwarded")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(previous) => format!("{previous}, {element}"),
+                None => element,
+            };
+            upstream.insert_header("forwarded", forwarded)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
+            upstream.insert_header("x-forwarded-host", host)?;
+        }
+        let keep_id = upstream
+            .headers
+            .get("x-request-id")
+            .is_some_and(is_valid_request_id);
+        if !keep_id {
+            upstream.insert_header("x-request-id", new_request_id())?;
+        }
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        if let Some((prefix_len, replacement)) = &route.prefix_rewrite {
+            let path = upstream.uri.path();
+            let rest = path.get(*prefix_len..).unwrap_or("");
+            let mut new_path = String::with_capacity(replacement.len() + rest.len() + 1);
+            new_path.push_str(replacement);
+            if new_path.ends_with('/') && rest.starts_with('/') {
+                new_path.push_str(&rest[1..]);
+            } else if !new_path.ends_with('/') && !rest.is_empty() && !rest.starts_with('/') {
+                new_path.push('/');
+                new_path.push_str(rest);
+            } else {
+                new_path.push_str(rest);
+            }
+            let uri = match upstream.uri.query() {
+                Some(query) => format!("{new_path}?{query}"),
+                None => new_path,
+            };
+            let uri = http::Uri::try_from(uri).map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    "prefix rewrite produced an invalid URI",
+                    e,
+                )
+            })?;
+            upstream.set_uri(uri);
+        }
+        for name in &route.request_remove {
+            upstream.remove_header(name);
+        }
+        for (name, value) in &route.request_set {
+            upstream.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream.status.as_u16();
+        let (Some(pool), Some(route)) = (ctx.pool.clone(), ctx.route.clone()) else {
+            return Ok(());
+        };
+        let Some(index) = ctx.endpoint else {
+            return Ok(());
+        };
+        if status >= 500 {
+            if pool.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
+                self.metrics
+                    .ejections
+                    .with_label_values(&[&pool.service])
+                    .inc();
+            }
+        } else {
+            pool.record_success(index);
+        }
+        let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
+        let method = &session.req_header().method;
+        let idempotent =
+            method.is_idempotent() || route.retry.as_ref().is_some_and(|r| r.non_idempotent);
+        if route.retries_on(status)
+            && ctx.attempts < max_attempts
+            && idempotent
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            ctx.end_attempt(&self.metrics);
+            if self.start_retry(ctx) {
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "upstream answered a retryable status",
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = &ctx.route {
+            for name in &route.response_remove {
+                response.remove_header(name);
+            }
+            for (name, value) in &route.response_set {
+                response.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // A retry decided in `upstream_response_filter` stands.
+        if e.retry() && matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            return e;
+        }
+        ctx.end_attempt(&self.metrics);
+        let mut e = e.more_context(format!("peer {peer}"));
+        let method: &Method = &session.req_header().method;
+        // A pooled connection the upstream closed under us: nothing was processed, so an
+        // idempotent request may go again.
+        if method.is_idempotent() && !session.as_ref().retry_buffer_truncated() {
+            e.retry.decide_reuse(client_reused);
+            if e.retry() && !self.start_retry(ctx) {
+                e.set_retry(false);
+            }
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let message = match code {
+                503 => "no healthy instance available",
+                504 => "upstream timed out",
+                502 => "upstream unavailable",
+                400 => "bad request",
+                _ => "proxy error",
+            };
+            let service = ctx.pool.as_ref().map_or("", |p| &p.service);
+            let body = Bytes::from(format!("{message} ({service})\n"));
+            let _ = session.respond_error_with_body(code, body).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.end_attempt(&self.metrics);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let (route, service) = match (&ctx.route, &ctx.pool) {
+            (Some(route), Some(pool)) => {
+                pool.shared.active.fetch_sub(1, Ordering::Relaxed);
+                (&*route.name, &*pool.service)
+            }
+            _ => return,
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[route, service, status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,235 @@
+//! Running the router: the control-plane thread that compiles snapshots into tables, and
+//! the pingora server (its own threads and runtimes) that serves from them.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use discovery::Snapshot;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+use prometheus::Registry;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::config::RouterConfig;
+use crate::front::{Front, HeadLimits};
+use crate::metrics::RouterMetrics;
+use crate::pool::{Clock, PoolStates};
+use crate::proxy::Proxy;
+use crate::table::{Table, compile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("router metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("the router did not start listening on {0} within 10s")]
+    NotListening(SocketAddr),
+    #[error("cannot start router thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The router: its current table, config and metrics.
+pub struct Router {
+    table: Arc<ArcSwap<Table>>,
+    config: Arc<RouterConfig>,
+    metrics: RouterMetrics,
+}
+
+impl Router {
+    pub fn new(config: RouterConfig, registry: &Registry) -> Result<Self, RouterError> {
+        Ok(Router {
+            table: Arc::new(ArcSwap::from_pointee(Table::default())),
+            config: Arc::new(config),
+            metrics: RouterMetrics::new(registry)?,
+        })
+    }
+
+    /// The table in use now.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    /// Compiles every snapshot the watch yields into a table and swaps it in, on a thread
+    /// of its own so a large build never stalls the async control plane. Always builds
+    /// from the newest snapshot (the watch coalesces a storm of changes).
+    pub fn follow(
+        &self,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> Result<JoinHandle<()>, RouterError> {
+        let table = Arc::clone(&self.table);
+        let config = Arc::clone(&self.config);
+        let metrics = self.metrics.clone();
+        std::thread::Builder::new()
+            .name("strait-tables".into())
+            .spawn(move || {
+                let mut states = PoolStates::default();
+                loop {
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    let started = Instant::now();
+                    let next = compile(&snapshot, &config, &mut states);
+                    metrics.table_build.observe(started.elapsed().as_secs_f64());
+                    metrics.table_revision.set(next.revision as i64);
+                    table.store(Arc::new(next));
+                    metrics.table_swaps.inc();
+                    if let Some(written) = snapshot.changed_at
+                        && let Ok(elapsed) = SystemTime::now().duration_since(written)
+                    {
+                        metrics.propagation.observe(elapsed.as_secs_f64());
+                    }
+                    if futures_lite_block_on(snapshots.changed()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(RouterError::Thread)
+    }
+
+    /// Starts serving on `config.http_addr` (port 0 picks a free port).
+    pub fn start(&self) -> Result<RouterHandle, RouterError> {
+        let addr = resolve_port(self.config.http_addr)?;
+        let conf = ServerConf {
+            threads: self.config.threads.max(1),
+            grace_period_seconds: Some(self.config.drain_timeout.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+
+        let proxy = Proxy {
+            table: Arc::clone(&self.table),
+            config: Arc::clone(&self.config),
+            metrics: self.metrics.clone(),
+            clock: Clock::new(),
+        };
+        let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+        let mut h2 = pingora::protocols::http::v2::server::H2Options::new();
+        h2.max_concurrent_streams(self.config.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX))
+            // Rapid reset (CVE-2023-44487): streams the client resets before we answer
+            // count against this; past it the connection gets GOAWAY.
+            .max_pending_accept_reset_streams(50)
+            .max_local_error_reset_streams(Some(256));
+        app.h2_options = Some(h2);
+        let front = Front {
+            app: Arc::new(app),
+            limits: HeadLimits {
+                max_bytes: self.config.max_header_bytes,
+                max_headers: self.config.max_headers,
+                head_timeout: self.config.header_timeout,
+                idle_timeout: self.config.idle_timeout,
+            },
+            h2c: true,
+            metrics: self.metrics.clone(),
+        };
+        let mut service = Service::new("strait-http".to_string(), front);
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+
+        let stop = Arc::new(Notify::new());
+        let signal = StopSignal(Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("strait-router".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(signal),
+                })
+            })
+            .map_err(RouterError::Thread)?;
+        wait_listening(addr)?;
+        info!(addr = %addr, "HTTP router listening on {addr}");
+        Ok(RouterHandle {
+            addr,
+            stop,
+            thread,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// Blocks on a future from a plain thread.
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    futures::executor::block_on(future)
+}
+
+fn resolve_port(addr: SocketAddr) -> Result<SocketAddr, RouterError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    // pingora binds by address string and cannot report an ephemeral port, so pick one.
+    let probe = TcpListener::bind(addr).map_err(|error| RouterError::Listen { addr, error })?;
+    probe
+        .local_addr()
+        .map_err(|error| RouterError::Listen { addr, error })
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<(), RouterError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(RouterError::NotListening(addr))
+}
+
+struct StopSignal(Arc<Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for StopSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// A running router.
+pub struct RouterHandle {
+    addr: SocketAddr,
+    stop: Arc<Notify>,
+    thread: JoinHandle<()>,
+    metrics: RouterMetrics,
+}
+
+impl RouterHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most `timeout`), and returns.
+    /// Idle keep-alive connections are closed by pingora's shutdown.
+    pub async fn drain(self, timeout: Duration) {
+        self.stop.notify_one();
+        let deadline = Instant::now() + timeout;
+        // Give pingora a moment to stop its listeners before counting.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while self.metrics.active_requests.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.metrics.active_requests.get();
+        if left > 0 {
+            warn!(
+                requests = left,
+                "drain timeout: abandoning in-flight requests"
+            );
+        } else {
+            info!("router drained");
+        }
+        // pingora's own grace period would sleep on; the process exits instead.
+        drop(self.thread);
+    }
+}

@@ -1,0 +1,401 @@
+//! The routing table: compiled from a discovery snapshot by the control plane, read by
+//! the hot path. Immutable once built; swapped whole.
+//!
+//! Host lookup: exact host, then the longest `*.suffix` wildcard, then `*`. No fall
+//! through: once a host entry is chosen, only its routes are considered (as with Envoy
+//! virtual hosts and nginx server blocks). Within a host, routes are tried in order of
+//! specificity: exact path, then regex, then prefix (longest first); at equal path
+//! specificity, routes with method or header conditions come first; then by name.
+//! Prefixes match whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use discovery::model::{Health, PathMatch, RetryOn, RetryPolicy, RouteKind};
+use discovery::{Route, Snapshot};
+use http::Method;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tracing::warn;
+
+use crate::config::RouterConfig;
+use crate::pool::{Endpoint, Pool, PoolStates};
+
+#[derive(Debug)]
+enum PathMatcher {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Regex(regex::Regex),
+}
+
+impl PathMatcher {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatcher::Exact(p) => path == &**p,
+            PathMatcher::Prefix(p) => {
+                path.starts_with(&**p)
+                    && (p.ends_with('/')
+                        || path.len() == p.len()
+                        || path.as_bytes()[p.len()] == b'/')
+            }
+            PathMatcher::Regex(r) => r.is_match(path),
+        }
+    }
+
+    /// Sort key: lower sorts first.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            PathMatcher::Exact(_) => (0, 0),
+            PathMatcher::Regex(_) => (1, 0),
+            PathMatcher::Prefix(p) => (2, usize::MAX - p.len()),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ValueMatcher {
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Regex(regex::Regex),
+    Present(bool),
+}
+
+#[derive(Debug)]
+struct HeaderMatcher {
+    name: HeaderName,
+    value: ValueMatcher,
+    invert: bool,
+}
+
+impl HeaderMatcher {
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let value = headers.get(&self.name);
+        let hit = match (&self.value, value) {
+            (ValueMatcher::Present(present), v) => v.is_some() == *present,
+            (_, None) => false,
+            (ValueMatcher::Exact(e), Some(v)) => v.as_bytes() == &**e,
+            (ValueMatcher::Prefix(p), Some(v)) => v.as_bytes().starts_with(p),
+            (ValueMatcher::Regex(r), Some(v)) => v.to_str().is_ok_and(|s| r.is_match(s)),
+        };
+        hit != self.invert
+    }
+}
+
+/// A service a route sends to, with its pool (None: no eligible instance right now).
+#[derive(Debug)]
+pub struct Target {
+    pub service: Arc<str>,
+    pub pool: Option<Arc<Pool>>,
+}
+
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    path: PathMatcher,
+    methods: Vec<Method>,
+    headers: Vec<HeaderMatcher>,
+    pub targets: Vec<Target>,
+    /// Cumulative split weights, parallel to `targets` (empty for a single service).
+    cumulative: Vec<u64>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub per_try_timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    /// (length of the matched prefix, replacement)
+    pub prefix_rewrite: Option<(usize, Box<str>)>,
+    pub request_set: Vec<(HeaderName, HeaderValue)>,
+    pub request_remove: Vec<HeaderName>,
+    pub response_set: Vec<(HeaderName, HeaderValue)>,
+    pub response_remove: Vec<HeaderName>,
+}
+
+impl CompiledRoute {
+    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+        self.path.matches(path)
+            && (self.methods.is_empty() || self.methods.contains(method))
+            && self.headers.iter().all(|h| h.matches(headers))
+    }
+
+    /// Picks the target for one request (weighted for a split).
+    pub fn pick_target(&self) -> &Target {
+        if self.targets.len() > 1
+            && let Some(&total) = self.cumulative.last()
+            && total > 0
+        {
+            let draw = rand::random_range(0..total);
+            let at = self.cumulative.partition_point(|&w| w <= draw);
+            if let Some(target) = self.targets.get(at) {
+                return target;
+            }
+        }
+        &self.targets[0]
+    }
+
+    pub fn retries_on(&self, status: u16) -> bool {
+        self.retry.as_ref().is_some_and(|r| {
+            r.on.iter().any(|on| match on {
+                RetryOn::ConnectFailure => false,
+                RetryOn::GatewayError => matches!(status, 502..=504),
+                RetryOn::ServerError => (500..=599).contains(&status),
+            })
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct HostEntry {
+    routes: Vec<Arc<CompiledRoute>>,
+}
+
+/// The compiled routing table.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub revision: u64,
+    exact: HashMap<Box<str>, HostEntry>,
+    /// Keyed by suffix including the leading dot: `*.example.com` -> `.example.com`.
+    wildcard: HashMap<Box<str>, HostEntry>,
+    any: Option<HostEntry>,
+    pub pools: HashMap<Arc<str>, Arc<Pool>>,
+    pub route_count: usize,
+}
+
+/// Strips the port and a trailing dot; `None` for an empty host.
+pub fn normalize_host(host: &str) -> &str {
+    let host = if host.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop the port.
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+impl Table {
+    /// The route for a request, if any. `host` must be lowercase without port.
+    pub fn route(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<CompiledRoute>> {
+        self.host_entry(host)?
+            .routes
+            .iter()
+            .find(|r| r.matches(path, method, headers))
+    }
+
+    fn host_entry(&self, host: &str) -> Option<&HostEntry> {
+        if let Some(entry) = self.exact.get(host) {
+            return Some(entry);
+        }
+        if !self.wildcard.is_empty() {
+            // Longest suffix first: for a.b.example.com try .b.example.com, .example.com, .com
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                let suffix = &rest[dot..];
+                if let Some(entry) = self.wildcard.get(suffix) {
+                    return Some(entry);
+                }
+                rest = &rest[dot + 1..];
+            }
+        }
+        self.any.as_ref()
+    }
+}
+
+/// Builds a table from a snapshot, carrying pool state over from `states`.
+pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStates) -> Table {
+    let mut next_states = states.builder();
+    let mut pools = HashMap::new();
+    for (name, service) in snapshot.services.iter() {
+        let service_name: Arc<str> = Arc::clone(name);
+        let settings = config.services.get(&**name).cloned().unwrap_or_default();
+        let endpoints: Vec<Endpoint> = service
+            .instances
+            .values()
+            .filter(|i| {
+                i.spec.health == Health::Passing
+                    || (config.serve_warning && i.spec.health == Health::Warning)
+            })
+            .map(|i| {
+                let id: Arc<str> = Arc::from(i.id.as_str());
+                let addr = i.socket_addr();
+                Endpoint {
+                    state: next_states.endpoint(&service_name, &id, addr),
+                    id,
+                    addr,
+                    zone: i.spec.zone.as_deref().map(Arc::from),
+                    weight: u32::from(i.spec.weight),
+                }
+            })
+            .collect();
+        let shared = next_states.pool(&service_name);
+        let pool = Pool::new(
+            Arc::clone(&service_name),
+            endpoints,
+            settings.balancer,
+            settings.hash_on,
+            config.zone.as_deref(),
+            config.min_local_endpoints,
+            shared,
+        );
+        pools.insert(service_name, Arc::new(pool));
+    }
+    *states = next_states.finish();
+
+    let mut table = Table {
+        revision: snapshot.revision,
+        pools,
+        ..Table::default()
+    };
+    let mut compiled: Vec<(String, Arc<CompiledRoute>)> = Vec::new();
+    for (name, route) in snapshot.routes.iter() {
+        if route.kind != RouteKind::Http {
+            continue;
+        }
+        match compile_route(name, route, config, &table.pools) {
+            Ok(c) => compiled.push((
+                route.host.clone().unwrap_or_else(|| "*".into()),
+                Arc::new(c),
+            )),
+            Err(e) => warn!(route = %name, error = %e, "skipping route that does not compile"),
+        }
+    }
+    table.route_count = compiled.len();
+    for (host, route) in compiled {
+        let entry = if host == "*" {
+            table.any.get_or_insert_with(HostEntry::default)
+        } else if let Some(suffix) = host.strip_prefix('*') {
+            table.wildcard.entry(suffix.into()).or_default()
+        } else {
+            table.exact.entry(host.into_boxed_str()).or_default()
+        };
+        entry.routes.push(route);
+    }
+    let sort = |entry: &mut HostEntry| {
+        entry.routes.sort_by(|a, b| {
+            let conditions = |r: &CompiledRoute| {
+                usize::from(r.methods.is_empty()) + usize::from(r.headers.is_empty())
+            };
+            (a.path.rank(), conditions(a), &a.name).cmp(&(b.path.rank(), conditions(b), &b.name))
+        });
+    };
+    table.exact.values_mut().for_each(sort);
+    table.wildcard.values_mut().for_each(sort);
+    if let Some(any) = table.any.as_mut() {
+        sort(any);
+    }
+    table
+}
+
+fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn header_pairs(
+    set: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    set.iter()
+        .map(|(name, value)| {
+            let name =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+            let value =
+                HeaderValue::from_bytes(value.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+fn header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
+    names
+        .iter()
+        .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}")))
+        .collect()
+}
+
+fn compile_route(
+    name: &str,
+    route: &Route,
+    config: &RouterConfig,
+    pools: &HashMap<Arc<str>, Arc<Pool>>,
+) -> Result<CompiledRoute, String> {
+    let path = match &route.path {
+        None => PathMatcher::Prefix("/".into()),
+        Some(PathMatch::Exact(p)) => PathMatcher::Exact(p.as_str().into()),
+        Some(PathMatch::Prefix(p)) => PathMatcher::Prefix(p.as_str().into()),
+        Some(PathMatch::Regex(r)) => PathMatcher::Regex(compile_regex(r)?),
+    };
+    let methods = route
+        .methods
+        .iter()
+        .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| format!("method {m}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let headers = route
+        .headers
+        .iter()
+        .map(|h| {
+            let value = if let Some(e) = &h.exact {
+                ValueMatcher::Exact(e.as_bytes().into())
+            } else if let Some(p) = &h.prefix {
+                ValueMatcher::Prefix(p.as_bytes().into())
+            } else if let Some(r) = &h.regex {
+                ValueMatcher::Regex(compile_regex(r)?)
+            } else {
+                ValueMatcher::Present(h.present.unwrap_or(true))
+            };
+            Ok(HeaderMatcher {
+                name: HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|e| format!("header {}: {e}", h.name))?,
+                value,
+                invert: h.invert,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let target = |service: &str| Target {
+        service: Arc::from(service),
+        pool: pools.get(service).cloned(),
+    };
+    let (targets, cumulative) = match &route.service {
+        Some(service) => (vec![target(service)], Vec::new()),
+        None => {
+            let targets = route.split.iter().map(|s| target(&s.service)).collect();
+            let cumulative = route
+                .split
+                .iter()
+                .scan(0u64, |sum, s| {
+                    *sum += u64::from(s.weight);
+                    Some(*sum)
+                })
+                .collect();
+            (targets, cumulative)
+        }
+    };
+    let prefix_rewrite = match (&route.prefix_rewrite, &route.path) {
+        (Some(rewrite), Some(PathMatch::Prefix(p))) => Some((p.len(), rewrite.as_str().into())),
+        _ => None,
+    };
+    Ok(CompiledRoute {
+        name: Arc::from(name),
+        path,
+        methods,
+        headers,
+        targets,
+        cumulative,
+        connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
+        request_timeout: route.timeouts.request.unwrap_or(config.request_timeout),
+        per_try_timeout: route.retry.as_ref().and_then(|r| r.per_try_timeout),
+        retry: route.retry.clone(),
+        prefix_rewrite,
+        request_set: header_pairs(&route.request_headers.set)?,
+        request_remove: header_names(&route.request_headers.remove)?,
+        response_set: header_pairs(&route.response_headers.set)?,
+        response_remove: header_names(&route.response_headers.remove)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
