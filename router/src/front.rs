@@ -55,9 +55,19 @@ const fn reject(status: u16, reason: &'static str) -> Rejection {
     Rejection { status, reason }
 }
 
-/// Finds the end of the head (`\r\n\r\n`); returns its length including the terminator.
+/// Finds the end of the head (an empty line); returns its length including the
+/// terminator. Bare-LF heads end too, so that validation can refuse them.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+        let at = from + i;
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') => return Some(at + 3),
+            _ => from = at + 1,
+        }
+    }
+    None
 }
 
 /// Validates one complete request head strictly. Never panics on any input.
@@ -187,7 +197,10 @@ async fn read_head(
             }
         } else if check_h2c && buf.starts_with(H2_PREFACE) {
             return Head::H2c;
-        } else if head_end(buf).is_some() {
+        } else if let Some(end) = head_end(buf) {
+            if end > limits.max_bytes {
+                return Head::Rejected(reject(431, "request head too large"));
+            }
             return Head::Complete;
         }
         if buf.len() > limits.max_bytes {

@@ -80,6 +80,8 @@ pub struct Strait {
     child: Option<Child>,
     watchdog: Child,
     pub admin: SocketAddr,
+    /// The HTTP router's listener.
+    pub http: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -125,6 +127,8 @@ impl StraitBuilder {
             .arg("up")
             .arg("--admin-addr")
             .arg("127.0.0.1:0")
+            .arg("--http-addr")
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)
@@ -149,9 +153,14 @@ impl StraitBuilder {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("admin API listening on ").nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap_or_default();
-                        let _ = addr_tx.send(addr.parse::<SocketAddr>());
+                    for (kind, marker) in [
+                        ("admin", "admin API listening on "),
+                        ("http", "HTTP router listening on "),
+                    ] {
+                        if let Some(addr) = line.split(marker).nth(1) {
+                            let addr = addr.split_whitespace().next().unwrap_or_default();
+                            let _ = addr_tx.send((kind, addr.parse::<SocketAddr>()));
+                        }
                     }
                     log.lock().expect("log lock").push(line);
                 }
@@ -161,16 +170,20 @@ impl StraitBuilder {
             child: Some(child),
             watchdog,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
 
             _tmp: Some(tmp),
         };
-        match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => strait.admin = addr,
-            other => panic!(
-                "strait did not report its admin address ({other:?}); log:\n{}",
-                strait.log_text()
-            ),
+        for _ in 0..2 {
+            match addr_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(("admin", Ok(addr))) => strait.admin = addr,
+                Ok((_, Ok(addr))) => strait.http = addr,
+                other => panic!(
+                    "strait did not report its listening addresses ({other:?}); log:\n{}",
+                    strait.log_text()
+                ),
+            }
         }
         strait
     }
@@ -180,7 +193,12 @@ impl StraitBuilder {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
         let mut command = Command::new(STRAIT);
-        command.arg("up").arg("--data-dir").arg(&data_dir);
+        command
+            .arg("up")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--http-addr")
+            .arg("127.0.0.1:0");
         if !self.args.iter().any(|a| a == "--admin-addr") {
             command.arg("--admin-addr").arg("127.0.0.1:0");
         }

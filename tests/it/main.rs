@@ -5,4 +5,6 @@ mod cli;
 mod docs;
 mod embedded;
 mod harness;
+mod http;
+mod router;
 mod zookeeper;

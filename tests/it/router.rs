@@ -1,0 +1,708 @@
+//! The router through `strait up`: real backends, real clients, routes and instances
+//! changed through the admin API while traffic flows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Strait, eventually};
+use crate::http::{Backend, Client, raw};
+
+fn register(strait: &Strait, service: &str, id: &str, backend: &Backend) {
+    let (status, body) = strait.put(
+        &format!("/v1/services/{service}/instances/{id}"),
+        &backend.instance(),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+fn route(strait: &Strait, name: &str, json: &str) {
+    let (status, body) = strait.put(&format!("/v1/routes/{name}"), json);
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Waits until `host` + `path` is answered by `backend`.
+fn wait_backend(strait: &Strait, host: &str, path: &str, backend: &str) {
+    let mut client = Client::new(strait.http);
+    eventually(
+        Duration::from_secs(10),
+        &format!("{host}{path} to reach {backend}"),
+        || {
+            let response = client.get(host, path).map_err(|e| e.to_string())?;
+            match response.backend() {
+                Some(b) if b == backend => Ok(()),
+                _ => Err(format!("{} {}", response.status, response.text())),
+            }
+        },
+    );
+}
+
+#[test]
+fn routes_by_host_path_header_and_method() {
+    let strait = Strait::builder().start();
+    let backends: BTreeMap<&str, Backend> = ["web", "api", "canary", "wild", "any", "posts"]
+        .into_iter()
+        .map(|name| (name, Backend::start(name)))
+        .collect();
+    for (name, backend) in &backends {
+        register(&strait, name, &format!("{name}-1"), backend);
+    }
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    route(
+        &strait,
+        "api",
+        r#"{"host":"web.example.com","path":{"prefix":"/api"},"service":"api"}"#,
+    );
+    route(
+        &strait,
+        "canary",
+        r#"{"host":"web.example.com","path":{"prefix":"/api"},"headers":[{"name":"x-canary","exact":"1"}],"service":"canary"}"#,
+    );
+    route(
+        &strait,
+        "posts",
+        r#"{"host":"web.example.com","path":{"exact":"/api/posts"},"methods":["POST"],"service":"posts"}"#,
+    );
+    route(
+        &strait,
+        "wild",
+        r#"{"host":"*.example.com","service":"wild"}"#,
+    );
+    route(
+        &strait,
+        "any",
+        r#"{"host":"*","path":{"prefix":"/only"},"service":"any"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "web");
+
+    let mut client = Client::new(strait.http);
+    let mut via = |method: &str, host: &str, path: &str, headers: &[(&str, &str)]| {
+        let response = client
+            .request(method, host, path, headers, b"")
+            .expect("request");
+        response
+            .backend()
+            .unwrap_or_else(|| format!("{} {}", response.status, response.text().trim()))
+    };
+    assert_eq!(via("GET", "web.example.com", "/", &[]), "web");
+    assert_eq!(
+        via("GET", "WEB.Example.COM:8080", "/index.html", &[]),
+        "web",
+        "host is case-insensitive, port ignored"
+    );
+    assert_eq!(via("GET", "web.example.com", "/api", &[]), "api");
+    assert_eq!(via("GET", "web.example.com", "/api/users?x=1", &[]), "api");
+    assert_eq!(
+        via("GET", "web.example.com", "/apix", &[]),
+        "web",
+        "prefixes match whole segments"
+    );
+    assert_eq!(
+        via("GET", "web.example.com", "/api/x", &[("x-canary", "1")]),
+        "canary"
+    );
+    assert_eq!(
+        via("GET", "web.example.com", "/api/x", &[("x-canary", "2")]),
+        "api"
+    );
+    assert_eq!(via("POST", "web.example.com", "/api/posts", &[]), "posts");
+    assert_eq!(via("GET", "web.example.com", "/api/posts", &[]), "api");
+    assert_eq!(via("GET", "a.b.example.com", "/", &[]), "wild");
+    assert_eq!(
+        via("GET", "example.com", "/only/this", &[]),
+        "any",
+        "apex is not in *.example.com"
+    );
+    assert_eq!(via("GET", "other.org", "/only", &[]), "any");
+    assert_eq!(
+        via("GET", "other.org", "/", &[]),
+        "404 no route for host \"other.org\""
+    );
+}
+
+#[test]
+fn no_healthy_instance_is_503_and_health_changes_apply() {
+    let strait = Strait::builder().start();
+    let backend = Backend::start("web");
+    register(&strait, "web", "web-1", &backend);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    route(
+        &strait,
+        "ghost",
+        r#"{"host":"ghost.example.com","service":"ghost"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "web");
+    let mut client = Client::new(strait.http);
+    let response = client.get("ghost.example.com", "/").expect("request");
+    assert_eq!(response.status, 503);
+    assert_eq!(
+        response.text(),
+        "no healthy instance of service \"ghost\"\n"
+    );
+
+    strait.put(
+        "/v1/services/web/instances/web-1/health",
+        r#"{"health":"critical"}"#,
+    );
+    eventually(
+        Duration::from_secs(10),
+        "critical instance to leave the pool",
+        || {
+            let response = client
+                .get("web.example.com", "/")
+                .map_err(|e| e.to_string())?;
+            if response.status == 503 {
+                Ok(())
+            } else {
+                Err(response.status.to_string())
+            }
+        },
+    );
+    strait.put(
+        "/v1/services/web/instances/web-1/health",
+        r#"{"health":"passing"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "web");
+}
+
+#[test]
+fn weighted_split_within_tolerance() {
+    let strait = Strait::builder().start();
+    let stable = Backend::start("stable");
+    let canary = Backend::start("canary");
+    register(&strait, "stable", "s-1", &stable);
+    register(&strait, "canary", "c-1", &canary);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","split":[{"service":"stable","weight":80},{"service":"canary","weight":20}]}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "stable");
+    let mut client = Client::new(strait.http);
+    let n = 2000;
+    let canary_hits = (0..n)
+        .filter(|_| {
+            client
+                .get("web.example.com", "/")
+                .expect("request")
+                .backend()
+                .as_deref()
+                == Some("canary")
+        })
+        .count();
+    let share = canary_hits as f64 / n as f64;
+    assert!(
+        (0.16..=0.24).contains(&share),
+        "canary share {share} (expected 0.20 ± 0.04)"
+    );
+}
+
+#[test]
+fn connect_failures_retry_elsewhere_and_eject() {
+    let strait = Strait::builder().start();
+    let good = Backend::start("good");
+    let dead = Backend::start("dead");
+    register(&strait, "web", "good", &good);
+    register(&strait, "web", "dead", &dead);
+    dead.kill();
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "good");
+    let mut client = Client::new(strait.http);
+    for i in 0..200 {
+        let response = client.get("web.example.com", "/").expect("request");
+        assert_eq!(response.status, 200, "request {i}: {}", response.text());
+    }
+    let ejections = strait
+        .metric("strait_router_ejections_total{service=\"web\"}")
+        .unwrap_or(0.0);
+    assert!(
+        ejections >= 1.0,
+        "the dead instance was ejected:\n{}",
+        strait.metrics_text()
+    );
+    assert!(
+        strait
+            .metric("strait_router_retries_total{service=\"web\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[test]
+fn gateway_errors_retry_idempotent_requests_only() {
+    // Outlier ejection off, so the failing instance stays in the pool for the POSTs.
+    let strait = Strait::builder()
+        .config("[router.outlier]\nconsecutive_failures = 0\n")
+        .start();
+    let good = Backend::start("good");
+    let bad = Backend::start("bad");
+    bad.set_status(503);
+    register(&strait, "web", "good", &good);
+    register(&strait, "web", "bad", &bad);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web","retry":{"attempts":2,"on":["gateway-error"]}}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "good");
+    let mut client = Client::new(strait.http);
+    for i in 0..100 {
+        let response = client.get("web.example.com", "/").expect("request");
+        assert_eq!(
+            response.status, 200,
+            "GET {i} should be retried onto the good instance"
+        );
+    }
+    // POST is not idempotent: a 503 from the bad instance passes through.
+    let statuses: Vec<u16> = (0..60)
+        .map(|_| {
+            client
+                .request("POST", "web.example.com", "/", &[], b"x")
+                .expect("post")
+                .status
+        })
+        .collect();
+    assert!(
+        statuses.contains(&503),
+        "POSTs must not be retried: {statuses:?}"
+    );
+}
+
+#[test]
+fn timeouts_refusals_and_errors() {
+    let strait = Strait::builder().start();
+    let slow = Backend::start("slow");
+    slow.set_delay(Duration::from_millis(1500));
+    let dead = Backend::start("dead");
+    register(&strait, "slow", "slow-1", &slow);
+    register(&strait, "dead", "dead-1", &dead);
+    dead.kill();
+    route(
+        &strait,
+        "slow",
+        r#"{"host":"slow.example.com","service":"slow","timeouts":{"request":"300ms"}}"#,
+    );
+    route(
+        &strait,
+        "dead",
+        r#"{"host":"dead.example.com","service":"dead"}"#,
+    );
+    let mut client = Client::new(strait.http);
+    eventually(
+        Duration::from_secs(10),
+        "upstream timeout to give 504",
+        || {
+            let response = client
+                .get("slow.example.com", "/")
+                .map_err(|e| e.to_string())?;
+            if response.status == 504 {
+                Ok(())
+            } else {
+                Err(format!("{} {}", response.status, response.text()))
+            }
+        },
+    );
+    let response = Client::new(strait.http)
+        .get("dead.example.com", "/")
+        .expect("request");
+    assert_eq!(response.status, 502, "{}", response.text());
+}
+
+#[test]
+fn forwarding_headers_and_rewrites() {
+    let strait = Strait::builder().start();
+    let backend = Backend::start("api");
+    register(&strait, "api", "api-1", &backend);
+    route(
+        &strait,
+        "api",
+        r#"{"host":"api.example.com","path":{"prefix":"/api/v1"},"service":"api","prefix_rewrite":"/",
+            "request_headers":{"set":{"x-env":"prod"},"remove":["x-debug"]},
+            "response_headers":{"set":{"x-served-by":"strait"},"remove":["x-internal"]}}"#,
+    );
+    wait_backend(&strait, "api.example.com", "/api/v1", "api");
+    let mut client = Client::new(strait.http);
+    let response = client
+        .request(
+            "GET",
+            "api.example.com",
+            "/api/v1/users/7?full=1",
+            &[
+                ("x-debug", "1"),
+                ("x-forwarded-for", "10.9.8.7"),
+                ("x-request-id", "abc-123"),
+            ],
+            b"",
+        )
+        .expect("request");
+    assert_eq!(response.status, 200);
+    let echo = response.json();
+    assert_eq!(
+        echo["path"], "/users/7?full=1",
+        "prefix rewritten, query kept"
+    );
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "api.example.com");
+    assert_eq!(
+        headers["forwarded"],
+        "for=127.0.0.1;host=\"api.example.com\";proto=http"
+    );
+    assert_eq!(
+        headers["x-request-id"], "abc-123",
+        "a valid incoming request id is kept"
+    );
+    assert_eq!(headers["x-env"], "prod");
+    assert!(headers["x-debug"].is_null());
+    assert_eq!(
+        response.headers.get("x-served-by").map(String::as_str),
+        Some("strait")
+    );
+    assert!(!response.headers.contains_key("x-internal"));
+    let generated = client
+        .get("api.example.com", "/api/v1")
+        .expect("request")
+        .json();
+    let id = generated["headers"]["x-request-id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(id.len(), 32, "a request id is generated: {generated}");
+}
+
+/// Malformed, ambiguous or oversize heads get their 4xx and never reach a backend.
+#[test]
+fn bad_requests_are_refused_before_any_backend() {
+    let strait = Strait::builder()
+        .config("[router]\nheader_timeout = \"1s\"\n")
+        .start();
+    let backend = Backend::start("web");
+    register(&strait, "web", "web-1", &backend);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "web");
+    let served = backend.served();
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let big_header = format!("x-big: {}\r\n", "a".repeat(70 * 1024));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("CL+TE", b"POST / HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("duplicate CL", b"POST / HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello".to_vec(), 400),
+        ("bad CL", b"POST / HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: +5\r\n\r\nhello".to_vec(), 400),
+        ("TE not chunked", b"POST / HTTP/1.1\r\nHost: web.example.com\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: web.example.com\r\nX-A: 1\r\n  folded\r\n\r\n".to_vec(), 400),
+        ("bare LF", b"GET / HTTP/1.1\nHost: web.example.com\n\n".to_vec(), 400),
+        ("bare CR", b"GET / HTTP/1.1\r\nHost: web.example.com\rX: y\r\n\r\n".to_vec(), 400),
+        ("NUL", b"GET / HTTP/1.1\r\nHost: web.example.com\r\nX: a\x00b\r\n\r\n".to_vec(), 400),
+        ("space before colon", b"GET / HTTP/1.1\r\nHost: web.example.com\r\nX-A : 1\r\n\r\n".to_vec(), 400),
+        ("no Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("two Hosts", b"GET / HTTP/1.1\r\nHost: web.example.com\r\nHost: evil.com\r\n\r\n".to_vec(), 400),
+        ("too many headers", format!("GET / HTTP/1.1\r\nHost: web.example.com\r\n{many_headers}\r\n").into_bytes(), 431),
+        ("head too large", format!("GET / HTTP/1.1\r\nHost: web.example.com\r\n{big_header}\r\n").into_bytes(), 431),
+        ("CONNECT", b"CONNECT evil.com:443 HTTP/1.1\r\nHost: evil.com:443\r\n\r\n".to_vec(), 405),
+        ("HTTP/2.0 in a 1.1 head", b"GET / HTTP/2.0\r\nHost: web.example.com\r\n\r\n".to_vec(), 505),
+        ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
+    ];
+    for (name, bytes, expected) in &cases {
+        let response = raw(strait.http, bytes).unwrap_or_else(|| panic!("{name}: no response"));
+        let text: String = response.text().chars().take(200).collect();
+        assert_eq!(response.status, *expected, "{name}: {text}");
+        assert_eq!(
+            response.headers.get("connection").map(String::as_str),
+            Some("close"),
+            "{name}"
+        );
+    }
+    // Slowloris: a head dripped slower than the 1s head deadline is cut off with 408.
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(strait.http).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    use std::io::{Read, Write};
+    let mut closed_early = false;
+    for piece in [
+        "GET / HTTP/1.1\r\n",
+        "Host: web",
+        ".example.com\r\n",
+        "X-A: 1\r\n",
+    ] {
+        if stream.write_all(piece.as_bytes()).is_err() {
+            closed_early = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(
+        closed_early || answer.starts_with("HTTP/1.1 408"),
+        "slow head answer: {answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off by the deadline, not by a read timeout"
+    );
+    assert_eq!(
+        backend.served(),
+        served,
+        "no bad request reached the backend"
+    );
+    let rejected = strait
+        .metric("strait_router_rejected_requests_total")
+        .unwrap_or(0.0);
+    assert!(rejected >= 1.0);
+    // And the router still serves.
+    wait_backend(&strait, "web.example.com", "/", "web");
+}
+
+#[test]
+fn http2_prior_knowledge() {
+    let strait = Strait::builder().start();
+    let backend = Backend::start("web");
+    register(&strait, "web", "web-1", &backend);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "web");
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: web.example.com",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .arg(format!("http://{}/h2", strait.http))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.ends_with("\n2 200"), "curl over h2c: {text}");
+    assert!(text.contains("\"backend\":\"web\""), "{text}");
+}
+
+/// Table swaps 100 times a second under load, and an instance killed mid-way: with
+/// retries on, no GET fails.
+#[test]
+fn swaps_and_a_killed_instance_under_load_fail_nothing() {
+    let strait = Strait::builder().start();
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    register(&strait, "web", "a", &a);
+    register(&strait, "web", "b", &b);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web","retry":{"attempts":2,"on":["gateway-error"]}}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "a");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failures, addr) = (
+                Arc::clone(&stop),
+                Arc::clone(&ok),
+                Arc::clone(&failures),
+                strait.http,
+            );
+            std::thread::spawn(move || {
+                let mut client = Client::new(addr);
+                while !stop.load(Ordering::SeqCst) {
+                    match client.get("web.example.com", "/") {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(r) => failures.lock().expect("lock").push(format!(
+                            "{} {}",
+                            r.status,
+                            r.text()
+                        )),
+                        Err(e) => failures.lock().expect("lock").push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let revision_before = strait.metric("strait_router_table_revision").unwrap_or(0.0);
+    let started = Instant::now();
+    let mut swaps = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let tick = Instant::now();
+        route(
+            &strait,
+            "web",
+            &format!(
+                r#"{{"host":"web.example.com","service":"web","retry":{{"attempts":2,"on":["gateway-error"]}},"request_headers":{{"set":{{"x-swap":"{swaps}"}}}}}}"#
+            ),
+        );
+        swaps += 1;
+        if swaps == 150 {
+            a.kill();
+        }
+        std::thread::sleep(Duration::from_millis(10).saturating_sub(tick.elapsed()));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let failures = failures.lock().expect("lock");
+    let ok = ok.load(Ordering::SeqCst);
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 500, "only {ok} requests completed");
+    let revision_after = strait.metric("strait_router_table_revision").unwrap_or(0.0);
+    assert!(
+        revision_after - revision_before >= 200.0,
+        "{swaps} route writes, table revision {revision_before} -> {revision_after}"
+    );
+    eprintln!("swap test: {ok} requests, {swaps} route writes in 3s, 0 failed");
+}
+
+#[test]
+fn zone_preference_and_spill_over() {
+    let strait = Strait::builder()
+        .config("[router]\nzone = \"eu-1\"\n")
+        .start();
+    let local = Backend::start("local");
+    let remote = Backend::start("remote");
+    let body = |b: &Backend, zone: &str| {
+        format!(
+            r#"{{"address":"127.0.0.1","port":{},"zone":"{zone}"}}"#,
+            b.addr.port()
+        )
+    };
+    strait.put("/v1/services/web/instances/local", &body(&local, "eu-1"));
+    strait.put("/v1/services/web/instances/remote", &body(&remote, "us-1"));
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "local");
+    let mut client = Client::new(strait.http);
+    for _ in 0..100 {
+        assert_eq!(
+            client
+                .get("web.example.com", "/")
+                .expect("request")
+                .backend()
+                .as_deref(),
+            Some("local")
+        );
+    }
+    strait.put(
+        "/v1/services/web/instances/local/health",
+        r#"{"health":"critical"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "remote");
+}
+
+#[test]
+fn round_robin_and_consistent_hash_balancers() {
+    let strait = Strait::builder()
+        .config(
+            "[router.services.rr]\nbalancer = \"round-robin\"\n\n[router.services.sticky]\nbalancer = \"consistent-hash\"\nhash_on = { header = \"x-user\" }\n",
+        )
+        .start();
+    let backends: Vec<Backend> = (0..3).map(|i| Backend::start(&format!("b{i}"))).collect();
+    for (i, b) in backends.iter().enumerate() {
+        register(&strait, "rr", &format!("b{i}"), b);
+        register(&strait, "sticky", &format!("b{i}"), b);
+    }
+    route(&strait, "rr", r#"{"host":"rr.example.com","service":"rr"}"#);
+    route(
+        &strait,
+        "sticky",
+        r#"{"host":"sticky.example.com","service":"sticky"}"#,
+    );
+    let mut client = Client::new(strait.http);
+    eventually(Duration::from_secs(10), "routes live", || {
+        let r = client
+            .get("sticky.example.com", "/")
+            .map_err(|e| e.to_string())?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(r.status.to_string())
+        }
+    });
+    let mut counts = BTreeMap::new();
+    for _ in 0..300 {
+        let backend = client
+            .get("rr.example.com", "/")
+            .expect("request")
+            .backend()
+            .unwrap_or_default();
+        *counts.entry(backend).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [100, 100, 100],
+        "round robin: {counts:?}"
+    );
+    for user in ["alice", "bob", "carol", "dave"] {
+        let first = client
+            .request("GET", "sticky.example.com", "/", &[("x-user", user)], b"")
+            .expect("request")
+            .backend();
+        for _ in 0..20 {
+            let again = client
+                .request("GET", "sticky.example.com", "/", &[("x-user", user)], b"")
+                .expect("request")
+                .backend();
+            assert_eq!(again, first, "user {user} sticks to one backend");
+        }
+    }
+}
+
+#[test]
+fn router_metrics_are_exported() {
+    let strait = Strait::builder().start();
+    let backend = Backend::start("web");
+    register(&strait, "web", "web-1", &backend);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "web");
+    let text = strait.metrics_text();
+    for needle in [
+        "strait_router_requests_total{class=\"2xx\",route=\"web\",service=\"web\"}",
+        "strait_router_request_duration_seconds_bucket{route=\"web\"",
+        "strait_router_upstream_duration_seconds_bucket{service=\"web\"",
+        "strait_router_table_swaps_total",
+        "strait_router_table_build_seconds_count",
+        "strait_router_propagation_seconds_count",
+        "strait_router_active_requests",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert!(strait.metric("strait_router_table_revision").unwrap_or(0.0) >= 2.0);
+}
