@@ -23,6 +23,7 @@ pub struct Admin {
     pub registry: Registry,
     pub store_metrics: StoreMetrics,
     pub token: Option<Arc<str>>,
+    pub router: Arc<router::Router>,
     requests: IntCounterVec,
 }
 
@@ -33,6 +34,7 @@ impl Admin {
         registry: Registry,
         store_metrics: StoreMetrics,
         token: Option<String>,
+        router: Arc<router::Router>,
     ) -> anyhow::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
@@ -48,6 +50,7 @@ impl Admin {
             registry,
             store_metrics,
             token: token.map(Arc::from),
+            router,
             requests,
         })
     }
@@ -59,6 +62,7 @@ impl Admin {
         });
         let protected = axum::Router::new()
             .route("/metrics", get(metrics))
+            .route("/v1/explain", axum::routing::post(explain))
             .with_state(self.clone())
             .merge(api)
             .layer(middleware::from_fn_with_state(self.clone(), authenticate));
@@ -140,6 +144,58 @@ async fn readyz(State(admin): State<Admin>) -> Response {
         )
             .into_response()
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainRequest {
+    /// `http://host/path?query`; the scheme may be left out.
+    url: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/explain`: how the live routing table would handle a request.
+async fn explain(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
+    let request: ExplainRequest = match discovery::admin::parse_body(&body) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let invalid = |message: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message).into_response()
+    };
+    let url = if request.url.contains("://") {
+        request.url.clone()
+    } else {
+        format!("http://{}", request.url)
+    };
+    let uri: axum::http::Uri = match url.parse() {
+        Ok(uri) => uri,
+        Err(e) => return invalid(format!("url `{}`: {e}", request.url)),
+    };
+    let Some(host) = uri.authority().map(|a| a.as_str().to_string()) else {
+        return invalid(format!("url `{}` has no host", request.url));
+    };
+    let method =
+        match axum::http::Method::from_bytes(request.method.as_deref().unwrap_or("GET").as_bytes())
+        {
+            Ok(method) => method,
+            Err(_) => return invalid("method: not an HTTP method".into()),
+        };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) else {
+            return invalid(format!("header `{name}` is not a valid header"));
+        };
+        headers.append(name, value);
+    }
+    let explanation = admin.router.explain(&method, &host, uri.path(), &headers);
+    axum::Json(explanation).into_response()
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {

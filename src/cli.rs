@@ -367,12 +367,85 @@ pub fn route(args: &AdminArgs, command: RouteCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        RouteCommand::Explain {
+            url,
+            headers,
+            method,
+        } => {
+            let mut header_map = serde_json::Map::new();
+            for header in headers {
+                let (name, value) = header
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("-H `{header}`: expected `Name: value`"))?;
+                header_map.insert(name.trim().to_string(), json!(value.trim()));
+            }
+            let body = json!({"url": url, "method": method, "headers": header_map});
+            let explanation = client.ok(Method::Post(body), "/v1/explain")?;
+            if args.json {
+                return print_json(&explanation);
+            }
+            print_explanation(&explanation);
+            Ok(())
+        }
         RouteCommand::Rm { name } => {
             client.ok(Method::Delete, &format!("/v1/routes/{name}"))?;
             println!("removed route {name}");
             Ok(())
         }
     }
+}
+
+fn print_explanation(e: &Value) {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "{} {}{}  (table revision {})",
+        text(&e["method"]),
+        text(&e["host"]),
+        text(&e["path"]),
+        e["revision"]
+    );
+    println!("host: {}", e["host_match"].as_str().unwrap_or("no match"));
+    for route in e["routes"].as_array().into_iter().flatten() {
+        let mark = if route["matched"] == true {
+            "MATCH"
+        } else {
+            "  -  "
+        };
+        let reason = route["reason"]
+            .as_str()
+            .map(|r| format!("  ({r})"))
+            .unwrap_or_default();
+        println!("  {mark} {}{reason}", text(&route["name"]));
+    }
+    for target in e["targets"].as_array().into_iter().flatten() {
+        println!(
+            "service {} ({}% of traffic):",
+            text(&target["service"]),
+            target["share"]
+        );
+        for ep in target["endpoints"].as_array().into_iter().flatten() {
+            let state = match ep["reason"].as_str() {
+                Some(reason) => format!("not eligible: {reason}"),
+                None => "eligible".to_string(),
+            };
+            println!(
+                "  {:<20} {:<24} zone {:<8} weight {:<4} in flight {:<4} {state}",
+                text(&ep["id"]),
+                text(&ep["address"]),
+                ep["zone"].as_str().unwrap_or("-"),
+                ep["weight"],
+                ep["outstanding"]
+            );
+        }
+        for ex in target["excluded"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<20} excluded: {}",
+                text(&ex["id"]),
+                text(&ex["reason"])
+            );
+        }
+    }
+    println!("=> {}", text(&e["outcome"]));
 }
 
 pub fn config_check(file: &Path) -> anyhow::Result<()> {

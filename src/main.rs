@@ -141,6 +141,17 @@ pub enum RouteCommand {
     Ls,
     /// Remove a route.
     Rm { name: String },
+    /// Explain how the live routing table would handle a request: which route matches
+    /// and why others do not, the services chosen, and which instances are eligible.
+    Explain {
+        /// e.g. http://web.example.com/api/users
+        url: String,
+        /// Request header, `Name: value`; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+    },
 }
 
 #[derive(Subcommand)]

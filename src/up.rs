@@ -69,9 +69,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the {} store", settings.store.url))?;
     info!(store = %settings.store.url, "discovery store opened");
 
-    let router = router::Router::new(settings.router.clone(), &registry)?;
+    let router = Arc::new(router::Router::new(settings.router.clone(), &registry)?);
     router.follow(store.watch())?;
-    let router = router.start()?;
+    let router_handle = router.start()?;
 
     let leases = Leases::new(Arc::clone(&store));
     tokio::spawn(Arc::clone(&leases).run_reaper());
@@ -82,6 +82,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         registry,
         store_metrics,
         settings.admin.token.clone(),
+        router,
     )?;
     let listener = tokio::net::TcpListener::bind(settings.admin.addr)
         .await
@@ -94,7 +95,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("admin API server failed")?;
     info!("shutting down: draining the router");
-    router.drain(settings.router.drain_timeout).await;
+    router_handle.drain(settings.router.drain_timeout).await;
     store.shutdown().await;
     Ok(())
 }

@@ -266,8 +266,18 @@ where
         let check_h2c = self.h2c && stream.get_ssl_digest().is_none();
         let mut stream = stream;
         let mut buf = BytesMut::with_capacity(4096);
+        let mut shutting_down = shutdown.clone();
         loop {
-            match read_head(&mut stream, &mut buf, &self.limits, check_h2c).await {
+            if *shutting_down.borrow() {
+                return None;
+            }
+            let idle = buf.is_empty();
+            let head = tokio::select! {
+                head = read_head(&mut stream, &mut buf, &self.limits, check_h2c) => head,
+                // Shutdown closes idle keep-alive connections at once.
+                _ = shutting_down.changed(), if idle => return None,
+            };
+            match head {
                 Head::Gone => return None,
                 Head::H2c => {
                     let prefixed = Prefixed::new(buf, stream);
@@ -305,9 +315,6 @@ where
                     stream = inner;
                 }
                 Err(_) => return None,
-            }
-            if *shutdown.borrow() {
-                return None;
             }
         }
     }

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod explain;
 pub mod front;
 pub mod metrics;
 pub mod pool;

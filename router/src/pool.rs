@@ -103,6 +103,8 @@ pub struct Pool {
     all: Candidates,
     min_local: usize,
     pub shared: Arc<PoolShared>,
+    /// Registered instances left out of the pool, and why (for `route explain`).
+    pub excluded: Vec<(Arc<str>, String)>,
 }
 
 /// Indices already tried by this request; retries go elsewhere when they can.
@@ -164,7 +166,32 @@ impl Pool {
             all,
             min_local: min_local.max(1),
             shared,
+            excluded: Vec::new(),
         }
+    }
+
+    /// Whether picks use only the local zone right now (control plane / explain only).
+    pub fn local_zone_in_use(&self, now_ms: u64) -> Option<bool> {
+        self.local.as_ref()?;
+        Some(!std::ptr::eq(self.candidates(now_ms), &self.all))
+    }
+
+    /// Whether endpoint `index` is in the local-zone candidate set.
+    pub fn is_local(&self, index: usize) -> bool {
+        self.local
+            .as_ref()
+            .is_some_and(|l| l.indices.contains(&(index as u32)))
+    }
+
+    /// Milliseconds left in the endpoint's ejection, if ejected.
+    pub fn ejected_for(&self, index: usize, now_ms: u64) -> Option<u64> {
+        let until = self
+            .endpoints
+            .get(index)?
+            .state
+            .ejected_until
+            .load(Ordering::Relaxed);
+        (until > now_ms).then(|| until - now_ms)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -43,6 +43,7 @@ pub struct Router {
     table: Arc<ArcSwap<Table>>,
     config: Arc<RouterConfig>,
     metrics: RouterMetrics,
+    clock: Clock,
 }
 
 impl Router {
@@ -51,7 +52,21 @@ impl Router {
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
             config: Arc::new(config),
             metrics: RouterMetrics::new(registry)?,
+            clock: Clock::new(),
         })
+    }
+
+    /// Explains how the live table would route a request.
+    pub fn explain(
+        &self,
+        method: &http::Method,
+        host: &str,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> crate::explain::Explanation {
+        self.table
+            .load()
+            .explain(method, host, path, headers, self.clock.now_ms())
     }
 
     /// The table in use now.
@@ -99,6 +114,9 @@ impl Router {
         let addr = resolve_port(self.config.http_addr)?;
         let conf = ServerConf {
             threads: self.config.threads.max(1),
+            // One single-threaded runtime per worker thread: no cross-thread task
+            // stealing or wake-ups on the hot path.
+            work_stealing: false,
             grace_period_seconds: Some(self.config.drain_timeout.as_secs()),
             graceful_shutdown_timeout_seconds: Some(1),
             ..ServerConf::default()
@@ -110,7 +128,7 @@ impl Router {
             table: Arc::clone(&self.table),
             config: Arc::clone(&self.config),
             metrics: self.metrics.clone(),
-            clock: Clock::new(),
+            clock: self.clock,
         };
         let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
         let mut options = pingora::apps::HttpServerOptions::default();
@@ -165,11 +183,10 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
     futures::executor::block_on(future)
 }
 
+/// Binds `addr` once ourselves: pingora binds by address string, cannot report an
+/// ephemeral port, and panics in its own thread when the address is taken, so port 0 is
+/// resolved and a taken address reported here, as a clear error.
 fn resolve_port(addr: SocketAddr) -> Result<SocketAddr, RouterError> {
-    if addr.port() != 0 {
-        return Ok(addr);
-    }
-    // pingora binds by address string and cannot report an ephemeral port, so pick one.
     let probe = TcpListener::bind(addr).map_err(|error| RouterError::Listen { addr, error })?;
     probe
         .local_addr()

@@ -22,14 +22,14 @@ use crate::config::RouterConfig;
 use crate::pool::{Endpoint, Pool, PoolStates};
 
 #[derive(Debug)]
-enum PathMatcher {
+pub(crate) enum PathMatcher {
     Exact(Box<str>),
     Prefix(Box<str>),
     Regex(regex::Regex),
 }
 
 impl PathMatcher {
-    fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match self {
             PathMatcher::Exact(p) => path == &**p,
             PathMatcher::Prefix(p) => {
@@ -53,7 +53,7 @@ impl PathMatcher {
 }
 
 #[derive(Debug)]
-enum ValueMatcher {
+pub(crate) enum ValueMatcher {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
     Regex(regex::Regex),
@@ -61,14 +61,14 @@ enum ValueMatcher {
 }
 
 #[derive(Debug)]
-struct HeaderMatcher {
-    name: HeaderName,
-    value: ValueMatcher,
-    invert: bool,
+pub(crate) struct HeaderMatcher {
+    pub(crate) name: HeaderName,
+    pub(crate) value: ValueMatcher,
+    pub(crate) invert: bool,
 }
 
 impl HeaderMatcher {
-    fn matches(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
         let value = headers.get(&self.name);
         let hit = match (&self.value, value) {
             (ValueMatcher::Present(present), v) => v.is_some() == *present,
@@ -91,12 +91,12 @@ pub struct Target {
 #[derive(Debug)]
 pub struct CompiledRoute {
     pub name: Arc<str>,
-    path: PathMatcher,
-    methods: Vec<Method>,
-    headers: Vec<HeaderMatcher>,
+    pub(crate) path: PathMatcher,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) headers: Vec<HeaderMatcher>,
     pub targets: Vec<Target>,
     /// Cumulative split weights, parallel to `targets` (empty for a single service).
-    cumulative: Vec<u64>,
+    pub(crate) cumulative: Vec<u64>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub per_try_timeout: Option<Duration>,
@@ -143,8 +143,17 @@ impl CompiledRoute {
 }
 
 #[derive(Debug, Default)]
-struct HostEntry {
-    routes: Vec<Arc<CompiledRoute>>,
+pub(crate) struct HostEntry {
+    pub(crate) routes: Vec<Arc<CompiledRoute>>,
+}
+
+/// Which host entry a request's host selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostMatch<'a> {
+    Exact(&'a str),
+    /// The suffix, with its leading dot: `*.example.com` is `.example.com`.
+    Wildcard(&'a str),
+    Any,
 }
 
 /// The compiled routing table.
@@ -186,22 +195,33 @@ impl Table {
     }
 
     fn host_entry(&self, host: &str) -> Option<&HostEntry> {
+        self.host_match(host).map(|(_, entry)| entry)
+    }
+
+    pub(crate) fn host_match<'h>(&self, host: &'h str) -> Option<(HostMatch<'h>, &HostEntry)> {
         if let Some(entry) = self.exact.get(host) {
-            return Some(entry);
+            return Some((HostMatch::Exact(host), entry));
         }
         if !self.wildcard.is_empty() {
             // Longest suffix first: for a.b.example.com try .b.example.com, .example.com, .com
             let mut rest = host;
+            let mut offset = 0;
             while let Some(dot) = rest.find('.') {
-                let suffix = &rest[dot..];
+                let suffix = &host[offset + dot..];
                 if let Some(entry) = self.wildcard.get(suffix) {
-                    return Some(entry);
+                    return Some((HostMatch::Wildcard(suffix), entry));
                 }
-                rest = &rest[dot + 1..];
+                offset += dot + 1;
+                rest = &host[offset..];
             }
         }
-        self.any.as_ref()
+        self.any.as_ref().map(|entry| (HostMatch::Any, entry))
     }
+}
+
+/// Only passing instances get traffic (and warning ones where configured).
+fn receives_traffic(health: Health, config: &RouterConfig) -> bool {
+    health == Health::Passing || (config.serve_warning && health == Health::Warning)
 }
 
 /// Builds a table from a snapshot, carrying pool state over from `states`.
@@ -231,7 +251,7 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
             })
             .collect();
         let shared = next_states.pool(&service_name);
-        let pool = Pool::new(
+        let mut pool = Pool::new(
             Arc::clone(&service_name),
             endpoints,
             settings.balancer,
@@ -240,6 +260,17 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
             config.min_local_endpoints,
             shared,
         );
+        pool.excluded = service
+            .instances
+            .values()
+            .filter(|i| !receives_traffic(i.spec.health, config))
+            .map(|i| {
+                (
+                    Arc::from(i.id.as_str()),
+                    format!("health is {}", i.spec.health.as_str()),
+                )
+            })
+            .collect();
         pools.insert(service_name, Arc::new(pool));
     }
     *states = next_states.finish();

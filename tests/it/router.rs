@@ -706,3 +706,78 @@ fn router_metrics_are_exported() {
     }
     assert!(strait.metric("strait_router_table_revision").unwrap_or(0.0) >= 2.0);
 }
+
+#[test]
+fn route_explain_says_why() {
+    let strait = Strait::builder().start();
+    let good = Backend::start("good");
+    let sick = Backend::start("sick");
+    register(&strait, "api", "good", &good);
+    register(&strait, "api", "sick", &sick);
+    strait.put(
+        "/v1/services/api/instances/sick/health",
+        r#"{"health":"critical"}"#,
+    );
+    route(
+        &strait,
+        "api",
+        r#"{"host":"a.example.com","path":{"prefix":"/api"},"service":"api"}"#,
+    );
+    route(
+        &strait,
+        "canary",
+        r#"{"host":"a.example.com","path":{"prefix":"/api"},"headers":[{"name":"x-canary","exact":"1"}],"service":"api"}"#,
+    );
+    route(
+        &strait,
+        "posts",
+        r#"{"host":"a.example.com","path":{"exact":"/api/posts"},"methods":["POST"],"service":"posts"}"#,
+    );
+    wait_backend(&strait, "a.example.com", "/api", "good");
+    let admin = format!("http://{}", strait.admin);
+    let (ok, stdout, stderr) = crate::harness::cli(&[
+        "route",
+        "explain",
+        "http://a.example.com/api/posts",
+        "-H",
+        "x-canary: 2",
+        "--admin",
+        &admin,
+    ]);
+    assert!(ok, "{stderr}");
+    let stdout = stdout
+        .replace(&good.addr.to_string(), "GOOD_ADDR")
+        .lines()
+        .skip(1) // the first line carries the table revision
+        .collect::<Vec<_>>()
+        .join("\n");
+    expect_test::expect![[r#"
+        host: exact a.example.com
+            -   posts  (method GET is not one of POST)
+            -   canary  (header x-canary is not equal to "1")
+          MATCH api
+        service api (100.0% of traffic):
+          good                 GOOD_ADDR          zone -        weight 1 in flight 0 eligible
+          sick                 excluded: health is critical
+        => proxied by route api to api"#]].assert_eq(&stdout);
+    let (status, body) = crate::harness::http(
+        &strait,
+        "POST",
+        "/v1/explain",
+        Some(r#"{"url":"nothing.example.com/","method":"GET"}"#),
+        None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["outcome"],
+        "404: no route for host \"nothing.example.com\" (no exact, wildcard or `*` host)"
+    );
+    let (status, body) = crate::harness::http(
+        &strait,
+        "POST",
+        "/v1/explain",
+        Some(r#"{"url":"http://"}"#),
+        None,
+    );
+    assert_eq!(status, 400, "{body}");
+}
