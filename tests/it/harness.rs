@@ -193,14 +193,11 @@ impl StraitBuilder {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
         let mut command = Command::new(STRAIT);
-        command
-            .arg("up")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--http-addr")
-            .arg("127.0.0.1:0");
-        if !self.args.iter().any(|a| a == "--admin-addr") {
-            command.arg("--admin-addr").arg("127.0.0.1:0");
+        command.arg("up").arg("--data-dir").arg(&data_dir);
+        for flag in ["--admin-addr", "--http-addr"] {
+            if !self.args.iter().any(|a| a == flag) {
+                command.arg(flag).arg("127.0.0.1:0");
+            }
         }
         command.args(&self.args).envs(self.env);
         if let Some(config) = &self.config {

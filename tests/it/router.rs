@@ -759,7 +759,8 @@ fn route_explain_says_why() {
         service api (100.0% of traffic):
           good                 GOOD_ADDR          zone -        weight 1 in flight 0 eligible
           sick                 excluded: health is critical
-        => proxied by route api to api"#]].assert_eq(&stdout);
+        => proxied by route api to api"#]]
+    .assert_eq(&stdout);
     let (status, body) = crate::harness::http(
         &strait,
         "POST",
@@ -780,4 +781,60 @@ fn route_explain_says_why() {
         None,
     );
     assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn taken_http_address_is_a_clear_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let stderr = Strait::builder()
+        .arg("--http-addr")
+        .arg(addr.clone())
+        .start_expecting_failure();
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+/// SIGTERM: in-flight requests finish, then the process exits cleanly.
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let mut strait = Strait::builder().start();
+    let backend = Backend::start("slow");
+    backend.set_delay(Duration::from_millis(1500));
+    register(&strait, "slow", "s1", &backend);
+    route(
+        &strait,
+        "slow",
+        r#"{"host":"slow.example.com","service":"slow"}"#,
+    );
+    let http = strait.http;
+    eventually(Duration::from_secs(10), "route live", || {
+        let r = Client::new(http)
+            .get("slow.example.com", "/")
+            .map_err(|e| e.to_string())?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(r.status.to_string())
+        }
+    });
+    let in_flight = std::thread::spawn(move || Client::new(http).get("slow.example.com", "/"));
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    strait.stop();
+    let response = in_flight
+        .join()
+        .expect("client thread")
+        .expect("in-flight request completes");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "drained promptly, not after the full drain timeout"
+    );
+    assert!(
+        std::net::TcpStream::connect(http).is_err(),
+        "no longer accepting"
+    );
 }
