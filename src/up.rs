@@ -27,6 +27,14 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.http_addr {
         settings.router.http_addr = addr;
     }
+    if let Some(addr) = args.https_addr {
+        let Some(listener) = settings.router.tls.first_mut() else {
+            anyhow::bail!(
+                "--https-addr needs a [[router.tls]] listener with certificates in the config file"
+            );
+        };
+        listener.addr = addr;
+    }
     if let Ok(token) = std::env::var("STRAIT_ADMIN_TOKEN")
         && !token.is_empty()
     {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +91,24 @@ fn default_h2_max_streams() -> u32 {
     100
 }
 
+/// A certificate chain and its private key, PEM files. Reloaded when they change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A TLS-terminating listener (`[[router.tls]]`): HTTP/1.1 and HTTP/2 by ALPN. The
+/// certificate for a connection is chosen by SNI among `certificates` (the first whose
+/// subject names cover the server name); the first one is the default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    pub certificates: Vec<CertificateFiles>,
+}
+
 /// Passive outlier detection: eject endpoints that keep failing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +187,9 @@ pub struct RouterConfig {
     /// Per-service settings, by service name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<String, ServiceSettings>,
+    /// TLS-terminating listeners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsListener>,
 }
 
 impl Default for RouterConfig {
@@ -190,6 +212,7 @@ impl Default for RouterConfig {
             h2_max_concurrent_streams: default_h2_max_streams(),
             outlier: OutlierConfig::default(),
             services: BTreeMap::new(),
+            tls: Vec::new(),
         }
     }
 }

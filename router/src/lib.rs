@@ -7,6 +7,7 @@
 //!   survives table swaps.
 //! * [`front`]: strict HTTP/1 head reading and validation before pingora sees a request.
 //! * [`proxy`]: the per-request hot path (pingora `ProxyHttp`).
+//! * [`tls`]: certificates by SNI, hot-reloaded.
 //! * [`service`]: wiring: the table-follower thread and the pingora server.
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod pool;
 pub mod proxy;
 pub mod service;
 pub mod table;
+pub mod tls;
 
 pub use config::RouterConfig;
 pub use service::{Router, RouterError, RouterHandle};

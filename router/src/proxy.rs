@@ -296,6 +296,11 @@ impl ProxyHttp for Proxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let proto = if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+            "https"
+        } else {
+            "http"
+        };
         if let Some(ip) = client_ip {
             let ip = ip.to_string();
             let xff = match upstream
@@ -314,9 +319,9 @@ impl ProxyHttp for Proxy {
                 ip
             };
             let element = if host.is_empty() {
-                format!("for={node};proto=http")
+                format!("for={node};proto={proto}")
             } else {
-                format!("for={node};host=\"{host}\";proto=http")
+                format!("for={node};host=\"{host}\";proto={proto}")
             };
             let forwarded = match upstream
                 .headers
@@ -328,7 +333,7 @@ impl ProxyHttp for Proxy {
             };
             upstream.insert_header("forwarded", forwarded)?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-proto", proto)?;
         if let Some(host) = session.req_header().headers.get(HOST).cloned() {
             upstream.insert_header("x-forwarded-host", host)?;
         }

@@ -36,6 +36,11 @@ pub enum RouterError {
     NotListening(SocketAddr),
     #[error("cannot start router thread: {0}")]
     Thread(std::io::Error),
+    #[error("TLS listener {addr}: {error}")]
+    Tls {
+        addr: SocketAddr,
+        error: crate::tls::CertError,
+    },
 }
 
 /// The router: its current table, config and metrics.
@@ -155,6 +160,34 @@ impl Router {
         };
         let mut service = Service::new("strait-http".to_string(), front);
         service.add_tcp(&addr.to_string());
+        let mut tls_addrs = Vec::new();
+        for listener in &self.config.tls {
+            let tls_addr = resolve_port(listener.addr)?;
+            let certs =
+                crate::tls::CertStore::load(listener.certificates.clone()).map_err(|error| {
+                    RouterError::Tls {
+                        addr: listener.addr,
+                        error,
+                    }
+                })?;
+            certs
+                .watch(Duration::from_secs(1))
+                .map_err(RouterError::Thread)?;
+            let mut settings =
+                pingora::listeners::tls::TlsSettings::intermediate("", "").map_err(|e| {
+                    RouterError::Tls {
+                        addr: listener.addr,
+                        error: crate::tls::CertError {
+                            path: "router.tls".into(),
+                            message: e.to_string(),
+                        },
+                    }
+                })?;
+            settings.set_cert_resolver(certs);
+            settings.enable_h2();
+            service.add_tls_with_settings(&tls_addr.to_string(), None, settings);
+            tls_addrs.push(tls_addr);
+        }
         server.add_service(service);
 
         let stop = Arc::new(Notify::new());
@@ -169,6 +202,11 @@ impl Router {
             .map_err(RouterError::Thread)?;
         wait_listening(addr)?;
         info!(addr = %addr, "HTTP router listening on {addr}");
+        // The TLS listeners belong to the same pingora service and are bound with the
+        // plain one; probing them would only log a failed handshake.
+        for tls_addr in tls_addrs {
+            info!(addr = %tls_addr, "HTTPS router listening on {tls_addr}");
+        }
         Ok(RouterHandle {
             addr,
             stop,

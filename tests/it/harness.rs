@@ -82,6 +82,8 @@ pub struct Strait {
     pub admin: SocketAddr,
     /// The HTTP router's listener.
     pub http: SocketAddr,
+    /// The first TLS listener, when one is configured.
+    pub https: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -156,6 +158,7 @@ impl StraitBuilder {
                     for (kind, marker) in [
                         ("admin", "admin API listening on "),
                         ("http", "HTTP router listening on "),
+                        ("https", "HTTPS router listening on "),
                     ] {
                         if let Some(addr) = line.split(marker).nth(1) {
                             let addr = addr.split_whitespace().next().unwrap_or_default();
@@ -171,14 +174,22 @@ impl StraitBuilder {
             watchdog,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https: None,
             log,
 
             _tmp: Some(tmp),
         };
-        for _ in 0..2 {
-            match addr_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(("admin", Ok(addr))) => strait.admin = addr,
-                Ok((_, Ok(addr))) => strait.http = addr,
+        // The router logs its listeners before the admin API's, which comes last.
+        loop {
+            match addr_rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(("admin", Ok(addr))) => {
+                    strait.admin = addr;
+                    break;
+                }
+                Ok(("http", Ok(addr))) => strait.http = addr,
+                Ok((_, Ok(addr))) => {
+                    strait.https.get_or_insert(addr);
+                }
                 other => panic!(
                     "strait did not report its listening addresses ({other:?}); log:\n{}",
                     strait.log_text()

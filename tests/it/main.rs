@@ -7,4 +7,5 @@ mod embedded;
 mod harness;
 mod http;
 mod router;
+mod tls;
 mod zookeeper;
