@@ -146,6 +146,29 @@ fn serve_connection(
         let mut parts = request_line.split_whitespace();
         let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         served.fetch_add(1, Ordering::SeqCst);
+        if headers
+            .get("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        {
+            // Switch protocols, then echo every byte (enough of WebSocket for a proxy test).
+            let accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+            );
+            if writer.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if writer.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
         let wait = delay.load(Ordering::SeqCst);
         if wait > 0 {
             std::thread::sleep(Duration::from_millis(wait));

@@ -838,3 +838,40 @@ fn sigterm_drains_in_flight_requests() {
         "no longer accepting"
     );
 }
+
+#[test]
+fn websocket_upgrade_passes_through() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let strait = Strait::builder().start();
+    let backend = Backend::start("ws");
+    register(&strait, "ws", "ws-1", &backend);
+    route(&strait, "ws", r#"{"host":"ws.example.com","service":"ws"}"#);
+    wait_backend(&strait, "ws.example.com", "/", "ws");
+    let mut stream = std::net::TcpStream::connect(strait.http).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: ws.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .expect("write");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut status = String::new();
+    reader.read_line(&mut status).expect("status line");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+    }
+    for message in ["hello", "over the upgraded connection"] {
+        stream.write_all(message.as_bytes()).expect("send");
+        let mut echo = vec![0; message.len()];
+        reader.read_exact(&mut echo).expect("echo");
+        assert_eq!(echo, message.as_bytes());
+    }
+}
