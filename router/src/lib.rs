@@ -20,6 +20,7 @@ pub mod pool;
 pub mod proxy;
 pub mod service;
 pub mod table;
+pub mod tcp;
 pub mod tls;
 
 pub use config::RouterConfig;

@@ -46,6 +46,8 @@ pub enum RouterError {
 /// The router: its current table, config and metrics.
 pub struct Router {
     table: Arc<ArcSwap<Table>>,
+    /// Bumped on every swap, for followers of the table (the TCP listeners).
+    swaps: watch::Sender<u64>,
     config: Arc<RouterConfig>,
     metrics: RouterMetrics,
     clock: Clock,
@@ -55,6 +57,7 @@ impl Router {
     pub fn new(config: RouterConfig, registry: &Registry) -> Result<Self, RouterError> {
         Ok(Router {
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
+            swaps: watch::Sender::new(0),
             config: Arc::new(config),
             metrics: RouterMetrics::new(registry)?,
             clock: Clock::new(),
@@ -89,6 +92,7 @@ impl Router {
         let table = Arc::clone(&self.table);
         let config = Arc::clone(&self.config);
         let metrics = self.metrics.clone();
+        let swaps = self.swaps.clone();
         std::thread::Builder::new()
             .name("strait-tables".into())
             .spawn(move || {
@@ -101,6 +105,7 @@ impl Router {
                     metrics.table_revision.set(next.revision as i64);
                     table.store(Arc::new(next));
                     metrics.table_swaps.inc();
+                    swaps.send_modify(|n| *n += 1);
                     if let Some(written) = snapshot.changed_at
                         && let Ok(elapsed) = SystemTime::now().duration_since(written)
                     {
@@ -190,6 +195,7 @@ impl Router {
         }
         server.add_service(service);
 
+        self.start_tcp()?;
         let stop = Arc::new(Notify::new());
         let signal = StopSignal(Arc::clone(&stop));
         let thread = std::thread::Builder::new()
@@ -213,6 +219,28 @@ impl Router {
             thread,
             metrics: self.metrics.clone(),
         })
+    }
+}
+
+impl Router {
+    /// TCP routes run on a runtime of their own, beside pingora's.
+    fn start_tcp(&self) -> Result<(), RouterError> {
+        let proxy = Arc::new(crate::tcp::TcpProxy {
+            table: Arc::clone(&self.table),
+            config: Arc::clone(&self.config),
+            metrics: self.metrics.clone(),
+            clock: self.clock,
+        });
+        let swaps = self.swaps.subscribe();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RouterError::Thread)?;
+        std::thread::Builder::new()
+            .name("strait-tcp".into())
+            .spawn(move || runtime.block_on(proxy.run(swaps)))
+            .map_err(RouterError::Thread)?;
+        Ok(())
     }
 }
 

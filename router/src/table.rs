@@ -166,6 +166,8 @@ pub struct Table {
     any: Option<HostEntry>,
     pub pools: HashMap<Arc<str>, Arc<Pool>>,
     pub route_count: usize,
+    /// TCP routes by listen address.
+    pub tcp: std::collections::BTreeMap<std::net::SocketAddr, crate::tcp::TcpListenerRoutes>,
 }
 
 /// Strips the port and a trailing dot; `None` for an empty host.
@@ -282,7 +284,8 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
     };
     let mut compiled: Vec<(String, Arc<CompiledRoute>)> = Vec::new();
     for (name, route) in snapshot.routes.iter() {
-        if route.kind != RouteKind::Http {
+        if route.kind == RouteKind::Tcp {
+            add_tcp_route(&mut table, name, route, config);
             continue;
         }
         match compile_route(name, route, config, &table.pools) {
@@ -318,6 +321,66 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
         sort(any);
     }
     table
+}
+
+fn split_targets(route: &Route, pools: &HashMap<Arc<str>, Arc<Pool>>) -> (Vec<Target>, Vec<u64>) {
+    let target = |service: &str| Target {
+        service: Arc::from(service),
+        pool: pools.get(service).cloned(),
+    };
+    match &route.service {
+        Some(service) => (vec![target(service)], Vec::new()),
+        None => {
+            let targets = route.split.iter().map(|s| target(&s.service)).collect();
+            let cumulative = route
+                .split
+                .iter()
+                .scan(0u64, |sum, s| {
+                    *sum += u64::from(s.weight);
+                    Some(*sum)
+                })
+                .collect();
+            (targets, cumulative)
+        }
+    }
+}
+
+fn add_tcp_route(table: &mut Table, name: &Arc<str>, route: &Route, config: &RouterConfig) {
+    let Some(listen) = route.listen else { return };
+    let (targets, cumulative) = split_targets(route, &table.pools);
+    let target = crate::tcp::TcpTarget {
+        route: Arc::clone(name),
+        targets,
+        cumulative,
+        connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
+    };
+    let routes = table.tcp.entry(listen).or_default();
+    let slot = match route.sni.as_deref() {
+        None => &mut routes.default,
+        Some(sni) => {
+            let map = if let Some(suffix) = sni.strip_prefix('*') {
+                routes.by_sni_suffix.entry(suffix.into())
+            } else {
+                routes.by_sni.entry(sni.into())
+            };
+            match map {
+                std::collections::hash_map::Entry::Occupied(existing) => {
+                    warn!(route = %name, other = %existing.get().route, "two TCP routes for one listen address and server name; keeping the first");
+                    return;
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(target);
+                    return;
+                }
+            }
+        }
+    };
+    match slot {
+        Some(existing) => {
+            warn!(route = %name, other = %existing.route, "two default TCP routes for one listen address; keeping the first");
+        }
+        None => *slot = Some(target),
+    }
 }
 
 fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
@@ -386,25 +449,7 @@ fn compile_route(
             })
         })
         .collect::<Result<_, String>>()?;
-    let target = |service: &str| Target {
-        service: Arc::from(service),
-        pool: pools.get(service).cloned(),
-    };
-    let (targets, cumulative) = match &route.service {
-        Some(service) => (vec![target(service)], Vec::new()),
-        None => {
-            let targets = route.split.iter().map(|s| target(&s.service)).collect();
-            let cumulative = route
-                .split
-                .iter()
-                .scan(0u64, |sum, s| {
-                    *sum += u64::from(s.weight);
-                    Some(*sum)
-                })
-                .collect();
-            (targets, cumulative)
-        }
-    };
+    let (targets, cumulative) = split_targets(route, pools);
     let prefix_rewrite = match (&route.prefix_rewrite, &route.path) {
         (Some(rewrite), Some(PathMatch::Prefix(p))) => Some((p.len(), rewrite.as_str().into())),
         _ => None,

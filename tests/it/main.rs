@@ -7,5 +7,6 @@ mod embedded;
 mod harness;
 mod http;
 mod router;
+mod tcp;
 mod tls;
 mod zookeeper;

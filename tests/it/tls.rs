@@ -22,7 +22,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA named `ca` in `dir`: `ca.pem`, `ca.key`.
-fn make_ca(dir: &Path, ca: &str) {
+pub fn make_ca(dir: &Path, ca: &str) {
     openssl(
         dir,
         &[
@@ -46,7 +46,7 @@ fn make_ca(dir: &Path, ca: &str) {
 }
 
 /// A leaf for `names`, signed by `ca`: `<leaf>.pem`, `<leaf>.key`.
-fn make_leaf(dir: &Path, ca: &str, leaf: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+pub fn make_leaf(dir: &Path, ca: &str, leaf: &str, names: &[&str]) -> (PathBuf, PathBuf) {
     let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
     std::fs::write(
         dir.join(format!("{leaf}.ext")),

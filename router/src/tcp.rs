@@ -1,0 +1,332 @@
+//! TCP routes: layer-4 proxying from a route's `listen` address to a service, optionally
+//! chosen by the TLS server name (SNI) peeked from the ClientHello, passed through without
+//! termination.
+//!
+//! Listeners follow the routing table: a watcher binds the addresses new routes name and
+//! closes those no route names any more (connections already open run to completion). The
+//! per-connection path loads the table once, picks an endpoint with the same pools and
+//! balancers as HTTP, retries the connect on another instance, then copies both ways.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::config::RouterConfig;
+use crate::metrics::{GaugeGuard, RouterMetrics};
+use crate::pool::{Clock, Pool, Tried};
+use crate::table::{Table, Target};
+
+/// How long a client may take to send its ClientHello when SNI routing is in use.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest ClientHello record strait reads to find the server name.
+const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+/// The TCP routes of one listen address.
+#[derive(Debug, Default)]
+pub struct TcpListenerRoutes {
+    /// By exact SNI name.
+    pub by_sni: HashMap<Box<str>, TcpTarget>,
+    /// By `*.suffix` SNI (key: `.suffix`).
+    pub by_sni_suffix: HashMap<Box<str>, TcpTarget>,
+    /// Connections without SNI routing, or whose SNI matches nothing.
+    pub default: Option<TcpTarget>,
+}
+
+#[derive(Debug)]
+pub struct TcpTarget {
+    pub route: Arc<str>,
+    pub targets: Vec<Target>,
+    pub cumulative: Vec<u64>,
+    pub connect_timeout: Duration,
+}
+
+impl TcpTarget {
+    fn pick_target(&self) -> &Target {
+        if self.targets.len() > 1
+            && let Some(&total) = self.cumulative.last()
+            && total > 0
+        {
+            let draw = rand::random_range(0..total);
+            let at = self.cumulative.partition_point(|&w| w <= draw);
+            if let Some(target) = self.targets.get(at) {
+                return target;
+            }
+        }
+        &self.targets[0]
+    }
+}
+
+impl TcpListenerRoutes {
+    fn needs_sni(&self) -> bool {
+        !self.by_sni.is_empty() || !self.by_sni_suffix.is_empty()
+    }
+
+    fn lookup(&self, sni: Option<&str>) -> Option<&TcpTarget> {
+        if let Some(name) = sni {
+            if let Some(target) = self.by_sni.get(name) {
+                return Some(target);
+            }
+            let mut rest = name;
+            let mut offset = 0;
+            while let Some(dot) = rest.find('.') {
+                if let Some(target) = self.by_sni_suffix.get(&name[offset + dot..]) {
+                    return Some(target);
+                }
+                offset += dot + 1;
+                rest = &name[offset..];
+            }
+        }
+        self.default.as_ref()
+    }
+}
+
+/// The ClientHello record is not complete yet: read more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incomplete;
+
+/// Extracts the SNI host name from a TLS ClientHello record, if `buf` holds one.
+/// `Err(Incomplete)` when more bytes are needed. Never panics on any input.
+pub fn client_hello_sni(buf: &[u8]) -> Result<Option<String>, Incomplete> {
+    fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if buf.len() < n {
+            return None;
+        }
+        let (head, tail) = buf.split_at(n);
+        *buf = tail;
+        Some(head)
+    }
+    fn u16_at(bytes: &[u8]) -> usize {
+        usize::from(bytes[0]) << 8 | usize::from(bytes[1])
+    }
+    if buf.len() < 5 {
+        return Err(Incomplete);
+    }
+    if buf[0] != 22 {
+        return Ok(None); // not a TLS handshake record
+    }
+    let record_len = u16_at(&buf[3..5]);
+    if buf.len() < 5 + record_len {
+        return Err(Incomplete);
+    }
+    let parse = || -> Option<Option<String>> {
+        let mut p = &buf[5..5 + record_len];
+        let header = take(&mut p, 4)?;
+        if header[0] != 1 {
+            return Some(None); // not a ClientHello
+        }
+        take(&mut p, 2 + 32)?; // version, random
+        let session_len = usize::from(take(&mut p, 1)?[0]);
+        take(&mut p, session_len)?;
+        let suites_len = u16_at(take(&mut p, 2)?);
+        take(&mut p, suites_len)?;
+        let compression_len = usize::from(take(&mut p, 1)?[0]);
+        take(&mut p, compression_len)?;
+        if p.is_empty() {
+            return Some(None);
+        }
+        let extensions_len = u16_at(take(&mut p, 2)?);
+        let mut extensions = take(&mut p, extensions_len)?;
+        while extensions.len() >= 4 {
+            let kind = u16_at(take(&mut extensions, 2)?);
+            let len = u16_at(take(&mut extensions, 2)?);
+            let mut data = take(&mut extensions, len)?;
+            if kind != 0 {
+                continue;
+            }
+            let list_len = u16_at(take(&mut data, 2)?);
+            let mut list = take(&mut data, list_len)?;
+            while list.len() >= 3 {
+                let name_type = take(&mut list, 1)?[0];
+                let name_len = u16_at(take(&mut list, 2)?);
+                let name = take(&mut list, name_len)?;
+                if name_type == 0 {
+                    let name = std::str::from_utf8(name).ok()?;
+                    return Some(Some(name.trim_end_matches('.').to_ascii_lowercase()));
+                }
+            }
+        }
+        Some(None)
+    };
+    Ok(parse().flatten())
+}
+
+/// Follows the routing table, keeping one accept loop per TCP route address.
+pub struct TcpProxy {
+    pub table: Arc<ArcSwap<Table>>,
+    pub config: Arc<RouterConfig>,
+    pub metrics: RouterMetrics,
+    pub clock: Clock,
+}
+
+impl TcpProxy {
+    /// Runs until the process exits: reconciles listeners with each new table.
+    pub async fn run(self: Arc<Self>, mut tables: tokio::sync::watch::Receiver<u64>) {
+        let mut listeners: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
+        loop {
+            let table = self.table.load_full();
+            for (addr, handle) in std::mem::take(&mut listeners) {
+                if table.tcp.contains_key(&addr) && !handle.is_finished() {
+                    listeners.insert(addr, handle);
+                } else {
+                    handle.abort();
+                    info!(addr = %addr, "TCP route listener closed");
+                }
+            }
+            for addr in table.tcp.keys() {
+                if listeners.contains_key(addr) {
+                    continue;
+                }
+                match TcpListener::bind(addr).await {
+                    Ok(listener) => {
+                        info!(addr = %addr, "TCP route listening on {addr}");
+                        let proxy = Arc::clone(&self);
+                        listeners.insert(*addr, tokio::spawn(proxy.accept_loop(*addr, listener)));
+                    }
+                    Err(e) => {
+                        // Retried on the next table change.
+                        warn!(addr = %addr, error = %e, "cannot listen for TCP route");
+                        self.metrics.rejected("tcp route listen failed");
+                    }
+                }
+            }
+            if tables.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, addr: SocketAddr, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let proxy = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        if let Err(e) = proxy.handle(addr, stream).await {
+                            debug!(addr = %addr, error = %e, "TCP connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(addr = %addr, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, addr: SocketAddr, mut client: TcpStream) -> std::io::Result<()> {
+        let _connection = GaugeGuard::new(&self.metrics.active_connections);
+        let _ = client.set_nodelay(true);
+        let table = self.table.load_full();
+        let Some(routes) = table.tcp.get(&addr) else {
+            return Ok(());
+        };
+        let mut hello = Vec::new();
+        let sni = if routes.needs_sni() {
+            read_client_hello(&mut client, &mut hello).await?
+        } else {
+            None
+        };
+        let Some(route) = routes.lookup(sni.as_deref()) else {
+            self.metrics.rejected("tcp: no route for server name");
+            return Ok(());
+        };
+        let target = route.pick_target();
+        let Some(pool) = target.pool.as_ref().filter(|p| !p.is_empty()) else {
+            self.metrics.rejected("tcp: no healthy instance");
+            return Ok(());
+        };
+        let (mut upstream, index) = self.connect(pool, route).await?;
+        let endpoint = &pool.endpoints[index];
+        endpoint.state.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .requests
+            .with_label_values(&[&route.route, &pool.service, "tcp"])
+            .inc();
+        let result = async {
+            upstream.write_all(&hello).await?;
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        }
+        .await;
+        endpoint.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+        result.map(drop)
+    }
+
+    /// Connects to an instance, retrying others on failure.
+    async fn connect(
+        &self,
+        pool: &Arc<Pool>,
+        route: &TcpTarget,
+    ) -> std::io::Result<(TcpStream, usize)> {
+        let mut tried = Tried::default();
+        let mut last_error = None;
+        for _ in 0..=self.config.connect_retries {
+            let Some(index) = pool.pick(self.clock.now_ms(), &tried, None) else {
+                break;
+            };
+            tried.push(index);
+            let addr = pool.endpoints[index].addr;
+            match tokio::time::timeout(route.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    pool.record_success(index);
+                    return Ok((stream, index));
+                }
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_) => {
+                    last_error = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    ))
+                }
+            }
+            self.metrics
+                .upstream_connect_errors
+                .with_label_values(&[&pool.service])
+                .inc();
+            if pool.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
+                self.metrics
+                    .ejections
+                    .with_label_values(&[&pool.service])
+                    .inc();
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no instance to connect to")))
+    }
+}
+
+/// Reads the first TLS record (the ClientHello) into `buf` and returns its SNI.
+async fn read_client_hello(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<String>> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match client_hello_sni(buf) {
+                Ok(sni) => return Ok(sni),
+                Err(Incomplete) if buf.len() >= MAX_CLIENT_HELLO => return Ok(None),
+                Err(Incomplete) => {}
+            }
+            let n = client.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read)
+        .await
+        .unwrap_or(Ok(None))
+}
+
+#[cfg(test)]
+mod tests;

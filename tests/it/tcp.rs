@@ -1,0 +1,150 @@
+//! TCP routes: plain layer-4 proxying, and TLS passthrough chosen by SNI to real TLS
+//! servers (`openssl s_server`), checked with curl verifying each server's certificate.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Strait, eventually, free_port};
+use crate::http::{Backend, Client};
+use crate::tls::{make_ca, make_leaf};
+
+struct TlsServer(Child);
+
+impl TlsServer {
+    fn start(dir: &std::path::Path, leaf: &str) -> (TlsServer, u16) {
+        let port = free_port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "-cert",
+                &format!("{leaf}.pem"),
+                "-key",
+                &format!("{leaf}.key"),
+            ])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        eventually(Duration::from_secs(10), "s_server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        (TlsServer(child), port)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn plain_tcp_route_follows_the_table() {
+    let strait = Strait::builder().start();
+    let backend = Backend::start("raw");
+    strait.put("/v1/services/raw/instances/r1", &backend.instance());
+    let port = free_port();
+    let (status, body) = strait.put(
+        "/v1/routes/raw",
+        &format!(r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"raw"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    eventually(
+        Duration::from_secs(10),
+        "TCP route to carry a request",
+        || {
+            let response = Client::new(addr)
+                .get("anything", "/via-tcp")
+                .map_err(|e| e.to_string())?;
+            match response.backend() {
+                Some(b) if b == "raw" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    assert_eq!(strait.delete("/v1/routes/raw").0, 204);
+    eventually(
+        Duration::from_secs(10),
+        "the listener to close with its route",
+        || match std::net::TcpStream::connect(addr) {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still accepting".to_string()),
+        },
+    );
+}
+
+#[test]
+fn tls_passthrough_by_sni() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_ca(d, "ca");
+    make_leaf(d, "ca", "a", &["a.example.com"]);
+    make_leaf(d, "ca", "b", &["*.b.example.com"]);
+    let (_a, a_port) = TlsServer::start(d, "a");
+    let (_b, b_port) = TlsServer::start(d, "b");
+    let strait = Strait::builder().start();
+    strait.put(
+        "/v1/services/tls-a/instances/a",
+        &format!(r#"{{"address":"127.0.0.1","port":{a_port}}}"#),
+    );
+    strait.put(
+        "/v1/services/tls-b/instances/b",
+        &format!(r#"{{"address":"127.0.0.1","port":{b_port}}}"#),
+    );
+    let port = free_port();
+    for (name, sni, service) in [
+        ("a", "a.example.com", "tls-a"),
+        ("b", "*.b.example.com", "tls-b"),
+    ] {
+        let (status, body) = strait.put(
+            &format!("/v1/routes/{name}"),
+            &format!(r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","sni":"{sni}","service":"{service}"}}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let curl = |name: &str| {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-S",
+                "--max-time",
+                "5",
+                "--cacert",
+                "ca.pem",
+                "--resolve",
+            ])
+            .arg(format!("{name}:{port}:127.0.0.1"))
+            .arg(format!("https://{name}:{port}/"))
+            .current_dir(d)
+            .output()
+            .expect("curl")
+    };
+    // Each name reaches the server holding its certificate (curl verifies it end to end:
+    // strait never terminates the TLS).
+    for name in ["a.example.com", "x.b.example.com"] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{name} through SNI passthrough"),
+            || {
+                let output = curl(name);
+                if output.status.success() {
+                    Ok(())
+                } else {
+                    Err(String::from_utf8_lossy(&output.stderr).into_owned())
+                }
+            },
+        );
+    }
+    let output = curl("other.example.com");
+    assert!(
+        !output.status.success(),
+        "an unknown server name has no route"
+    );
+}
