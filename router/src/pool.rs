@@ -500,62 +500,24 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-/// Hands endpoint and pool state from one table to the next; state of instances that
-/// left the snapshot is dropped, so a re-registered instance starts fresh.
+/// What one table hands the next: per service, the snapshot's `Service` it was built
+/// from and the pool built. A service whose `Arc<Service>` is unchanged keeps its pool as
+/// is (so a change to one service costs one pool, not all); a changed one gets a new pool
+/// that inherits the state of endpoints with the same id and address, and the pool-wide
+/// state. Services that left the snapshot are dropped, so a re-registered instance starts
+/// fresh.
 #[derive(Default)]
 pub struct PoolStates {
-    endpoints: HashMap<(Arc<str>, Arc<str>, SocketAddr), Arc<EndpointState>>,
-    pools: HashMap<Arc<str>, Arc<PoolShared>>,
+    pub(crate) services: HashMap<Arc<str>, (Arc<discovery::snapshot::Service>, Arc<Pool>)>,
 }
 
-/// Collects the states the next table uses; becomes the new `PoolStates` when done.
-pub struct PoolStatesBuilder<'a> {
-    previous: &'a PoolStates,
-    next: PoolStates,
-}
-
-impl PoolStates {
-    pub fn builder(&self) -> PoolStatesBuilder<'_> {
-        PoolStatesBuilder {
-            previous: self,
-            next: PoolStates::default(),
-        }
-    }
-}
-
-impl PoolStatesBuilder<'_> {
-    pub fn endpoint(
-        &mut self,
-        service: &Arc<str>,
-        id: &Arc<str>,
-        addr: SocketAddr,
-    ) -> Arc<EndpointState> {
-        let key = (Arc::clone(service), Arc::clone(id), addr);
-        let state = self
-            .previous
-            .endpoints
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
-        self.next.endpoints.insert(key, Arc::clone(&state));
-        state
-    }
-
-    pub fn pool(&mut self, service: &Arc<str>) -> Arc<PoolShared> {
-        let state = self
-            .previous
-            .pools
-            .get(service)
-            .cloned()
-            .unwrap_or_default();
-        self.next
-            .pools
-            .insert(Arc::clone(service), Arc::clone(&state));
-        state
-    }
-
-    pub fn finish(self) -> PoolStates {
-        self.next
+impl Pool {
+    /// The state of the endpoint with this id and address, if this pool has one.
+    pub(crate) fn endpoint_states(&self) -> HashMap<(&str, SocketAddr), &Arc<EndpointState>> {
+        self.endpoints
+            .iter()
+            .map(|e| ((&*e.id, e.addr), &e.state))
+            .collect()
     }
 }
 

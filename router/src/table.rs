@@ -221,6 +221,58 @@ impl Table {
     }
 }
 
+/// Builds one service's pool, inheriting endpoint and pool state from `previous`.
+fn build_pool(
+    name: &Arc<str>,
+    service: &discovery::snapshot::Service,
+    config: &RouterConfig,
+    previous: Option<&Pool>,
+) -> Pool {
+    let settings = config.services.get(&**name).cloned().unwrap_or_default();
+    let inherited = previous.map(Pool::endpoint_states).unwrap_or_default();
+    let endpoints: Vec<Endpoint> = service
+        .instances
+        .values()
+        .filter(|i| receives_traffic(i.spec.health, config))
+        .map(|i| {
+            let addr = i.socket_addr();
+            let state = inherited
+                .get(&(i.id.as_str(), addr))
+                .map(|s| Arc::clone(s))
+                .unwrap_or_default();
+            Endpoint {
+                id: Arc::from(i.id.as_str()),
+                addr,
+                zone: i.spec.zone.as_deref().map(Arc::from),
+                weight: u32::from(i.spec.weight),
+                state,
+            }
+        })
+        .collect();
+    let shared = previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default();
+    let mut pool = Pool::new(
+        Arc::clone(name),
+        endpoints,
+        settings.balancer,
+        settings.hash_on,
+        config.zone.as_deref(),
+        config.min_local_endpoints,
+        shared,
+    );
+    pool.excluded = service
+        .instances
+        .values()
+        .filter(|i| !receives_traffic(i.spec.health, config))
+        .map(|i| {
+            (
+                Arc::from(i.id.as_str()),
+                format!("health is {}", i.spec.health.as_str()),
+            )
+        })
+        .collect();
+    pool
+}
+
 /// Only passing instances get traffic (and warning ones where configured).
 fn receives_traffic(health: Health, config: &RouterConfig) -> bool {
     health == Health::Passing || (config.serve_warning && health == Health::Warning)
@@ -228,54 +280,23 @@ fn receives_traffic(health: Health, config: &RouterConfig) -> bool {
 
 /// Builds a table from a snapshot, carrying pool state over from `states`.
 pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStates) -> Table {
-    let mut next_states = states.builder();
-    let mut pools = HashMap::new();
+    let mut pools = HashMap::with_capacity(snapshot.services.len());
+    let mut next_states = HashMap::with_capacity(snapshot.services.len());
     for (name, service) in snapshot.services.iter() {
-        let service_name: Arc<str> = Arc::clone(name);
-        let settings = config.services.get(&**name).cloned().unwrap_or_default();
-        let endpoints: Vec<Endpoint> = service
-            .instances
-            .values()
-            .filter(|i| {
-                i.spec.health == Health::Passing
-                    || (config.serve_warning && i.spec.health == Health::Warning)
-            })
-            .map(|i| {
-                let id: Arc<str> = Arc::from(i.id.as_str());
-                let addr = i.socket_addr();
-                Endpoint {
-                    state: next_states.endpoint(&service_name, &id, addr),
-                    id,
-                    addr,
-                    zone: i.spec.zone.as_deref().map(Arc::from),
-                    weight: u32::from(i.spec.weight),
-                }
-            })
-            .collect();
-        let shared = next_states.pool(&service_name);
-        let mut pool = Pool::new(
-            Arc::clone(&service_name),
-            endpoints,
-            settings.balancer,
-            settings.hash_on,
-            config.zone.as_deref(),
-            config.min_local_endpoints,
-            shared,
-        );
-        pool.excluded = service
-            .instances
-            .values()
-            .filter(|i| !receives_traffic(i.spec.health, config))
-            .map(|i| {
-                (
-                    Arc::from(i.id.as_str()),
-                    format!("health is {}", i.spec.health.as_str()),
-                )
-            })
-            .collect();
-        pools.insert(service_name, Arc::new(pool));
+        let previous = states.services.get(name);
+        let pool = match previous {
+            Some((built_from, pool)) if Arc::ptr_eq(built_from, service) => Arc::clone(pool),
+            _ => Arc::new(build_pool(
+                name,
+                service,
+                config,
+                previous.map(|(_, p)| &**p),
+            )),
+        };
+        next_states.insert(Arc::clone(name), (Arc::clone(service), Arc::clone(&pool)));
+        pools.insert(Arc::clone(name), pool);
     }
-    *states = next_states.finish();
+    states.services = next_states;
 
     let mut table = Table {
         revision: snapshot.revision,

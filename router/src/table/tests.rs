@@ -168,3 +168,40 @@ fn unhealthy_instances_are_not_in_pools() {
     let table = compile(&snap, &config, &mut PoolStates::default());
     assert_eq!(table.pools["web"].endpoints.len(), 2);
 }
+
+#[test]
+fn a_changed_service_inherits_endpoint_state() {
+    let mut snap = snapshot(&[("root", r#"{"host":"a.com","service":"web"}"#)]);
+    let mut states = PoolStates::default();
+    let first = compile(&snap, &RouterConfig::default(), &mut states);
+    let services = Arc::make_mut(&mut snap.services);
+    let web = Arc::make_mut(services.get_mut("web").expect("web"));
+    let spec = InstanceSpec::new([127, 0, 0, 1].into(), 9002);
+    web.instances.insert(
+        Arc::from("i2"),
+        Instance::new("web", "i2", spec).expect("valid"),
+    );
+    let second = compile(&snap, &RouterConfig::default(), &mut states);
+    assert!(
+        !Arc::ptr_eq(&first.pools["web"], &second.pools["web"]),
+        "a new pool for the changed service"
+    );
+    assert_eq!(second.pools["web"].endpoints.len(), 2);
+    let kept = second.pools["web"]
+        .endpoints
+        .iter()
+        .find(|e| &*e.id == "i1")
+        .expect("i1");
+    assert!(
+        Arc::ptr_eq(&first.pools["web"].endpoints[0].state, &kept.state),
+        "i1 keeps its state"
+    );
+    assert!(Arc::ptr_eq(
+        &first.pools["web"].shared,
+        &second.pools["web"].shared
+    ));
+    assert!(
+        Arc::ptr_eq(&first.pools["api"], &second.pools["api"]),
+        "unchanged services keep their pool"
+    );
+}
