@@ -190,6 +190,9 @@ pub struct RouterConfig {
     /// TLS-terminating listeners.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<TlsListener>,
+    /// JSON-lines access log: `stdout`, `stderr` or a file path. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<crate::access_log::AccessLogTarget>,
 }
 
 impl Default for RouterConfig {
@@ -213,6 +216,7 @@ impl Default for RouterConfig {
             outlier: OutlierConfig::default(),
             services: BTreeMap::new(),
             tls: Vec::new(),
+            access_log: None,
         }
     }
 }

@@ -23,6 +23,7 @@ pub struct RouterMetrics {
     pub table_swaps: IntCounter,
     pub table_build: Histogram,
     pub propagation: Histogram,
+    pub access_log_dropped: IntCounter,
 }
 
 impl RouterMetrics {
@@ -107,7 +108,12 @@ impl RouterMetrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ]),
             )?,
+            access_log_dropped: IntCounter::new(
+                "strait_router_access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind",
+            )?,
         };
+        registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;

@@ -38,11 +38,15 @@ pub struct Proxy {
     pub config: Arc<RouterConfig>,
     pub metrics: RouterMetrics,
     pub clock: Clock,
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// Per-request state. Holds the table it routed with, so retries use the same one.
 pub struct RequestCtx {
     started: Instant,
+    /// The last upstream tried, for the access log.
+    upstream: Option<std::net::SocketAddr>,
+    request_id: Option<HeaderValue>,
     route: Option<Arc<CompiledRoute>>,
     pool: Option<Arc<Pool>>,
     /// The endpoint of the current attempt (its outstanding count is ours to release).
@@ -177,6 +181,8 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            upstream: None,
+            request_id: None,
             route: None,
             pool: None,
             endpoint: None,
@@ -238,6 +244,7 @@ impl ProxyHttp for Proxy {
         let endpoint = &pool.endpoints[index];
         endpoint.state.outstanding.fetch_add(1, Ordering::Relaxed);
         ctx.endpoint = Some(index);
+        ctx.upstream = Some(endpoint.addr);
         ctx.tried.push(index);
         ctx.attempts += 1;
         ctx.attempt_started = Some(Instant::now());
@@ -337,12 +344,21 @@ impl ProxyHttp for Proxy {
         if let Some(host) = session.req_header().headers.get(HOST).cloned() {
             upstream.insert_header("x-forwarded-host", host)?;
         }
-        let keep_id = upstream
+        let incoming_id = upstream
             .headers
             .get("x-request-id")
-            .is_some_and(is_valid_request_id);
-        if !keep_id {
-            upstream.insert_header("x-request-id", new_request_id())?;
+            .filter(|v| is_valid_request_id(v))
+            .cloned();
+        let request_id = match incoming_id {
+            Some(id) => id,
+            None => {
+                let id = new_request_id();
+                upstream.insert_header("x-request-id", id.clone())?;
+                id
+            }
+        };
+        if self.access_log.is_some() {
+            ctx.request_id = Some(request_id);
         }
         let Some(route) = &ctx.route else {
             return Ok(());
@@ -508,9 +524,40 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.end_attempt(&self.metrics);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            log.log(crate::access_log::Entry {
+                time_ms: crate::access_log::unix_ms(
+                    std::time::SystemTime::now() - ctx.started.elapsed(),
+                ),
+                client: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                method: req.method.to_string(),
+                host: request_host(req).to_string(),
+                path: req
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_string(), |p| p.to_string()),
+                status,
+                duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+                route: ctx.route.as_ref().map(|r| Arc::clone(&r.name)),
+                service: ctx.pool.as_ref().map(|p| Arc::clone(&p.service)),
+                upstream: ctx.upstream,
+                attempts: ctx.attempts,
+                request_id: ctx
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                bytes_sent: session.body_bytes_sent(),
+                error: e.map(|e| e.etype().as_str().to_string()),
+            });
+        }
         let (route, service) = match (&ctx.route, &ctx.pool) {
             (Some(route), Some(pool)) => {
                 pool.shared.active.fetch_sub(1, Ordering::Relaxed);

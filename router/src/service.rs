@@ -36,6 +36,8 @@ pub enum RouterError {
     NotListening(SocketAddr),
     #[error("cannot start router thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    AccessLog(std::io::Error),
     #[error("TLS listener {addr}: {error}")]
     Tls {
         addr: SocketAddr,
@@ -134,11 +136,22 @@ impl Router {
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
 
+        let access_log = match &self.config.access_log {
+            Some(target) => Some(
+                crate::access_log::AccessLog::start(
+                    target,
+                    self.metrics.access_log_dropped.clone(),
+                )
+                .map_err(RouterError::AccessLog)?,
+            ),
+            None => None,
+        };
         let proxy = Proxy {
             table: Arc::clone(&self.table),
             config: Arc::clone(&self.config),
             metrics: self.metrics.clone(),
             clock: self.clock,
+            access_log,
         };
         let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
         let mut options = pingora::apps::HttpServerOptions::default();

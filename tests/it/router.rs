@@ -875,3 +875,62 @@ fn websocket_upgrade_passes_through() {
         assert_eq!(echo, message.as_bytes());
     }
 }
+
+#[test]
+fn access_log_writes_json_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("access.log");
+    let strait = Strait::builder()
+        .config(&format!("[router]\naccess_log = {:?}\n", log_path))
+        .start();
+    let backend = Backend::start("web");
+    register(&strait, "web", "web-1", &backend);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "web");
+    let mut client = Client::new(strait.http);
+    client
+        .request(
+            "GET",
+            "web.example.com",
+            "/logged?q=1",
+            &[("x-request-id", "trace-42")],
+            b"",
+        )
+        .expect("request");
+    client.get("nowhere.example.com", "/").expect("request");
+    let lines: Vec<serde_json::Value> =
+        eventually(Duration::from_secs(5), "access log lines", || {
+            let text = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if lines.iter().any(|l| l["host"] == "nowhere.example.com") {
+                Ok(lines)
+            } else {
+                Err(text)
+            }
+        });
+    let logged = lines
+        .iter()
+        .find(|l| l["path"] == "/logged?q=1")
+        .expect("the request is logged");
+    assert_eq!(logged["status"], 200);
+    assert_eq!(logged["method"], "GET");
+    assert_eq!(logged["route"], "web");
+    assert_eq!(logged["service"], "web");
+    assert_eq!(logged["upstream"], backend.addr.to_string());
+    assert_eq!(logged["request_id"], "trace-42");
+    assert_eq!(logged["client"], "127.0.0.1");
+    assert_eq!(logged["attempts"], 1);
+    let missed = lines
+        .iter()
+        .find(|l| l["host"] == "nowhere.example.com")
+        .expect("404 logged");
+    assert_eq!(missed["status"], 404);
+    assert!(missed["route"].is_null());
+}
