@@ -53,6 +53,8 @@ pub struct Entry {
     pub time_ms: u128,
     pub client: Option<IpAddr>,
     pub method: String,
+    /// Downstream protocol: `1.1` or `2`.
+    pub http: &'static str,
     pub host: String,
     pub path: String,
     pub status: u16,

@@ -31,6 +31,17 @@ pub enum HashOn {
     ClientIp,
 }
 
+/// The protocol strait speaks to a service's instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext (h2c), e.g. for gRPC.
+    H2c,
+}
+
 /// Per-service router settings (`[router.services.<name>]`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +51,9 @@ pub struct ServiceSettings {
     /// For `consistent-hash`: `{ header = "x-user" }`, `{ cookie = "session" }` or `"client-ip"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
+    /// `http1` (default) or `h2c`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
 }
 
 fn default_http_addr() -> SocketAddr {

@@ -105,6 +105,8 @@ pub struct Pool {
     pub shared: Arc<PoolShared>,
     /// Registered instances left out of the pool, and why (for `route explain`).
     pub excluded: Vec<(Arc<str>, String)>,
+    /// Speak HTTP/2 (prior knowledge) to this service's instances.
+    pub h2c: bool,
 }
 
 /// Indices already tried by this request; retries go elsewhere when they can.
@@ -167,6 +169,7 @@ impl Pool {
             min_local: min_local.max(1),
             shared,
             excluded: Vec::new(),
+            h2c: false,
         }
     }
 

@@ -256,6 +256,11 @@ impl ProxyHttp for Proxy {
         options.read_timeout = Some(read);
         options.write_timeout = Some(read);
         options.idle_timeout = Some(Duration::from_secs(60));
+        if pool.h2c {
+            // Prior knowledge: min 2 over cleartext is h2c; many streams per connection.
+            options.set_http_version(2, 2);
+            options.max_h2_streams = 100;
+        }
         Ok(Box::new(peer))
     }
 
@@ -538,6 +543,7 @@ impl ProxyHttp for Proxy {
                     .and_then(|a| a.as_inet())
                     .map(|a| a.ip()),
                 method: req.method.to_string(),
+                http: if session.is_http2() { "2" } else { "1.1" },
                 host: request_host(req).to_string(),
                 path: req
                     .uri

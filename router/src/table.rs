@@ -259,6 +259,7 @@ fn build_pool(
         config.min_local_endpoints,
         shared,
     );
+    pool.h2c = settings.protocol == crate::config::UpstreamProtocol::H2c;
     pool.excluded = service
         .instances
         .values()

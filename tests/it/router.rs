@@ -934,3 +934,63 @@ fn access_log_writes_json_lines() {
     assert_eq!(missed["status"], 404);
     assert!(missed["route"].is_null());
 }
+
+/// `protocol = "h2c"`: strait speaks HTTP/2 to the service. The service here is a second
+/// strait (which speaks h2c downstream); its access log shows the request arrived over h2.
+#[test]
+fn h2c_upstream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("inner.log");
+    let inner = Strait::builder()
+        .config(&format!("[router]\naccess_log = {:?}\n", log_path))
+        .start();
+    let backend = Backend::start("web");
+    register(&inner, "web", "web-1", &backend);
+    route(
+        &inner,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&inner, "web.example.com", "/", "web");
+
+    let outer = Strait::builder()
+        .config("[router.services.inner]\nprotocol = \"h2c\"\n")
+        .start();
+    let (status, body) = outer.put(
+        "/v1/services/inner/instances/i1",
+        &format!(r#"{{"address":"127.0.0.1","port":{}}}"#, inner.http.port()),
+    );
+    assert_eq!(status, 200, "{body}");
+    route(
+        &outer,
+        "web",
+        r#"{"host":"web.example.com","service":"inner"}"#,
+    );
+    let mut client = Client::new(outer.http);
+    eventually(
+        Duration::from_secs(10),
+        "a request through both routers",
+        || {
+            let response = client
+                .get("web.example.com", "/through-h2c")
+                .map_err(|e| e.to_string())?;
+            match response.backend() {
+                Some(b) if b == "web" => Ok(()),
+                _ => Err(format!("{} {}", response.status, response.text())),
+            }
+        },
+    );
+    eventually(Duration::from_secs(5), "the inner access log line", || {
+        let text = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
+        let line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["path"] == "/through-h2c")
+            .ok_or_else(|| text.clone())?;
+        if line["http"] == "2" {
+            Ok(())
+        } else {
+            Err(line.to_string())
+        }
+    });
+}
