@@ -88,9 +88,24 @@ async fn count_requests(State(admin): State<Admin>, request: Request, next: Next
     let response = next.run(request).await;
     admin
         .requests
-        .with_label_values(&[method.as_str(), response.status().as_str()])
+        .with_label_values(&[method_label(&method), response.status().as_str()])
         .inc();
     response
+}
+
+/// Known methods by name, anything else as `other`: label values must stay bounded.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.

@@ -97,6 +97,25 @@ impl Leases {
         self.lock().leases.get(id).map(|lease| info_of(id, lease))
     }
 
+    /// Keeps instances whose deregistration failed owned by a short lease, so the reaper
+    /// retries them (and nothing is left registered with no owner).
+    fn keep_for_retry(&self, id: String, instances: BTreeSet<InstanceKey>) {
+        let mut table = self.lock();
+        for key in &instances {
+            table.owner.insert(key.clone(), id.clone());
+        }
+        table.leases.insert(
+            id,
+            Lease {
+                ttl: MIN_TTL,
+                deadline: Instant::now() + MIN_TTL,
+                instances,
+            },
+        );
+        drop(table);
+        self.changed.notify_one();
+    }
+
     /// Ends a lease now, deregistering its instances. `Ok(false)` if there was none.
     pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
         let lease = {
@@ -109,7 +128,10 @@ impl Leases {
             }
             lease
         };
-        self.deregister_all(id, lease.instances).await?;
+        if let Err(e) = self.deregister_all(id, lease.instances.clone()).await {
+            self.keep_for_retry(id.to_string(), lease.instances);
+            return Err(e);
+        }
         Ok(true)
     }
 
@@ -208,28 +230,21 @@ impl Leases {
                 }
                 (leases, table.leases.values().map(|l| l.deadline).min())
             };
+            let mut retry_soon = false;
             for (id, instances) in expired {
                 info!(lease = %id, instances = instances.len(), "lease expired; deregistering its instances");
                 if let Err(e) = self.deregister_all(&id, instances.clone()).await {
-                    // Keep the instances owned by a short lease so the next pass retries.
                     warn!(lease = %id, error = %e, "will retry deregistering expired lease");
-                    let mut table = self.lock();
-                    for key in &instances {
-                        table.owner.insert(key.clone(), id.clone());
-                    }
-                    table.leases.insert(
-                        id,
-                        Lease {
-                            ttl: MIN_TTL,
-                            deadline: Instant::now() + MIN_TTL,
-                            instances,
-                        },
-                    );
+                    self.keep_for_retry(id, instances);
+                    retry_soon = true;
                 }
             }
-            let sleep = next_deadline.map_or(Duration::from_secs(3600), |d| {
+            let mut sleep = next_deadline.map_or(Duration::from_secs(3600), |d| {
                 d.saturating_duration_since(Instant::now())
             });
+            if retry_soon {
+                sleep = sleep.min(MIN_TTL);
+            }
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.changed.notified() => {}

@@ -632,6 +632,12 @@ impl Route {
         }
         if let Some(sni) = &mut self.sni {
             *sni = sni.to_ascii_lowercase();
+            if sni == "*" {
+                return Err(ModelError::new(
+                    "sni",
+                    "`*` is not a server name; leave `sni` out to match every connection",
+                ));
+            }
             validate_host_pattern("sni", sni)?;
         }
         Ok(())

@@ -117,6 +117,7 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
         return Err(reject(400, "invalid request target"));
     }
     let (mut content_length, mut transfer_encoding, mut host) = (0usize, 0usize, 0usize);
+    let mut host_value: &[u8] = b"";
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -135,11 +136,11 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
             }
         } else if name.eq_ignore_ascii_case("host") {
             host += 1;
-            if header
-                .value
-                .iter()
-                .any(|&b| b <= b' ' || b == b'/' || b == b'@' || b >= 0x7f)
-            {
+            host_value = header.value;
+            let valid = header.value.iter().all(|&b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+            });
+            if !valid {
                 return Err(reject(400, "invalid Host header"));
             }
         }
@@ -161,6 +162,16 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
     }
     if host == 0 && version == 1 {
         return Err(reject(400, "missing Host header"));
+    }
+    // Absolute form: routing uses Host, backends use the target's authority; they must agree.
+    if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if !authority.as_bytes().eq_ignore_ascii_case(host_value) {
+            return Err(reject(400, "request target authority differs from Host"));
+        }
     }
     Ok(())
 }

@@ -430,13 +430,15 @@ impl Candidates {
             Vec::new()
         };
         let ring = if kind == BalancerKind::ConsistentHash {
+            // Scale weights down (keeping their ratio) so every endpoint fits on the ring.
+            let total: u64 = indices.iter().map(|&i| weight(i)).sum();
+            let budget = (MAX_RING_POINTS as u64 / u64::from(RING_POINTS_PER_WEIGHT)).max(1);
+            let scale = total.div_ceil(budget).max(1);
             let mut ring = Vec::new();
             for &i in &indices {
-                let points = (weight(i) as u32).saturating_mul(RING_POINTS_PER_WEIGHT);
+                let points =
+                    ((weight(i) / scale).max(1) as u32).saturating_mul(RING_POINTS_PER_WEIGHT);
                 for p in 0..points {
-                    if ring.len() >= MAX_RING_POINTS {
-                        break;
-                    }
                     let id = endpoints[i as usize].id.as_bytes();
                     ring.push((fnv1a(&[id, b"#", &p.to_le_bytes()]), i));
                 }

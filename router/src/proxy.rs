@@ -83,6 +83,10 @@ impl RequestCtx {
 }
 
 impl Proxy {
+    fn retry_allowed_for(&self, pool: &Option<Arc<Pool>>) -> bool {
+        pool.as_ref().is_some_and(|p| self.retry_allowed(p))
+    }
+
     /// Whether the pool's retry budget allows one more retry now.
     fn retry_allowed(&self, pool: &Pool) -> bool {
         let active = pool.shared.active.load(Ordering::Relaxed);
@@ -92,7 +96,11 @@ impl Proxy {
         retrying < budget
     }
 
-    fn start_retry(&self, ctx: &mut RequestCtx) -> bool {
+    /// Ends the current attempt and, if the budget allows, reserves a retry slot that is
+    /// released when the retried attempt ends. Returns whether to retry.
+    fn try_retry(&self, ctx: &mut RequestCtx) -> bool {
+        // The attempt that just failed frees its endpoint (and its own retry slot).
+        ctx.end_attempt(&self.metrics);
         let Some(pool) = &ctx.pool else { return false };
         if !self.retry_allowed(pool) {
             return false;
@@ -153,6 +161,24 @@ fn hash_key(hash_on: &HashOn, session: &Session) -> Option<u64> {
     }
 }
 
+/// `host[:port]` or `[v6]:port` made of the characters such names have.
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
+
+/// Whether a request path has `.` or `..` segments (also percent-encoded): refused, so a
+/// prefix match and rewrite cannot be escaped by a backend that normalizes paths.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 fn is_valid_request_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(|b| b.is_ascii_graphic())
@@ -207,6 +233,9 @@ impl ProxyHttp for Proxy {
         } else {
             host
         };
+        if has_dot_segment(req.uri.path()) {
+            return respond(session, 400, "request path has dot segments\n".to_string()).await;
+        }
         let Some(route) = table.route(host, req.uri.path(), &req.method, &req.headers) else {
             let body = format!("no route for host {host:?}\n");
             return respond(session, 404, body).await;
@@ -234,7 +263,9 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.end_attempt(&self.metrics);
+        // Every path back here (a retry) has ended the previous attempt already; ending it
+        // here would release the retry's budget slot before the retry even runs.
+        debug_assert!(ctx.endpoint.is_none());
         let (Some(pool), Some(route)) = (&ctx.pool, &ctx.route) else {
             return Err(Error::explain(NO_ENDPOINT, "no route selected"));
         };
@@ -283,18 +314,19 @@ impl ProxyHttp for Proxy {
                     .inc();
             }
         }
-        ctx.end_attempt(&self.metrics);
         // Nothing reached the upstream: always safe to try another instance.
         let may_retry = ctx.attempts <= self.config.connect_retries
             && ctx
                 .pool
                 .as_ref()
                 .is_some_and(|p| ctx.tried.len() < p.endpoints.len() || p.endpoints.len() == 1);
-        if may_retry && self.start_retry(ctx) {
-            e.set_retry(true);
+        let retry = if may_retry {
+            self.try_retry(ctx)
         } else {
-            e.set_retry(false);
-        }
+            ctx.end_attempt(&self.metrics);
+            false
+        };
+        e.set_retry(retry);
         e
     }
 
@@ -324,7 +356,10 @@ impl ProxyHttp for Proxy {
                 None => ip.clone(),
             };
             upstream.insert_header("x-forwarded-for", xff)?;
-            let host = request_host(session.req_header()).to_string();
+            // Only a well-formed host goes into `Forwarded`: anything else could smuggle
+            // extra elements (`host="a",for=6.6.6.6`) past a backend that trusts it.
+            let host = request_host(session.req_header());
+            let host = if is_plain_host(host) { host } else { "" };
             let node = if ip.contains(':') {
                 format!("\"[{ip}]\"")
             } else {
@@ -346,7 +381,8 @@ impl ProxyHttp for Proxy {
             upstream.insert_header("forwarded", forwarded)?;
         }
         upstream.insert_header("x-forwarded-proto", proto)?;
-        if let Some(host) = session.req_header().headers.get(HOST).cloned() {
+        let host = request_host(session.req_header());
+        if is_plain_host(host) {
             upstream.insert_header("x-forwarded-host", host)?;
         }
         let incoming_id = upstream
@@ -430,20 +466,21 @@ impl ProxyHttp for Proxy {
         let method = &session.req_header().method;
         let idempotent =
             method.is_idempotent() || route.retry.as_ref().is_some_and(|r| r.non_idempotent);
+        // The budget is checked before the attempt ends, so a response that is passed on
+        // keeps counting against its endpoint until it is done.
         if route.retries_on(status)
             && ctx.attempts < max_attempts
             && idempotent
             && !session.as_ref().retry_buffer_truncated()
+            && self.retry_allowed_for(&ctx.pool)
+            && self.try_retry(ctx)
         {
-            ctx.end_attempt(&self.metrics);
-            if self.start_retry(ctx) {
-                let mut e = Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "upstream answered a retryable status",
-                );
-                e.set_retry(true);
-                return Err(e);
-            }
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "upstream answered a retryable status",
+            );
+            e.set_retry(true);
+            return Err(e);
         }
         Ok(())
     }
@@ -477,18 +514,20 @@ impl ProxyHttp for Proxy {
         if e.retry() && matches!(e.etype(), ErrorType::HTTPStatus(_)) {
             return e;
         }
-        ctx.end_attempt(&self.metrics);
         let mut e = e.more_context(format!("peer {peer}"));
         let method: &Method = &session.req_header().method;
         // A pooled connection the upstream closed under us: nothing was processed, so an
         // idempotent request may go again.
         if method.is_idempotent() && !session.as_ref().retry_buffer_truncated() {
             e.retry.decide_reuse(client_reused);
-            if e.retry() && !self.start_retry(ctx) {
-                e.set_retry(false);
-            }
         } else {
             e.set_retry(false);
+        }
+        if e.retry() {
+            let retry = self.try_retry(ctx);
+            e.set_retry(retry);
+        } else {
+            ctx.end_attempt(&self.metrics);
         }
         e
     }

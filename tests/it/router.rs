@@ -123,6 +123,15 @@ fn routes_by_host_path_header_and_method() {
         via("GET", "other.org", "/", &[]),
         "404 no route for host \"other.org\""
     );
+    assert_eq!(
+        via("GET", "web.example.com", "/api/../admin", &[]),
+        "400 request path has dot segments",
+        "dot segments could escape a prefix at a normalizing backend"
+    );
+    assert_eq!(
+        via("GET", "web.example.com", "/api/%2E%2e/admin", &[]),
+        "400 request path has dot segments"
+    );
 }
 
 #[test]

@@ -427,7 +427,13 @@ async fn follow(
                             shared.publisher.set_connected(true);
                             info!(hosts = %shared.hosts, revision = state.revision, "reconnected to ZooKeeper; resynced");
                         }
-                        Err(e) => warn!(error = %e, "resync after reconnect failed"),
+                        Err(e) => {
+                            // Without a resync the cache may miss changes made while we
+                            // were away; start over with a fresh session.
+                            warn!(error = %e, "resync after reconnect failed; starting a new session");
+                            shared.publisher.set_connected(false);
+                            return SessionEnd::Expired;
+                        }
                     }
                 }
             }

@@ -105,6 +105,18 @@ fn framing_attacks() {
         expect!["400 missing Host header"],
     );
     check(
+        b"GET http://admin.internal/x HTTP/1.1\r\nHost: public.example.com\r\n\r\n",
+        expect!["400 request target authority differs from Host"],
+    );
+    check(
+        b"GET http://A.com:80/x HTTP/1.1\r\nHost: a.com:80\r\n\r\n",
+        expect!["ok"],
+    );
+    check(
+        b"GET / HTTP/1.1\r\nHost: a\",for=6.6.6.6;x=\".example.com\r\n\r\n",
+        expect!["400 invalid Host header"],
+    );
+    check(
         b"GET / HTTP/1.1\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\nF: 1\r\nG: 1\r\nH: 1\r\nI: 1\r\n\r\n",
         expect!["431 too many request headers"],
     );

@@ -1,0 +1,388 @@
+//! `cargo run -p bench --release -- <scenario>|all [--quick]`: strait next to the peers
+//! users would pick instead, started here on free loopback ports with matched resources,
+//! measured alternately (A B A B ...) in one run. Prints a markdown table and writes JSON
+//! under `bench/results/`. Only ratios from the same run are claims.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(about = "strait against its peers, side by side, in one run")]
+struct Cli {
+    /// `http` or `all`.
+    scenario: String,
+    /// Fewer and shorter rounds (a smoke run, not a claim).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// A child process killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn require(tool: &str, package: &str) -> anyhow::Result<()> {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()?
+        .success();
+    if !found {
+        bail!(
+            "`{tool}` is missing: install the Debian package `{package}` (apt-get install {package})"
+        );
+    }
+    Ok(())
+}
+
+fn wait_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not listen on 127.0.0.1:{port}")
+}
+
+fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Proc> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Proc {
+        name: name.to_string(),
+        child,
+    })
+}
+
+/// One wrk measurement.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_duration_ms(s: &str) -> Option<f64> {
+    let (number, factor) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+fn wrk(port: u16, seconds: u64) -> anyhow::Result<Sample> {
+    let output = Command::new("wrk")
+        .args(["-t1", "-c50", "--latency", "-H", "Host: bench.example.com"])
+        .arg(format!("-d{seconds}s"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut sample = Sample {
+        rps: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        errors: 0,
+    };
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["Requests/sec:", value] => sample.rps = value.parse().unwrap_or(0.0),
+            ["50%", value] => sample.p50_ms = parse_duration_ms(value).unwrap_or(0.0),
+            ["99%", value] => sample.p99_ms = parse_duration_ms(value).unwrap_or(0.0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => {
+                sample.errors += n.parse::<u64>().unwrap_or(0)
+            }
+            [first, ..] if first.starts_with("Socket") => {
+                sample.errors += fields
+                    .iter()
+                    .filter_map(|f| f.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    if sample.rps == 0.0 {
+        bail!("wrk against port {port} measured nothing:\n{text}");
+    }
+    Ok(sample)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn version(command: &str, args: &[&str]) -> String {
+    Command::new(command)
+        .args(args)
+        .output()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Builds the release `strait` binary and returns its path.
+fn build_strait() -> anyhow::Result<PathBuf> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--bin", "strait"])
+        .current_dir(workspace_root())
+        .status()
+        .context("cargo build")?;
+    if !status.success() {
+        bail!("building strait failed");
+    }
+    Ok(workspace_root().join("target/release/strait"))
+}
+
+#[derive(Serialize)]
+struct Row {
+    participant: String,
+    median_rps: f64,
+    median_p50_ms: f64,
+    median_p99_ms: f64,
+    errors: u64,
+    samples: Vec<Sample>,
+}
+
+fn http_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<Row>> {
+    for (tool, package) in [
+        ("nginx", "nginx-light"),
+        ("haproxy", "haproxy"),
+        ("wrk", "wrk"),
+    ] {
+        require(tool, package)?;
+    }
+    let strait_bin = build_strait()?;
+    let backend_port = free_port()?;
+    let nginx_port = free_port()?;
+    let haproxy_port = free_port()?;
+    let strait_port = free_port()?;
+    let admin_port = free_port()?;
+    let mut procs = Vec::new();
+
+    let nginx_conf = |name: &str, body: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(
+            &path,
+            format!(
+                "worker_processes 1;\ndaemon off;\npid {dir}/{name}.pid;\nerror_log {dir}/{name}.err warn;\n\
+                 events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{body}\n}}\n",
+                dir = dir.display()
+            ),
+        )?;
+        Ok(path)
+    };
+    let backend = nginx_conf(
+        "backend",
+        &format!(
+            "  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"hello from backend\\n\"; }} }}"
+        ),
+    )?;
+    procs.push(spawn(
+        "backend (nginx)",
+        Command::new("nginx").arg("-c").arg(&backend),
+    )?);
+    let proxy = nginx_conf(
+        "proxy",
+        &format!(
+            "  upstream b {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port};\n    \
+             location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}"
+        ),
+    )?;
+    procs.push(spawn("nginx", Command::new("nginx").arg("-c").arg(&proxy))?);
+    let haproxy_cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  \
+             option http-keep-alive\nfrontend fe\n  bind 127.0.0.1:{haproxy_port}\n  default_backend be\nbackend be\n  http-reuse always\n  \
+             server s1 127.0.0.1:{backend_port}\n"
+        ),
+    )?;
+    procs.push(spawn(
+        "haproxy",
+        Command::new("haproxy").arg("-f").arg(&haproxy_cfg),
+    )?);
+    procs.push(spawn(
+        "strait",
+        Command::new(&strait_bin)
+            .args(["up", "--data-dir"])
+            .arg(dir.join("strait-data"))
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{strait_port}"))
+            .env("RUST_LOG", "warn"),
+    )?);
+    for (port, what) in [
+        (backend_port, "backend"),
+        (nginx_port, "nginx"),
+        (haproxy_port, "haproxy"),
+        (strait_port, "strait"),
+        (admin_port, "strait admin"),
+    ] {
+        wait_port(port, what)?;
+    }
+    for proc in &mut procs {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!(
+                "{} exited at start ({status}); is its port free?",
+                proc.name
+            );
+        }
+    }
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    ureq::put(&format!("{admin}/v1/services/bench/instances/b1"))
+        .send(format!(
+            r#"{{"address":"127.0.0.1","port":{backend_port}}}"#
+        ))
+        .context("registering the backend")?;
+    ureq::put(&format!("{admin}/v1/routes/bench"))
+        .send(r#"{"host":"bench.example.com","service":"bench"}"#)
+        .context("declaring the route")?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let participants = [
+        ("direct", backend_port),
+        ("strait", strait_port),
+        ("nginx", nginx_port),
+        ("haproxy", haproxy_port),
+    ];
+    let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
+    for (_, port) in participants {
+        wrk(port, 1)?; // warm-up
+    }
+    let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+    for round in 1..=rounds {
+        for (name, port) in participants {
+            let sample = wrk(port, seconds)?;
+            eprintln!(
+                "round {round} {name}: {:.0} req/s p50 {:.2} ms p99 {:.2} ms",
+                sample.rps, sample.p50_ms, sample.p99_ms
+            );
+            samples.entry(name).or_default().push(sample);
+        }
+    }
+    drop(procs);
+    Ok(participants
+        .iter()
+        .map(|(name, _)| {
+            let s = samples.remove(name).unwrap_or_default();
+            let pick = |f: fn(&Sample) -> f64| median(&mut s.iter().map(f).collect::<Vec<_>>());
+            Row {
+                participant: name.to_string(),
+                median_rps: pick(|s| s.rps),
+                median_p50_ms: pick(|s| s.p50_ms),
+                median_p99_ms: pick(|s| s.p99_ms),
+                errors: s.iter().map(|s| s.errors).sum(),
+                samples: s,
+            }
+        })
+        .collect())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let scenarios: Vec<&str> = match cli.scenario.as_str() {
+        "all" => vec!["http"],
+        "http" => vec!["http"],
+        other => bail!(
+            "unknown scenario `{other}`: use http or all (table: cargo bench -p router --bench table)"
+        ),
+    };
+    let dir = tempfile::tempdir()?;
+    let mut report = serde_json::Map::new();
+    for scenario in scenarios {
+        let rows = http_scenario(cli.quick, dir.path())?;
+        let value = |name: &str| {
+            rows.iter()
+                .find(|r| r.participant == name)
+                .map_or(0.0, |r| r.median_rps)
+        };
+        println!("\n## {scenario} (wrk -t1 -c50, 1 worker each, medians)\n");
+        println!("| participant | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {:.0} | {:.2} | {:.2} | {} |",
+                r.participant, r.median_rps, r.median_p50_ms, r.median_p99_ms, r.errors
+            );
+        }
+        let strait = value("strait");
+        println!(
+            "\nstrait/nginx {:.2}, strait/haproxy {:.2}, strait/direct {:.2}",
+            strait / value("nginx").max(1.0),
+            strait / value("haproxy").max(1.0),
+            strait / value("direct").max(1.0)
+        );
+        report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+    }
+    report.insert(
+        "machine".into(),
+        serde_json::json!({
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "kernel": version("uname", &["-r"]),
+            "nginx": version("nginx", &["-v"]),
+            "haproxy": version("haproxy", &["-v"]),
+            "wrk": version("wrk", &["-v"]),
+            "quick": cli.quick,
+        }),
+    );
+    let results = workspace_root().join("bench/results");
+    std::fs::create_dir_all(&results)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = results.join(format!("{stamp}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nJSON: {}", path.display());
+    Ok(())
+}
