@@ -52,6 +52,8 @@ struct Shared {
     client: Mutex<Option<zk::Client>>,
     /// Instances this process registered, re-created after a session expiry.
     owned: Mutex<BTreeMap<(String, String), Instance>>,
+    /// This process's earlier ZooKeeper session ids.
+    previous_sessions: Mutex<Vec<i64>>,
     publisher: Publisher,
     stop: Notify,
     stopped: std::sync::atomic::AtomicBool,
@@ -89,6 +91,7 @@ impl ZkStore {
             session_timeout,
             client: Mutex::new(None),
             owned: Mutex::new(BTreeMap::new()),
+            previous_sessions: Mutex::new(Vec::new()),
             publisher: Publisher::new("zookeeper", metrics, false),
             stop: Notify::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
@@ -111,7 +114,13 @@ impl ZkStore {
 }
 
 /// Creates or updates `instance` as an ephemeral node of `client`'s session.
-async fn put_ephemeral(client: &zk::Client, instance: &Instance) -> Result<(), StoreError> {
+/// `previous`: this process's earlier session ids. A node one of them still owns is ours
+/// (that session has not expired on the server yet): it is replaced, not a conflict.
+async fn put_ephemeral(
+    client: &zk::Client,
+    instance: &Instance,
+    previous: &[i64],
+) -> Result<(), StoreError> {
     let path = instance_path(&instance.service, &instance.id);
     let data = serde_json::to_vec(instance).map_err(|e| StoreError::Storage(e.to_string()))?;
     let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
@@ -132,6 +141,12 @@ async fn put_ephemeral(client: &zk::Client, instance: &Instance) -> Result<(), S
                 let Some(stat) = client.check_stat(&path).await.map_err(unavailable)? else {
                     continue;
                 };
+                if previous.contains(&stat.ephemeral_owner) {
+                    match client.delete(&path, Some(stat.version)).await {
+                        Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion) => continue,
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                }
                 if stat.ephemeral_owner != client.session_id().0 {
                     return Err(StoreError::Conflict(format!(
                         "instance `{}/{}` is registered by another strait process \
@@ -157,7 +172,8 @@ async fn put_ephemeral(client: &zk::Client, instance: &Instance) -> Result<(), S
 impl Store for ZkStore {
     async fn register(&self, instance: Instance) -> Result<(), StoreError> {
         let client = self.client()?;
-        put_ephemeral(&client, &instance).await?;
+        let previous = lock(&self.shared.previous_sessions).clone();
+        put_ephemeral(&client, &instance, &previous).await?;
         lock(&self.shared.owned).insert((instance.service.clone(), instance.id.clone()), instance);
         Ok(())
     }
@@ -309,7 +325,14 @@ async fn run(shared: Arc<Shared>) {
                 debug!(hosts = %shared.hosts, error = %e, "cannot start ZooKeeper session");
             }
         }
-        lock(&shared.client).take();
+        if let Some(old) = lock(&shared.client).take() {
+            let mut previous = lock(&shared.previous_sessions);
+            previous.push(old.session_id().0);
+            // A few suffice: an old session is gone once its timeout has passed.
+            if previous.len() > 8 {
+                previous.remove(0);
+            }
+        }
         shared.publisher.set_connected(false);
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
@@ -344,7 +367,8 @@ async fn start_session(
         .await?;
     let owned: Vec<Instance> = lock(&shared.owned).values().cloned().collect();
     for instance in &owned {
-        if let Err(e) = put_ephemeral(&client, instance).await {
+        let previous = lock(&shared.previous_sessions).clone();
+        if let Err(e) = put_ephemeral(&client, instance, &previous).await {
             warn!(service = %instance.service, id = %instance.id, error = %e, "cannot re-create own instance");
         }
     }
