@@ -215,17 +215,7 @@ impl Table {
             return explanation;
         };
         explanation.route = Some(route.name.to_string());
-        let total = route.cumulative.last().copied().unwrap_or(0);
-        let mut previous = 0;
-        for (i, target) in route.targets.iter().enumerate() {
-            let share = match route.cumulative.get(i) {
-                Some(&c) if total > 0 => {
-                    let s = (c - previous) as f64 * 100.0 / total as f64;
-                    previous = c;
-                    s
-                }
-                _ => 100.0,
-            };
+        for (target, share) in route.targets.shares() {
             explanation.targets.push(target_view(
                 &target.service,
                 share,

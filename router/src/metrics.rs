@@ -130,6 +130,26 @@ impl RouterMetrics {
         Ok(m)
     }
 
+    /// Counts a failed upstream attempt (a refused connect, or a 5xx when `connect` is
+    /// false) against endpoint `index`, and the ejection it may cause.
+    pub fn upstream_failure(
+        &self,
+        pool: &crate::pool::Pool,
+        index: usize,
+        outlier: &crate::config::OutlierConfig,
+        now_ms: u64,
+        connect: bool,
+    ) {
+        if connect {
+            self.upstream_connect_errors
+                .with_label_values(&[&pool.service])
+                .inc();
+        }
+        if pool.record_failure(index, outlier, now_ms) {
+            self.ejections.with_label_values(&[&pool.service]).inc();
+        }
+    }
+
     pub fn rejected(&self, reason: &str) {
         self.rejected.with_label_values(&[reason]).inc();
     }

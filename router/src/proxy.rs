@@ -303,16 +303,9 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let (Some(pool), Some(index)) = (&ctx.pool, ctx.endpoint) {
+            let now = self.clock.now_ms();
             self.metrics
-                .upstream_connect_errors
-                .with_label_values(&[&pool.service])
-                .inc();
-            if pool.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
-                self.metrics
-                    .ejections
-                    .with_label_values(&[&pool.service])
-                    .inc();
-            }
+                .upstream_failure(pool, index, &self.config.outlier, now, true);
         }
         // Nothing reached the upstream: always safe to try another instance.
         let may_retry = ctx.attempts <= self.config.connect_retries
@@ -453,12 +446,9 @@ impl ProxyHttp for Proxy {
             return Ok(());
         };
         if status >= 500 {
-            if pool.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
-                self.metrics
-                    .ejections
-                    .with_label_values(&[&pool.service])
-                    .inc();
-            }
+            let now = self.clock.now_ms();
+            self.metrics
+                .upstream_failure(&pool, index, &self.config.outlier, now, false);
         } else {
             pool.record_success(index);
         }

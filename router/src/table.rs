@@ -81,6 +81,72 @@ impl HeaderMatcher {
     }
 }
 
+/// The services a route sends to: one, or a weighted split.
+#[derive(Debug)]
+pub struct Targets {
+    pub list: Vec<Target>,
+    /// Cumulative split weights, parallel to `list` (empty for a single service).
+    cumulative: Vec<u64>,
+}
+
+impl Targets {
+    fn of(route: &Route, pools: &HashMap<Arc<str>, Arc<Pool>>) -> Targets {
+        let target = |service: &str| Target {
+            service: Arc::from(service),
+            pool: pools.get(service).cloned(),
+        };
+        match &route.service {
+            Some(service) => Targets {
+                list: vec![target(service)],
+                cumulative: Vec::new(),
+            },
+            None => Targets {
+                list: route.split.iter().map(|s| target(&s.service)).collect(),
+                cumulative: route
+                    .split
+                    .iter()
+                    .scan(0u64, |sum, s| {
+                        *sum += u64::from(s.weight);
+                        Some(*sum)
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    /// Picks the target for one request or connection (weighted for a split).
+    pub fn pick(&self) -> &Target {
+        if self.list.len() > 1
+            && let Some(&total) = self.cumulative.last()
+            && total > 0
+        {
+            let draw = rand::random_range(0..total);
+            let at = self.cumulative.partition_point(|&w| w <= draw);
+            if let Some(target) = self.list.get(at) {
+                return target;
+            }
+        }
+        &self.list[0]
+    }
+
+    /// Each target's share of the traffic, in percent.
+    pub fn shares(&self) -> impl Iterator<Item = (&Target, f64)> {
+        let total = self.cumulative.last().copied().unwrap_or(0);
+        let mut previous = 0;
+        self.list.iter().enumerate().map(move |(i, target)| {
+            let share = match self.cumulative.get(i) {
+                Some(&c) if total > 0 => {
+                    let share = (c - previous) as f64 * 100.0 / total as f64;
+                    previous = c;
+                    share
+                }
+                _ => 100.0,
+            };
+            (target, share)
+        })
+    }
+}
+
 /// A service a route sends to, with its pool (None: no eligible instance right now).
 #[derive(Debug)]
 pub struct Target {
@@ -94,9 +160,7 @@ pub struct CompiledRoute {
     pub(crate) path: PathMatcher,
     pub(crate) methods: Vec<Method>,
     pub(crate) headers: Vec<HeaderMatcher>,
-    pub targets: Vec<Target>,
-    /// Cumulative split weights, parallel to `targets` (empty for a single service).
-    pub(crate) cumulative: Vec<u64>,
+    pub targets: Targets,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub per_try_timeout: Option<Duration>,
@@ -118,17 +182,7 @@ impl CompiledRoute {
 
     /// Picks the target for one request (weighted for a split).
     pub fn pick_target(&self) -> &Target {
-        if self.targets.len() > 1
-            && let Some(&total) = self.cumulative.last()
-            && total > 0
-        {
-            let draw = rand::random_range(0..total);
-            let at = self.cumulative.partition_point(|&w| w <= draw);
-            if let Some(target) = self.targets.get(at) {
-                return target;
-            }
-        }
-        &self.targets[0]
+        self.targets.pick()
     }
 
     pub fn retries_on(&self, status: u16) -> bool {
@@ -345,35 +399,11 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
     table
 }
 
-fn split_targets(route: &Route, pools: &HashMap<Arc<str>, Arc<Pool>>) -> (Vec<Target>, Vec<u64>) {
-    let target = |service: &str| Target {
-        service: Arc::from(service),
-        pool: pools.get(service).cloned(),
-    };
-    match &route.service {
-        Some(service) => (vec![target(service)], Vec::new()),
-        None => {
-            let targets = route.split.iter().map(|s| target(&s.service)).collect();
-            let cumulative = route
-                .split
-                .iter()
-                .scan(0u64, |sum, s| {
-                    *sum += u64::from(s.weight);
-                    Some(*sum)
-                })
-                .collect();
-            (targets, cumulative)
-        }
-    }
-}
-
 fn add_tcp_route(table: &mut Table, name: &Arc<str>, route: &Route, config: &RouterConfig) {
     let Some(listen) = route.listen else { return };
-    let (targets, cumulative) = split_targets(route, &table.pools);
     let target = crate::tcp::TcpTarget {
         route: Arc::clone(name),
-        targets,
-        cumulative,
+        targets: Targets::of(route, &table.pools),
         connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
     };
     let routes = table.tcp.entry(listen).or_default();
@@ -471,7 +501,7 @@ fn compile_route(
             })
         })
         .collect::<Result<_, String>>()?;
-    let (targets, cumulative) = split_targets(route, pools);
+    let targets = Targets::of(route, pools);
     let prefix_rewrite = match (&route.prefix_rewrite, &route.path) {
         (Some(rewrite), Some(PathMatch::Prefix(p))) => Some((p.len(), rewrite.as_str().into())),
         _ => None,
@@ -482,7 +512,6 @@ fn compile_route(
         methods,
         headers,
         targets,
-        cumulative,
         connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
         request_timeout: route.timeouts.request.unwrap_or(config.request_timeout),
         per_try_timeout: route.retry.as_ref().and_then(|r| r.per_try_timeout),

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::config::RouterConfig;
 use crate::metrics::{GaugeGuard, RouterMetrics};
 use crate::pool::{Clock, Pool, Tried};
-use crate::table::{Table, Target};
+use crate::table::{Table, Targets};
 
 /// How long a client may take to send its ClientHello when SNI routing is in use.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,25 +42,8 @@ pub struct TcpListenerRoutes {
 #[derive(Debug)]
 pub struct TcpTarget {
     pub route: Arc<str>,
-    pub targets: Vec<Target>,
-    pub cumulative: Vec<u64>,
+    pub targets: Targets,
     pub connect_timeout: Duration,
-}
-
-impl TcpTarget {
-    fn pick_target(&self) -> &Target {
-        if self.targets.len() > 1
-            && let Some(&total) = self.cumulative.last()
-            && total > 0
-        {
-            let draw = rand::random_range(0..total);
-            let at = self.cumulative.partition_point(|&w| w <= draw);
-            if let Some(target) = self.targets.get(at) {
-                return target;
-            }
-        }
-        &self.targets[0]
-    }
 }
 
 impl TcpListenerRoutes {
@@ -238,7 +221,7 @@ impl TcpProxy {
             self.metrics.rejected("tcp: no route for server name");
             return Ok(());
         };
-        let target = route.pick_target();
+        let target = route.targets.pick();
         let Some(pool) = target.pool.as_ref().filter(|p| !p.is_empty()) else {
             self.metrics.rejected("tcp: no healthy instance");
             return Ok(());
@@ -287,16 +270,9 @@ impl TcpProxy {
                     ))
                 }
             }
+            let now = self.clock.now_ms();
             self.metrics
-                .upstream_connect_errors
-                .with_label_values(&[&pool.service])
-                .inc();
-            if pool.record_failure(index, &self.config.outlier, self.clock.now_ms()) {
-                self.metrics
-                    .ejections
-                    .with_label_values(&[&pool.service])
-                    .inc();
-            }
+                .upstream_failure(pool, index, &self.config.outlier, now, true);
         }
         Err(last_error.unwrap_or_else(|| std::io::Error::other("no instance to connect to")))
     }
