@@ -74,6 +74,9 @@ pub struct UpArgs {
     /// HTTP router listen address (port 0 picks a free port). Overrides `router.http_addr`.
     #[arg(long)]
     pub http_addr: Option<SocketAddr>,
+    /// DNS listen address, UDP and TCP (port 0 picks a free port). Overrides `dns.addr`.
+    #[arg(long)]
+    pub dns_addr: Option<SocketAddr>,
     /// HTTPS listen address: overrides the address of the first `[[router.tls]]` listener.
     #[arg(long)]
     pub https_addr: Option<SocketAddr>,

@@ -17,6 +17,8 @@ pub struct Settings {
     pub admin: AdminConfig,
     #[serde(default)]
     pub router: router::RouterConfig,
+    #[serde(default)]
+    pub dns: discovery::dns::DnsConfig,
 }
 
 /// The `[admin]` section. A non-loopback `addr` requires a `token`.
@@ -154,7 +156,7 @@ mod tests {
         check(
             "[stor]\nurl = \"embedded\"\n",
             expect![
-                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router` (remove it or check its spelling)"
+                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns` (remove it or check its spelling)"
             ],
         );
     }

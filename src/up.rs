@@ -27,6 +27,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.http_addr {
         settings.router.http_addr = addr;
     }
+    if let Some(addr) = args.dns_addr {
+        settings.dns.addr = addr;
+    }
     if let Some(addr) = args.https_addr {
         let Some(listener) = settings.router.tls.first_mut() else {
             anyhow::bail!(
@@ -80,6 +83,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let router = Arc::new(router::Router::new(settings.router.clone(), &registry)?);
     router.follow(store.watch())?;
     let router_handle = router.start()?;
+
+    let dns = discovery::dns::server::DnsServer::new(settings.dns.clone(), &registry)?;
+    dns.follow(store.watch())?;
+    dns.start()?;
 
     let leases = Leases::new(Arc::clone(&store));
     tokio::spawn(Arc::clone(&leases).run_reaper());

@@ -84,6 +84,8 @@ pub struct Strait {
     pub http: SocketAddr,
     /// The first TLS listener, when one is configured.
     pub https: Option<SocketAddr>,
+    /// The DNS server (UDP and TCP).
+    pub dns: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -131,6 +133,8 @@ impl StraitBuilder {
             .arg("127.0.0.1:0")
             .arg("--http-addr")
             .arg("127.0.0.1:0")
+            .arg("--dns-addr")
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)
@@ -159,6 +163,7 @@ impl StraitBuilder {
                         ("admin", "admin API listening on "),
                         ("http", "HTTP router listening on "),
                         ("https", "HTTPS router listening on "),
+                        ("dns", "DNS listening on "),
                     ] {
                         if let Some(addr) = line.split(marker).nth(1) {
                             let addr = addr.split_whitespace().next().unwrap_or_default();
@@ -175,6 +180,7 @@ impl StraitBuilder {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             https: None,
+            dns: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
 
             _tmp: Some(tmp),
@@ -187,6 +193,7 @@ impl StraitBuilder {
                     break;
                 }
                 Ok(("http", Ok(addr))) => strait.http = addr,
+                Ok(("dns", Ok(addr))) => strait.dns = addr,
                 Ok((_, Ok(addr))) => {
                     strait.https.get_or_insert(addr);
                 }
@@ -205,7 +212,7 @@ impl StraitBuilder {
         let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
         let mut command = Command::new(STRAIT);
         command.arg("up").arg("--data-dir").arg(&data_dir);
-        for flag in ["--admin-addr", "--http-addr"] {
+        for flag in ["--admin-addr", "--http-addr", "--dns-addr"] {
             if !self.args.iter().any(|a| a == flag) {
                 command.arg(flag).arg("127.0.0.1:0");
             }

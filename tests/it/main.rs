@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod cli;
+mod dns;
 mod docs;
 mod embedded;
 mod harness;

@@ -1,0 +1,293 @@
+//! Running the DNS server: a thread compiling snapshots into tables, and a thread with its
+//! own single-threaded runtime answering UDP and TCP from the current table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use super::DnsConfig;
+use super::answer::{Outcome, Rcode, Transport, respond};
+use super::table::{DnsTable, TYPE_A, TYPE_AAAA, TYPE_SRV, compile};
+use crate::snapshot::Snapshot;
+
+/// An idle TCP client is closed after this long.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct DnsMetrics {
+    queries: IntCounterVec,
+    truncated: IntCounter,
+    latency: Histogram,
+    revision: IntGauge,
+}
+
+impl DnsMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = DnsMetrics {
+            queries: IntCounterVec::new(
+                Opts::new(
+                    "strait_dns_queries_total",
+                    "DNS queries by query type and response code",
+                ),
+                &["qtype", "rcode"],
+            )?,
+            truncated: IntCounter::new(
+                "strait_dns_truncated_total",
+                "UDP answers truncated (TC set)",
+            )?,
+            latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "strait_dns_query_duration_seconds",
+                    "Time to answer a query",
+                )
+                .buckets(vec![
+                    0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005,
+                ]),
+            )?,
+            revision: IntGauge::new(
+                "strait_dns_table_revision",
+                "Snapshot revision of the DNS table in use",
+            )?,
+        };
+        registry.register(Box::new(m.queries.clone()))?;
+        registry.register(Box::new(m.truncated.clone()))?;
+        registry.register(Box::new(m.latency.clone()))?;
+        registry.register(Box::new(m.revision.clone()))?;
+        Ok(m)
+    }
+
+    fn observe(&self, outcome: Outcome, started: Instant) {
+        let qtype = match outcome.qtype {
+            TYPE_A => "A",
+            TYPE_AAAA => "AAAA",
+            TYPE_SRV => "SRV",
+            0 => "none",
+            _ => "other",
+        };
+        self.queries
+            .with_label_values(&[qtype, outcome.rcode.as_str()])
+            .inc();
+        if outcome.truncated {
+            self.truncated.inc();
+        }
+        self.latency.observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("DNS metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("DNS cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("DNS domain `{0}` is not a domain name")]
+    Domain(String),
+    #[error("cannot start DNS thread: {0}")]
+    Thread(std::io::Error),
+}
+
+pub struct DnsServer {
+    table: Arc<ArcSwap<DnsTable>>,
+    config: DnsConfig,
+    metrics: DnsMetrics,
+}
+
+impl DnsServer {
+    pub fn new(config: DnsConfig, registry: &Registry) -> Result<Self, DnsError> {
+        let domain = config.domain.trim_matches('.');
+        let valid = !domain.is_empty()
+            && domain.len() <= 200
+            && domain.split('.').all(|l| {
+                crate::model::validate_dns_label("dns.domain", &l.to_ascii_lowercase()).is_ok()
+            });
+        if !valid {
+            return Err(DnsError::Domain(config.domain.clone()));
+        }
+        Ok(DnsServer {
+            table: Arc::new(ArcSwap::from_pointee(DnsTable::default())),
+            config,
+            metrics: DnsMetrics::new(registry)?,
+        })
+    }
+
+    /// Compiles every snapshot the watch yields, on a thread of its own.
+    pub fn follow(&self, mut snapshots: watch::Receiver<Arc<Snapshot>>) -> Result<(), DnsError> {
+        let (table, config, metrics) = (
+            Arc::clone(&self.table),
+            self.config.clone(),
+            self.metrics.clone(),
+        );
+        std::thread::Builder::new()
+            .name("strait-dns-tables".into())
+            .spawn(move || {
+                loop {
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    let next = compile(&snapshot, &config);
+                    metrics.revision.set(next.revision as i64);
+                    table.store(Arc::new(next));
+                    if futures::executor::block_on(snapshots.changed()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map(drop)
+            .map_err(DnsError::Thread)
+    }
+
+    /// Binds UDP and TCP on the configured address and serves on a thread of its own.
+    /// Returns the bound address.
+    pub fn start(&self) -> Result<SocketAddr, DnsError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(DnsError::Thread)?;
+        // Bound here, synchronously, so errors reach the caller; registered with the
+        // DNS thread's own runtime there.
+        let (udp, tcp) = bind(self.config.addr)?;
+        let addr = udp.local_addr().map_err(|error| DnsError::Listen {
+            addr: self.config.addr,
+            error,
+        })?;
+        let (table, metrics) = (Arc::clone(&self.table), self.metrics.clone());
+        std::thread::Builder::new()
+            .name("strait-dns".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let (Ok(udp), Ok(tcp)) = (UdpSocket::from_std(udp), TcpListener::from_std(tcp))
+                    else {
+                        tracing::error!("DNS sockets could not join the runtime");
+                        return;
+                    };
+                    let rotation = Arc::new(AtomicUsize::new(0));
+                    tokio::spawn(serve_tcp(
+                        tcp,
+                        Arc::clone(&table),
+                        metrics.clone(),
+                        Arc::clone(&rotation),
+                    ));
+                    serve_udp(udp, table, metrics, rotation).await;
+                });
+            })
+            .map_err(DnsError::Thread)?;
+        info!(addr = %addr, "DNS listening on {addr} (UDP and TCP)");
+        Ok(addr)
+    }
+}
+
+/// UDP and TCP on one port; with port 0, the port UDP got is tried for TCP (a few times).
+fn bind(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {
+    let mut last = None;
+    for _ in 0..10 {
+        let udp =
+            std::net::UdpSocket::bind(addr).map_err(|error| DnsError::Listen { addr, error })?;
+        let bound = udp
+            .local_addr()
+            .map_err(|error| DnsError::Listen { addr, error })?;
+        match std::net::TcpListener::bind(bound) {
+            Ok(tcp) => {
+                udp.set_nonblocking(true)
+                    .map_err(|error| DnsError::Listen { addr, error })?;
+                tcp.set_nonblocking(true)
+                    .map_err(|error| DnsError::Listen { addr, error })?;
+                return Ok((udp, tcp));
+            }
+            Err(error) if addr.port() == 0 => last = Some(error),
+            Err(error) => return Err(DnsError::Listen { addr, error }),
+        }
+    }
+    Err(DnsError::Listen {
+        addr,
+        error: last.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")),
+    })
+}
+
+async fn serve_udp(
+    socket: UdpSocket,
+    table: Arc<ArcSwap<DnsTable>>,
+    metrics: DnsMetrics,
+    rotation: Arc<AtomicUsize>,
+) {
+    let mut query = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let Ok((len, peer)) = socket.recv_from(&mut query).await else {
+            continue;
+        };
+        let started = Instant::now();
+        let turn = rotation.fetch_add(1, Ordering::Relaxed);
+        let Some(outcome) = respond(&table.load(), &query[..len], Transport::Udp, turn, &mut out)
+        else {
+            continue;
+        };
+        if outcome.rcode == Rcode::FormErr && out.len() > len {
+            continue; // never answer a malformed query with more than it sent
+        }
+        if let Err(e) = socket.send_to(&out, peer).await {
+            debug!(peer = %peer, error = %e, "DNS send failed");
+        }
+        metrics.observe(outcome, started);
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    table: Arc<ArcSwap<DnsTable>>,
+    metrics: DnsMetrics,
+    rotation: Arc<AtomicUsize>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let (table, metrics, rotation) =
+            (Arc::clone(&table), metrics.clone(), Arc::clone(&rotation));
+        tokio::spawn(async move {
+            let _ = serve_tcp_connection(stream, &table, &metrics, &rotation).await;
+        });
+    }
+}
+
+/// RFC 7766 framing: each message preceded by its 2-byte length; several per connection.
+async fn serve_tcp_connection(
+    mut stream: TcpStream,
+    table: &ArcSwap<DnsTable>,
+    metrics: &DnsMetrics,
+    rotation: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut query = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return Ok(()),
+        }
+        let len = usize::from(u16::from_be_bytes(len));
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query[..len]))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow TCP query"))??;
+        let started = Instant::now();
+        let turn = rotation.fetch_add(1, Ordering::Relaxed);
+        let Some(outcome) = respond(&table.load(), &query[..len], Transport::Tcp, turn, &mut out)
+        else {
+            return Ok(());
+        };
+        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&out);
+        stream.write_all(&framed).await?;
+        metrics.observe(outcome, started);
+    }
+}

@@ -1,0 +1,272 @@
+//! The DNS server through `strait up`, queried with `dig` (Debian `dnsutils`) and with raw
+//! malformed packets over UDP and TCP.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{Strait, eventually};
+
+fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let output = Command::new("dig")
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("run dig (Debian package dnsutils)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn short(server: SocketAddr, args: &[&str]) -> Vec<String> {
+    let mut lines: Vec<String> = dig(server, &[args, &["+short"]].concat())
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn register(strait: &Strait, service: &str, id: &str, body: &str) {
+    let (status, response) = strait.put(&format!("/v1/services/{service}/instances/{id}"), body);
+    assert_eq!(status, 200, "{response}");
+}
+
+#[test]
+fn answers_a_aaaa_srv_tags_zones_and_negative_answers() {
+    let strait = Strait::builder().start();
+    let dns = strait.dns;
+    register(
+        &strait,
+        "web",
+        "w1",
+        r#"{"address":"10.0.0.1","port":8080,"tags":["v2"],"zone":"eu-1","ports":{"grpc":9090},"weight":5}"#,
+    );
+    register(
+        &strait,
+        "web",
+        "w2",
+        r#"{"address":"10.0.0.2","port":8080,"zone":"us-1"}"#,
+    );
+    register(
+        &strait,
+        "web",
+        "w3",
+        r#"{"address":"fd00::3","port":8081,"tags":["v2"]}"#,
+    );
+    register(
+        &strait,
+        "web",
+        "sick",
+        r#"{"address":"10.0.0.9","port":8080,"health":"critical"}"#,
+    );
+    register(
+        &strait,
+        "down",
+        "d1",
+        r#"{"address":"10.0.1.1","port":80,"health":"critical"}"#,
+    );
+    eventually(Duration::from_secs(10), "A records", || {
+        let a = short(dns, &["web.service.strait", "A"]);
+        if a == ["10.0.0.1", "10.0.0.2"] {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    assert_eq!(
+        short(dns, &["WEB.Service.Strait", "AAAA"]),
+        ["fd00::3"],
+        "case-insensitive"
+    );
+    assert_eq!(
+        short(dns, &["v2.web.service.strait", "A"]),
+        ["10.0.0.1"],
+        "tag filter"
+    );
+    assert_eq!(
+        short(dns, &["web.service.eu-1.zone.strait", "A"]),
+        ["10.0.0.1"],
+        "zone filter"
+    );
+    assert_eq!(
+        short(dns, &["web.service.strait", "SRV"]),
+        [
+            "1 1 8080 w2.web.instance.strait.",
+            "1 1 8081 w3.web.instance.strait.",
+            "1 5 8080 w1.web.instance.strait."
+        ],
+        "SRV weight is the instance weight"
+    );
+    assert_eq!(
+        short(dns, &["_grpc._tcp.web.service.strait", "SRV"]),
+        ["1 5 9090 w1.web.instance.strait."]
+    );
+    let srv = dig(dns, &["web.service.strait", "SRV", "+noall", "+additional"]);
+    assert!(
+        srv.contains("w1.web.instance.strait.") && srv.contains("10.0.0.1"),
+        "glue: {srv}"
+    );
+    assert!(srv.contains("fd00::3"), "AAAA glue: {srv}");
+    assert_eq!(short(dns, &["w1.web.instance.strait", "A"]), ["10.0.0.1"]);
+
+    let nx = dig(dns, &["nope.service.strait", "A"]);
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+    assert!(
+        nx.contains("AUTHORITY: 1") && nx.contains("SOA"),
+        "SOA in authority: {nx}"
+    );
+    let nodata = dig(dns, &["web.service.strait", "MX"]);
+    assert!(
+        nodata.contains("status: NOERROR") && nodata.contains("ANSWER: 0"),
+        "{nodata}"
+    );
+    assert!(nodata.contains("SOA"), "{nodata}");
+    let all_down = dig(dns, &["down.service.strait", "A"]);
+    assert!(
+        all_down.contains("status: NOERROR") && all_down.contains("ANSWER: 0"),
+        "{all_down}"
+    );
+    let refused = dig(dns, &["example.com", "A"]);
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+    let aa = dig(dns, &["web.service.strait", "A"]);
+    assert!(aa.contains("flags: qr aa"), "authoritative: {aa}");
+
+    // Changes show in the next answer: health, then deregistration.
+    strait.put(
+        "/v1/services/web/instances/w2/health",
+        r#"{"health":"critical"}"#,
+    );
+    eventually(Duration::from_secs(10), "w2 out of answers", || {
+        let a = short(dns, &["web.service.strait", "A"]);
+        if a == ["10.0.0.1"] {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    strait.delete("/v1/services/web/instances/w1");
+    eventually(Duration::from_secs(10), "w1 gone", || {
+        let a = short(dns, &["web.service.strait", "A"]);
+        if a.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    assert!(
+        strait
+            .metric("strait_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[test]
+fn truncation_and_tcp() {
+    let strait = Strait::builder().start();
+    let dns = strait.dns;
+    for i in 0..60 {
+        register(
+            &strait,
+            "big",
+            &format!("i{i}"),
+            &format!(r#"{{"address":"10.1.0.{i}","port":80}}"#),
+        );
+    }
+    eventually(Duration::from_secs(10), "all 60 over TCP", || {
+        let n = short(dns, &["big.service.strait", "A", "+tcp"]).len();
+        if n == 60 { Ok(()) } else { Err(n.to_string()) }
+    });
+    let udp = dig(dns, &["big.service.strait", "A", "+noedns", "+ignore"]);
+    assert!(
+        udp.contains(" tc"),
+        "truncated over UDP without EDNS: {udp}"
+    );
+    let edns = dig(
+        dns,
+        &["big.service.strait", "A", "+bufsize=4096", "+ignore"],
+    );
+    assert!(
+        !edns.contains(" tc") && edns.contains("ANSWER: 60"),
+        "fits in 4096: {edns}"
+    );
+    // dig retries over TCP by itself when TC is set.
+    assert_eq!(
+        short(dns, &["big.service.strait", "A", "+noedns"]).len(),
+        60
+    );
+    // Answers rotate, so clients spread load.
+    let first = |_: usize| {
+        dig(
+            dns,
+            &["big.service.strait", "A", "+tcp", "+noall", "+answer"],
+        )
+        .lines()
+        .next()
+        .map(str::to_string)
+    };
+    let firsts: std::collections::BTreeSet<_> = (0..6).map(first).collect();
+    assert!(
+        firsts.len() > 1,
+        "the first record changes between queries: {firsts:?}"
+    );
+}
+
+#[test]
+fn malformed_packets_leave_the_server_answering() {
+    let strait = Strait::builder().start();
+    let dns = strait.dns;
+    register(&strait, "web", "w1", r#"{"address":"10.0.0.1","port":80}"#);
+    eventually(Duration::from_secs(10), "answers", || {
+        let a = short(dns, &["web.service.strait", "A"]);
+        if a == ["10.0.0.1"] {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let packets: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![1, 2, 3],                                      // truncated header
+        vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 70, b'a'], // label longer than the packet
+        vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1], // compression loop
+        vec![0, 1, 1, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1], // five questions
+        vec![0, 1, 0x81, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1], // a response
+        vec![0xff; 512],
+    ];
+    for packet in &packets {
+        let _ = socket.send_to(packet, dns);
+        let mut buf = [0u8; 4096];
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            assert!(
+                n <= packet.len().max(12),
+                "no amplification: {n} bytes for {}",
+                packet.len()
+            );
+        }
+    }
+    let mut tcp = TcpStream::connect(dns).expect("tcp");
+    tcp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let garbage = [0u8, 5, 1, 2, 3, 4, 5];
+    tcp.write_all(&garbage).expect("write");
+    let mut buf = [0u8; 64];
+    let _ = tcp.read(&mut buf);
+    drop(tcp);
+    assert_eq!(
+        short(dns, &["web.service.strait", "A"]),
+        ["10.0.0.1"],
+        "UDP still answers"
+    );
+    assert_eq!(
+        short(dns, &["web.service.strait", "A", "+tcp"]),
+        ["10.0.0.1"],
+        "TCP still answers"
+    );
+}
