@@ -24,6 +24,7 @@ pub struct Admin {
     pub store_metrics: StoreMetrics,
     pub token: Option<Arc<str>>,
     pub router: Arc<router::Router>,
+    pub agent: Option<Arc<discovery::agent::Agent>>,
     requests: IntCounterVec,
 }
 
@@ -35,6 +36,7 @@ impl Admin {
         store_metrics: StoreMetrics,
         token: Option<String>,
         router: Arc<router::Router>,
+        agent: Option<Arc<discovery::agent::Agent>>,
     ) -> anyhow::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
@@ -51,6 +53,7 @@ impl Admin {
             store_metrics,
             token: token.map(Arc::from),
             router,
+            agent,
             requests,
         })
     }
@@ -63,6 +66,11 @@ impl Admin {
         let protected = axum::Router::new()
             .route("/metrics", get(metrics))
             .route("/v1/explain", axum::routing::post(explain))
+            .route("/v1/agent/checks/{id}/pass", axum::routing::put(check_pass))
+            .route(
+                "/v1/agent/services/{service}/{id}/maintenance",
+                axum::routing::put(maintenance),
+            )
             .with_state(self.clone())
             .merge(api)
             .layer(middleware::from_fn_with_state(self.clone(), authenticate));
@@ -158,6 +166,67 @@ async fn readyz(State(admin): State<Admin>) -> Response {
             "not ready: no snapshot loaded from the store yet\n",
         )
             .into_response()
+    }
+}
+
+fn no_agent() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no agent runs here: start strait with --services FILE",
+    )
+    .into_response()
+}
+
+/// `PUT /v1/agent/checks/{id}/pass`: a TTL check's heartbeat.
+async fn check_pass(
+    State(admin): State<Admin>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Some(agent) = &admin.agent else {
+        return no_agent();
+    };
+    if agent.pass(&id) {
+        axum::Json(serde_json::json!({"check": id, "status": "passing"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("check `{id}` not found"),
+        )
+        .into_response()
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    enable: bool,
+}
+
+/// `PUT /v1/agent/services/{service}/{id}/maintenance` `{"enable": true}`: drain.
+async fn maintenance(
+    State(admin): State<Admin>,
+    axum::extract::Path((service, id)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(agent) = &admin.agent else {
+        return no_agent();
+    };
+    let MaintenanceBody { enable } = match discovery::admin::parse_body(&body) {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    if agent.set_maintenance(&service, &id, enable) {
+        axum::Json(serde_json::json!({"service": service, "id": id, "maintenance": enable}))
+            .into_response()
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("local service `{service}/{id}` not found"),
+        )
+        .into_response()
     }
 }
 

@@ -74,6 +74,10 @@ pub struct UpArgs {
     /// HTTP router listen address (port 0 picks a free port). Overrides `router.http_addr`.
     #[arg(long)]
     pub http_addr: Option<SocketAddr>,
+    /// Local services to register and health-check (TOML `[[service]]` file). Overrides
+    /// `agent.services`.
+    #[arg(long)]
+    pub services: Option<PathBuf>,
     /// DNS listen address, UDP and TCP (port 0 picks a free port). Overrides `dns.addr`.
     #[arg(long)]
     pub dns_addr: Option<SocketAddr>,

@@ -19,6 +19,17 @@ pub struct Settings {
     pub router: router::RouterConfig,
     #[serde(default)]
     pub dns: discovery::dns::DnsConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+/// The `[agent]` section: local services to register and health-check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// A TOML file of `[[service]]` definitions (see docs/agent.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<std::path::PathBuf>,
 }
 
 /// The `[admin]` section. A non-loopback `addr` requires a `token`.
@@ -156,7 +167,7 @@ mod tests {
         check(
             "[stor]\nurl = \"embedded\"\n",
             expect![
-                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns` (remove it or check its spelling)"
+                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns`, `agent` (remove it or check its spelling)"
             ],
         );
     }

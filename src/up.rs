@@ -27,6 +27,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.http_addr {
         settings.router.http_addr = addr;
     }
+    if let Some(path) = args.services {
+        settings.agent.services = Some(path);
+    }
     if let Some(addr) = args.dns_addr {
         settings.dns.addr = addr;
     }
@@ -90,6 +93,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let leases = Leases::new(Arc::clone(&store));
     tokio::spawn(Arc::clone(&leases).run_reaper());
+    let agent = match &settings.agent.services {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let file = discovery::agent::parse(path, &text)?;
+            info!(services = file.services.len(), file = %path.display(), "agent: registering local services");
+            Some(discovery::agent::Agent::start(
+                file,
+                Arc::clone(&store),
+                Arc::clone(&leases),
+            ))
+        }
+        None => None,
+    };
 
     let admin = Admin::new(
         Arc::clone(&store),
@@ -98,6 +115,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         store_metrics,
         settings.admin.token.clone(),
         router,
+        agent.clone(),
     )?;
     let listener = tokio::net::TcpListener::bind(settings.admin.addr)
         .await
@@ -111,6 +129,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("admin API server failed")?;
     info!("shutting down: draining the router");
     router_handle.drain(settings.router.drain_timeout).await;
+    if let Some(agent) = &agent {
+        agent.shutdown().await;
+    }
     store.shutdown().await;
     Ok(())
 }

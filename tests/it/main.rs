@@ -1,6 +1,7 @@
 //! strait's integration tests: the real binary, real ZooKeeper, real HTTP clients.
 
 mod admin_api;
+mod agent;
 mod cli;
 mod dns;
 mod docs;

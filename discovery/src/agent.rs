@@ -1,0 +1,533 @@
+//! The host-local agent (SmartStack's nerve, Consul's agent): registers the services
+//! defined in a file as instances owned by this process, runs their health checks, and
+//! writes health changes to the store, from where they reach the router and DNS through
+//! the normal snapshot path.
+//!
+//! Checks: HTTP (GET a path, expect a status range), TCP (connect), TTL (the app calls
+//! `PUT /v1/agent/checks/{id}/pass`). Each has an interval (with ±10% jitter so checks
+//! do not synchronise), a timeout, and rise/fall counts: a check turns passing after
+//! `rise` successes in a row and critical after `fall` failures in a row. An instance is
+//! passing when all its checks are, critical otherwise; maintenance mode overrides both.
+//! While the store is unreachable checks keep running and the latest state is written
+//! when it is back.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::lease::Leases;
+use crate::model::{Health, Instance, InstanceSpec};
+use crate::store::Store;
+
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    2
+}
+fn default_status() -> String {
+    "200-399".into()
+}
+
+/// What a check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// `GET http://<address>:<port><path>`; passing when the status is in range.
+    Http {
+        path: String,
+        status: (u16, u16),
+        port: Option<u16>,
+    },
+    /// A TCP connect to the instance (or `port`).
+    Tcp { port: Option<u16> },
+    /// Passing while the application calls `PUT /v1/agent/checks/{id}/pass` at least
+    /// every `ttl`.
+    Ttl { ttl: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    Http,
+    Tcp,
+    Ttl,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckDefinition {
+    /// Check id (for TTL passes); `<instance id>` + `:` + index by default.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub kind: CheckType,
+    /// HTTP: the path to GET (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// HTTP: passing statuses, `200-399` (default) or one status.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// HTTP and TCP: the port to check (default: the instance's port).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// TTL: how long a pass lasts.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+/// One local service instance (`[[service]]` in the agent file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDefinition {
+    pub service: String,
+    pub id: String,
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub weight: Option<u16>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Start drained (no traffic, no DNS answers).
+    #[serde(default)]
+    pub maintenance: bool,
+    #[serde(default, rename = "check")]
+    pub checks: Vec<CheckDefinition>,
+}
+
+/// The agent file: `[[service]]` tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceDefinition>,
+}
+
+impl CheckDefinition {
+    /// The check this definition describes, or what is wrong with it.
+    pub fn kind(&self) -> Result<CheckKind, String> {
+        let misplaced = |field: &str| format!("`{field}` does not apply to {:?} checks", self.kind);
+        match self.kind {
+            CheckType::Http => {
+                if self.ttl.is_some() {
+                    return Err(misplaced("ttl"));
+                }
+                Ok(CheckKind::Http {
+                    path: self.path.clone().unwrap_or_else(default_path),
+                    status: parse_status_range(
+                        self.status.as_deref().unwrap_or(&default_status()),
+                    )?,
+                    port: self.port,
+                })
+            }
+            CheckType::Tcp => {
+                if self.ttl.is_some() || self.path.is_some() || self.status.is_some() {
+                    return Err(misplaced("ttl/path/status"));
+                }
+                Ok(CheckKind::Tcp { port: self.port })
+            }
+            CheckType::Ttl => {
+                if self.path.is_some() || self.status.is_some() || self.port.is_some() {
+                    return Err(misplaced("path/status/port"));
+                }
+                let ttl = self.ttl.ok_or("a ttl check needs `ttl`")?;
+                Ok(CheckKind::Ttl { ttl })
+            }
+        }
+    }
+}
+
+impl ServiceDefinition {
+    fn instance(&self, health: Health) -> Result<Instance, crate::model::ModelError> {
+        let mut spec = InstanceSpec::new(self.address, self.port);
+        spec.ports = self.ports.clone();
+        spec.zone = self.zone.clone();
+        spec.tags = self.tags.clone();
+        if let Some(weight) = self.weight {
+            spec.weight = weight;
+        }
+        spec.metadata = self.metadata.clone();
+        spec.health = health;
+        Instance::new(&self.service, &self.id, spec)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(String),
+    #[error("service `{service}/{id}`: {error}")]
+    Invalid {
+        service: String,
+        id: String,
+        error: crate::model::ModelError,
+    },
+}
+
+/// Parses and validates an agent file's text (errors name the file, line and key).
+pub fn parse(source: &Path, text: &str) -> Result<AgentFile, AgentError> {
+    let file: AgentFile = config::parse(config::Source::File(source.to_path_buf()), text)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let mut ids = std::collections::BTreeSet::new();
+    for def in &file.services {
+        def.instance(Health::Passing)
+            .map_err(|error| AgentError::Invalid {
+                service: def.service.clone(),
+                id: def.id.clone(),
+                error,
+            })?;
+        if !ids.insert((def.service.clone(), def.id.clone())) {
+            return Err(AgentError::Config(format!(
+                "{}: `{}/{}` is defined twice",
+                source.display(),
+                def.service,
+                def.id
+            )));
+        }
+        for check in &def.checks {
+            if check.rise == 0
+                || check.fall == 0
+                || check.interval.is_zero()
+                || check.timeout.is_zero()
+            {
+                return Err(AgentError::Config(format!(
+                    "{}: `{}/{}`: check interval, timeout, rise and fall must be greater than 0",
+                    source.display(),
+                    def.service,
+                    def.id
+                )));
+            }
+            check.kind().map_err(|e| {
+                AgentError::Config(format!(
+                    "{}: `{}/{}`: check: {e}",
+                    source.display(),
+                    def.service,
+                    def.id
+                ))
+            })?;
+        }
+    }
+    Ok(file)
+}
+
+fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("`{s}` is not a status or a range like 200-399"))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => Ok((parse(a)?, parse(b)?)),
+        None => parse(s).map(|v| (v, v)),
+    }
+}
+
+/// State of one check.
+#[derive(Debug)]
+struct CheckState {
+    passing: bool,
+    successes: u32,
+    failures: u32,
+    /// TTL checks: when the app last said it is alive.
+    last_pass: Option<Instant>,
+}
+
+struct Local {
+    definition: ServiceDefinition,
+    checks: Vec<CheckState>,
+    maintenance: bool,
+}
+
+impl Local {
+    fn health(&self) -> Health {
+        if self.maintenance {
+            Health::Maintenance
+        } else if self.checks.iter().all(|c| c.passing) {
+            Health::Passing
+        } else {
+            Health::Critical
+        }
+    }
+}
+
+/// The running agent.
+pub struct Agent {
+    leases: Arc<Leases>,
+    store: Arc<dyn Store>,
+    locals: Mutex<Vec<Local>>,
+    /// Check id -> (instance index, check index), for TTL passes.
+    check_ids: BTreeMap<String, (usize, usize)>,
+}
+
+impl Agent {
+    /// Registers every defined instance and starts its checks. Instances start critical
+    /// when they have checks (until the checks pass `rise` times), passing otherwise.
+    pub fn start(file: AgentFile, store: Arc<dyn Store>, leases: Arc<Leases>) -> Arc<Agent> {
+        let mut check_ids = BTreeMap::new();
+        let locals = file
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, definition)| {
+                for (c, check) in definition.checks.iter().enumerate() {
+                    let id = check
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| format!("{}:{c}", definition.id));
+                    check_ids.insert(id, (i, c));
+                }
+                Local {
+                    checks: definition
+                        .checks
+                        .iter()
+                        .map(|_| CheckState {
+                            passing: false,
+                            successes: 0,
+                            failures: 0,
+                            last_pass: None,
+                        })
+                        .collect(),
+                    maintenance: definition.maintenance,
+                    definition,
+                }
+            })
+            .collect();
+        let agent = Arc::new(Agent {
+            leases,
+            store,
+            locals: Mutex::new(locals),
+            check_ids,
+        });
+        tokio::spawn(Arc::clone(&agent).run());
+        agent
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Local>> {
+        // Updates are single assignments; a poisoned guard is still consistent.
+        self.locals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `PUT /v1/agent/checks/{id}/pass`: a TTL check's heartbeat. `false` if unknown.
+    pub fn pass(&self, check_id: &str) -> bool {
+        let Some(&(i, c)) = self.check_ids.get(check_id) else {
+            return false;
+        };
+        let mut locals = self.lock();
+        let Some(check) = locals.get_mut(i).and_then(|l| l.checks.get_mut(c)) else {
+            return false;
+        };
+        check.last_pass = Some(Instant::now());
+        true
+    }
+
+    /// Maintenance mode for a local instance (drain). `false` if unknown.
+    pub fn set_maintenance(&self, service: &str, id: &str, enable: bool) -> bool {
+        let mut locals = self.lock();
+        match locals
+            .iter_mut()
+            .find(|l| l.definition.service == service && l.definition.id == id)
+        {
+            Some(local) => {
+                local.maintenance = enable;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs the checks and keeps the store in step with their results.
+    async fn run(self: Arc<Self>) {
+        let tick = Duration::from_millis(100);
+        let mut published: Vec<Option<Health>> = vec![None; self.lock().len()];
+        let mut next_run: Vec<Vec<Instant>> = self
+            .lock()
+            .iter()
+            .map(|l| vec![Instant::now(); l.checks.len()])
+            .collect();
+        loop {
+            // Run the checks that are due, concurrently.
+            let due: Vec<(usize, usize, ServiceDefinition, CheckDefinition)> = {
+                let locals = self.lock();
+                let now = Instant::now();
+                let mut due = Vec::new();
+                for (i, local) in locals.iter().enumerate() {
+                    for (c, check) in local.definition.checks.iter().enumerate() {
+                        if next_run[i][c] <= now {
+                            due.push((i, c, local.definition.clone(), check.clone()));
+                        }
+                    }
+                }
+                due
+            };
+            let agent: &Agent = &self;
+            let results =
+                futures::future::join_all(due.iter().map(|(i, c, def, check)| async move {
+                    let ok = run_check(agent, *i, *c, def, check).await;
+                    (*i, *c, ok)
+                }))
+                .await;
+            {
+                let mut locals = self.lock();
+                for (i, c, ok) in results {
+                    let Some(local) = locals.get_mut(i) else {
+                        continue;
+                    };
+                    let definition = &local.definition.checks[c];
+                    let state = &mut local.checks[c];
+                    if ok {
+                        state.successes += 1;
+                        state.failures = 0;
+                        if state.successes >= definition.rise {
+                            state.passing = true;
+                        }
+                    } else {
+                        state.failures += 1;
+                        state.successes = 0;
+                        if state.failures >= definition.fall {
+                            state.passing = false;
+                        }
+                    }
+                    let jitter = rand::random_range(0.9..1.1);
+                    next_run[i][c] = Instant::now() + definition.interval.mul_f64(jitter);
+                }
+            }
+            // Publish what changed (and everything not yet published, e.g. after an outage).
+            let wanted: Vec<(ServiceDefinition, Health)> = self
+                .lock()
+                .iter()
+                .map(|l| (l.definition.clone(), l.health()))
+                .collect();
+            for (i, (definition, health)) in wanted.into_iter().enumerate() {
+                if published[i] == Some(health)
+                    && self
+                        .store
+                        .snapshot()
+                        .instance(&definition.service, &definition.id)
+                        .is_some()
+                {
+                    continue;
+                }
+                let Ok(instance) = definition.instance(health) else {
+                    continue;
+                };
+                match self.leases.register(instance, None).await {
+                    Ok(()) => {
+                        if published[i] != Some(health) {
+                            info!(service = %definition.service, id = %definition.id, health = health.as_str(), "agent: health published");
+                        }
+                        published[i] = Some(health);
+                    }
+                    Err(e) => {
+                        warn!(service = %definition.service, id = %definition.id, error = %e, "agent: cannot publish; will retry");
+                        published[i] = None;
+                    }
+                }
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// Removes this agent's instances (on shutdown).
+    pub async fn shutdown(&self) {
+        let ids: Vec<(String, String)> = self
+            .lock()
+            .iter()
+            .map(|l| (l.definition.service.clone(), l.definition.id.clone()))
+            .collect();
+        for (service, id) in ids {
+            let _ = self.leases.deregister(&service, &id).await;
+        }
+    }
+}
+
+async fn run_check(
+    agent: &Agent,
+    i: usize,
+    c: usize,
+    def: &ServiceDefinition,
+    check: &CheckDefinition,
+) -> bool {
+    let port_or = |port: &Option<u16>| port.unwrap_or(def.port);
+    // Validated when the file was parsed.
+    let Ok(kind) = check.kind() else { return false };
+    match &kind {
+        CheckKind::Tcp { port } => {
+            let addr = SocketAddr::new(def.address, port_or(port));
+            matches!(
+                tokio::time::timeout(check.timeout, TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            )
+        }
+        CheckKind::Http {
+            path,
+            status: (low, high),
+            port,
+        } => {
+            let addr = SocketAddr::new(def.address, port_or(port));
+            match tokio::time::timeout(check.timeout, http_status(addr, path)).await {
+                Ok(Ok(code)) => (*low..=*high).contains(&code),
+                _ => false,
+            }
+        }
+        CheckKind::Ttl { ttl } => {
+            let locals = agent.lock();
+            locals
+                .get(i)
+                .and_then(|l| l.checks.get(c))
+                .and_then(|s| s.last_pass)
+                .is_some_and(|t| t.elapsed() <= *ttl)
+        }
+    }
+}
+
+/// A minimal `GET` returning the status code (health endpoints need nothing more).
+async fn http_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: strait-agent\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = [0u8; 64];
+    let mut read = 0;
+    while read < 12 {
+        let n = stream.read(&mut head[read..]).await?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    let line = std::str::from_utf8(&head[..read]).unwrap_or("");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response"))
+}

@@ -1,0 +1,220 @@
+//! The agent inside `strait up --services FILE`: checks move instances out of and back
+//! into DNS answers and router traffic; TTL checks; maintenance; a killed process's
+//! instances vanish from other routers on the same ZooKeeper.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{Strait, ZooKeeper, eventually};
+use crate::http::{Backend, Client};
+
+fn dig_a(strait: &Strait, name: &str) -> Vec<String> {
+    let output = Command::new("dig")
+        .arg(format!("@{}", strait.dns.ip()))
+        .args([
+            "-p",
+            &strait.dns.port().to_string(),
+            "+short",
+            "+time=2",
+            "+tries=1",
+            name,
+            "A",
+        ])
+        .output()
+        .expect("dig");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn services_file(dir: &std::path::Path, body: &str) -> String {
+    let path = dir.join("services.toml");
+    std::fs::write(&path, body).expect("write services file");
+    path.display().to_string()
+}
+
+#[test]
+fn http_check_moves_the_instance_out_of_and_back_into_dns_and_traffic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = Backend::start("web");
+    let file = services_file(
+        dir.path(),
+        &format!(
+            "[[service]]\nservice = \"web\"\nid = \"web-1\"\naddress = \"127.0.0.1\"\nport = {}\n\n\
+             [[service.check]]\nkind = \"http\"\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2\n",
+            backend.addr.port()
+        ),
+    );
+    let strait = Strait::builder().arg("--services").arg(file).start();
+    strait.put(
+        "/v1/routes/web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    let mut client = Client::new(strait.http);
+    let healthy = |client: &mut Client| -> Result<(), String> {
+        let dns = dig_a(&strait, "web.service.strait");
+        let status = client
+            .get("web.example.com", "/")
+            .map_err(|e| e.to_string())?
+            .status;
+        if dns == ["127.0.0.1"] && status == 200 {
+            Ok(())
+        } else {
+            Err(format!("dns {dns:?} http {status}"))
+        }
+    };
+    eventually(Duration::from_secs(10), "the check to pass", || {
+        healthy(&mut client)
+    });
+
+    backend.set_status(500);
+    eventually(
+        Duration::from_secs(10),
+        "the failing check to remove it",
+        || {
+            let dns = dig_a(&strait, "web.service.strait");
+            let status = client
+                .get("web.example.com", "/")
+                .map_err(|e| e.to_string())?
+                .status;
+            if dns.is_empty() && status == 503 {
+                Ok(())
+            } else {
+                Err(format!("dns {dns:?} http {status}"))
+            }
+        },
+    );
+    let (_, instance) = strait.get("/v1/services/web/instances/web-1");
+    assert_eq!(instance["health"], "critical");
+
+    backend.set_status(200);
+    eventually(Duration::from_secs(10), "recovery", || healthy(&mut client));
+
+    // Maintenance drains it from both, whatever the checks say.
+    let (status, body) = strait.put(
+        "/v1/agent/services/web/web-1/maintenance",
+        r#"{"enable":true}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(10), "maintenance to drain it", || {
+        let dns = dig_a(&strait, "web.service.strait");
+        if dns.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{dns:?}"))
+        }
+    });
+    strait.put(
+        "/v1/agent/services/web/web-1/maintenance",
+        r#"{"enable":false}"#,
+    );
+    eventually(Duration::from_secs(10), "back from maintenance", || {
+        healthy(&mut client)
+    });
+}
+
+#[test]
+fn ttl_check_needs_heartbeats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = services_file(
+        dir.path(),
+        "[[service]]\nservice = \"job\"\nid = \"job-1\"\naddress = \"127.0.0.1\"\nport = 7000\n\n\
+         [[service.check]]\nid = \"job-alive\"\nkind = \"ttl\"\nttl = \"1s\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+    );
+    let strait = Strait::builder().arg("--services").arg(file).start();
+    let health = || {
+        strait.get("/v1/services/job/instances/job-1").1["health"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    eventually(Duration::from_secs(10), "registered as critical", || {
+        if health() == "critical" {
+            Ok(())
+        } else {
+            Err(health())
+        }
+    });
+    let (status, _) = strait.put("/v1/agent/checks/job-alive/pass", "");
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(5), "passing after a heartbeat", || {
+        if health() == "passing" {
+            Ok(())
+        } else {
+            Err(health())
+        }
+    });
+    eventually(
+        Duration::from_secs(5),
+        "critical once heartbeats stop",
+        || {
+            if health() == "critical" {
+                Ok(())
+            } else {
+                Err(health())
+            }
+        },
+    );
+    assert_eq!(strait.put("/v1/agent/checks/nope/pass", "").0, 404);
+}
+
+#[test]
+fn bad_services_file_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = services_file(
+        dir.path(),
+        "[[service]]\nservice = \"web\"\nid = \"w\"\naddress = \"127.0.0.1\"\nprot = 80\n",
+    );
+    let stderr = Strait::builder()
+        .arg("--services")
+        .arg(file)
+        .start_expecting_failure();
+    assert!(
+        stderr.contains("services.toml:5:1") && stderr.contains("prot"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn killed_agent_instances_vanish_from_other_routers() {
+    let zk = ZooKeeper::shared();
+    let url = zk.url("agent-killed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = services_file(
+        dir.path(),
+        "[[service]]\nservice = \"api\"\nid = \"api-1\"\naddress = \"127.0.0.1\"\nport = 7001\n",
+    );
+    let config = format!("[store]\nurl = \"{url}\"\nsession_timeout = \"2s\"\n");
+    let mut agent_host = Strait::builder()
+        .config(&config)
+        .arg("--services")
+        .arg(file)
+        .start();
+    let observer = Strait::builder().config(&config).start();
+    eventually(
+        Duration::from_secs(15),
+        "the observer to see the agent's instance",
+        || {
+            let ids = observer.instance_ids("api");
+            if ids == ["api-1"] {
+                Ok(())
+            } else {
+                Err(format!("{ids:?}"))
+            }
+        },
+    );
+    agent_host.kill();
+    eventually(
+        Duration::from_secs(15),
+        "the killed agent's instance to vanish",
+        || {
+            let ids = observer.instance_ids("api");
+            if ids.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{ids:?}"))
+            }
+        },
+    );
+}
