@@ -22,6 +22,19 @@ fn route(strait: &Strait, name: &str, json: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// A backend named `web` behind the route `web.example.com`, live on `strait`.
+fn serve_web(strait: &Strait) -> Backend {
+    let backend = Backend::start("web");
+    register(strait, "web", "web-1", &backend);
+    route(
+        strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(strait, "web.example.com", "/", "web");
+    backend
+}
+
 /// Waits until `host` + `path` is answered by `backend`.
 fn wait_backend(strait: &Strait, host: &str, path: &str, backend: &str) {
     let mut client = Client::new(strait.http);
@@ -399,14 +412,7 @@ fn bad_requests_are_refused_before_any_backend() {
     let strait = Strait::builder()
         .config("[router]\nheader_timeout = \"1s\"\n")
         .start();
-    let backend = Backend::start("web");
-    register(&strait, "web", "web-1", &backend);
-    route(
-        &strait,
-        "web",
-        r#"{"host":"web.example.com","service":"web"}"#,
-    );
-    wait_backend(&strait, "web.example.com", "/", "web");
+    let backend = serve_web(&strait);
     let served = backend.served();
     let many_headers: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
     let big_header = format!("x-big: {}\r\n", "a".repeat(70 * 1024));
@@ -484,14 +490,7 @@ fn bad_requests_are_refused_before_any_backend() {
 #[test]
 fn http2_prior_knowledge() {
     let strait = Strait::builder().start();
-    let backend = Backend::start("web");
-    register(&strait, "web", "web-1", &backend);
-    route(
-        &strait,
-        "web",
-        r#"{"host":"web.example.com","service":"web"}"#,
-    );
-    wait_backend(&strait, "web.example.com", "/", "web");
+    let _backend = serve_web(&strait);
     let output = std::process::Command::new("curl")
         .args([
             "-s",
@@ -693,14 +692,7 @@ fn round_robin_and_consistent_hash_balancers() {
 #[test]
 fn router_metrics_are_exported() {
     let strait = Strait::builder().start();
-    let backend = Backend::start("web");
-    register(&strait, "web", "web-1", &backend);
-    route(
-        &strait,
-        "web",
-        r#"{"host":"web.example.com","service":"web"}"#,
-    );
-    wait_backend(&strait, "web.example.com", "/", "web");
+    let _backend = serve_web(&strait);
     let text = strait.metrics_text();
     for needle in [
         "strait_router_requests_total{class=\"2xx\",route=\"web\",service=\"web\"}",
@@ -892,14 +884,7 @@ fn access_log_writes_json_lines() {
     let strait = Strait::builder()
         .config(&format!("[router]\naccess_log = {:?}\n", log_path))
         .start();
-    let backend = Backend::start("web");
-    register(&strait, "web", "web-1", &backend);
-    route(
-        &strait,
-        "web",
-        r#"{"host":"web.example.com","service":"web"}"#,
-    );
-    wait_backend(&strait, "web.example.com", "/", "web");
+    let backend = serve_web(&strait);
     let mut client = Client::new(strait.http);
     client
         .request(
@@ -953,14 +938,7 @@ fn h2c_upstream() {
     let inner = Strait::builder()
         .config(&format!("[router]\naccess_log = {:?}\n", log_path))
         .start();
-    let backend = Backend::start("web");
-    register(&inner, "web", "web-1", &backend);
-    route(
-        &inner,
-        "web",
-        r#"{"host":"web.example.com","service":"web"}"#,
-    );
-    wait_backend(&inner, "web.example.com", "/", "web");
+    let _backend = serve_web(&inner);
 
     let outer = Strait::builder()
         .config("[router.services.inner]\nprotocol = \"h2c\"\n")
