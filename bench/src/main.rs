@@ -330,18 +330,175 @@ fn http_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<Row>> {
         .collect())
 }
 
+#[derive(Serialize)]
+struct DnsRow {
+    participant: String,
+    median_qps: f64,
+    lost: u64,
+    qps: Vec<f64>,
+}
+
+/// One dnsperf run: (queries per second, queries lost).
+fn dnsperf(port: u16, queries: &Path, seconds: u64) -> anyhow::Result<(f64, u64)> {
+    let output = Command::new("dnsperf")
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-c",
+            "4",
+            "-q",
+            "200",
+        ])
+        .arg("-l")
+        .arg(seconds.to_string())
+        .arg("-d")
+        .arg(queries)
+        .output()
+        .context("running dnsperf")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut qps = 0.0;
+    let mut lost = 0;
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Queries per second:") {
+            qps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = line.strip_prefix("Queries lost:") {
+            lost = v
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    if qps == 0.0 {
+        bail!("dnsperf against port {port} measured nothing:\n{text}");
+    }
+    Ok((qps, lost))
+}
+
+/// strait's DNS against Knot (one UDP worker), serving the same 10 names x 3 A records.
+fn dns_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<DnsRow>> {
+    for (tool, package) in [("knotd", "knot"), ("dnsperf", "dnsperf")] {
+        require(tool, package)?;
+    }
+    let strait_bin = build_strait()?;
+    let (knot_port, strait_dns, admin_port) = (free_port()?, free_port()?, free_port()?);
+    let knot_dir = dir.join("knot");
+    std::fs::create_dir_all(&knot_dir)?;
+    let mut zone = String::from(
+        "$ORIGIN strait.\n$TTL 5\n@ SOA ns.strait. hostmaster.strait. 1 3600 600 86400 5\n@ NS ns.strait.\nns A 127.0.0.1\n",
+    );
+    let mut queries = String::new();
+    for s in 0..10 {
+        for i in 1..=3 {
+            zone.push_str(&format!("web-{s}.service A 10.0.{s}.{i}\n"));
+        }
+        queries.push_str(&format!("web-{s}.service.strait A\n"));
+    }
+    std::fs::write(knot_dir.join("strait.zone"), zone)?;
+    let queries_path = dir.join("queries.txt");
+    std::fs::write(&queries_path, queries)?;
+    std::fs::write(
+        knot_dir.join("knot.conf"),
+        format!(
+            "server:\n    rundir: \"{k}\"\n    listen: 127.0.0.1@{knot_port}\n    udp-workers: 1\n    tcp-workers: 1\n    \
+             background-workers: 1\ndatabase:\n    storage: \"{k}\"\nzone:\n  - domain: strait\n    storage: \"{k}\"\n    file: \"strait.zone\"\n",
+            k = knot_dir.display()
+        ),
+    )?;
+    let mut procs = vec![
+        spawn(
+            "knot",
+            Command::new("knotd")
+                .arg("-c")
+                .arg(knot_dir.join("knot.conf")),
+        )?,
+        spawn(
+            "strait",
+            Command::new(&strait_bin)
+                .args(["up", "--data-dir"])
+                .arg(dir.join("strait-dns-data"))
+                .arg("--admin-addr")
+                .arg(format!("127.0.0.1:{admin_port}"))
+                .args(["--http-addr", "127.0.0.1:0"])
+                .arg("--dns-addr")
+                .arg(format!("127.0.0.1:{strait_dns}"))
+                .env("RUST_LOG", "warn"),
+        )?,
+    ];
+    wait_port(admin_port, "strait admin")?;
+    std::thread::sleep(Duration::from_millis(500));
+    for proc in &mut procs {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!("{} exited at start ({status})", proc.name);
+        }
+    }
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    for s in 0..10 {
+        for i in 1..=3 {
+            ureq::put(&format!("{admin}/v1/services/web-{s}/instances/i{i}"))
+                .send(format!(r#"{{"address":"10.0.{s}.{i}","port":80}}"#))
+                .context("registering")?;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
+    let participants = [("knot", knot_port), ("strait", strait_dns)];
+    let mut results: BTreeMap<&str, (Vec<f64>, u64)> = BTreeMap::new();
+    for round in 1..=rounds {
+        for (name, port) in participants {
+            let (qps, lost) = dnsperf(port, &queries_path, seconds)?;
+            eprintln!("round {round} {name}: {qps:.0} qps, {lost} lost");
+            let entry = results.entry(name).or_default();
+            entry.0.push(qps);
+            entry.1 += lost;
+        }
+    }
+    drop(procs);
+    Ok(participants
+        .iter()
+        .map(|(name, _)| {
+            let (mut qps, lost) = results.remove(name).unwrap_or_default();
+            DnsRow {
+                participant: name.to_string(),
+                median_qps: median(&mut qps),
+                lost,
+                qps,
+            }
+        })
+        .collect())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let scenarios: Vec<&str> = match cli.scenario.as_str() {
-        "all" => vec!["http"],
+        "all" => vec!["http", "dns"],
         "http" => vec!["http"],
+        "dns" => vec!["dns"],
         other => bail!(
-            "unknown scenario `{other}`: use http or all (table: cargo bench -p router --bench table)"
+            "unknown scenario `{other}`: use http, dns or all (table: cargo bench -p router --bench table)"
         ),
     };
     let dir = tempfile::tempdir()?;
     let mut report = serde_json::Map::new();
     for scenario in scenarios {
+        if scenario == "dns" {
+            let rows = dns_scenario(cli.quick, dir.path())?;
+            println!("\n## dns (dnsperf, 1 worker each, medians)\n");
+            println!("| participant | qps | lost |\n|---|---|---|");
+            for r in &rows {
+                println!("| {} | {:.0} | {} |", r.participant, r.median_qps, r.lost);
+            }
+            let qps = |name: &str| {
+                rows.iter()
+                    .find(|r| r.participant == name)
+                    .map_or(0.0, |r| r.median_qps)
+            };
+            println!("\nstrait/knot {:.2}", qps("strait") / qps("knot").max(1.0));
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
         let rows = http_scenario(cli.quick, dir.path())?;
         let value = |name: &str| {
             rows.iter()
@@ -373,6 +530,8 @@ fn main() -> anyhow::Result<()> {
             "nginx": version("nginx", &["-v"]),
             "haproxy": version("haproxy", &["-v"]),
             "wrk": version("wrk", &["-v"]),
+            "knot": version("knotd", &["-V"]),
+            "dnsperf": version("dnsperf", &["-h"]),
             "quick": cli.quick,
         }),
     );
