@@ -420,34 +420,34 @@ impl Agent {
                     next_run[i][c] = Instant::now() + definition.interval.mul_f64(jitter);
                 }
             }
-            // Publish what changed (and everything not yet published, e.g. after an outage).
-            let wanted: Vec<(ServiceDefinition, Health)> = self
+            // Publish what changed, and re-publish what the store lost (e.g. after an
+            // outage or a new ZooKeeper session). One snapshot per tick, and only the
+            // instances that need writing are built.
+            let snapshot = self.store.snapshot();
+            let pending: Vec<(usize, Health, Option<Instance>)> = self
                 .lock()
                 .iter()
-                .map(|l| (l.definition.clone(), l.health()))
+                .enumerate()
+                .filter_map(|(i, local)| {
+                    let health = local.health();
+                    let def = &local.definition;
+                    let stored = snapshot.instance(&def.service, &def.id).is_some();
+                    (published[i] != Some(health) || !stored)
+                        .then(|| (i, health, def.instance(health).ok()))
+                })
                 .collect();
-            for (i, (definition, health)) in wanted.into_iter().enumerate() {
-                if published[i] == Some(health)
-                    && self
-                        .store
-                        .snapshot()
-                        .instance(&definition.service, &definition.id)
-                        .is_some()
-                {
-                    continue;
-                }
-                let Ok(instance) = definition.instance(health) else {
-                    continue;
-                };
+            for (i, health, instance) in pending {
+                let Some(instance) = instance else { continue };
+                let (service, id) = (instance.service.clone(), instance.id.clone());
                 match self.leases.register(instance, None).await {
                     Ok(()) => {
                         if published[i] != Some(health) {
-                            info!(service = %definition.service, id = %definition.id, health = health.as_str(), "agent: health published");
+                            info!(service = %service, id = %id, health = health.as_str(), "agent: health published");
                         }
                         published[i] = Some(health);
                     }
                     Err(e) => {
-                        warn!(service = %definition.service, id = %definition.id, error = %e, "agent: cannot publish; will retry");
+                        warn!(service = %service, id = %id, error = %e, "agent: cannot publish; will retry");
                         published[i] = None;
                     }
                 }

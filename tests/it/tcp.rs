@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::harness::{Strait, eventually, free_port};
 use crate::http::{Backend, Client};
-use crate::tls::{make_ca, make_leaf};
+use crate::tls::{curl, make_ca, make_leaf};
 
 struct TlsServer(Child);
 
@@ -109,23 +109,6 @@ fn tls_passthrough_by_sni() {
         );
         assert_eq!(status, 200, "{body}");
     }
-    let curl = |name: &str| {
-        Command::new("curl")
-            .args([
-                "-s",
-                "-S",
-                "--max-time",
-                "5",
-                "--cacert",
-                "ca.pem",
-                "--resolve",
-            ])
-            .arg(format!("{name}:{port}:127.0.0.1"))
-            .arg(format!("https://{name}:{port}/"))
-            .current_dir(d)
-            .output()
-            .expect("curl")
-    };
     // Each name reaches the server holding its certificate (curl verifies it end to end:
     // strait never terminates the TLS).
     for name in ["a.example.com", "x.b.example.com"] {
@@ -133,18 +116,11 @@ fn tls_passthrough_by_sni() {
             Duration::from_secs(10),
             &format!("{name} through SNI passthrough"),
             || {
-                let output = curl(name);
-                if output.status.success() {
-                    Ok(())
-                } else {
-                    Err(String::from_utf8_lossy(&output.stderr).into_owned())
-                }
+                let (ok, _, stderr) = curl(d, "ca", name, port, &[]);
+                if ok { Ok(()) } else { Err(stderr) }
             },
         );
     }
-    let output = curl("other.example.com");
-    assert!(
-        !output.status.success(),
-        "an unknown server name has no route"
-    );
+    let (ok, _, _) = curl(d, "ca", "other.example.com", port, &[]);
+    assert!(!ok, "an unknown server name has no route");
 }

@@ -101,7 +101,7 @@ pub fn make_leaf(dir: &Path, ca: &str, leaf: &str, names: &[&str]) -> (PathBuf, 
 }
 
 /// curl over TLS to `name` (resolved to the listener); returns (ok, stdout, stderr).
-fn curl(dir: &Path, ca: &str, name: &str, port: u16, extra: &[&str]) -> (bool, String, String) {
+pub fn curl(dir: &Path, ca: &str, name: &str, port: u16, extra: &[&str]) -> (bool, String, String) {
     let output = Command::new("curl")
         .args([
             "-s",

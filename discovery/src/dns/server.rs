@@ -268,6 +268,7 @@ async fn serve_tcp_connection(
 ) -> std::io::Result<()> {
     let mut query = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
+    let mut framed = Vec::with_capacity(4098);
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -284,7 +285,7 @@ async fn serve_tcp_connection(
         else {
             return Ok(());
         };
-        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.clear();
         framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
         framed.extend_from_slice(&out);
         stream.write_all(&framed).await?;
