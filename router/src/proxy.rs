@@ -307,18 +307,21 @@ impl ProxyHttp for Proxy {
             self.metrics
                 .upstream_failure(pool, index, &self.config.outlier, now, true);
         }
-        // Nothing reached the upstream: always safe to try another instance.
-        let may_retry = ctx.attempts <= self.config.connect_retries
+        // Nothing reached the upstream: always safe to try another instance, and it adds
+        // no load to any backend, so it is outside the retry budget (which bounds retries
+        // that do reach backends). `connect_retries` bounds it.
+        let retry = ctx.attempts <= self.config.connect_retries
             && ctx
                 .pool
                 .as_ref()
                 .is_some_and(|p| ctx.tried.len() < p.endpoints.len() || p.endpoints.len() == 1);
-        let retry = if may_retry {
-            self.try_retry(ctx)
-        } else {
-            ctx.end_attempt(&self.metrics);
-            false
-        };
+        ctx.end_attempt(&self.metrics);
+        if retry && let Some(pool) = &ctx.pool {
+            self.metrics
+                .retries
+                .with_label_values(&[&pool.service])
+                .inc();
+        }
         e.set_retry(retry);
         e
     }
@@ -500,8 +503,12 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        // A retry decided in `upstream_response_filter` stands.
-        if e.retry() && matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+        // A retry decided in `upstream_response_filter` stands. (`e.retry()` panics while
+        // the retry is still `ReusedOnly`, as for a pooled connection the upstream closed,
+        // so look at the field itself.)
+        if matches!(e.retry, pingora::RetryType::Decided(true))
+            && matches!(e.etype(), ErrorType::HTTPStatus(_))
+        {
             return e;
         }
         let mut e = e.more_context(format!("peer {peer}"));
