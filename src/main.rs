@@ -50,6 +50,13 @@ enum Command {
         #[command(subcommand)]
         command: RouteCommand,
     },
+    /// Build a reproducible OCI image from a small config, without a daemon.
+    Build(builder::BuildArgs),
+    /// The OCI image registry: serve it alone, or collect its garbage.
+    Registry {
+        #[command(subcommand)]
+        command: registry::cli::RegistryCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -183,6 +190,8 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Svc { admin, command } => cli::svc(&admin, command),
         Command::Route { admin, command } => cli::route(&admin, command),
+        Command::Build(args) => builder::build_command(args).map_err(anyhow::Error::from),
+        Command::Registry { command } => registry::cli::run(command).map_err(anyhow::Error::from),
         Command::Config { command } => match command {
             ConfigCommand::Check { file } => cli::config_check(&file),
             ConfigCommand::Demo => {
