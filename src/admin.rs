@@ -286,9 +286,14 @@ async fn metrics(State(admin): State<Admin>) -> Response {
     admin
         .store_metrics
         .observe_scrape(&admin.store.snapshot(), &admin.store.status());
+    render_metrics(&admin.registry)
+}
+
+/// The Prometheus text exposition of `registry`.
+pub fn render_metrics(registry: &Registry) -> Response {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
-    if let Err(e) = encoder.encode(&admin.registry.gather(), &mut body) {
+    if let Err(e) = encoder.encode(&registry.gather(), &mut body) {
         return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "metrics", e.to_string())
             .into_response();
     }

@@ -6,6 +6,7 @@
 
 mod admin;
 mod cli;
+mod registry_cmd;
 mod settings;
 mod up;
 
@@ -52,10 +53,10 @@ enum Command {
     },
     /// Build a reproducible OCI image from a small config, without a daemon.
     Build(builder::BuildArgs),
-    /// The OCI image registry: serve it alone, or collect its garbage.
+    /// The OCI image registry: serve it alone, collect its garbage, add users.
     Registry {
         #[command(subcommand)]
-        command: registry::cli::RegistryCommand,
+        command: RegistryCommand,
     },
     /// Configuration tools.
     Config {
@@ -88,6 +89,9 @@ pub struct UpArgs {
     /// DNS listen address, UDP and TCP (port 0 picks a free port). Overrides `dns.addr`.
     #[arg(long)]
     pub dns_addr: Option<SocketAddr>,
+    /// Registry listen address (port 0 picks a free port). Overrides `registry.addr`.
+    #[arg(long)]
+    pub registry_addr: Option<SocketAddr>,
     /// HTTPS listen address: overrides the address of the first `[[router.tls]]` listener.
     #[arg(long)]
     pub https_addr: Option<SocketAddr>,
@@ -177,6 +181,42 @@ pub enum RouteCommand {
 }
 
 #[derive(Subcommand)]
+pub enum RegistryCommand {
+    /// Serve the registry alone (no router, DNS or store).
+    Serve {
+        /// Configuration file; only its `[registry]` section is used.
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Listen address (port 0 picks a free port). Overrides `registry.addr`.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Storage root. Overrides `registry.root`.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// htpasswd file (bcrypt): pushes need these credentials. Overrides
+        /// `registry.auth.htpasswd`.
+        #[arg(long)]
+        htpasswd: Option<PathBuf>,
+    },
+    /// Delete untagged manifests and unreferenced blobs (safe while the registry runs).
+    Gc {
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Storage root. Overrides `registry.root`.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Report what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Never collect what was used more recently than this.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Print an htpasswd line (bcrypt) for USER; the password is read from stdin.
+    Passwd { user: String },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Check a configuration file; errors print file:line:column and the key.
     Check { file: PathBuf },
@@ -191,7 +231,7 @@ fn main() -> ExitCode {
         Command::Svc { admin, command } => cli::svc(&admin, command),
         Command::Route { admin, command } => cli::route(&admin, command),
         Command::Build(args) => builder::build_command(args).map_err(anyhow::Error::from),
-        Command::Registry { command } => registry::cli::run(command).map_err(anyhow::Error::from),
+        Command::Registry { command } => registry_cmd::run(command),
         Command::Config { command } => match command {
             ConfigCommand::Check { file } => cli::config_check(&file),
             ConfigCommand::Demo => {

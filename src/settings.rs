@@ -21,6 +21,8 @@ pub struct Settings {
     pub dns: discovery::dns::DnsConfig,
     #[serde(default)]
     pub agent: AgentConfig,
+    #[serde(default)]
+    pub registry: registry::RegistryConfig,
 }
 
 /// The `[agent]` section: local services to register and health-check.
@@ -101,6 +103,14 @@ impl AdminConfig {
 }
 
 impl Settings {
+    /// The registry's storage root: `registry.root`, or `registry/` in the data dir.
+    pub fn registry_root(&self) -> std::path::PathBuf {
+        self.registry
+            .root
+            .clone()
+            .unwrap_or_else(|| self.store.data_dir.join("registry"))
+    }
+
     pub fn load(path: Option<&Path>) -> Result<Self, config::ConfigError> {
         match path {
             Some(path) => config::load(path),
@@ -167,7 +177,7 @@ mod tests {
         check(
             "[stor]\nurl = \"embedded\"\n",
             expect![
-                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns`, `agent` (remove it or check its spelling)"
+                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns`, `agent`, `registry` (remove it or check its spelling)"
             ],
         );
     }

@@ -33,6 +33,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.dns_addr {
         settings.dns.addr = addr;
     }
+    if let Some(addr) = args.registry_addr {
+        settings.registry.addr = addr;
+    }
     if let Some(addr) = args.https_addr {
         let Some(listener) = settings.router.tls.first_mut() else {
             anyhow::bail!(
@@ -56,7 +59,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(settings))
 }
 
-fn init_logging() {
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -108,6 +111,26 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
 
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let registry_task = if settings.registry.enabled {
+        let server = registry::RegistryServer::new(
+            settings.registry.clone(),
+            &settings.registry_root(),
+            &registry,
+        )?;
+        let listener = server.bind().await?;
+        let mut stopped = stopped.clone();
+        Some(tokio::spawn(server.serve(
+            listener,
+            axum::Router::new(),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        )))
+    } else {
+        None
+    };
+
     let admin = Admin::new(
         Arc::clone(&store),
         leases,
@@ -124,9 +147,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     info!(addr = %admin_addr, "admin API listening on {admin_addr}");
 
     axum::serve(listener, admin.router())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        })
         .await
         .context("admin API server failed")?;
+    if let Some(task) = registry_task {
+        let _ = task.await;
+    }
     info!("shutting down: draining the router");
     router_handle.drain(settings.router.drain_timeout).await;
     if let Some(agent) = &agent {
@@ -136,7 +165,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

@@ -1,0 +1,518 @@
+//! Who may pull and push. Credentials come from an htpasswd file (bcrypt only). Clients
+//! send them as Basic auth on every request, or exchange them at `/token` for a short-lived
+//! bearer token (the registry token flow docker-style clients use): the 401 challenge is
+//! `Bearer realm="<registry>/token",service="strait-registry",scope="repository:<name>:<actions>"`.
+//!
+//! Tokens are `base64url(claims).base64url(hmac-sha256)`, signed with a key generated at
+//! start: they are valid only on the process that issued them, for `token_ttl`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::config::AuthConfig;
+use crate::error::{ApiError, Code};
+
+pub const SERVICE: &str = "strait-registry";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// What a request is for: a repository, or the catalog.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource<'a> {
+    Repository(&'a str),
+    Catalog,
+    /// `GET /v2/`: only checks that credentials, if any, are valid.
+    Base,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{path}:{line}: {message}")]
+    Htpasswd {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Who a request is.
+enum Identity {
+    Anonymous,
+    User,
+    /// A bearer token with these grants.
+    Token(Vec<Grant>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grant {
+    /// `repository:<name>` or `registry:catalog`.
+    resource: String,
+    actions: Vec<String>,
+}
+
+type VerifiedKey = (String, [u8; 32]);
+
+pub struct Auth {
+    users: HashMap<String, String>,
+    anonymous_pull: bool,
+    realm: Option<String>,
+    token_ttl: Duration,
+    key: [u8; 32],
+    /// Basic credentials that passed bcrypt recently, so each request does not pay ~50 ms
+    /// of bcrypt. Keyed by user and a hash of the password; entries expire.
+    verified: Mutex<HashMap<VerifiedKey, Instant>>,
+}
+
+const VERIFIED_FOR: Duration = Duration::from_secs(300);
+
+impl Auth {
+    pub fn load(config: &AuthConfig) -> Result<Auth, AuthError> {
+        let users = parse_htpasswd(&config.htpasswd)?;
+        Ok(Auth {
+            users,
+            anonymous_pull: config.anonymous_pull,
+            realm: config.realm.clone(),
+            token_ttl: config.token_ttl,
+            key: rand::random(),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Checks the request's credentials against what `resource`/`action` needs; the error
+    /// is the 401 (with a challenge) or 403 to send.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        resource: Resource<'_>,
+        action: Action,
+        secure: bool,
+    ) -> Result<(), ApiError> {
+        let identity = self.identify(headers).await;
+        let allowed = match (&identity, resource) {
+            (Some(Identity::User), _) => true,
+            (Some(Identity::Token(_)), Resource::Base) => true,
+            (Some(Identity::Token(grants)), Resource::Repository(name)) => grants.iter().any(|g| {
+                g.resource == format!("repository:{name}")
+                    && g.actions.iter().any(|a| a == action.as_str() || a == "*")
+            }),
+            (Some(Identity::Token(grants)), Resource::Catalog) => {
+                grants.iter().any(|g| g.resource == "registry:catalog")
+            }
+            (Some(Identity::Anonymous), Resource::Base) => false,
+            (Some(Identity::Anonymous), _) => self.anonymous_pull && action == Action::Pull,
+            (None, _) => false,
+        };
+        if allowed {
+            return Ok(());
+        }
+        let scope = match resource {
+            Resource::Repository(name) => match action {
+                Action::Pull => format!("repository:{name}:pull"),
+                Action::Push => format!("repository:{name}:pull,push"),
+                Action::Delete => format!("repository:{name}:delete"),
+            },
+            Resource::Catalog => "registry:catalog:*".to_owned(),
+            Resource::Base => String::new(),
+        };
+        let realm = self.realm(headers, secure);
+        let mut challenge = format!("Bearer realm=\"{realm}\",service=\"{SERVICE}\"");
+        if !scope.is_empty() {
+            challenge.push_str(&format!(",scope=\"{scope}\""));
+        }
+        let (code, message) = match identity {
+            Some(Identity::User | Identity::Token(_)) => {
+                (Code::Denied, "the credentials do not grant this access")
+            }
+            None => (Code::Unauthorized, "invalid credentials"),
+            Some(Identity::Anonymous) => (Code::Unauthorized, "authentication required"),
+        };
+        let mut error = ApiError::new(code, message).with_status(StatusCode::UNAUTHORIZED);
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            error = error.with_header(header::WWW_AUTHENTICATE, value);
+        }
+        Err(error)
+    }
+
+    fn realm(&self, headers: &HeaderMap, secure: bool) -> String {
+        if let Some(realm) = &self.realm {
+            return realm.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+            .unwrap_or("localhost");
+        let scheme = if secure { "https" } else { "http" };
+        format!("{scheme}://{host}/token")
+    }
+
+    /// `None` when credentials were sent but are wrong.
+    async fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Some(Identity::Anonymous);
+        };
+        let value = value.to_str().ok()?;
+        let (scheme, credentials) = value.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("basic") {
+            self.check_basic(credentials.trim())
+                .await
+                .then_some(Identity::User)
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            self.verify_token(credentials.trim()).map(Identity::Token)
+        } else {
+            None
+        }
+    }
+
+    async fn check_basic(&self, credentials: &str) -> bool {
+        let Some((user, password)) = decode_basic(credentials) else {
+            return false;
+        };
+        self.check_password(&user, &password).await
+    }
+
+    async fn check_password(&self, user: &str, password: &str) -> bool {
+        let Some(hash) = self.users.get(user) else {
+            return false;
+        };
+        let key: VerifiedKey = (user.to_owned(), sha256(password.as_bytes()));
+        if let Ok(verified) = self.verified.lock()
+            && verified
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < VERIFIED_FOR)
+        {
+            return true;
+        }
+        let (hash, password) = (hash.clone(), password.to_owned());
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false);
+        if ok && let Ok(mut verified) = self.verified.lock() {
+            verified.retain(|_, at| at.elapsed() < VERIFIED_FOR);
+            verified.insert(key, Instant::now());
+        }
+        ok
+    }
+
+    /// `GET /token?service=&scope=...`: a bearer token for what the caller may do of what it
+    /// asks. Without credentials: an anonymous token (pull, if anonymous pull is on).
+    pub async fn issue_token(
+        &self,
+        headers: &HeaderMap,
+        scopes: &[String],
+    ) -> Result<serde_json::Value, ApiError> {
+        let user = match headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(value) => {
+                let credentials = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.split_once(' '))
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+                    .and_then(|(_, c)| decode_basic(c.trim()));
+                match credentials {
+                    Some((user, password)) if self.check_password(&user, &password).await => {
+                        Some(user)
+                    }
+                    _ => {
+                        return Err(ApiError::new(Code::Unauthorized, "invalid credentials")
+                            .with_header(
+                                header::WWW_AUTHENTICATE,
+                                HeaderValue::from_static("Basic realm=\"strait-registry\""),
+                            ));
+                    }
+                }
+            }
+        };
+        let mut grants = Vec::new();
+        for scope in scopes.iter().flat_map(|s| s.split(' ')) {
+            let Some((kind, rest)) = scope.split_once(':') else {
+                continue;
+            };
+            let Some((name, actions)) = rest.rsplit_once(':') else {
+                continue;
+            };
+            let granted: Vec<String> = actions
+                .split(',')
+                .filter(|action| match (&user, *action) {
+                    (Some(_), _) => true,
+                    (None, "pull") => self.anonymous_pull,
+                    (None, "*") => self.anonymous_pull && kind == "registry",
+                    (None, _) => false,
+                })
+                .map(str::to_owned)
+                .collect();
+            if !granted.is_empty() && matches!(kind, "repository" | "registry") {
+                grants.push(Grant {
+                    resource: format!("{kind}:{name}"),
+                    actions: granted,
+                });
+            }
+        }
+        let expires = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            + self.token_ttl.as_secs();
+        let claims = serde_json::json!({
+            "sub": user.unwrap_or_default(),
+            "exp": expires,
+            "access": grants.iter().map(|g| serde_json::json!({"resource": g.resource, "actions": g.actions})).collect::<Vec<_>>(),
+        });
+        let token = self.sign(&claims.to_string());
+        Ok(serde_json::json!({
+            "token": token,
+            "access_token": token,
+            "expires_in": self.token_ttl.as_secs(),
+        }))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes keys of any length")
+    }
+
+    fn sign(&self, claims: &str) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(claims);
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{payload}.{signature}")
+    }
+
+    fn verify_token(&self, token: &str) -> Option<Vec<Grant>> {
+        let (payload, signature) = token.split_once('.')?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
+        let mut mac = self.mac();
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&signature).ok()?;
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+        if claims.get("exp")?.as_u64()? < now {
+            return None;
+        }
+        let grants = claims
+            .get("access")?
+            .as_array()?
+            .iter()
+            .filter_map(|g| {
+                Some(Grant {
+                    resource: g.get("resource")?.as_str()?.to_owned(),
+                    actions: g
+                        .get("actions")?
+                        .as_array()?
+                        .iter()
+                        .filter_map(|a| a.as_str().map(str::to_owned))
+                        .collect(),
+                })
+            })
+            .collect();
+        Some(grants)
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    Sha256::digest(bytes).into()
+}
+
+fn decode_basic(credentials: &str) -> Option<(String, String)> {
+    let decoded = String::from_utf8(STANDARD.decode(credentials).ok()?).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+fn parse_htpasswd(path: &Path) -> Result<HashMap<String, String>, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut users = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let error = |message: &str| AuthError::Htpasswd {
+            path: path.display().to_string(),
+            line: i + 1,
+            message: message.to_owned(),
+        };
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| error("expected user:hash"))?;
+        if user.is_empty() {
+            return Err(error("empty user name"));
+        }
+        if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
+            return Err(error(
+                "only bcrypt hashes are accepted (create with `htpasswd -B` or `strait registry passwd`)",
+            ));
+        }
+        users.insert(user.to_owned(), hash.to_owned());
+    }
+    Ok(users)
+}
+
+/// An htpasswd line for `user` with a bcrypt hash of `password`.
+pub fn htpasswd_line(user: &str, password: &str) -> Result<String, bcrypt::BcryptError> {
+    Ok(format!(
+        "{user}:{}",
+        bcrypt::hash(password, bcrypt::DEFAULT_COST)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(anonymous_pull: bool) -> Auth {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("htpasswd");
+        let line = format!("{}\n", {
+            let h = bcrypt::hash("secret", 4).expect("hash");
+            format!("alice:{h}")
+        });
+        std::fs::write(&path, line).expect("write");
+        Auth::load(&AuthConfig {
+            htpasswd: path,
+            anonymous_pull,
+            realm: None,
+            token_ttl: Duration::from_secs(60),
+        })
+        .expect("load")
+    }
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(value).expect("value"),
+        );
+        headers
+    }
+
+    #[tokio::test]
+    async fn anonymous_pull_but_not_push() {
+        let auth = auth(true);
+        let none = HeaderMap::new();
+        assert!(
+            auth.authorize(&none, Resource::Repository("a"), Action::Pull, false)
+                .await
+                .is_ok()
+        );
+        let denied = auth
+            .authorize(&none, Resource::Repository("a"), Action::Push, false)
+            .await
+            .expect_err("push needs credentials");
+        assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+        let challenge = denied.headers[0].1.to_str().expect("ascii").to_owned();
+        assert_eq!(
+            challenge,
+            "Bearer realm=\"http://localhost/token\",service=\"strait-registry\",scope=\"repository:a:pull,push\""
+        );
+    }
+
+    #[tokio::test]
+    async fn basic_and_token() {
+        let auth = auth(false);
+        let basic = with_auth(&format!("Basic {}", STANDARD.encode("alice:secret")));
+        assert!(
+            auth.authorize(&basic, Resource::Repository("a"), Action::Push, false)
+                .await
+                .is_ok()
+        );
+        let wrong = with_auth(&format!("Basic {}", STANDARD.encode("alice:nope")));
+        assert!(
+            auth.authorize(&wrong, Resource::Repository("a"), Action::Pull, false)
+                .await
+                .is_err()
+        );
+        assert!(
+            auth.authorize(
+                &HeaderMap::new(),
+                Resource::Repository("a"),
+                Action::Pull,
+                false
+            )
+            .await
+            .is_err()
+        );
+
+        let token = auth
+            .issue_token(&basic, &["repository:a:pull,push".to_owned()])
+            .await
+            .expect("token");
+        let token = token["token"].as_str().expect("string");
+        let bearer = with_auth(&format!("Bearer {token}"));
+        assert!(
+            auth.authorize(&bearer, Resource::Repository("a"), Action::Push, false)
+                .await
+                .is_ok()
+        );
+        assert!(
+            auth.authorize(&bearer, Resource::Repository("b"), Action::Pull, false)
+                .await
+                .is_err()
+        );
+        let tampered = with_auth(&format!("Bearer {}x", token));
+        assert!(
+            auth.authorize(&tampered, Resource::Repository("a"), Action::Pull, false)
+                .await
+                .is_err()
+        );
+
+        let anonymous = auth
+            .issue_token(&HeaderMap::new(), &["repository:a:pull,push".to_owned()])
+            .await
+            .expect("anonymous token");
+        let bearer = with_auth(&format!(
+            "Bearer {}",
+            anonymous["token"].as_str().expect("string")
+        ));
+        assert!(
+            auth.authorize(&bearer, Resource::Repository("a"), Action::Pull, false)
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn htpasswd_errors_name_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("htpasswd");
+        std::fs::write(&path, "# users\nbob:{SHA}abc\n").expect("write");
+        let error = parse_htpasswd(&path).expect_err("sha1 refused").to_string();
+        assert!(error.ends_with(":2: only bcrypt hashes are accepted (create with `htpasswd -B` or `strait registry passwd`)"), "{error}");
+    }
+}
