@@ -1048,6 +1048,8 @@ impl Registry {
                 ));
             };
             if start != upload.size {
+                // Read the chunk away so the client sees the 416 rather than a reset.
+                drain(body, DRAIN_LIMIT).await;
                 let mut error = ApiError::new(
                     Code::BlobUploadInvalid,
                     format!(
@@ -1104,6 +1106,7 @@ impl Registry {
         if let Some(value) = headers.get(header::CONTENT_RANGE) {
             let range = value.to_str().ok().and_then(parse_content_range);
             if range.is_none_or(|(start, _)| start != upload.size) {
+                drain(body, DRAIN_LIMIT).await;
                 return Err(ApiError::new(
                     Code::BlobUploadInvalid,
                     "the final chunk does not start where the upload ends",
@@ -1174,13 +1177,25 @@ impl Registry {
     }
 }
 
+/// How much of a refused request's body is read away so that the client, still sending,
+/// gets the error response instead of a connection reset.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+async fn drain(body: Body, limit: u64) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0u64;
+    while read < limit {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Ok(Some(Ok(chunk))) => read += chunk.len() as u64,
+            _ => break,
+        }
+    }
+}
+
 /// One page of a sorted listing, and the `n` and `last` of the next page if any.
 type Page = (Vec<String>, Option<(usize, String)>);
 
-fn paginate(
-    mut entries: Vec<String>,
-    params: &Params,
-) -> Result<Page, ApiError> {
+fn paginate(mut entries: Vec<String>, params: &Params) -> Result<Page, ApiError> {
     entries.sort();
     if let Some(last) = &params.last {
         entries.retain(|e| e.as_str() > last.as_str());

@@ -86,6 +86,8 @@ pub struct Strait {
     pub https: Option<SocketAddr>,
     /// The DNS server (UDP and TCP).
     pub dns: SocketAddr,
+    /// The image registry.
+    pub registry: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -135,6 +137,8 @@ impl StraitBuilder {
             .arg("127.0.0.1:0")
             .arg("--dns-addr")
             .arg("127.0.0.1:0")
+            .arg("--registry-addr")
+            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)
@@ -164,6 +168,7 @@ impl StraitBuilder {
                         ("http", "HTTP router listening on "),
                         ("https", "HTTPS router listening on "),
                         ("dns", "DNS listening on "),
+                        ("registry", "registry listening on "),
                     ] {
                         if let Some(addr) = line.split(marker).nth(1) {
                             let addr = addr.split_whitespace().next().unwrap_or_default();
@@ -181,6 +186,7 @@ impl StraitBuilder {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
             https: None,
             dns: SocketAddr::from(([127, 0, 0, 1], 0)),
+            registry: None,
             log,
 
             _tmp: Some(tmp),
@@ -194,6 +200,7 @@ impl StraitBuilder {
                 }
                 Ok(("http", Ok(addr))) => strait.http = addr,
                 Ok(("dns", Ok(addr))) => strait.dns = addr,
+                Ok(("registry", Ok(addr))) => strait.registry = Some(addr),
                 Ok((_, Ok(addr))) => {
                     strait.https.get_or_insert(addr);
                 }
@@ -212,7 +219,12 @@ impl StraitBuilder {
         let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
         let mut command = Command::new(STRAIT);
         command.arg("up").arg("--data-dir").arg(&data_dir);
-        for flag in ["--admin-addr", "--http-addr", "--dns-addr"] {
+        for flag in [
+            "--admin-addr",
+            "--http-addr",
+            "--dns-addr",
+            "--registry-addr",
+        ] {
             if !self.args.iter().any(|a| a == flag) {
                 command.arg(flag).arg("127.0.0.1:0");
             }
@@ -520,5 +532,118 @@ impl ZooKeeper {
 impl Drop for ZooKeeper {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A running `strait registry serve` (the registry alone) on a free port.
+pub struct Registry {
+    child: Option<Child>,
+    watchdog: Child,
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    args: Vec<String>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Registry {
+    /// Serves storage `root` (created if missing), anonymous push on loopback.
+    pub fn start(root: &Path) -> Registry {
+        Registry::start_with(root, &[])
+    }
+
+    /// With extra `strait registry serve` arguments (e.g. `--htpasswd FILE`).
+    pub fn start_with(root: &Path, args: &[&str]) -> Registry {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, watchdog, addr, log) = Registry::spawn(root, "127.0.0.1:0", &args);
+        Registry {
+            child: Some(child),
+            watchdog,
+            addr,
+            root: root.to_path_buf(),
+            args,
+            log,
+        }
+    }
+
+    fn spawn(
+        root: &Path,
+        addr: &str,
+        args: &[String],
+    ) -> (Child, Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let mut command = Command::new(STRAIT);
+        command
+            .args(["registry", "serve", "--addr", addr, "--root"])
+            .arg(root)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let (mut child, watchdog) = spawn_guarded(&mut command);
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.split("registry listening on ").nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap_or_default();
+                        let _ = addr_tx.send(addr.parse::<SocketAddr>());
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => (child, watchdog, addr, log),
+            other => {
+                let mut child = child;
+                kill(&mut child);
+                panic!(
+                    "the registry did not report its address ({other:?}); log:\n{}",
+                    log.lock().map(|l| l.join("\n")).unwrap_or_default()
+                )
+            }
+        }
+    }
+
+    /// `127.0.0.1:PORT`, as image references name it.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// SIGKILL, then start again on the same port and storage.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+        kill(&mut self.watchdog);
+        let (child, watchdog, addr, log) =
+            Registry::spawn(&self.root, &self.addr.to_string(), &self.args);
+        self.child = Some(child);
+        self.watchdog = watchdog;
+        self.addr = addr;
+        self.log = log;
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+        kill(&mut self.watchdog);
+        if std::thread::panicking() {
+            eprintln!("--- registry log ---\n{}", self.log_text());
+        }
     }
 }

@@ -8,6 +8,7 @@ mod docs;
 mod embedded;
 mod harness;
 mod http;
+mod registry;
 mod router;
 mod tcp;
 mod tls;
