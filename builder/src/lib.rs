@@ -1,7 +1,36 @@
 //! The image builder: turns a small TOML config into a reproducible OCI image, written to
-//! an OCI layout directory or pushed to a registry. Work in progress.
+//! an OCI layout directory and/or pushed to a registry, without any daemon.
+//!
+//! - `config`: the build file and the validated [`config::Plan`] (templates expanded).
+//! - `tar`: layer entries and the deterministic tar stream.
+//! - `compress`: chunked, parallel, deterministic gzip/zstd.
+//! - `cache`: content-addressed blobs and the input -> diff_id -> blob maps.
+//! - `oci`: manifests, indexes, the image config.
+//! - `registry`: the Distribution API client (pull the base, push the result).
+//! - `layout`: the OCI layout output, written atomically.
+//! - `build`: the steps in order.
+
+#![forbid(unsafe_code)]
+
+mod build;
+pub mod cache;
+pub mod compress;
+pub mod config;
+pub mod digest;
+pub mod layout;
+pub mod oci;
+mod progress;
+pub mod reference;
+pub mod registry;
+pub mod tar;
 
 use std::path::PathBuf;
+
+pub use build::{Built, Options, PushSummary};
+
+use crate::config::Platform;
+use crate::reference::Reference;
+use crate::registry::{Credentials, RegistryError};
 
 /// `strait build` arguments.
 #[derive(clap::Args, Debug)]
@@ -9,15 +38,154 @@ pub struct BuildArgs {
     /// Build configuration.
     #[arg(short = 'f', long = "file", default_value = "strait-build.toml")]
     pub file: PathBuf,
+    /// Push the image to this reference (`registry/repository[:tag]`).
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
+    /// Write the image as an OCI image layout directory (replaced whole, atomically).
+    #[arg(long, value_name = "DIR")]
+    pub oci_dir: Option<PathBuf>,
+    /// The tag recorded in the OCI layout's index.json.
+    #[arg(long, default_value = "latest")]
+    pub tag: String,
+    /// Speak plain HTTP to non-loopback registries (loopback ones always are).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Target platforms, overriding the file's `platforms` (e.g. `linux/amd64,linux/arm64`).
+    #[arg(long, value_delimiter = ',')]
+    pub platform: Vec<String>,
+    /// Registry credentials `USER:PASSWORD` (else ~/.docker/config.json `auths`).
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        env = "STRAIT_REGISTRY_AUTH",
+        hide_env_values = true
+    )]
+    pub user: Option<String>,
+    /// Cache directory (default `$XDG_CACHE_HOME/strait` or `~/.cache/strait`).
+    #[arg(long, env = "STRAIT_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compression threads (default: the number of cores, at most 8).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// No progress lines on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the builder is not implemented yet")]
-    NotImplemented,
+    #[error(transparent)]
+    Config(#[from] ::config::ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Reference(#[from] reference::ReferenceError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    #[error("layer `{layer}`: {error}")]
+    Layer {
+        layer: String,
+        #[source]
+        error: tar::TarError,
+    },
+    #[error("base image {reference}: {source}")]
+    Base {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("pushing {reference}: {source}")]
+    Push {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("OCI layout: {0}")]
+    Layout(#[from] layout::LayoutError),
+    #[error("encoding JSON: {0}")]
+    Json(#[source] serde_json::Error),
 }
 
 /// Runs `strait build`.
-pub fn build_command(_args: BuildArgs) -> Result<(), Error> {
-    Err(Error::NotImplemented)
+pub fn build_command(args: BuildArgs) -> Result<(), Error> {
+    let target = args.push.as_deref().map(Reference::parse).transpose()?;
+    if let Some(target) = &target
+        && target.digest.is_some()
+    {
+        return Err(Error::Usage(format!(
+            "--push {target}: push to a tag, not a digest"
+        )));
+    }
+    if !reference::is_valid_tag(&args.tag) {
+        return Err(Error::Usage(format!(
+            "--tag `{}` is not a valid tag",
+            args.tag
+        )));
+    }
+    let platforms = args
+        .platform
+        .iter()
+        .map(|p| {
+            Platform::parse(p).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--platform `{p}` is not a platform: use os/arch[/variant]"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let credentials = match &args.user {
+        Some(text) => Some(Credentials::parse(text).ok_or_else(|| {
+            Error::Usage("--user / STRAIT_REGISTRY_AUTH must be USER:PASSWORD".into())
+        })?),
+        None => None,
+    };
+    let plan = config::load(&args.file, (!platforms.is_empty()).then_some(platforms))?;
+    let options = Options {
+        cache: cache::Cache::open(args.cache_dir.as_deref())?,
+        mtime: source_date_epoch()?,
+        threads: args
+            .jobs
+            .unwrap_or_else(compress::ParallelCompressor::<std::io::Sink>::default_threads)
+            .max(1),
+        insecure: args.insecure,
+        credentials,
+    };
+    let mut progress = progress::Progress::new(args.quiet);
+    let built = build::build(&plan, &options, &mut progress)?;
+    if built.bytes_built > 0 && built.build_seconds > 0.0 {
+        progress.line(&format!(
+            "layers: {} in {:.2}s ({:.0} MiB/s)",
+            progress::mib(built.bytes_built),
+            built.build_seconds,
+            built.bytes_built as f64 / built.build_seconds / (1024.0 * 1024.0)
+        ));
+    }
+    if let Some(dir) = &args.oci_dir {
+        layout::write(dir, &options.cache, &built.blobs, &built.top, &args.tag)?;
+        progress.line(&format!("wrote {}:{}", dir.display(), args.tag));
+    }
+    let mut summary = None;
+    if let Some(target) = &target {
+        let pushed =
+            build::push(&built, target, &options, &mut progress).map_err(|source| Error::Push {
+                reference: target.to_string(),
+                source,
+            })?;
+        progress.line(&format!("pushed {target}@{}", built.top.digest));
+        summary = Some(pushed);
+    }
+    build::report(&built, summary.as_ref());
+    Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH` (seconds) or 0.
+fn source_date_epoch() -> Result<u64, Error> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(text) if !text.trim().is_empty() => text.trim().parse().map_err(|_| {
+            Error::Usage(format!(
+                "SOURCE_DATE_EPOCH=`{text}` is not a number of seconds"
+            ))
+        }),
+        _ => Ok(0),
+    }
 }

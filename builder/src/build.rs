@@ -1,0 +1,565 @@
+//! The build: plan -> base image -> layers -> config -> manifest(s) -> outputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::Error;
+use crate::cache::Cache;
+use crate::compress::{Compression, ParallelCompressor};
+use crate::config::{Base, LayerPlan, Plan, Platform};
+use crate::digest::{Digest, HashingWriter};
+use crate::oci::{self, Descriptor, Index, Manifest, NewLayer};
+use crate::progress::{Progress, mib};
+use crate::reference::Reference;
+use crate::registry::{Credentials, Registry, RegistryError, docker_credentials};
+use crate::tar;
+
+/// How to build, beyond the plan.
+pub struct Options {
+    pub cache: Cache,
+    pub mtime: u64,
+    pub threads: usize,
+    pub insecure: bool,
+    pub credentials: Option<Credentials>,
+}
+
+/// A finished image, all of whose blobs are in the cache.
+pub struct Built {
+    /// The manifest (one platform) or the index (several).
+    pub top: Descriptor,
+    /// Every blob the image needs, in push order: layers, configs, then per-platform
+    /// manifests (when there is an index), without duplicates.
+    pub blobs: Vec<Digest>,
+    /// Blobs that came from the base image, with the repository they came from.
+    pub base_blobs: BTreeMap<Digest, Reference>,
+    /// Per-platform manifests under an index (pushed by digest before the index).
+    pub manifests: Vec<Descriptor>,
+    pub layers_built: usize,
+    pub layers_cached: usize,
+    pub base_downloaded: usize,
+    pub base_cached: usize,
+    /// Uncompressed bytes written into new layers, and the time spent on them.
+    pub bytes_built: u64,
+    pub build_seconds: f64,
+}
+
+/// A base image for one platform: its config and layer descriptors.
+struct BaseImage {
+    config: Value,
+    layers: Vec<Descriptor>,
+}
+
+pub fn credentials_for(registry: &str, explicit: Option<&Credentials>) -> Option<Credentials> {
+    explicit.cloned().or_else(|| docker_credentials(registry))
+}
+
+pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<Built, Error> {
+    let cache = &options.cache;
+    let mut built = Built {
+        top: Descriptor {
+            media_type: String::new(),
+            digest: Digest::of(b""),
+            size: 0,
+            platform: None,
+            annotations: None,
+        },
+        blobs: Vec::new(),
+        base_blobs: BTreeMap::new(),
+        manifests: Vec::new(),
+        layers_built: 0,
+        layers_cached: 0,
+        base_downloaded: 0,
+        base_cached: 0,
+        bytes_built: 0,
+        build_seconds: 0.0,
+    };
+
+    // Base image, per platform.
+    let mut bases: BTreeMap<Platform, BaseImage> = BTreeMap::new();
+    if let Base::Image(reference) = &plan.base {
+        let credentials = credentials_for(&reference.registry, options.credentials.as_ref());
+        let mut registry = Registry::new(reference, options.insecure, credentials);
+        registry.add_scope(&reference.repository, "pull");
+        let wrap = |source: RegistryError| Error::Base {
+            reference: reference.to_string(),
+            source,
+        };
+        for platform in &plan.platforms {
+            let base = pull_base(
+                &mut registry,
+                reference,
+                platform,
+                cache,
+                progress,
+                &mut built,
+            )
+            .map_err(wrap)?;
+            for layer in &base.layers {
+                built
+                    .base_blobs
+                    .insert(layer.digest.clone(), reference.clone());
+            }
+            bases.insert(platform.clone(), base);
+        }
+    }
+
+    // Our layers; one build per distinct source (platforms share a layer when `src` names
+    // no placeholder).
+    let started = Instant::now();
+    let mut layer_results: BTreeMap<(usize, PathBuf), (Digest, Descriptor)> = BTreeMap::new();
+    let count = plan.layers.len();
+    for (index, layer) in plan.layers.iter().enumerate() {
+        let sources: BTreeSet<&PathBuf> = layer.src.values().collect();
+        for src in sources {
+            let label = format!(
+                "layer {}/{count} {} -> {}",
+                index + 1,
+                layer.src_text,
+                layer.dest_text
+            );
+            let (diff_id, descriptor, fresh) = build_layer(
+                layer,
+                src,
+                &label,
+                plan.compression,
+                options,
+                progress,
+                &mut built,
+            )
+            .map_err(|error| match error {
+                LayerError::Tar(error) => Error::Layer {
+                    layer: format!("{} -> {}", layer.src_text, layer.dest_text),
+                    error,
+                },
+                LayerError::Cache(e) => Error::Cache(e),
+            })?;
+            if fresh {
+                built.layers_built += 1;
+            } else {
+                built.layers_cached += 1;
+            }
+            progress.line(&format!(
+                "{label}: {} {} ({})",
+                if fresh { "built" } else { "cached" },
+                descriptor.digest,
+                mib(descriptor.size)
+            ));
+            layer_results.insert((index, src.clone()), (diff_id, descriptor));
+        }
+    }
+    built.build_seconds = started.elapsed().as_secs_f64();
+
+    // Config and manifest per platform.
+    let mut manifests = Vec::new();
+    for platform in &plan.platforms {
+        let base = bases.get(platform);
+        let mut layers: Vec<Descriptor> = base.map(|b| b.layers.clone()).unwrap_or_default();
+        let mut new_layers = Vec::new();
+        for (index, layer) in plan.layers.iter().enumerate() {
+            let Some(src) = layer.src.get(platform) else {
+                continue;
+            };
+            let Some((diff_id, descriptor)) = layer_results.get(&(index, src.clone())) else {
+                continue;
+            };
+            layers.push(descriptor.clone());
+            new_layers.push(NewLayer {
+                diff_id: diff_id.clone(),
+                created_by: format!("strait build: {} -> {}", layer.src_text, layer.dest_text),
+            });
+        }
+        let config = oci::image_config(
+            base.map(|b| &b.config),
+            &plan.image,
+            platform,
+            &new_layers,
+            options.mtime,
+        );
+        let config_bytes = oci::canonical_json(&config).map_err(Error::Json)?;
+        let (config_digest, config_size) = cache.put_blob(&config_bytes)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(oci::MEDIA_MANIFEST.to_string()),
+            config: Descriptor {
+                media_type: oci::MEDIA_CONFIG.to_string(),
+                digest: config_digest.clone(),
+                size: config_size,
+                platform: None,
+                annotations: None,
+            },
+            layers: layers.clone(),
+            annotations: None,
+        };
+        let manifest_bytes = oci::canonical_json(&manifest).map_err(Error::Json)?;
+        let (digest, size) = cache.put_blob(&manifest_bytes)?;
+        for layer in &layers {
+            push_unique(&mut built.blobs, &layer.digest);
+        }
+        push_unique(&mut built.blobs, &config_digest);
+        manifests.push(Descriptor {
+            media_type: oci::MEDIA_MANIFEST.to_string(),
+            digest,
+            size,
+            platform: Some(platform.into()),
+            annotations: None,
+        });
+    }
+
+    if let [single] = manifests.as_slice() {
+        let mut top = single.clone();
+        top.platform = None;
+        push_unique(&mut built.blobs, &top.digest);
+        built.top = top;
+    } else {
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(oci::MEDIA_INDEX.to_string()),
+            manifests: manifests.clone(),
+            annotations: None,
+        };
+        let bytes = oci::canonical_json(&index).map_err(Error::Json)?;
+        let (digest, size) = cache.put_blob(&bytes)?;
+        for m in &manifests {
+            push_unique(&mut built.blobs, &m.digest);
+        }
+        push_unique(&mut built.blobs, &digest);
+        built.manifests = manifests;
+        built.top = Descriptor {
+            media_type: oci::MEDIA_INDEX.to_string(),
+            digest,
+            size,
+            platform: None,
+            annotations: None,
+        };
+    }
+    Ok(built)
+}
+
+fn push_unique(list: &mut Vec<Digest>, digest: &Digest) {
+    if !list.contains(digest) {
+        list.push(digest.clone());
+    }
+}
+
+enum LayerError {
+    Tar(tar::TarError),
+    Cache(crate::cache::CacheError),
+}
+
+impl From<tar::TarError> for LayerError {
+    fn from(e: tar::TarError) -> Self {
+        LayerError::Tar(e)
+    }
+}
+
+impl From<crate::cache::CacheError> for LayerError {
+    fn from(e: crate::cache::CacheError) -> Self {
+        LayerError::Cache(e)
+    }
+}
+
+/// Builds (or finds in the cache) one layer. Returns its diff_id, descriptor and whether
+/// it was built now.
+fn build_layer(
+    layer: &LayerPlan,
+    src: &std::path::Path,
+    label: &str,
+    compression: Compression,
+    options: &Options,
+    progress: &mut Progress,
+    built: &mut Built,
+) -> Result<(Digest, Descriptor, bool), LayerError> {
+    let cache = &options.cache;
+    let entries = tar::collect(layer, src)?;
+    let key = tar::input_key(&entries, options.mtime);
+    let compression_id = compression.id();
+    let descriptor = |digest: Digest, size: u64| Descriptor {
+        media_type: compression.media_type().to_string(),
+        digest,
+        size,
+        platform: None,
+        annotations: None,
+    };
+    if let Some(diff_id) = cache.layer_diff_id(&key)
+        && let Some((digest, size)) = cache.compressed(&compression_id, &diff_id)
+    {
+        return Ok((diff_id, descriptor(digest, size), false));
+    }
+    let total: u64 = entries
+        .iter()
+        .map(|e| match &e.kind {
+            tar::Kind::File { size, .. } => *size,
+            _ => 0,
+        })
+        .sum();
+    let blob = cache.blob_writer()?;
+    let compressor = ParallelCompressor::new(blob, compression, options.threads);
+    let mut hashing = HashingWriter::new(compressor);
+    let mut done = 0u64;
+    tar::write(&entries, options.mtime, &mut hashing, &mut |n| {
+        done += n;
+        progress.status(label, done, Some(total));
+    })?;
+    let (compressor, diff_id, tar_size) = hashing.finish();
+    let blob = compressor.finish().map_err(tar::TarError::Write)?;
+    let (digest, size) = blob.commit(None)?;
+    progress.clear();
+    built.bytes_built += tar_size;
+    cache.set_compressed(&compression_id, &diff_id, &digest, size)?;
+    cache.set_layer_diff_id(&key, &diff_id)?;
+    Ok((diff_id, descriptor(digest, size), true))
+}
+
+/// Fetches the base image's manifest for `platform`, its config and its layers into the
+/// cache (blobs already there are not downloaded again).
+fn pull_base(
+    registry: &mut Registry,
+    reference: &Reference,
+    platform: &Platform,
+    cache: &Cache,
+    progress: &mut Progress,
+    built: &mut Built,
+) -> Result<BaseImage, RegistryError> {
+    let repository = &reference.repository;
+    let (bytes, media_type, _) =
+        fetch_manifest(registry, cache, repository, &reference.reference())?;
+    let json: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| protocol(registry, format!("manifest is not JSON: {e}")))?;
+    let media_type = json
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or(media_type);
+    let manifest_bytes = if media_type == oci::MEDIA_INDEX
+        || media_type == oci::DOCKER_LIST
+        || json.get("manifests").is_some()
+    {
+        let index: Index = serde_json::from_value(json)
+            .map_err(|e| protocol(registry, format!("bad image index: {e}")))?;
+        let chosen = pick_platform(&index.manifests, platform).ok_or_else(|| {
+            protocol(
+                registry,
+                format!(
+                    "{reference} has no image for {platform} (it has {})",
+                    index
+                        .manifests
+                        .iter()
+                        .filter_map(|m| m
+                            .platform
+                            .as_ref()
+                            .map(|p| format!("{}/{}", p.os, p.architecture)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        fetch_manifest(registry, cache, repository, chosen.digest.as_str())?.0
+    } else {
+        bytes
+    };
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| protocol(registry, format!("bad image manifest: {e}")))?;
+    let config_digest = manifest.config.digest.clone();
+    fetch_blob(
+        registry,
+        cache,
+        repository,
+        &manifest.config,
+        progress,
+        built,
+    )?;
+    let config_bytes = cache.read_blob(&config_digest)?;
+    let config: Value = serde_json::from_slice(&config_bytes)
+        .map_err(|e| protocol(registry, format!("bad image config {config_digest}: {e}")))?;
+    let mut layers = Vec::new();
+    for layer in &manifest.layers {
+        fetch_blob(registry, cache, repository, layer, progress, built)?;
+        layers.push(Descriptor {
+            media_type: oci::oci_media_type(&layer.media_type).to_string(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            platform: None,
+            annotations: None,
+        });
+    }
+    Ok(BaseImage { config, layers })
+}
+
+fn protocol(registry: &Registry, message: String) -> RegistryError {
+    RegistryError::Protocol {
+        registry: registry.name().to_string(),
+        message,
+    }
+}
+
+/// A manifest by tag (always asked) or by digest (from the cache when there).
+fn fetch_manifest(
+    registry: &mut Registry,
+    cache: &Cache,
+    repository: &str,
+    reference: &str,
+) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+    if let Some(digest) = Digest::parse(reference)
+        && cache.has_blob(&digest, None)
+    {
+        return Ok((cache.read_blob(&digest)?, String::new(), digest));
+    }
+    let (bytes, media_type, digest) = registry.get_manifest(repository, reference)?;
+    cache.put_blob(&bytes)?;
+    Ok((bytes, media_type, digest))
+}
+
+fn fetch_blob(
+    registry: &mut Registry,
+    cache: &Cache,
+    repository: &str,
+    descriptor: &Descriptor,
+    progress: &mut Progress,
+    built: &mut Built,
+) -> Result<(), RegistryError> {
+    if cache.has_blob(&descriptor.digest, Some(descriptor.size)) {
+        built.base_cached += 1;
+        return Ok(());
+    }
+    let writer = cache.blob_writer()?;
+    let label = format!("pull {}", descriptor.digest);
+    let mut done = 0u64;
+    let size = registry.get_blob(repository, &descriptor.digest, writer, &mut |n| {
+        done += n;
+        progress.status(&label, done, Some(descriptor.size));
+    })?;
+    progress.line(&format!("pulled {} ({})", descriptor.digest, mib(size)));
+    built.base_downloaded += 1;
+    Ok(())
+}
+
+/// The index entry for `platform`: same os and architecture, and variant when ours names
+/// one; attestation manifests (`unknown/unknown`) never match.
+fn pick_platform<'a>(manifests: &'a [Descriptor], platform: &Platform) -> Option<&'a Descriptor> {
+    let matching = |m: &&Descriptor| {
+        m.platform.as_ref().is_some_and(|p| {
+            p.os == platform.os
+                && p.architecture == platform.architecture
+                && (platform.variant.is_none() || p.variant == platform.variant)
+        })
+    };
+    manifests.iter().find(matching)
+}
+
+/// Counts of a push.
+#[derive(Debug, Default)]
+pub struct PushSummary {
+    pub uploaded: usize,
+    pub present: usize,
+    pub mounted: usize,
+    pub bytes_uploaded: u64,
+}
+
+/// Pushes every blob (HEAD first; a mount from the base's repository when it is on the same
+/// registry), then the manifests, the top one under the tag.
+pub fn push(
+    built: &Built,
+    target: &Reference,
+    options: &Options,
+    progress: &mut Progress,
+) -> Result<PushSummary, RegistryError> {
+    let cache = &options.cache;
+    let credentials = credentials_for(&target.registry, options.credentials.as_ref());
+    let mut registry = Registry::new(target, options.insecure, credentials);
+    let repository = &target.repository;
+    registry.add_scope(repository, "pull,push");
+    for base in built.base_blobs.values() {
+        if base.registry == target.registry && base.repository != *repository {
+            registry.add_scope(&base.repository, "pull");
+        }
+    }
+    let mut summary = PushSummary::default();
+    let manifests: BTreeSet<&Digest> = built.manifests.iter().map(|m| &m.digest).collect();
+    for digest in &built.blobs {
+        if manifests.contains(digest) || *digest == built.top.digest {
+            continue;
+        }
+        if registry.blob_exists(repository, digest)? {
+            summary.present += 1;
+            progress.line(&format!("blob {digest}: already in {target}"));
+            continue;
+        }
+        let mut location = None;
+        if let Some(base) = built.base_blobs.get(digest)
+            && base.registry == target.registry
+            && base.repository != *repository
+        {
+            match registry.mount_blob(repository, digest, &base.repository)? {
+                None => {
+                    summary.mounted += 1;
+                    progress.line(&format!("blob {digest}: mounted from {}", base.repository));
+                    continue;
+                }
+                Some(upload) => location = Some(upload),
+            }
+        }
+        let path = cache.blob_path(digest);
+        let size = std::fs::metadata(&path)
+            .map_err(|error| RegistryError::File {
+                path: path.clone(),
+                error,
+            })?
+            .len();
+        let label = format!("push {digest}");
+        let mut done = 0u64;
+        registry.upload_blob(repository, digest, &path, size, location, &mut |n| {
+            done += n;
+            progress.status(&label, done, Some(size));
+        })?;
+        progress.clear();
+        progress.line(&format!("blob {digest}: uploaded ({})", mib(size)));
+        summary.uploaded += 1;
+        summary.bytes_uploaded += size;
+    }
+    for manifest in &built.manifests {
+        let bytes = cache.read_blob(&manifest.digest)?;
+        registry.put_manifest(
+            repository,
+            manifest.digest.as_str(),
+            &manifest.media_type,
+            &bytes,
+        )?;
+    }
+    let bytes = cache.read_blob(&built.top.digest)?;
+    registry.put_manifest(
+        repository,
+        target.tag_or_latest(),
+        &built.top.media_type,
+        &bytes,
+    )?;
+    Ok(summary)
+}
+
+/// Writes the build summary to stdout; the last line is the image digest.
+pub fn report(built: &Built, push: Option<&PushSummary>) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "layers: {} built, {} cached",
+        built.layers_built, built.layers_cached
+    );
+    if built.base_downloaded + built.base_cached > 0 {
+        let _ = writeln!(
+            out,
+            "base blobs: {} downloaded, {} cached",
+            built.base_downloaded, built.base_cached
+        );
+    }
+    if let Some(push) = push {
+        let _ = writeln!(
+            out,
+            "blobs: {} uploaded, {} present, {} mounted",
+            push.uploaded, push.present, push.mounted
+        );
+    }
+    let _ = writeln!(out, "{}", built.top.digest);
+}

@@ -1,0 +1,764 @@
+//! A blocking client of the OCI Distribution API: what the builder needs to pull a base
+//! image and push the result. Plain HTTP for loopback registries (or `--insecure`), TLS
+//! otherwise; Basic auth, and Bearer tokens fetched from the realm a 401 names. Blob
+//! bodies are streamed from and to files, never held whole in memory.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use ureq::http::Response;
+
+use crate::cache::{BlobWriter, CacheError};
+use crate::digest::Digest;
+use crate::reference::Reference;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry {registry}: cannot reach it: {error}")]
+    Unreachable { registry: String, error: String },
+    #[error("registry {registry}: {what}: {status}{message}")]
+    Status {
+        registry: String,
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("registry {registry}: authentication failed: {message}")]
+    Auth { registry: String, message: String },
+    #[error("registry {registry}: {message}")]
+    Protocol { registry: String, message: String },
+    #[error("{}: {error}", .path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl Credentials {
+    /// `user:password`.
+    pub fn parse(text: &str) -> Option<Credentials> {
+        let (username, password) = text.split_once(':')?;
+        Some(Credentials {
+            username: username.to_string(),
+            password: password.to_string(),
+        })
+    }
+
+    fn basic(&self) -> String {
+        let raw = format!("{}:{}", self.username, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+/// Credentials for `registry` from docker's `config.json` (`auths`), if any.
+pub fn docker_credentials(registry: &str) -> Option<Credentials> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    credentials_from_docker_config(&text, registry)
+}
+
+pub fn credentials_from_docker_config(text: &str, registry: &str) -> Option<Credentials> {
+    let json: serde_json::Value = serde_json::from_str(text).ok()?;
+    let auths = json.get("auths")?.as_object()?;
+    let wanted = if registry == "docker.io" {
+        "index.docker.io"
+    } else {
+        registry
+    };
+    for (key, entry) in auths {
+        let host = key
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        if host != wanted {
+            continue;
+        }
+        if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(auth)
+                .ok()?;
+            return Credentials::parse(std::str::from_utf8(&raw).ok()?);
+        }
+        let user = entry.get("username")?.as_str()?;
+        let pass = entry.get("password")?.as_str()?;
+        return Some(Credentials {
+            username: user.into(),
+            password: pass.into(),
+        });
+    }
+    None
+}
+
+#[derive(Debug, Clone)]
+enum Auth {
+    None,
+    Basic,
+    Bearer(String),
+}
+
+/// A request body that can be sent again (after an auth challenge).
+pub enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    File {
+        path: &'a Path,
+        size: u64,
+        progress: &'a mut dyn FnMut(u64),
+    },
+}
+
+pub struct Registry {
+    agent: ureq::Agent,
+    base: String,
+    name: String,
+    credentials: Option<Credentials>,
+    auth: Auth,
+    scopes: BTreeSet<String>,
+}
+
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Manifests larger than this are refused.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+impl Registry {
+    pub fn new(
+        reference: &Reference,
+        insecure: bool,
+        credentials: Option<Credentials>,
+    ) -> Registry {
+        let scheme = if reference.is_loopback() || insecure {
+            "http"
+        } else {
+            "https"
+        };
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .user_agent("strait-builder")
+            .build();
+        Registry {
+            agent: ureq::Agent::new_with_config(config),
+            base: format!("{scheme}://{}", reference.api_host()),
+            name: reference.registry.clone(),
+            credentials,
+            auth: Auth::None,
+            scopes: BTreeSet::new(),
+        }
+    }
+
+    /// Asks for `repository:<repo>:<actions>` in the next token.
+    pub fn add_scope(&mut self, repository: &str, actions: &str) {
+        self.scopes
+            .insert(format!("repository:{repository}:{actions}"));
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    fn unreachable(&self, error: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Unreachable {
+            registry: self.name.clone(),
+            error: error.to_string(),
+        }
+    }
+
+    fn protocol(&self, message: impl Into<String>) -> RegistryError {
+        RegistryError::Protocol {
+            registry: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Sends a request; on a 401, answers the challenge once and sends it again.
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        mut body: Body<'_>,
+    ) -> Result<Response<ureq::Body>, RegistryError> {
+        let url = self.url(path);
+        let mut answered = false;
+        loop {
+            let response = self.send_once(method, &url, headers, &mut body)?;
+            if response.status().as_u16() != 401 || answered {
+                if response.status().as_u16() == 401 {
+                    return Err(RegistryError::Auth {
+                        registry: self.name.clone(),
+                        message: match &self.credentials {
+                            Some(c) => format!(
+                                "{method} {path}: credentials for `{}` were refused",
+                                c.username
+                            ),
+                            None => format!(
+                                "{method} {path}: the registry wants credentials (--user or ~/.docker/config.json)"
+                            ),
+                        },
+                    });
+                }
+                return Ok(response);
+            }
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            self.answer(&challenge)?;
+            answered = true;
+        }
+    }
+
+    fn send_once(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &mut Body<'_>,
+    ) -> Result<Response<ureq::Body>, RegistryError> {
+        let mut builder = ureq::http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        match &self.auth {
+            Auth::None => {}
+            Auth::Basic => {
+                if let Some(c) = &self.credentials {
+                    builder = builder.header("authorization", c.basic());
+                }
+            }
+            Auth::Bearer(token) => {
+                builder = builder.header("authorization", format!("Bearer {token}"));
+            }
+        }
+        let result = match body {
+            Body::Empty => {
+                let request = builder
+                    .header("content-length", "0")
+                    .body(())
+                    .map_err(|e| self.protocol(e.to_string()))?;
+                self.agent.run(request)
+            }
+            Body::Bytes(bytes) => {
+                let request = builder
+                    .body(bytes.to_vec())
+                    .map_err(|e| self.protocol(e.to_string()))?;
+                self.agent.run(request)
+            }
+            Body::File {
+                path,
+                size,
+                progress,
+            } => {
+                let file = std::fs::File::open(&path).map_err(|error| RegistryError::File {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
+                let mut reader = CountingReader {
+                    inner: file.take(*size),
+                    progress,
+                };
+                let request = builder
+                    .header("content-length", size.to_string())
+                    .header("content-type", "application/octet-stream")
+                    .body(ureq::SendBody::from_reader(&mut reader))
+                    .map_err(|e| self.protocol(e.to_string()))?;
+                self.agent.run(request)
+            }
+        };
+        result.map_err(|e| self.unreachable(e))
+    }
+
+    fn answer(&mut self, challenge: &str) -> Result<(), RegistryError> {
+        let (scheme, params) = parse_challenge(challenge);
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => {
+                if self.credentials.is_none() {
+                    return Err(RegistryError::Auth {
+                        registry: self.name.clone(),
+                        message: "the registry wants credentials (--user USER:PASS, STRAIT_REGISTRY_AUTH or ~/.docker/config.json)".into(),
+                    });
+                }
+                self.auth = Auth::Basic;
+                Ok(())
+            }
+            "bearer" => {
+                let realm = params
+                    .iter()
+                    .find(|(k, _)| k == "realm")
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| self.protocol("a Bearer challenge without a realm"))?;
+                let mut query = Vec::new();
+                if let Some((_, service)) = params.iter().find(|(k, _)| k == "service") {
+                    query.push(format!("service={}", encode(service)));
+                }
+                let mut scopes = self.scopes.clone();
+                if let Some((_, scope)) = params.iter().find(|(k, _)| k == "scope") {
+                    scopes.extend(scope.split(' ').map(str::to_string));
+                }
+                for scope in &scopes {
+                    query.push(format!("scope={}", encode(scope)));
+                }
+                let url = if query.is_empty() {
+                    realm.clone()
+                } else if realm.contains('?') {
+                    format!("{realm}&{}", query.join("&"))
+                } else {
+                    format!("{realm}?{}", query.join("&"))
+                };
+                let mut request = self.agent.get(&url);
+                if let Some(c) = &self.credentials {
+                    request = request.header("authorization", c.basic());
+                }
+                let mut response = request.call().map_err(|e| RegistryError::Auth {
+                    registry: self.name.clone(),
+                    message: format!("token service {realm}: {e}"),
+                })?;
+                if !response.status().is_success() {
+                    return Err(RegistryError::Auth {
+                        registry: self.name.clone(),
+                        message: format!(
+                            "token service {realm} answered {}{}",
+                            response.status().as_u16(),
+                            error_message(&mut response)
+                        ),
+                    });
+                }
+                let json: serde_json::Value = response
+                    .body_mut()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_json()
+                    .map_err(|e| RegistryError::Auth {
+                        registry: self.name.clone(),
+                        message: format!("token service {realm}: {e}"),
+                    })?;
+                let token = json
+                    .get("token")
+                    .or_else(|| json.get("access_token"))
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| RegistryError::Auth {
+                        registry: self.name.clone(),
+                        message: format!("token service {realm} returned no token"),
+                    })?;
+                self.auth = Auth::Bearer(token.to_string());
+                Ok(())
+            }
+            _ => Err(RegistryError::Auth {
+                registry: self.name.clone(),
+                message: format!("unsupported challenge `{challenge}`"),
+            }),
+        }
+    }
+
+    fn status_error(&self, what: String, response: &mut Response<ureq::Body>) -> RegistryError {
+        RegistryError::Status {
+            registry: self.name.clone(),
+            what,
+            status: response.status().as_u16(),
+            message: error_message(response),
+        }
+    }
+
+    /// Fetches a manifest or index; returns its bytes, media type and digest (checked when
+    /// the reference is a digest).
+    pub fn get_manifest(
+        &mut self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let mut response = self.send("GET", &path, &[("accept", MANIFEST_ACCEPT)], Body::Empty)?;
+        if !response.status().is_success() {
+            return Err(
+                self.status_error(format!("manifest {repository}:{reference}"), &mut response)
+            );
+        }
+        let media_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+            .unwrap_or_default();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .map_err(|e| self.unreachable(e))?;
+        let digest = Digest::of(&bytes);
+        if let Some(expected) = Digest::parse(reference)
+            && expected != digest
+        {
+            return Err(self.protocol(format!(
+                "manifest {repository}@{expected} has digest {digest}"
+            )));
+        }
+        Ok((bytes, media_type, digest))
+    }
+
+    pub fn blob_exists(
+        &mut self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let path = format!("/v2/{repository}/blobs/{digest}");
+        let mut response = self.send("HEAD", &path, &[], Body::Empty)?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(self.status_error(format!("HEAD blob {digest}"), &mut response)),
+        }
+    }
+
+    /// Downloads a blob into the cache, checking its digest.
+    pub fn get_blob(
+        &mut self,
+        repository: &str,
+        digest: &Digest,
+        mut writer: BlobWriter,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, RegistryError> {
+        let path = format!("/v2/{repository}/blobs/{digest}");
+        let mut response = self.send("GET", &path, &[], Body::Empty)?;
+        if !response.status().is_success() {
+            return Err(self.status_error(format!("blob {repository}@{digest}"), &mut response));
+        }
+        let mut reader = response.body_mut().as_reader();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| self.unreachable(e))?;
+            if n == 0 {
+                break;
+            }
+            writer
+                .write_all(&buf[..n])
+                .map_err(|error| RegistryError::File {
+                    path: PathBuf::from("<cache>"),
+                    error,
+                })?;
+            progress(n as u64);
+        }
+        let (_, size) = writer.commit(Some((digest, &format!("blob {repository}@{digest}"))))?;
+        Ok(size)
+    }
+
+    /// Tries a cross-repository mount; `Ok(None)` when mounted, else the upload location
+    /// the registry opened instead.
+    pub fn mount_blob(
+        &mut self,
+        repository: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let path = format!(
+            "/v2/{repository}/blobs/uploads/?mount={}&from={}",
+            encode(digest.as_str()),
+            encode(from)
+        );
+        let mut response = self.send("POST", &path, &[], Body::Empty)?;
+        match response.status().as_u16() {
+            201 => Ok(None),
+            202 => Ok(Some(self.location(&response)?)),
+            _ => Err(self.status_error(format!("mount {digest} from {from}"), &mut response)),
+        }
+    }
+
+    fn location(&self, response: &Response<ureq::Body>) -> Result<String, RegistryError> {
+        response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| self.protocol("an upload answer without a Location"))
+    }
+
+    /// Uploads a blob from a file: POST for a session (unless one is given), then one PUT.
+    pub fn upload_blob(
+        &mut self,
+        repository: &str,
+        digest: &Digest,
+        path: &Path,
+        size: u64,
+        location: Option<String>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), RegistryError> {
+        let location = match location {
+            Some(location) => location,
+            None => {
+                let mut response = self.send(
+                    "POST",
+                    &format!("/v2/{repository}/blobs/uploads/"),
+                    &[],
+                    Body::Empty,
+                )?;
+                if response.status().as_u16() != 202 {
+                    return Err(
+                        self.status_error(format!("start upload of {digest}"), &mut response)
+                    );
+                }
+                self.location(&response)?
+            }
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let target = format!("{location}{separator}digest={}", encode(digest.as_str()));
+        let mut response = self.send(
+            "PUT",
+            &target,
+            &[],
+            Body::File {
+                path,
+                size,
+                progress,
+            },
+        )?;
+        if response.status().as_u16() != 201 {
+            return Err(self.status_error(format!("upload {digest}"), &mut response));
+        }
+        Ok(())
+    }
+
+    /// Uploads a small blob (a config) from memory.
+    pub fn upload_bytes(
+        &mut self,
+        repository: &str,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(), RegistryError> {
+        let mut response = self.send(
+            "POST",
+            &format!("/v2/{repository}/blobs/uploads/"),
+            &[],
+            Body::Empty,
+        )?;
+        if response.status().as_u16() != 202 {
+            return Err(self.status_error(format!("start upload of {digest}"), &mut response));
+        }
+        let location = self.location(&response)?;
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let target = format!("{location}{separator}digest={}", encode(digest.as_str()));
+        let mut response = self.send(
+            "PUT",
+            &target,
+            &[("content-type", "application/octet-stream")],
+            Body::Bytes(bytes),
+        )?;
+        if response.status().as_u16() != 201 {
+            return Err(self.status_error(format!("upload {digest}"), &mut response));
+        }
+        Ok(())
+    }
+
+    pub fn put_manifest(
+        &mut self,
+        repository: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<(), RegistryError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let mut response = self.send(
+            "PUT",
+            &path,
+            &[("content-type", media_type)],
+            Body::Bytes(bytes),
+        )?;
+        if !response.status().is_success() {
+            return Err(self.status_error(
+                format!("push manifest {repository}:{reference}"),
+                &mut response,
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct CountingReader<'a, R> {
+    inner: R,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
+}
+
+/// `: <first error message>` from an OCI error body, or the start of a text body.
+fn error_message(response: &mut Response<ureq::Body>) -> String {
+    let Ok(text) = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .lossy_utf8(true)
+        .read_to_string()
+    else {
+        return String::new();
+    };
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(first) = json.get("errors").and_then(|e| e.get(0))
+    {
+        let code = first.get("code").and_then(|c| c.as_str()).unwrap_or("");
+        let message = first.get("message").and_then(|c| c.as_str()).unwrap_or("");
+        return format!(" {code}: {message}");
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", text.chars().take(200).collect::<String>())
+    }
+}
+
+/// `Bearer realm="x",service="y"` -> ("Bearer", [(realm, x), (service, y)]).
+pub fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = Vec::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.next().is_none() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(next) = chars.next() {
+                            value.push(next);
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        params.push((key.trim().to_ascii_lowercase(), value));
+    }
+    (scheme.to_string(), params)
+}
+
+/// Percent-encodes a query value.
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(scheme, "Bearer");
+        assert_eq!(
+            params,
+            vec![
+                (
+                    "realm".to_string(),
+                    "https://auth.example/token".to_string()
+                ),
+                ("service".to_string(), "registry.example".to_string()),
+                ("scope".to_string(), "repository:a/b:pull,push".to_string()),
+            ]
+        );
+        let (scheme, params) = parse_challenge(r#"Basic realm="Registry Realm""#);
+        assert_eq!(scheme, "Basic");
+        assert_eq!(
+            params,
+            vec![("realm".to_string(), "Registry Realm".to_string())]
+        );
+    }
+
+    #[test]
+    fn docker_config_auths() {
+        let config = r#"{"auths": {
+            "https://index.docker.io/v1/": {"auth": "dXNlcjpwYXNz"},
+            "127.0.0.1:5000": {"username": "u", "password": "p:q"}
+        }}"#;
+        assert_eq!(
+            credentials_from_docker_config(config, "docker.io"),
+            Some(Credentials {
+                username: "user".into(),
+                password: "pass".into()
+            })
+        );
+        assert_eq!(
+            credentials_from_docker_config(config, "127.0.0.1:5000"),
+            Some(Credentials {
+                username: "u".into(),
+                password: "p:q".into()
+            })
+        );
+        assert_eq!(credentials_from_docker_config(config, "other:1"), None);
+    }
+
+    #[test]
+    fn query_encoding() {
+        assert_eq!(encode("sha256:ab"), "sha256%3Aab");
+        assert_eq!(encode("a/b"), "a/b");
+    }
+}

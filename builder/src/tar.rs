@@ -1,0 +1,425 @@
+//! Layer contents: the entries a layer holds ([`collect`]) and the deterministic tar
+//! stream written from them ([`write`]).
+//!
+//! Determinism rules: entries sorted by path (parents first), every mtime the same fixed
+//! value, uid/gid 0 unless the layer names an owner, empty uname/gname, no atime, ctime or
+//! xattrs, modes normalised (0644/0755 unless the layer sets one), ustar headers with a
+//! PAX record only when a value does not fit, and nothing else: the same entries always
+//! make the same bytes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::LayerPlan;
+use crate::digest::{Digest, HashingReader};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File {
+        source: PathBuf,
+        size: u64,
+        digest: Digest,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative path in the image; directories end with `/`.
+    pub path: String,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TarError {
+    #[error("{}: {error}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("{}: {message}", .path.display())]
+    Unsupported { path: PathBuf, message: String },
+    #[error("writing the layer: {0}")]
+    Write(#[source] io::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TarError + '_ {
+    move |error| TarError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// The entries of `layer` for the source `src`, sorted, with their parent directories.
+/// Reads every file once to hash its content (the cache key is made of these).
+pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    let meta = fs::metadata(src).map_err(io_err(src))?;
+    let dest_is_dir = layer.dest.is_empty() || layer.dest.ends_with('/');
+    let dir_entry = |path: String, mode: u32, uid: u32, gid: u32| Entry {
+        path,
+        kind: Kind::Dir,
+        mode,
+        uid,
+        gid,
+    };
+    let root_dir = if meta.is_dir() {
+        let dest = if dest_is_dir {
+            layer.dest.clone()
+        } else {
+            format!("{}/", layer.dest)
+        };
+        if !dest.is_empty() {
+            entries.insert(
+                dest.clone(),
+                dir_entry(dest.clone(), layer.dir_mode, layer.uid, layer.gid),
+            );
+        }
+        walk(layer, src, "", &dest, &mut entries)?;
+        dest
+    } else {
+        let name =
+            src.file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| TarError::Unsupported {
+                    path: src.to_path_buf(),
+                    message: "file names must be UTF-8".into(),
+                })?;
+        let path = if dest_is_dir {
+            format!("{}{name}", layer.dest)
+        } else {
+            layer.dest.clone()
+        };
+        let entry = file_entry(layer, src, &meta, path.clone())?;
+        entries.insert(path.clone(), entry);
+        path
+    };
+    // Parent directories above the destination (or the single file), root-owned.
+    let mut parent = root_dir.trim_end_matches('/').to_string();
+    while let Some(i) = parent.rfind('/') {
+        parent.truncate(i);
+        let key = format!("{parent}/");
+        entries
+            .entry(key.clone())
+            .or_insert_with(|| dir_entry(key, 0o755, 0, 0));
+    }
+    Ok(entries.into_values().collect())
+}
+
+fn matches(set: &Option<globset::GlobSet>, rel: &str) -> bool {
+    set.as_ref().is_some_and(|s| s.is_match(rel))
+}
+
+/// Adds what `dir` (at `rel` under the source) holds; returns whether it added anything.
+fn walk(
+    layer: &LayerPlan,
+    dir: &Path,
+    rel: &str,
+    dest: &str,
+    entries: &mut BTreeMap<String, Entry>,
+) -> Result<bool, TarError> {
+    let mut names = Vec::new();
+    for item in fs::read_dir(dir).map_err(io_err(dir))? {
+        let item = item.map_err(io_err(dir))?;
+        let name = item.file_name();
+        let name = name.to_str().ok_or_else(|| TarError::Unsupported {
+            path: item.path(),
+            message: "file names must be UTF-8".into(),
+        })?;
+        names.push(name.to_string());
+    }
+    names.sort();
+    let mut added = false;
+    for name in names {
+        let path = dir.join(&name);
+        let rel_path = format!("{rel}{name}");
+        if matches(&layer.exclude, &rel_path) {
+            continue;
+        }
+        let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        if meta.is_dir() {
+            let key = format!("{dest}{rel_path}/");
+            let explicitly = matches(&layer.include, &rel_path);
+            let inner = walk(layer, &path, &format!("{rel_path}/"), dest, entries)?;
+            if inner || explicitly || layer.include.is_none() {
+                entries.insert(
+                    key.clone(),
+                    Entry {
+                        path: key,
+                        kind: Kind::Dir,
+                        mode: layer.dir_mode,
+                        uid: layer.uid,
+                        gid: layer.gid,
+                    },
+                );
+                added = true;
+            }
+            continue;
+        }
+        if layer.include.is_some() && !matches(&layer.include, &rel_path) {
+            continue;
+        }
+        let key = format!("{dest}{rel_path}");
+        let entry = file_entry(layer, &path, &meta, key.clone())?;
+        entries.insert(key, entry);
+        added = true;
+    }
+    Ok(added)
+}
+
+fn file_entry(
+    layer: &LayerPlan,
+    path: &Path,
+    meta: &fs::Metadata,
+    key: String,
+) -> Result<Entry, TarError> {
+    let file_type = meta.file_type();
+    let kind = if file_type.is_symlink() {
+        let target = fs::read_link(path).map_err(io_err(path))?;
+        let target = target.to_str().ok_or_else(|| TarError::Unsupported {
+            path: path.to_path_buf(),
+            message: "symlink targets must be UTF-8".into(),
+        })?;
+        Kind::Symlink {
+            target: target.to_string(),
+        }
+    } else if file_type.is_file() {
+        let mut reader = HashingReader::new(fs::File::open(path).map_err(io_err(path))?);
+        io::copy(&mut reader, &mut io::sink()).map_err(io_err(path))?;
+        let (digest, size) = reader.finish();
+        Kind::File {
+            source: path.to_path_buf(),
+            size,
+            digest,
+        }
+    } else {
+        return Err(TarError::Unsupported {
+            path: path.to_path_buf(),
+            message: "only regular files, directories and symlinks can go in a layer".into(),
+        });
+    };
+    let mode = match &kind {
+        Kind::Symlink { .. } => 0o777,
+        _ => layer
+            .mode
+            .unwrap_or(if meta.permissions().mode() & 0o100 != 0 {
+                0o755
+            } else {
+                0o644
+            }),
+    };
+    let _ = meta.ino();
+    Ok(Entry {
+        path: key,
+        kind,
+        mode,
+        uid: layer.uid,
+        gid: layer.gid,
+    })
+}
+
+/// The cache key of a layer: everything that decides its tar bytes.
+pub fn input_key(entries: &[Entry], mtime: u64) -> Digest {
+    let mut text = format!("strait-layer-v1 mtime={mtime}\n");
+    for entry in entries {
+        let what = match &entry.kind {
+            Kind::Dir => "dir".to_string(),
+            Kind::File { size, digest, .. } => format!("file {size} {digest}"),
+            Kind::Symlink { target } => format!("symlink {target:?}"),
+        };
+        text.push_str(&format!(
+            "{:?} {:o} {}:{} {what}\n",
+            entry.path, entry.mode, entry.uid, entry.gid
+        ));
+    }
+    Digest::of(text.as_bytes())
+}
+
+const BLOCK: usize = 512;
+
+/// Writes the tar stream of `entries` (already sorted) to `out`. Checks that each file
+/// still has the content it was collected with. `progress` gets byte counts as they go.
+pub fn write<W: Write>(
+    entries: &[Entry],
+    mtime: u64,
+    out: &mut W,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), TarError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    for entry in entries {
+        let (typeflag, size, link) = match &entry.kind {
+            Kind::Dir => (b'5', 0, ""),
+            Kind::File { size, .. } => (b'0', *size, ""),
+            Kind::Symlink { target } => (b'2', 0, target.as_str()),
+        };
+        write_header(
+            out,
+            &entry.path,
+            typeflag,
+            size,
+            link,
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            mtime,
+        )
+        .map_err(TarError::Write)?;
+        if let Kind::File {
+            source,
+            size,
+            digest,
+        } = &entry.kind
+        {
+            let file = fs::File::open(source).map_err(io_err(source))?;
+            let mut reader = HashingReader::new(file.take(*size));
+            let mut left = *size;
+            while left > 0 {
+                let n = reader.read(&mut buf).map_err(io_err(source))?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n]).map_err(TarError::Write)?;
+                left -= n as u64;
+                progress(n as u64);
+            }
+            let (seen, count) = reader.finish();
+            if count != *size || seen != *digest {
+                return Err(TarError::Io {
+                    path: source.clone(),
+                    error: io::Error::other("the file changed during the build"),
+                });
+            }
+            pad(out, *size).map_err(TarError::Write)?;
+        }
+    }
+    out.write_all(&[0u8; BLOCK * 2]).map_err(TarError::Write)?;
+    Ok(())
+}
+
+fn pad<W: Write>(out: &mut W, size: u64) -> io::Result<()> {
+    let rem = (size % BLOCK as u64) as usize;
+    if rem != 0 {
+        out.write_all(&[0u8; BLOCK][..BLOCK - rem])?;
+    }
+    Ok(())
+}
+
+fn octal(field: &mut [u8], value: u64) -> bool {
+    // `len - 1` digits and a NUL.
+    let digits = field.len() - 1;
+    let text = format!("{value:0digits$o}");
+    if text.len() > digits {
+        return false;
+    }
+    field[..digits].copy_from_slice(text.as_bytes());
+    field[digits] = 0;
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_header<W: Write>(
+    out: &mut W,
+    path: &str,
+    typeflag: u8,
+    size: u64,
+    link: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: u64,
+) -> io::Result<()> {
+    let mut pax: Vec<(&str, String)> = Vec::new();
+    let (prefix, name) = split_name(path).unwrap_or_else(|| {
+        pax.push(("path", path.to_string()));
+        ("", truncate(path, 100))
+    });
+    if link.len() > 100 {
+        pax.push(("linkpath", link.to_string()));
+    }
+    let mut header = [0u8; BLOCK];
+    if !octal(&mut header[108..116], u64::from(uid)) {
+        pax.push(("uid", uid.to_string()));
+    }
+    if !octal(&mut header[116..124], u64::from(gid)) {
+        pax.push(("gid", gid.to_string()));
+    }
+    if !octal(&mut header[124..136], size) {
+        pax.push(("size", size.to_string()));
+    }
+    if !pax.is_empty() {
+        let mut records = Vec::new();
+        for (key, value) in &pax {
+            // "<len> <key>=<value>\n", where <len> counts itself.
+            let rest = key.len() + value.len() + 3;
+            let mut len = rest + rest.to_string().len();
+            if len.to_string().len() + rest != len {
+                len = rest + len.to_string().len();
+            }
+            records.extend_from_slice(format!("{len} {key}={value}\n").as_bytes());
+        }
+        write_header(
+            out,
+            "././@PaxHeader",
+            b'x',
+            records.len() as u64,
+            "",
+            0o644,
+            0,
+            0,
+            mtime,
+        )?;
+        out.write_all(&records)?;
+        pad(out, records.len() as u64)?;
+    }
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    octal(&mut header[100..108], u64::from(mode));
+    octal(&mut header[136..148], mtime);
+    header[156] = typeflag;
+    let link = truncate(link, 100);
+    header[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    let text = format!("{sum:06o}\0 ");
+    header[148..156].copy_from_slice(text.as_bytes());
+    out.write_all(&header)
+}
+
+/// ustar's name (≤ 100 bytes) and prefix (≤ 155 bytes), split at a `/`.
+fn split_name(path: &str) -> Option<(&str, &str)> {
+    if path.len() <= 100 {
+        return Some(("", path));
+    }
+    // The name part keeps a directory's trailing slash.
+    let search = path.trim_end_matches('/');
+    for (i, _) in search.match_indices('/') {
+        let (prefix, name) = (&path[..i], &path[i + 1..]);
+        if prefix.len() <= 155 && name.len() <= 100 && !name.is_empty() {
+            return Some((prefix, name));
+        }
+    }
+    None
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests;
