@@ -1177,3 +1177,52 @@ fn strait_up_serves_the_registry_with_metrics() {
         },
     );
 }
+
+#[test]
+fn tls_with_http2_over_alpn() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    crate::tls::make_ca(dir, "ca");
+    let (cert, key) = crate::tls::make_leaf(dir, "ca", "registry", &["registry.test"]);
+    let config = dir.join("strait.toml");
+    std::fs::write(
+        &config,
+        format!("[registry.tls]\ncert = {cert:?}\nkey = {key:?}\n"),
+    )
+    .expect("config");
+    let registry = Registry::start_with(
+        &dir.join("storage"),
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let port = registry.addr.port();
+    let curl = |extra: &[&str], path: &str| {
+        let output = Command::new("curl")
+            .args(["-s", "-S", "--max-time", "5", "--cacert"])
+            .arg(dir.join("ca.pem"))
+            .arg("--resolve")
+            .arg(format!("registry.test:{port}:127.0.0.1"))
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .args(extra)
+            .arg(format!("https://registry.test:{port}{path}"))
+            .output()
+            .expect("curl");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = curl(&[], "/v2/");
+    assert!(ok, "{out}");
+    assert!(out.ends_with("200 2"), "HTTP/2 over ALPN expected: {out}");
+    let (ok, out) = curl(&["--http1.1"], "/v2/_catalog");
+    assert!(ok, "{out}");
+    assert!(out.ends_with("200 1.1"), "{out}");
+    assert!(out.starts_with("{\"repositories\":[]}"), "{out}");
+    // Plain HTTP on the TLS port is refused, not served.
+    let plain = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}/v2/"))
+        .output()
+        .expect("curl");
+    assert!(!plain.status.success() || plain.stdout.is_empty());
+}
