@@ -160,10 +160,6 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             built.bytes_built as f64 / built.build_seconds / (1024.0 * 1024.0)
         ));
     }
-    if let Some(dir) = &args.oci_dir {
-        layout::write(dir, &options.cache, &built.blobs, &built.top, &args.tag)?;
-        progress.line(&format!("wrote {}:{}", dir.display(), args.tag));
-    }
     let mut summary = None;
     if let Some(target) = &target {
         let pushed =
@@ -173,6 +169,11 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             })?;
         progress.line(&format!("pushed {target}@{}", built.top.digest));
         summary = Some(pushed);
+    }
+    // After the push, so a failed push leaves no layout behind either.
+    if let Some(dir) = &args.oci_dir {
+        layout::write(dir, &options.cache, &built.blobs, &built.top, &args.tag)?;
+        progress.line(&format!("wrote {}:{}", dir.display(), args.tag));
     }
     build::report(&built, summary.as_ref());
     Ok(())

@@ -2,6 +2,7 @@
 
 mod admin_api;
 mod agent;
+mod build;
 mod cli;
 mod dns;
 mod docs;

@@ -1,0 +1,852 @@
+//! `strait build`: images checked with real clients (umoci, skopeo), pushed to strait's own
+//! registry, rebuilt for reproducibility, and refused on bad input.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::{Registry, STRAIT, free_port};
+
+/// The result of one `strait build`.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The image digest: the last line of stdout.
+    fn digest(&self) -> String {
+        assert!(self.ok, "build failed:\n{}\n{}", self.stdout, self.stderr);
+        let last = self.stdout.lines().last().unwrap_or_default().to_string();
+        assert!(
+            last.starts_with("sha256:"),
+            "no digest line in {:?}",
+            self.stdout
+        );
+        last
+    }
+
+    /// The stdout line starting with `prefix`.
+    fn line(&self, prefix: &str) -> String {
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{}\n{}", self.stdout, self.stderr))
+            .to_string()
+    }
+}
+
+/// Runs `strait build -f <dir>/strait-build.toml --cache-dir <cache> ARGS`.
+fn build(dir: &Path, cache: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let output = Command::new(STRAIT)
+        .arg("build")
+        .arg("-f")
+        .arg(dir.join("strait-build.toml"))
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .env_remove("STRAIT_REGISTRY_AUTH")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env("DOCKER_CONFIG", dir.join("no-docker-config"))
+        .envs(env.iter().copied())
+        .output()
+        .expect("run strait build");
+    Run {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn write(path: &Path, content: &[u8], mode: u32) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).expect("mkdir");
+    }
+    fs::write(path, content).expect("write");
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+fn touch(path: &Path, epoch: u64) {
+    let status = Command::new("touch")
+        .arg("-h")
+        .arg("-d")
+        .arg(format!("@{epoch}"))
+        .arg(path)
+        .status()
+        .expect("touch");
+    assert!(status.success());
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// `umoci unpack` of `layout:tag` into a new bundle; returns its rootfs.
+fn unpack(layout: &Path, tag: &str, into: &Path) -> PathBuf {
+    let image = format!("{}:{tag}", layout.display());
+    run("umoci", &["unpack", "--image", &image, path_str(into)]);
+    into.join("rootfs")
+}
+
+/// The layer digests of the manifest `layout:tag` names.
+fn layout_layers(layout: &Path) -> Vec<String> {
+    let index = json(&fs::read_to_string(layout.join("index.json")).expect("index.json"));
+    let digest = index["manifests"][0]["digest"].as_str().expect("digest");
+    let manifest = json(
+        &fs::read_to_string(layout.join("blobs/sha256").join(&digest[7..])).expect("manifest"),
+    );
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_string())
+        .collect()
+}
+
+/// A two-layer app: a binary-ish tree and a config directory with an owner and a mode.
+fn app_tree(dir: &Path, mtime: u64) {
+    write(
+        &dir.join("dist/hello"),
+        b"#!/bin/sh\necho \"$GREETING\"\n",
+        0o775,
+    );
+    write(&dir.join("dist/lib/data.txt"), b"some data\n", 0o664);
+    write(&dir.join("conf/app.conf"), b"port = 8080\n", 0o644);
+    write(&dir.join("conf/old.bak"), b"stale\n", 0o644);
+    for path in [
+        "dist/hello",
+        "dist/lib/data.txt",
+        "conf/app.conf",
+        "conf/old.bak",
+    ] {
+        touch(&dir.join(path), mtime);
+    }
+    fs::write(
+        dir.join("strait-build.toml"),
+        r#"base = "scratch"
+entrypoint = ["/app/hello"]
+cmd = ["--greet"]
+env = { GREETING = "hi" }
+workdir = "/app"
+user = "1000:1000"
+ports = [8080, "53/udp"]
+labels = { "org.example.team" = "edge" }
+
+[[layer]]
+src = "dist/"
+dest = "/app/"
+
+[[layer]]
+src = "conf/"
+dest = "/etc/hello/"
+mode = "0640"
+owner = "1000:100"
+exclude = ["*.bak"]
+"#,
+    )
+    .expect("write config");
+}
+
+#[test]
+fn the_minimal_config_builds_as_written() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    write(&dir.join("dist/hello"), b"#!/bin/sh\necho hi\n", 0o755);
+    fs::write(
+        dir.join("strait-build.toml"),
+        "base = \"scratch\"\nentrypoint = [\"/app/hello\"]\nenv = { GREETING = \"hi\" }\n\n[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n",
+    )
+    .expect("write config");
+    let out = dir.join("image");
+    let run = build(dir, &dir.join("cache"), &["--oci-dir", path_str(&out)], &[]);
+    let digest = run.digest();
+    let inspect = json(&run_skopeo_oci(&out, "latest", false));
+    assert_eq!(inspect["Digest"], digest.as_str());
+    assert_eq!(inspect["Env"], serde_json::json!(["GREETING=hi"]));
+    let config = json(&run_skopeo_oci(&out, "latest", true));
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/app/hello"])
+    );
+    let rootfs = unpack(&out, "latest", &dir.join("bundle"));
+    assert_eq!(
+        fs::read(rootfs.join("app/hello")).expect("hello"),
+        b"#!/bin/sh\necho hi\n"
+    );
+}
+
+fn run_skopeo_oci(layout: &Path, tag: &str, config: bool) -> String {
+    let image = format!("oci:{}:{tag}", layout.display());
+    let mut args = vec!["inspect"];
+    if config {
+        args.push("--config");
+    }
+    args.push(&image);
+    run("skopeo", &args)
+}
+
+#[test]
+fn oci_layout_unpacks_with_umoci_and_inspects_with_skopeo() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    app_tree(dir, 1_650_000_000);
+    let out = dir.join("out/image");
+    let run = build(
+        dir,
+        &dir.join("cache"),
+        &["--oci-dir", path_str(&out), "--tag", "v1"],
+        &[],
+    );
+    let digest = run.digest();
+    assert_eq!(run.line("layers:"), "layers: 2 built, 0 cached");
+
+    let layout = json(&fs::read_to_string(out.join("oci-layout")).expect("oci-layout"));
+    assert_eq!(layout["imageLayoutVersion"], "1.0.0");
+    let index = json(&fs::read_to_string(out.join("index.json")).expect("index.json"));
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "v1"
+    );
+
+    let inspect = json(&run_skopeo_oci(&out, "v1", false));
+    assert_eq!(inspect["Env"], serde_json::json!(["GREETING=hi"]));
+    assert_eq!(inspect["Labels"]["org.example.team"], "edge");
+    assert_eq!(inspect["Architecture"], "amd64");
+    assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(2));
+    let config = json(&run_skopeo_oci(&out, "v1", true));
+    let c = &config["config"];
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/app/hello"]));
+    assert_eq!(c["Cmd"], serde_json::json!(["--greet"]));
+    assert_eq!(c["WorkingDir"], "/app");
+    assert_eq!(c["User"], "1000:1000");
+    assert_eq!(
+        c["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}, "53/udp": {}})
+    );
+    assert_eq!(config["created"], "1970-01-01T00:00:00Z");
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let rootfs = unpack(&out, "v1", &dir.join("bundle"));
+    let meta =
+        |p: &str| fs::symlink_metadata(rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    // Modes normalised (0775 -> 0755, 0664 -> 0644), root-owned unless the layer says.
+    assert_eq!(meta("app/hello").mode() & 0o7777, 0o755);
+    assert_eq!(meta("app/lib/data.txt").mode() & 0o7777, 0o644);
+    assert_eq!((meta("app/hello").uid(), meta("app/hello").gid()), (0, 0));
+    assert_eq!(
+        fs::read(rootfs.join("app/hello")).expect("read"),
+        b"#!/bin/sh\necho \"$GREETING\"\n"
+    );
+    // The second layer: mode and owner as configured, *.bak excluded.
+    let conf = meta("etc/hello/app.conf");
+    assert_eq!(conf.mode() & 0o7777, 0o640);
+    assert_eq!((conf.uid(), conf.gid()), (1000, 100));
+    assert_eq!(
+        (meta("etc/hello").uid(), meta("etc/hello").mode() & 0o7777),
+        (1000, 0o755)
+    );
+    assert_eq!((meta("etc").uid(), meta("etc").mode() & 0o7777), (0, 0o755));
+    assert!(!rootfs.join("etc/hello/old.bak").exists());
+    assert_eq!(meta("app/hello").mtime(), 0);
+
+    // Building again: both layers come from the cache, the digest is the same, and the
+    // layout is replaced whole.
+    let again = build(
+        dir,
+        &dir.join("cache"),
+        &["--oci-dir", path_str(&out), "--tag", "v1"],
+        &[],
+    );
+    assert_eq!(again.digest(), digest);
+    assert_eq!(again.line("layers:"), "layers: 0 built, 2 cached");
+    let leftovers: Vec<String> = fs::read_dir(dir.join("out"))
+        .expect("read out")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, ["image"]);
+}
+
+#[test]
+fn reproducible_across_copies_and_mtimes_and_one_change_changes_one_layer() {
+    let one = tempfile::tempdir().expect("tempdir");
+    let two = tempfile::tempdir().expect("tempdir");
+    app_tree(one.path(), 1_600_000_000);
+    app_tree(two.path(), 1_700_000_000);
+    // Different permission bits within the same class (umask 002 vs 022) do not matter.
+    fs::set_permissions(
+        one.path().join("dist/hello"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let out_one = one.path().join("image");
+    let out_two = two.path().join("image");
+    let first = build(
+        one.path(),
+        &one.path().join("cache"),
+        &["--oci-dir", path_str(&out_one)],
+        &[],
+    );
+    let second = build(
+        two.path(),
+        &two.path().join("cache"),
+        &["--oci-dir", path_str(&out_two)],
+        &[],
+    );
+    assert_eq!(first.digest(), second.digest());
+    assert_eq!(layout_layers(&out_one), layout_layers(&out_two));
+
+    // SOURCE_DATE_EPOCH moves every timestamp, reproducibly.
+    let dated = build(
+        two.path(),
+        &two.path().join("cache"),
+        &[],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    assert_ne!(dated.digest(), first.digest());
+    let dated_again = build(
+        one.path(),
+        &one.path().join("cache"),
+        &[],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    assert_eq!(dated.digest(), dated_again.digest());
+
+    // One changed file: only its layer changes.
+    write(&two.path().join("conf/app.conf"), b"port = 9090\n", 0o644);
+    let changed = build(
+        two.path(),
+        &two.path().join("cache"),
+        &["--oci-dir", path_str(&out_two)],
+        &[],
+    );
+    assert_ne!(changed.digest(), first.digest());
+    assert_eq!(changed.line("layers:"), "layers: 1 built, 1 cached");
+    let before = layout_layers(&out_one);
+    let after = layout_layers(&out_two);
+    assert_eq!(before[0], after[0], "the unchanged layer kept its digest");
+    assert_ne!(before[1], after[1], "the changed layer has a new digest");
+
+    // zstd: another compressor is another blob, never a stale one from the cache.
+    let config = fs::read_to_string(two.path().join("strait-build.toml")).expect("read");
+    fs::write(
+        two.path().join("strait-build.toml"),
+        format!("compression = \"zstd\"\n{config}"),
+    )
+    .expect("write");
+    let zstd_out = two.path().join("zstd");
+    let zstd = build(
+        two.path(),
+        &two.path().join("cache"),
+        &["--oci-dir", path_str(&zstd_out)],
+        &[],
+    );
+    assert_eq!(zstd.line("layers:"), "layers: 2 built, 0 cached");
+    let raw = json(&run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", zstd_out.display()),
+        ],
+    ));
+    assert_eq!(
+        raw["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    // Same tars (diff_ids), other blobs. (Debian's umoci cannot unpack zstd layers; the
+    // unit tests decompress them.)
+    let gzip_config = json(&run_skopeo_oci(&out_two, "latest", true));
+    let zstd_config = json(&run_skopeo_oci(&zstd_out, "latest", true));
+    assert_eq!(gzip_config["rootfs"], zstd_config["rootfs"]);
+    let zstd_layers = layout_layers(&zstd_out);
+    assert!(zstd_layers.iter().all(|l| !after.contains(l)));
+}
+
+#[test]
+fn push_to_the_registry_then_only_changed_layers_are_uploaded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    app_tree(dir, 1_650_000_000);
+    let registry = Registry::start(&dir.join("registry"));
+    let target = format!("{}/team/hello:v1", registry.host());
+    let cache = dir.join("cache");
+    let first = build(dir, &cache, &["--push", &target], &[]);
+    let digest = first.digest();
+    assert_eq!(
+        first.line("blobs:"),
+        "blobs: 3 uploaded, 0 present, 0 mounted"
+    );
+
+    let inspect = json(&run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{target}"),
+        ],
+    ));
+    assert_eq!(inspect["Digest"], digest.as_str());
+    assert_eq!(inspect["Env"], serde_json::json!(["GREETING=hi"]));
+    assert_eq!(inspect["Labels"]["org.example.team"], "edge");
+    let config = json(&run(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            "--tls-verify=false",
+            &format!("docker://{target}"),
+        ],
+    ));
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/app/hello"])
+    );
+    assert_eq!(
+        config["config"]["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}, "53/udp": {}})
+    );
+
+    // Pulled back with skopeo and unpacked with umoci: the files, modes and owners.
+    let pulled = dir.join("pulled");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{target}"),
+            &format!("oci:{}:v1", pulled.display()),
+        ],
+    );
+    let rootfs = unpack(&pulled, "v1", &dir.join("bundle"));
+    let conf = fs::metadata(rootfs.join("etc/hello/app.conf")).expect("app.conf");
+    assert_eq!(
+        (conf.mode() & 0o7777, conf.uid(), conf.gid()),
+        (0o640, 1000, 100)
+    );
+    let hello = fs::metadata(rootfs.join("app/hello")).expect("hello");
+    assert_eq!((hello.mode() & 0o7777, hello.uid()), (0o755, 0));
+
+    // Pushing the same image again uploads nothing.
+    let again = build(dir, &cache, &["--push", &target], &[]);
+    assert_eq!(again.digest(), digest);
+    assert_eq!(
+        again.line("blobs:"),
+        "blobs: 0 uploaded, 3 present, 0 mounted"
+    );
+
+    // One changed file: that layer and the config are uploaded, the other layer is not.
+    write(&dir.join("dist/lib/data.txt"), b"other data\n", 0o644);
+    let target2 = format!("{}/team/hello:v2", registry.host());
+    let changed = build(dir, &cache, &["--push", &target2], &[]);
+    assert_ne!(changed.digest(), digest);
+    assert_eq!(changed.line("layers:"), "layers: 1 built, 1 cached");
+    assert_eq!(
+        changed.line("blobs:"),
+        "blobs: 2 uploaded, 1 present, 0 mounted"
+    );
+    let inspect = json(&run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{target2}"),
+        ],
+    ));
+    assert_eq!(inspect["Digest"], changed.digest().as_str());
+}
+
+/// Pushes a small base image (a "tool" and a PATH) to `registry` as `base/tools:1`.
+fn push_base(registry: &Registry, root: &Path) -> String {
+    let base_dir = root.join("base");
+    write(
+        &base_dir.join("tools/greet"),
+        b"#!/bin/sh\necho base\n",
+        0o755,
+    );
+    write(&base_dir.join("tools/big.bin"), &vec![42u8; 300_000], 0o644);
+    fs::write(
+        base_dir.join("strait-build.toml"),
+        "env = { PATH = \"/usr/local/bin:/usr/bin\", LANG = \"C\" }\ncmd = [\"greet\"]\nlabels = { tier = \"base\" }\n\n[[layer]]\nsrc = \"tools/\"\ndest = \"/usr/local/bin/\"\n",
+    )
+    .expect("write base config");
+    let reference = format!("{}/base/tools:1", registry.host());
+    build(
+        &base_dir,
+        &root.join("base-cache"),
+        &["--push", &reference],
+        &[],
+    )
+    .digest();
+    reference
+}
+
+#[test]
+fn base_image_from_the_registry_is_pulled_once_and_mounted_on_push() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let registry = Registry::start(&root.join("registry"));
+    let base = push_base(&registry, root);
+
+    let app = root.join("app");
+    write(&app.join("src/main.sh"), b"echo app\n", 0o644);
+    fs::write(
+        app.join("strait-build.toml"),
+        format!(
+            "base = \"{base}\"\nentrypoint = [\"/bin/sh\", \"/app/main.sh\"]\nenv = {{ LANG = \"C.UTF-8\" }}\n\n[[layer]]\nsrc = \"src/\"\ndest = \"/app/\"\n"
+        ),
+    )
+    .expect("write app config");
+    let cache = root.join("cache");
+    let target = format!("{}/apps/web:1", registry.host());
+    let first = build(&app, &cache, &["--push", &target], &[]);
+    let digest = first.digest();
+    assert_eq!(
+        first.line("base blobs:"),
+        "base blobs: 2 downloaded, 0 cached"
+    );
+    // The base layer is mounted from base/tools; our layer and config are uploaded.
+    assert_eq!(
+        first.line("blobs:"),
+        "blobs: 2 uploaded, 0 present, 1 mounted"
+    );
+
+    // The rebuild finds the base's config and layer in the cache.
+    let out = root.join("image");
+    let second = build(&app, &cache, &["--oci-dir", path_str(&out)], &[]);
+    assert_eq!(second.digest(), digest);
+    assert_eq!(
+        second.line("base blobs:"),
+        "base blobs: 0 downloaded, 2 cached"
+    );
+    assert_eq!(second.line("layers:"), "layers: 0 built, 1 cached");
+
+    // The config extends the base's: its env (ours overriding), its labels, its layers.
+    let config = json(&run_skopeo_oci(&out, "latest", true));
+    assert_eq!(
+        config["config"]["Env"],
+        serde_json::json!(["LANG=C.UTF-8", "PATH=/usr/local/bin:/usr/bin"])
+    );
+    assert_eq!(config["config"]["Labels"]["tier"], "base");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/bin/sh", "/app/main.sh"])
+    );
+    assert_eq!(
+        config["config"]["Cmd"],
+        Value::Null,
+        "a new entrypoint drops the base's cmd"
+    );
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(config["history"].as_array().map(Vec::len), Some(2));
+    let rootfs = unpack(&out, "latest", &root.join("bundle"));
+    assert_eq!(
+        fs::read(rootfs.join("usr/local/bin/greet")).expect("greet"),
+        b"#!/bin/sh\necho base\n"
+    );
+    assert_eq!(
+        fs::read(rootfs.join("app/main.sh")).expect("main.sh"),
+        b"echo app\n"
+    );
+}
+
+#[test]
+fn templates_and_multi_platform_index() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    write(&dir.join("bin/amd64/hello"), b"amd64 binary", 0o755);
+    write(&dir.join("bin/arm64/hello"), b"arm64 binary", 0o755);
+    // The five-line config of a static binary, for two platforms.
+    fs::write(
+        dir.join("strait-build.toml"),
+        "template = \"static-binary\"\nbinary = \"bin/{arch}/hello\"\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\nports = [8080]\nenv = { RUST_LOG = \"info\" }\n",
+    )
+    .expect("write config");
+    let out = dir.join("image");
+    let run_ = build(dir, &dir.join("cache"), &["--oci-dir", path_str(&out)], &[]);
+    let digest = run_.digest();
+    assert_eq!(run_.line("layers:"), "layers: 2 built, 0 cached");
+    let raw = json(&run(
+        "skopeo",
+        &["inspect", "--raw", &format!("oci:{}:latest", out.display())],
+    ));
+    assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let platforms: Vec<String> = raw["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or(""),
+                m["platform"]["architecture"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    let arm = json(&run(
+        "skopeo",
+        &[
+            "--override-arch",
+            "arm64",
+            "inspect",
+            "--config",
+            &format!("oci:{}:latest", out.display()),
+        ],
+    ));
+    assert_eq!(arm["architecture"], "arm64");
+    assert_eq!(
+        arm["config"]["Entrypoint"],
+        serde_json::json!(["/app/hello"])
+    );
+    assert_eq!(arm["config"]["User"], "65534:65534");
+
+    // Pushed as an index, by the same digest.
+    let registry = Registry::start(&dir.join("registry"));
+    let target = format!("{}/multi/hello:1", registry.host());
+    let pushed = build(dir, &dir.join("cache"), &["--push", &target], &[]);
+    assert_eq!(pushed.digest(), digest);
+    assert_eq!(
+        pushed.line("blobs:"),
+        "blobs: 4 uploaded, 0 present, 0 mounted"
+    );
+    let remote = json(&run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{target}"),
+        ],
+    ));
+    assert_eq!(remote, raw);
+}
+
+fn htpasswd(dir: &Path, user: &str, password: &str) -> PathBuf {
+    use std::io::Write;
+    let mut child = Command::new(STRAIT)
+        .args(["registry", "passwd", user])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("strait registry passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write password");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let path = dir.join("htpasswd");
+    fs::write(&path, &output.stdout).expect("write htpasswd");
+    path
+}
+
+#[test]
+fn push_with_credentials_through_the_token_flow() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    app_tree(dir, 1_650_000_000);
+    let file = htpasswd(dir, "ci", "s3cret-pass");
+    let registry = Registry::start_with(&dir.join("registry"), &["--htpasswd", path_str(&file)]);
+    let target = format!("{}/secure/app:v1", registry.host());
+    let cache = dir.join("cache");
+    let out = dir.join("image");
+
+    // No credentials: refused, with the reference named, and no layout written.
+    let refused = build(
+        dir,
+        &cache,
+        &["--push", &target, "--oci-dir", path_str(&out)],
+        &[],
+    );
+    assert!(!refused.ok, "push without credentials succeeded");
+    assert!(
+        refused.stderr.contains(&format!("pushing {target}"))
+            && refused.stderr.contains("credentials"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!out.exists());
+
+    // Wrong password: refused.
+    let wrong = build(dir, &cache, &["--push", &target, "--user", "ci:nope"], &[]);
+    assert!(!wrong.ok);
+    assert!(
+        wrong.stderr.contains("authentication failed"),
+        "{}",
+        wrong.stderr
+    );
+
+    // --user, through the Bearer token flow.
+    let pushed = build(
+        dir,
+        &cache,
+        &["--push", &target, "--user", "ci:s3cret-pass"],
+        &[],
+    );
+    let digest = pushed.digest();
+    assert_eq!(
+        pushed.line("blobs:"),
+        "blobs: 3 uploaded, 0 present, 0 mounted"
+    );
+
+    // Docker's config.json `auths`, and the environment variable.
+    let docker = dir.join("docker");
+    fs::create_dir_all(&docker).expect("mkdir");
+    fs::write(
+        docker.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"Y2k6czNjcmV0LXBhc3M=\"}}}}}}",
+            registry.host()
+        ),
+    )
+    .expect("write docker config");
+    let target2 = format!("{}/secure/app:v2", registry.host());
+    let via_docker = build(
+        dir,
+        &cache,
+        &["--push", &target2],
+        &[("DOCKER_CONFIG", path_str(&docker))],
+    );
+    assert_eq!(via_docker.digest(), digest);
+    assert_eq!(
+        via_docker.line("blobs:"),
+        "blobs: 0 uploaded, 3 present, 0 mounted"
+    );
+    let via_env = build(
+        dir,
+        &cache,
+        &["--push", &target2],
+        &[("STRAIT_REGISTRY_AUTH", "ci:s3cret-pass")],
+    );
+    assert_eq!(via_env.digest(), digest);
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    write(&dir.join("dist/hello"), b"hi", 0o755);
+    let registry = Registry::start(&dir.join("registry"));
+    let dead = format!("127.0.0.1:{}", free_port());
+    let s = |t: &str| t.to_string();
+    let cases: Vec<(&str, String, Vec<String>, Vec<String>)> = vec![
+        (
+            "missing src",
+            "base = \"scratch\"\n\n[[layer]]\nsrc = \"nope/\"\ndest = \"/app/\"\n".into(),
+            vec![],
+            vec![s("strait-build.toml:4:7"), s("layer[0].src"), s("`nope/` does not exist")],
+        ),
+        (
+            "unknown key",
+            "base = \"scratch\"\nentrypont = [\"/x\"]\n[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n".into(),
+            vec![],
+            vec![s("strait-build.toml:2:1"), s("unknown field `entrypont`")],
+        ),
+        (
+            "bad base reference",
+            "base = \"UPPER/case\"\n[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n".into(),
+            vec![],
+            vec![s("strait-build.toml:1:8"), s("key `base`"), s("invalid image reference `UPPER/case`")],
+        ),
+        (
+            "bad push reference",
+            "[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n".into(),
+            vec!["--push".into(), "127.0.0.1:5000/Bad:tag".into()],
+            vec![s("invalid image reference `127.0.0.1:5000/Bad:tag`")],
+        ),
+        (
+            "unreachable registry",
+            "[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n".into(),
+            vec!["--push".into(), format!("{dead}/app:v1")],
+            vec![format!("pushing {dead}/app:v1"), s("cannot reach")],
+        ),
+        (
+            "missing base image",
+            format!("base = \"{}/nope/base:1\"\n[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n", registry.host()),
+            vec![],
+            vec![format!("base image {}/nope/base:1", registry.host()), s("404")],
+        ),
+        (
+            "unreachable base registry",
+            format!("base = \"{dead}/base:1\"\n[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n"),
+            vec![],
+            vec![format!("base image {dead}/base:1"), s("cannot reach")],
+        ),
+    ];
+    for (name, config, args, wanted) in cases {
+        fs::write(dir.join("strait-build.toml"), config).expect("write config");
+        let out = dir.join("out").join("image");
+        fs::create_dir_all(dir.join("out")).expect("mkdir");
+        let mut all: Vec<&str> = vec!["--oci-dir", path_str(&out)];
+        all.extend(args.iter().map(String::as_str));
+        let run = build(dir, &dir.join("cache"), &all, &[]);
+        assert!(!run.ok, "{name}: succeeded:\n{}", run.stdout);
+        for w in wanted {
+            assert!(
+                run.stderr.contains(w.as_str()),
+                "{name}: `{w}` not in:\n{}",
+                run.stderr
+            );
+        }
+        let left: Vec<_> = fs::read_dir(dir.join("out"))
+            .expect("read out")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert!(left.is_empty(), "{name}: left {left:?}");
+    }
+
+    // An existing directory that is not a layout is not replaced.
+    fs::write(
+        dir.join("strait-build.toml"),
+        "[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n",
+    )
+    .expect("write config");
+    let precious = dir.join("precious");
+    write(&precious.join("notes.txt"), b"keep me", 0o644);
+    let run = build(
+        dir,
+        &dir.join("cache"),
+        &["--oci-dir", path_str(&precious)],
+        &[],
+    );
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("is not an OCI image layout"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        fs::read(precious.join("notes.txt")).expect("notes"),
+        b"keep me"
+    );
+}
