@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use config::{ConfigError, Source};
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -607,10 +607,15 @@ impl Checker<'_> {
                 }
                 let mut builder = GlobSetBuilder::new();
                 for (i, glob) in list.iter().enumerate() {
-                    let compiled = globset::GlobBuilder::new(glob.get_ref())
+                    // A glob without `/` matches at any depth, as in .gitignore.
+                    let pattern = if glob.get_ref().contains('/') {
+                        glob.get_ref().clone()
+                    } else {
+                        format!("**/{}", glob.get_ref())
+                    };
+                    let compiled = globset::GlobBuilder::new(&pattern)
                         .literal_separator(true)
                         .build()
-                        .or_else(|_| Glob::new(glob.get_ref()))
                         .map_err(|e| {
                             self.error(
                                 Some(glob.span()),

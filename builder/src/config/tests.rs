@@ -226,3 +226,25 @@ fn errors_name_file_line_column_and_key() {
         check(text, expected);
     }
 }
+
+#[test]
+fn globs_without_a_slash_match_at_any_depth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(dir.path().join("src")).expect("mkdir");
+    let path = dir.path().join("strait-build.toml");
+    fs::write(
+        &path,
+        "[[layer]]\nsrc = \"src\"\ndest = \"/app\"\ninclude = [\"lib/*.py\", \"*.sh\"]\nexclude = [\"*.pyc\", \"lib/**/test_*\"]\n",
+    )
+    .expect("write");
+    let plan = load(&path, None).expect("load");
+    let layer = &plan.layers[0];
+    let include = layer.include.as_ref().expect("include");
+    let exclude = layer.exclude.as_ref().expect("exclude");
+    assert!(include.is_match("lib/a.py"));
+    assert!(!include.is_match("lib/sub/a.py"), "`*` does not cross `/`");
+    assert!(!include.is_match("other/lib/a.py"));
+    assert!(include.is_match("run.sh") && include.is_match("bin/deep/run.sh"));
+    assert!(exclude.is_match("x.pyc") && exclude.is_match("a/b/x.pyc"));
+    assert!(exclude.is_match("lib/x/y/test_a.py"));
+}
