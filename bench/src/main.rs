@@ -3,6 +3,8 @@
 //! measured alternately (A B A B ...) in one run. Prints a markdown table and writes JSON
 //! under `bench/results/`. Only ratios from the same run are claims.
 
+mod registry;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -473,16 +475,23 @@ fn dns_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<DnsRow>> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let scenarios: Vec<&str> = match cli.scenario.as_str() {
-        "all" => vec!["http", "dns"],
+        "all" => vec!["http", "dns", "registry"],
         "http" => vec!["http"],
         "dns" => vec!["dns"],
+        "registry" => vec!["registry"],
         other => bail!(
-            "unknown scenario `{other}`: use http, dns or all (table: cargo bench -p router --bench table)"
+            "unknown scenario `{other}`: use http, dns, registry or all (table: cargo bench -p router --bench table)"
         ),
     };
     let dir = tempfile::tempdir()?;
     let mut report = serde_json::Map::new();
     for scenario in scenarios {
+        if scenario == "registry" {
+            let rows = registry::scenario(cli.quick, dir.path(), &build_strait()?)?;
+            registry::print(&rows);
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
         if scenario == "dns" {
             let rows = dns_scenario(cli.quick, dir.path())?;
             println!("\n## dns (dnsperf, 1 worker each, medians)\n");
@@ -532,6 +541,8 @@ fn main() -> anyhow::Result<()> {
             "wrk": version("wrk", &["-v"]),
             "knot": version("knotd", &["-V"]),
             "dnsperf": version("dnsperf", &["-h"]),
+            "skopeo": version("skopeo", &["--version"]),
+            "docker-registry": version("docker-registry", &["--version"]),
             "quick": cli.quick,
         }),
     );
