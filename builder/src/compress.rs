@@ -5,7 +5,7 @@
 //! written in order. Concatenated gzip members are one valid gzip stream (RFC 1952 §2.2),
 //! and concatenated zstd frames one valid zstd stream, so the output depends only on the
 //! content, the chunk size and the level — never on thread timing or the number of
-//! threads. One pinned implementation (zlib-rs through flate2; libzstd through `zstd`)
+//! threads. One pinned implementation (zlib-rs, called directly; libzstd through `zstd`)
 //! makes it the same on every machine; the golden digests in the tests guard that.
 
 use std::collections::BTreeMap;
@@ -48,16 +48,24 @@ impl Compression {
     fn compress_chunk(&self, chunk: &[u8]) -> io::Result<Vec<u8>> {
         match *self {
             Compression::Gzip { level } => {
-                let mut out = Vec::with_capacity(chunk.len() / 2 + 64);
+                let config = zlib_rs::DeflateConfig {
+                    level: level as i32,
+                    method: zlib_rs::Method::Deflated,
+                    // Raw deflate: the gzip header and trailer are ours.
+                    window_bits: -15,
+                    mem_level: 8,
+                    strategy: zlib_rs::Strategy::Default,
+                };
+                let mut out = vec![0u8; 10 + zlib_rs::compress_bound(chunk.len()) + 8];
                 // Header: magic, deflate, no flags, mtime 0, no extra flags, OS unknown.
-                out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-                let mut encoder =
-                    flate2::write::DeflateEncoder::new(out, flate2::Compression::new(level));
-                encoder.write_all(chunk)?;
-                let mut out = encoder.finish()?;
-                let mut crc = flate2::Crc::new();
-                crc.update(chunk);
-                out.extend_from_slice(&crc.sum().to_le_bytes());
+                out[..10].copy_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+                let (deflated, code) = zlib_rs::compress_slice(&mut out[10..], chunk, config);
+                if code != zlib_rs::ReturnCode::Ok {
+                    return Err(io::Error::other(format!("deflate failed: {code:?}")));
+                }
+                let end = 10 + deflated.len();
+                out.truncate(end);
+                out.extend_from_slice(&zlib_rs::crc32::crc32(0, chunk).to_le_bytes());
                 out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
                 Ok(out)
             }
@@ -287,7 +295,7 @@ mod tests {
         let gz = compress(&data, Compression::Gzip { level: 6 }, 2, 65536);
         let zs = compress(&data, Compression::Zstd { level: 3 }, 2, 65536);
         expect_test::expect![[r#"
-            sha256:9716b4bb8bb1bac366e59ecc078ba215f5411e9390a96bdd2d693e135765e179
+            sha256:42676d18d512293c13bde1ca38e97c4305c23e24f6b2154a4809fd120c61d3d2
             sha256:59b2fe6e2262ed264e8df429d4e9114d8f2a40948b53a46611886122e2d68c72"#]]
         .assert_eq(&format!("{}\n{}", Digest::of(&gz), Digest::of(&zs)));
     }

@@ -181,6 +181,12 @@ fn the_minimal_config_builds_as_written() {
     let out = dir.join("image");
     let run = build(dir, &dir.join("cache"), &["--oci-dir", path_str(&out)], &[]);
     let digest = run.digest();
+    // The same on every machine and every build of strait: a change here means images
+    // built before it no longer reproduce (see docs/builder.md, reproducibility rules).
+    assert_eq!(
+        digest,
+        "sha256:8e5412dbc48fc9368f8e8cd0eaf1329a8e0ba88fa65cccf7764e7cc03aa380ec"
+    );
     let inspect = json(&run_skopeo_oci(&out, "latest", false));
     assert_eq!(inspect["Digest"], digest.as_str());
     assert_eq!(inspect["Env"], serde_json::json!(["GREETING=hi"]));
@@ -647,6 +653,48 @@ fn templates_and_multi_platform_index() {
         ],
     ));
     assert_eq!(remote, raw);
+
+    // That index as a base: the build picks the platform's manifest and inherits its config.
+    let app = dir.join("on-index");
+    write(&app.join("extra/note.txt"), b"note", 0o644);
+    fs::write(
+        app.join("strait-build.toml"),
+        format!(
+            "base = \"{target}\"\nplatforms = [\"linux/arm64\"]\n\n[[layer]]\nsrc = \"extra/\"\ndest = \"/etc/\"\n"
+        ),
+    )
+    .expect("write config");
+    let image = app.join("image");
+    let on_index = build(
+        &app,
+        &dir.join("cache2"),
+        &["--oci-dir", path_str(&image)],
+        &[],
+    );
+    on_index.digest();
+    assert_eq!(
+        on_index.line("base blobs:"),
+        "base blobs: 2 downloaded, 0 cached"
+    );
+    let config = json(&run_skopeo_oci(&image, "latest", true));
+    assert_eq!(config["architecture"], "arm64");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/app/hello"])
+    );
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let rootfs = unpack(&image, "latest", &app.join("bundle"));
+    assert_eq!(
+        fs::read(rootfs.join("app/hello")).expect("hello"),
+        b"arm64 binary"
+    );
+    assert_eq!(
+        fs::read(rootfs.join("etc/note.txt")).expect("note"),
+        b"note"
+    );
 }
 
 fn htpasswd(dir: &Path, user: &str, password: &str) -> PathBuf {
