@@ -389,8 +389,8 @@ impl Checker<'_> {
         match name {
             "gzip" => {
                 let level = level.map_or(Compression::DEFAULT_GZIP_LEVEL, |l| *l.get_ref());
-                if !(1..=9).contains(&level) {
-                    return Err(level_err("1 to 9"));
+                if !(1..=12).contains(&level) {
+                    return Err(level_err("1 to 12"));
                 }
                 Ok(Compression::Gzip {
                     level: level as u32,

@@ -23,6 +23,8 @@ pub enum Kind {
         source: PathBuf,
         size: u64,
         digest: Digest,
+        /// (mtime, ctime, inode) when it was hashed: a change is noticed while writing.
+        stamp: (i64, i64, u64),
     },
     Symlink {
         target: String,
@@ -177,6 +179,14 @@ fn walk(
     Ok(added)
 }
 
+fn stamp(meta: &fs::Metadata) -> (i64, i64, u64) {
+    (
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        meta.ino(),
+    )
+}
+
 fn file_entry(
     layer: &LayerPlan,
     path: &Path,
@@ -201,6 +211,7 @@ fn file_entry(
             source: path.to_path_buf(),
             size,
             digest,
+            stamp: stamp(meta),
         }
     } else {
         return Err(TarError::Unsupported {
@@ -218,7 +229,6 @@ fn file_entry(
                 0o644
             }),
     };
-    let _ = meta.ino();
     Ok(Entry {
         path: key,
         kind,
@@ -277,14 +287,15 @@ pub fn write<W: Write>(
         if let Kind::File {
             source,
             size,
-            digest,
+            stamp: hashed,
+            ..
         } = &entry.kind
         {
-            let file = fs::File::open(source).map_err(io_err(source))?;
-            let mut reader = HashingReader::new(file.take(*size));
+            let mut file = fs::File::open(source).map_err(io_err(source))?;
             let mut left = *size;
             while left > 0 {
-                let n = reader.read(&mut buf).map_err(io_err(source))?;
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = file.read(&mut buf[..want]).map_err(io_err(source))?;
                 if n == 0 {
                     break;
                 }
@@ -292,8 +303,10 @@ pub fn write<W: Write>(
                 left -= n as u64;
                 progress(n as u64);
             }
-            let (seen, count) = reader.finish();
-            if count != *size || seen != *digest {
+            // The content was hashed (for the cache key) before; the file must not have
+            // changed since, or the key would name other bytes.
+            let now = file.metadata().map_err(io_err(source))?;
+            if left != 0 || now.len() != *size || stamp(&now) != *hashed {
                 return Err(TarError::Io {
                     path: source.clone(),
                     error: io::Error::other("the file changed during the build"),

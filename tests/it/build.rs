@@ -185,7 +185,7 @@ fn the_minimal_config_builds_as_written() {
     // built before it no longer reproduce (see docs/builder.md, reproducibility rules).
     assert_eq!(
         digest,
-        "sha256:8e5412dbc48fc9368f8e8cd0eaf1329a8e0ba88fa65cccf7764e7cc03aa380ec"
+        "sha256:8781de5bfe685ee995ccd1dea85d2faad0a623e5608a17758b0f44747aa58024"
     );
     let inspect = json(&run_skopeo_oci(&out, "latest", false));
     assert_eq!(inspect["Digest"], digest.as_str());

@@ -73,7 +73,7 @@ dest = "/app/"
         expect![[r#"
             base=Scratch
             platforms=["linux/amd64"]
-            compression=gzip-zlibrs1-l6-c1048576
+            compression=gzip-libdeflate1-l1-c1048576
             image=ImageSettings { entrypoint: Some(["/app/hello"]), cmd: None, env: {"GREETING": "hi"}, workdir: None, user: None, ports: {}, labels: {} }
             layer [linux/amd64=dist] -> "app/" mode=None dir_mode=755 owner=0:0 globs=[]"#]],
     );
@@ -120,7 +120,7 @@ env = { RUST_LOG = "info" }
         expect![[r#"
             base=Scratch
             platforms=["linux/amd64"]
-            compression=gzip-zlibrs1-l6-c1048576
+            compression=gzip-libdeflate1-l1-c1048576
             image=ImageSettings { entrypoint: Some(["/app/hello"]), cmd: None, env: {"RUST_LOG": "info"}, workdir: None, user: Some("65534:65534"), ports: {}, labels: {} }
             layer [linux/amd64=dist/hello] -> "app/hello" mode=Some("755") dir_mode=755 owner=0:0 globs=[]"#]],
     );
@@ -134,7 +134,7 @@ main = "hello"
         expect![[r#"
             base=Image(Reference { registry: "127.0.0.1:5000", repository: "python", tag: Some("3"), digest: None })
             platforms=["linux/amd64"]
-            compression=gzip-zlibrs1-l6-c1048576
+            compression=gzip-libdeflate1-l1-c1048576
             image=ImageSettings { entrypoint: Some(["python3", "/app/hello"]), cmd: None, env: {}, workdir: Some("/app"), user: None, ports: {}, labels: {} }
             layer [linux/amd64=dist] -> "app/" mode=None dir_mode=755 owner=0:0 globs=[]"#]],
     );
