@@ -3,6 +3,7 @@
 //! measured alternately (A B A B ...) in one run. Prints a markdown table and writes JSON
 //! under `bench/results/`. Only ratios from the same run are claims.
 
+mod build;
 mod registry;
 
 use std::collections::BTreeMap;
@@ -475,17 +476,24 @@ fn dns_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<DnsRow>> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let scenarios: Vec<&str> = match cli.scenario.as_str() {
-        "all" => vec!["http", "dns", "registry"],
+        "all" => vec!["http", "dns", "registry", "build"],
         "http" => vec!["http"],
         "dns" => vec!["dns"],
         "registry" => vec!["registry"],
+        "build" => vec!["build"],
         other => bail!(
-            "unknown scenario `{other}`: use http, dns, registry or all (table: cargo bench -p router --bench table)"
+            "unknown scenario `{other}`: use http, dns, registry, build or all (table: cargo bench -p router --bench table)"
         ),
     };
     let dir = tempfile::tempdir()?;
     let mut report = serde_json::Map::new();
     for scenario in scenarios {
+        if scenario == "build" {
+            let rows = build::scenario(cli.quick, dir.path(), &build_strait()?)?;
+            build::print(&rows);
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
         if scenario == "registry" {
             let rows = registry::scenario(cli.quick, dir.path(), &build_strait()?)?;
             registry::print(&rows);
