@@ -282,8 +282,13 @@ pub fn scenario(quick: bool, dir: &Path, strait_bin: &Path) -> anyhow::Result<Ve
             let base = format!("http://127.0.0.1:{port}");
             let push = push(&base, &blobs, &manifest)?;
             let pull = pull(&base, total)?;
+            // Roots stay until the end: deleting a GiB of files right before the next
+            // participant's run would slow its inode allocation (ext4 avoids reusing
+            // recently freed inodes), a cost neither registry causes in service.
             drop(proc);
-            let _ = std::fs::remove_dir_all(&root);
+            // Untimed: flush what this participant left in the page cache, so that its
+            // writeback does not land in the next participant's measurement.
+            let _ = Command::new("sync").status();
             eprintln!(
                 "round {round} {name}: push {:.0} MB/s, pull {:.0} MB/s",
                 mb / push,

@@ -929,30 +929,54 @@ impl Registry {
         if declared.is_some_and(|len| start_size.saturating_add(len) > limit) {
             return Err(blob_too_large(limit));
         }
-        let writer = self.storage.upload_append(id).await?;
-        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, writer);
+        // Opened on the first byte: a PUT that only completes an upload writes nothing.
+        let mut writer = None;
+        // Large uploads are synced to disk while they stream (one sync in flight at a
+        // time), so the sync that must precede promotion finds little left to write.
+        let mut unsynced = 0u64;
+        let mut syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         let mut stream = body.into_data_stream();
         let result: Result<(), ApiError> = async {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| {
                     ApiError::new(Code::BlobUploadInvalid, format!("reading the body: {e}"))
                 })?;
+                if chunk.is_empty() {
+                    continue;
+                }
                 if upload.size + chunk.len() as u64 > limit {
                     return Err(blob_too_large(limit));
                 }
                 if let Some(hasher) = &mut upload.hasher {
                     hasher.update(&chunk);
                 }
-                writer
-                    .write_all(&chunk)
+                let out = match &mut writer {
+                    Some(out) => out,
+                    None => writer.insert(tokio::io::BufWriter::with_capacity(
+                        1 << 20,
+                        self.storage.upload_append(id).await?,
+                    )),
+                };
+                out.write_all(&chunk)
                     .await
                     .map_err(|e| ApiError::internal("writing an upload", e))?;
                 upload.size += chunk.len() as u64;
+                unsynced += chunk.len() as u64;
+                if unsynced >= SYNC_EVERY && syncing.as_ref().is_none_or(|s| s.is_finished()) {
+                    out.flush()
+                        .await
+                        .map_err(|e| ApiError::internal("writing an upload", e))?;
+                    let storage = Arc::clone(&self.storage);
+                    let id = id.to_owned();
+                    syncing = Some(tokio::spawn(async move { storage.upload_sync(&id).await }));
+                    unsynced = 0;
+                }
             }
-            writer
-                .flush()
-                .await
-                .map_err(|e| ApiError::internal("writing an upload", e))?;
+            if let Some(out) = &mut writer {
+                out.flush()
+                    .await
+                    .map_err(|e| ApiError::internal("writing an upload", e))?;
+            }
             if let Some(declared) = declared
                 && upload.size - start_size != declared
             {
@@ -1176,6 +1200,9 @@ impl Registry {
         }
     }
 }
+
+/// Bytes written to an upload between background syncs.
+const SYNC_EVERY: u64 = 8 << 20;
 
 /// How much of a refused request's body is read away so that the client, still sending,
 /// gets the error response instead of a connection reset.

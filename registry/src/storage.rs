@@ -54,6 +54,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn upload_size(&self, id: &str) -> io::Result<Option<u64>>;
     /// A writer appending to the upload.
     async fn upload_append(&self, id: &str) -> io::Result<Writer>;
+    /// Starts moving what was written so far to stable storage (called while a large
+    /// upload streams, so that the final sync before promotion has little left to do).
+    async fn upload_sync(&self, id: &str) -> io::Result<()>;
     /// Cuts an upload back to `len` bytes (a chunk that failed midway).
     async fn upload_truncate(&self, id: &str, len: u64) -> io::Result<()>;
     async fn upload_read(&self, id: &str) -> io::Result<Reader>;
@@ -144,25 +147,46 @@ impl FsStorage {
     }
 
     /// Writes `bytes` to `path` atomically: a temp file in the same filesystem, renamed.
-    async fn write_atomic(&self, path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
+    /// One blocking task for the whole sequence: each `tokio::fs` call would be a
+    /// thread hand-off of its own.
+    async fn write_atomic(&self, path: PathBuf, bytes: Vec<u8>, durable: bool) -> io::Result<()> {
         let temp = self.temp_path();
-        let write = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
-            tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
-            if durable {
-                file.sync_data().await?;
+        blocking(move || {
+            let write = || -> io::Result<()> {
+                let mut file = create_with_parents(&temp, &path)?;
+                std::io::Write::write_all(&mut file, &bytes)?;
+                if durable {
+                    file.sync_data()?;
+                }
+                std::fs::rename(&temp, &path)
+            };
+            let result = write();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&temp);
             }
-            tokio::fs::rename(&temp, path).await
-        };
-        let result = write.await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
-        result
+            result
+        })
+        .await
     }
+}
+
+/// Runs blocking filesystem work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Creates `temp` for writing, after creating `target`'s parent directories if needed.
+fn create_with_parents(temp: &Path, target: &Path) -> io::Result<std::fs::File> {
+    if let Some(parent) = target.parent()
+        && !parent.is_dir()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::File::create(temp)
 }
 
 #[async_trait]
@@ -195,7 +219,7 @@ impl Storage for FsStorage {
         if tokio::fs::metadata(&path).await.is_ok() {
             return self.blob_touch(digest).await;
         }
-        self.write_atomic(&path, bytes, true).await
+        self.write_atomic(path, bytes.to_vec(), true).await
     }
 
     async fn blob_touch(&self, digest: &Digest) -> io::Result<()> {
@@ -266,6 +290,11 @@ impl Storage for FsStorage {
         Ok(Box::new(file))
     }
 
+    async fn upload_sync(&self, id: &str) -> io::Result<()> {
+        let path = self.upload_path(id)?;
+        blocking(move || std::fs::File::open(path)?.sync_data()).await
+    }
+
     async fn upload_truncate(&self, id: &str, len: u64) -> io::Result<()> {
         let file = tokio::fs::File::options()
             .write(true)
@@ -283,19 +312,26 @@ impl Storage for FsStorage {
     async fn upload_promote(&self, id: &str, digest: &Digest) -> io::Result<()> {
         let upload = self.upload_path(id)?;
         let blob = self.blob_path(digest);
-        if tokio::fs::metadata(&blob).await.is_ok() {
-            tokio::fs::remove_file(&upload).await?;
-            return self.blob_touch(digest).await;
-        }
-        // Durable before visible: the data reaches the disk before the rename publishes it.
-        tokio::fs::File::open(&upload).await?.sync_data().await?;
-        if let Some(parent) = blob.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
-        tokio::fs::rename(&upload, &blob).await?;
-        // A promoted blob is "used now" whatever the upload's age.
-        let file = tokio::fs::File::options().write(true).open(&blob).await?;
-        file.into_std().await.set_modified(SystemTime::now())
+        blocking(move || {
+            if blob.exists() {
+                std::fs::remove_file(&upload)?;
+                // Refresh its last use: the caller is about to reference it.
+                return std::fs::File::options()
+                    .write(true)
+                    .open(&blob)?
+                    .set_modified(SystemTime::now());
+            }
+            // Durable before visible: the data reaches the disk before the rename publishes
+            // it. (The upload's modification time, its last write, is the blob's last use.)
+            std::fs::File::open(&upload)?.sync_data()?;
+            if let Some(parent) = blob.parent()
+                && !parent.is_dir()
+            {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(&upload, &blob)
+        })
+        .await
     }
 
     async fn upload_delete(&self, id: &str) -> io::Result<()> {
@@ -334,7 +370,24 @@ impl Storage for FsStorage {
 
     async fn meta_put(&self, key: &str, value: &[u8]) -> io::Result<()> {
         let path = self.meta_path(key)?;
-        self.write_atomic(&path, value, false).await
+        if value.is_empty() {
+            // A link: creating the empty file is atomic by itself, no temp file needed.
+            return blocking(move || {
+                if let Some(parent) = path.parent()
+                    && !parent.is_dir()
+                {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map(drop)
+            })
+            .await;
+        }
+        self.write_atomic(path, value.to_vec(), false).await
     }
 
     async fn meta_delete(&self, key: &str) -> io::Result<bool> {
