@@ -25,6 +25,8 @@ pub struct Options {
     pub threads: usize,
     pub insecure: bool,
     pub credentials: Option<Credentials>,
+    /// The registry of `--push`, which `credentials` are for.
+    pub push_registry: Option<String>,
 }
 
 /// A finished image, all of whose blobs are in the cache.
@@ -53,7 +55,15 @@ struct BaseImage {
     layers: Vec<Descriptor>,
 }
 
-pub fn credentials_for(registry: &str, explicit: Option<&Credentials>) -> Option<Credentials> {
+/// `--user` credentials go only to the registry pushed to (or to any, without `--push`);
+/// otherwise docker's config for that registry.
+pub fn credentials_for(registry: &str, options: &Options) -> Option<Credentials> {
+    let explicit = options.credentials.as_ref().filter(|_| {
+        options
+            .push_registry
+            .as_deref()
+            .is_none_or(|r| r == registry)
+    });
     explicit.cloned().or_else(|| docker_credentials(registry))
 }
 
@@ -81,7 +91,7 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
     // Base image, per platform.
     let mut bases: BTreeMap<Platform, BaseImage> = BTreeMap::new();
     if let Base::Image(reference) = &plan.base {
-        let credentials = credentials_for(&reference.registry, options.credentials.as_ref());
+        let credentials = credentials_for(&reference.registry, options);
         let mut registry = Registry::new(reference, options.insecure, credentials);
         registry.add_scope(&reference.repository, "pull");
         let wrap = |source: RegistryError| Error::Base {
@@ -468,7 +478,7 @@ pub fn push(
     progress: &mut Progress,
 ) -> Result<PushSummary, RegistryError> {
     let cache = &options.cache;
-    let credentials = credentials_for(&target.registry, options.credentials.as_ref());
+    let credentials = credentials_for(&target.registry, options);
     let mut registry = Registry::new(target, options.insecure, credentials);
     let repository = &target.repository;
     registry.add_scope(repository, "pull,push");

@@ -149,6 +149,7 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             .max(1),
         insecure: args.insecure,
         credentials,
+        push_registry: target.as_ref().map(|t| t.registry.clone()),
     };
     let mut progress = progress::Progress::new(args.quiet);
     let built = build::build(&plan, &options, &mut progress)?;
