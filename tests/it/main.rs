@@ -4,6 +4,7 @@ mod admin_api;
 mod agent;
 mod build;
 mod cli;
+mod conformance;
 mod dns;
 mod docs;
 mod embedded;

@@ -10,41 +10,41 @@ use serde_json::{Value, json};
 
 use crate::harness::{Registry, Strait, eventually};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
-    fn error_code(&self) -> String {
+    pub(crate) fn error_code(&self) -> String {
         self.json()["errors"][0]["code"]
             .as_str()
             .unwrap_or("")
             .to_owned()
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let text = String::from_utf8_lossy(&self.body);
         text.chars().take(300).collect()
     }
 }
 
-fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub(crate) fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -81,7 +81,7 @@ fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply
     }
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     use std::io::Write;
     let mut child = Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())
@@ -151,7 +151,7 @@ fn make_image(layout: &Path, tag: &str, arch: &str, layers: &[(&str, Vec<u8>)]) 
     }
 }
 
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     // xorshift: incompressible, reproducible.
     let mut state = seed | 1;
     (0..len)
@@ -391,7 +391,7 @@ fn skopeo_copies_a_two_platform_index() {
 }
 
 /// Pushes `bytes` as a blob of `repo` in one request; returns its digest.
-fn push_blob(registry: &Registry, repo: &str, bytes: &[u8]) -> String {
+pub(crate) fn push_blob(registry: &Registry, repo: &str, bytes: &[u8]) -> String {
     let digest = sha256(bytes);
     let reply = send(
         "POST",
@@ -408,7 +408,7 @@ fn push_blob(registry: &Registry, repo: &str, bytes: &[u8]) -> String {
 }
 
 /// Pushes an image manifest over `config` and `layers`; returns (digest, bytes).
-fn push_manifest(
+pub(crate) fn push_manifest(
     registry: &Registry,
     repo: &str,
     reference: &str,
@@ -424,7 +424,7 @@ fn push_manifest(
     (sha256(&bytes), reply)
 }
 
-fn image_manifest(config: &str, config_size: usize, layers: &[(&str, usize)]) -> Value {
+pub(crate) fn image_manifest(config: &str, config_size: usize, layers: &[(&str, usize)]) -> Value {
     json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -617,7 +617,29 @@ fn an_upload_survives_a_crash_but_never_shows_partially() {
     let reply = send("PATCH", &registry.url(&location), &[], &data[..1 << 20]);
     assert_eq!(reply.status, 202);
 
+    // Something complete beside it: an image pushed before the crash.
+    let config = push_blob(&registry, "crash", b"{}");
+    let manifest = image_manifest(&config, 2, &[]);
+    let (image, reply) = push_manifest(&registry, "crash", "kept", &manifest);
+    assert_eq!(reply.status, 201);
+
     registry.kill_and_restart();
+    let kept = send("GET", &registry.url("/v2/crash/manifests/kept"), &[], b"");
+    assert_eq!(
+        (kept.status, sha256(&kept.body)),
+        (200, image),
+        "restart lost the image"
+    );
+    assert_eq!(
+        send(
+            "GET",
+            &registry.url(&format!("/v2/crash/blobs/{config}")),
+            &[],
+            b""
+        )
+        .body,
+        b"{}"
+    );
     let blob_url = registry.url(&format!("/v2/crash/blobs/{digest}"));
     assert_eq!(send("HEAD", &blob_url, &[], b"").status, 404);
     // The session resumes where it was (the hash is recomputed from the staged bytes).
@@ -885,6 +907,14 @@ fn hostile_names_and_paths_stay_inside_the_root() {
         ("/v2/a/blobs/sha256:../../../etc/passwd", 404),
         ("/v2/a/blobs/sha512:abc", 400),
         ("/v2/a/referrers/notadigest", 400),
+        ("/v2/a//b/tags/list", 400),
+        ("/v2/../x/tags/list", 400),
+        ("/v2/a/b-/tags/list", 400),
+        (&*format!("/v2/{}/tags/list", "a".repeat(300)), 400),
+        (
+            &*format!("/v2/{}/tags/list", ["abcdefghij"; 26].join("/")),
+            400,
+        ),
         ("/v2/nothing-here", 404),
         ("/etc/passwd", 404),
     ] {
@@ -1127,7 +1157,23 @@ fn gc_removes_untagged_content_and_keeps_what_is_tagged() {
     let (ok, stdout, stderr) =
         crate::harness::cli(&["registry", "gc", "--root", root, "--grace", "0s"]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("manifests: 1 kept, 1 removed"), "{stdout}");
+    // Exactly the old image's own blobs go: its manifest, config and layer.
+    assert!(
+        stdout.contains("manifests: 1 kept, 1 removed; blobs: 3 kept, 3 removed"),
+        "{stdout}"
+    );
+    let on_disk = walk_files(&storage.join("blobs"));
+    let mut expected: Vec<String> = image_blobs(&source, &layout_digest(&source, "new"))
+        .iter()
+        .map(|d| d.trim_start_matches("sha256:").to_owned())
+        .collect();
+    let mut found: Vec<String> = on_disk
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+        .collect();
+    expected.sort();
+    found.sort();
+    assert_eq!(found, expected, "blobs left after gc");
     assert_eq!(send("HEAD", &layer_url, &[], b"").status, 404);
     let manifest_url = registry.url(&format!("/v2/gc/app/manifests/{old_digest}"));
     assert_eq!(send("GET", &manifest_url, &[], b"").status, 404);
@@ -1225,4 +1271,97 @@ fn tls_with_http2_over_alpn() {
         .output()
         .expect("curl");
     assert!(!plain.status.success() || plain.stdout.is_empty());
+}
+
+#[test]
+fn concurrent_pushes_of_one_blob_and_one_tag_are_safe() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::start(&tmp.path().join("storage"));
+    let data = random_bytes(2 << 20, 11);
+    let digest = sha256(&data);
+    let config = push_blob(&registry, "race", b"{}");
+    // Eight clients push the same blob, chunked, at once; then each tags its own manifest.
+    let manifests: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let (registry, data, digest, config) = (&registry, &data, &digest, &config);
+                scope.spawn(move || {
+                    let start = send("POST", &registry.url("/v2/race/blobs/uploads/"), &[], b"");
+                    let location = start.header("Location").expect("Location").to_owned();
+                    for (n, chunk) in data.chunks(256 << 10).enumerate() {
+                        let begin = n * (256 << 10);
+                        let range = format!("{begin}-{}", begin + chunk.len() - 1);
+                        let reply = send(
+                            "PATCH",
+                            &registry.url(&location),
+                            &[("Content-Range", &range)],
+                            chunk,
+                        );
+                        assert_eq!(reply.status, 202, "{}", reply.text());
+                    }
+                    let reply = send(
+                        "PUT",
+                        &registry.url(&format!("{location}?digest={digest}")),
+                        &[],
+                        b"",
+                    );
+                    assert_eq!(reply.status, 201, "{}", reply.text());
+                    let mut manifest = image_manifest(config, 2, &[(digest, data.len())]);
+                    manifest["annotations"] = json!({"writer": i.to_string()});
+                    let (d, reply) = push_manifest(registry, "race", "latest", &manifest);
+                    assert_eq!(reply.status, 201, "{}", reply.text());
+                    d
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    let blob = send(
+        "GET",
+        &registry.url(&format!("/v2/race/blobs/{digest}")),
+        &[],
+        b"",
+    );
+    assert!(blob.body == data, "the blob is not whole");
+    // The tag names exactly one of the manifests written, intact.
+    let latest = send("GET", &registry.url("/v2/race/manifests/latest"), &[], b"");
+    assert!(
+        manifests.contains(&sha256(&latest.body)),
+        "tag points at an unknown manifest"
+    );
+    let uploads = std::fs::read_dir(tmp.path().join("storage/uploads"))
+        .expect("uploads")
+        .count();
+    assert_eq!(uploads, 0, "staging files left behind");
+}
+
+#[test]
+fn stale_uploads_expire() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("strait.toml");
+    std::fs::write(&config, "[registry]\nupload_ttl = \"1s\"\n").expect("config");
+    let registry = Registry::start_with(
+        &tmp.path().join("storage"),
+        &["--config", config.to_str().expect("utf-8")],
+    );
+    let start = send("POST", &registry.url("/v2/stale/blobs/uploads/"), &[], b"");
+    let upload = registry.url(start.header("Location").expect("Location"));
+    send("PATCH", &upload, &[], b"abandoned");
+    eventually(
+        Duration::from_secs(10),
+        "the stale upload to expire",
+        || {
+            let reply = send("GET", &upload, &[], b"");
+            (reply.status == 404)
+                .then_some(())
+                .ok_or(reply.status.to_string())
+        },
+    );
+    let left = std::fs::read_dir(tmp.path().join("storage/uploads"))
+        .expect("uploads")
+        .count();
+    assert_eq!(left, 0);
 }
