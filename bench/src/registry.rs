@@ -227,15 +227,22 @@ fn manifest(blobs: &[Blob], config: &Blob) -> anyhow::Result<Vec<u8>> {
 fn start(name: &str, strait_bin: &Path, root: &Path, port: u16) -> anyhow::Result<crate::Proc> {
     std::fs::create_dir_all(root)?;
     let proc = match name {
-        "strait" => spawn(
-            "strait registry",
-            Command::new(strait_bin)
-                .args(["registry", "serve", "--addr"])
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--root")
-                .arg(root)
-                .env("RUST_LOG", "warn"),
-        )?,
+        "strait" | "strait-nofsync" => {
+            let config = root.join("strait.toml");
+            let fsync = name == "strait";
+            std::fs::write(&config, format!("[registry]\nfsync = {fsync}\n"))?;
+            spawn(
+                "strait registry",
+                Command::new(strait_bin)
+                    .args(["registry", "serve", "--config"])
+                    .arg(&config)
+                    .arg("--addr")
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg("--root")
+                    .arg(root.join("data"))
+                    .env("RUST_LOG", "warn"),
+            )?
+        }
         _ => {
             let config = root.join("config.yml");
             std::fs::write(
@@ -272,7 +279,7 @@ pub fn scenario(quick: bool, dir: &Path, strait_bin: &Path) -> anyhow::Result<Ve
     let mb = total as f64 / 1e6;
     eprintln!("registry: {mb:.0} MB in {} blobs", blobs.len());
     let rounds = if quick { 1 } else { 3 };
-    let participants = ["docker-registry", "strait"];
+    let participants = ["docker-registry", "strait", "strait-nofsync"];
     let mut results: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     for round in 1..=rounds {
         for name in participants {
@@ -324,11 +331,13 @@ pub fn print(rows: &[RegistryRow]) {
         );
     }
     let get = |name: &str| rows.iter().find(|r| r.participant == name);
-    if let (Some(strait), Some(peer)) = (get("strait"), get("docker-registry")) {
-        println!(
-            "\nstrait/docker-registry push {:.2}, pull {:.2}",
-            strait.push_mb_s / peer.push_mb_s.max(0.001),
-            strait.pull_mb_s / peer.pull_mb_s.max(0.001)
-        );
+    for name in ["strait", "strait-nofsync"] {
+        if let (Some(strait), Some(peer)) = (get(name), get("docker-registry")) {
+            println!(
+                "\n{name}/docker-registry push {:.2}, pull {:.2}",
+                strait.push_mb_s / peer.push_mb_s.max(0.001),
+                strait.pull_mb_s / peer.pull_mb_s.max(0.001)
+            );
+        }
     }
 }

@@ -26,6 +26,11 @@ pub struct RegistryConfig {
     /// Uploads that receive nothing for this long are removed.
     #[serde(default = "default_upload_ttl", with = "humantime_serde")]
     pub upload_ttl: Duration,
+    /// Whether a blob is fsynced before it becomes visible. Off, a blob is still never
+    /// visible partially after a process crash (it is renamed into place when whole), but
+    /// may be after a power loss; pushes then run at page-cache rather than disk speed.
+    #[serde(default = "yes")]
+    pub fsync: bool,
     /// Whether manifests, tags and blob links may be deleted (405 otherwise).
     #[serde(default = "yes")]
     pub delete: bool,
@@ -94,6 +99,7 @@ impl Default for RegistryConfig {
             max_blob_bytes: default_max_blob_bytes(),
             upload_ttl: default_upload_ttl(),
             delete: true,
+            fsync: true,
             header_timeout: default_header_timeout(),
             auth: None,
             tls: None,

@@ -67,10 +67,13 @@ impl RegistryServer {
         prometheus: &prometheus::Registry,
     ) -> Result<RegistryServer, Error> {
         config.check().map_err(Error::Config)?;
-        let storage = storage::FsStorage::open(root).map_err(|source| Error::Storage {
+        let mut storage = storage::FsStorage::open(root).map_err(|source| Error::Storage {
             path: root.to_path_buf(),
             source,
         })?;
+        if !config.fsync {
+            storage = storage.without_fsync();
+        }
         let auth = config.auth.as_ref().map(auth::Auth::load).transpose()?;
         let tls = config.tls.as_ref().map(http::tls_config).transpose()?;
         let metrics = metrics::Metrics::new(prometheus)?;

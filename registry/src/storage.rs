@@ -83,6 +83,8 @@ pub trait Storage: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct FsStorage {
     root: PathBuf,
+    /// Whether blobs reach the disk (fsync) before they become visible.
+    durable: bool,
 }
 
 fn not_found_as_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
@@ -108,7 +110,15 @@ impl FsStorage {
         }
         Ok(FsStorage {
             root: root.to_path_buf(),
+            durable: true,
         })
+    }
+
+    /// Without fsync: a promoted blob is whole after a process crash (it is renamed into
+    /// place only once complete) but may not be after a power loss or kernel crash.
+    pub fn without_fsync(mut self) -> FsStorage {
+        self.durable = false;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -219,7 +229,7 @@ impl Storage for FsStorage {
         if tokio::fs::metadata(&path).await.is_ok() {
             return self.blob_touch(digest).await;
         }
-        self.write_atomic(path, bytes.to_vec(), true).await
+        self.write_atomic(path, bytes.to_vec(), self.durable).await
     }
 
     async fn blob_touch(&self, digest: &Digest) -> io::Result<()> {
@@ -291,6 +301,9 @@ impl Storage for FsStorage {
     }
 
     async fn upload_sync(&self, id: &str) -> io::Result<()> {
+        if !self.durable {
+            return Ok(());
+        }
         let path = self.upload_path(id)?;
         blocking(move || std::fs::File::open(path)?.sync_data()).await
     }
@@ -312,6 +325,7 @@ impl Storage for FsStorage {
     async fn upload_promote(&self, id: &str, digest: &Digest) -> io::Result<()> {
         let upload = self.upload_path(id)?;
         let blob = self.blob_path(digest);
+        let durable = self.durable;
         blocking(move || {
             if blob.exists() {
                 std::fs::remove_file(&upload)?;
@@ -323,7 +337,9 @@ impl Storage for FsStorage {
             }
             // Durable before visible: the data reaches the disk before the rename publishes
             // it. (The upload's modification time, its last write, is the blob's last use.)
-            std::fs::File::open(&upload)?.sync_data()?;
+            if durable {
+                std::fs::File::open(&upload)?.sync_data()?;
+            }
             if let Some(parent) = blob.parent()
                 && !parent.is_dir()
             {
