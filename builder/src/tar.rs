@@ -115,7 +115,76 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
             .entry(key.clone())
             .or_insert_with(|| dir_entry(key, 0o755, 0, 0));
     }
-    Ok(entries.into_values().collect())
+    let mut entries: Vec<Entry> = entries.into_values().collect();
+    hash_files(&mut entries)?;
+    Ok(entries)
+}
+
+/// A file's index in the entries, and its digest and size (or why it could not be read).
+type Hashed = (usize, Result<(Digest, u64), TarError>);
+
+/// Hashes the content of every file entry (its size is what was read), on a few threads:
+/// with many small files this pass is bound by system calls, not by sha256.
+fn hash_files(entries: &mut [Entry]) -> Result<(), TarError> {
+    let files: Vec<(usize, PathBuf)> = entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.kind {
+            Kind::File { source, .. } => Some((i, source.clone())),
+            _ => None,
+        })
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(files.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Vec<Hashed>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((index, path)) = files.get(n) else {
+                            return done;
+                        };
+                        let hashed = fs::File::open(path)
+                            .and_then(|file| {
+                                let mut reader = HashingReader::new(file);
+                                io::copy(&mut reader, &mut io::sink())?;
+                                Ok(reader.finish())
+                            })
+                            .map_err(io_err(path));
+                        done.push((*index, hashed));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    let mut hashed = 0;
+    for (index, result) in results.into_iter().flatten() {
+        let (digest, read) = result?;
+        if let Some(Entry {
+            kind: Kind::File {
+                size, digest: d, ..
+            },
+            ..
+        }) = entries.get_mut(index)
+        {
+            *size = read;
+            *d = digest;
+            hashed += 1;
+        }
+    }
+    if hashed != files.len() {
+        return Err(TarError::Write(io::Error::other("a hashing thread failed")));
+    }
+    Ok(())
 }
 
 fn matches(set: &Option<globset::GlobSet>, rel: &str) -> bool {
@@ -204,13 +273,11 @@ fn file_entry(
             target: target.to_string(),
         }
     } else if file_type.is_file() {
-        let mut reader = HashingReader::new(fs::File::open(path).map_err(io_err(path))?);
-        io::copy(&mut reader, &mut io::sink()).map_err(io_err(path))?;
-        let (digest, size) = reader.finish();
+        // Hashed afterwards, in parallel (`hash_files`); the stamp is from before that.
         Kind::File {
             source: path.to_path_buf(),
-            size,
-            digest,
+            size: meta.len(),
+            digest: Digest::of(b""),
             stamp: stamp(meta),
         }
     } else {
