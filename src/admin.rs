@@ -66,12 +66,8 @@ impl Admin {
         let protected = axum::Router::new()
             .route("/metrics", get(metrics))
             .route("/v1/explain", axum::routing::post(explain))
-            .route("/v1/agent/checks/{id}/pass", axum::routing::put(check_pass))
-            .route(
-                "/v1/agent/services/{service}/{id}/maintenance",
-                axum::routing::put(maintenance),
-            )
             .with_state(self.clone())
+            .merge(agent_routes(self.agent.clone()))
             .merge(api)
             .layer(middleware::from_fn_with_state(self.clone(), authenticate));
         axum::Router::new()
@@ -178,12 +174,25 @@ fn no_agent() -> Response {
     .into_response()
 }
 
+/// The agent's endpoints, for `strait up`'s admin API and the standalone `strait agent`.
+pub fn agent_routes(agent: Option<Arc<discovery::agent::Agent>>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/agent/checks/{id}/pass", axum::routing::put(check_pass))
+        .route(
+            "/v1/agent/services/{service}/{id}/maintenance",
+            axum::routing::put(maintenance),
+        )
+        .with_state(agent)
+}
+
+type AgentState = State<Option<Arc<discovery::agent::Agent>>>;
+
 /// `PUT /v1/agent/checks/{id}/pass`: a TTL check's heartbeat.
 async fn check_pass(
-    State(admin): State<Admin>,
+    State(agent): AgentState,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    let Some(agent) = &admin.agent else {
+    let Some(agent) = &agent else {
         return no_agent();
     };
     if agent.pass(&id) {
@@ -206,11 +215,11 @@ struct MaintenanceBody {
 
 /// `PUT /v1/agent/services/{service}/{id}/maintenance` `{"enable": true}`: drain.
 async fn maintenance(
-    State(admin): State<Admin>,
+    State(agent): AgentState,
     axum::extract::Path((service, id)): axum::extract::Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(agent) = &admin.agent else {
+    let Some(agent) = &agent else {
         return no_agent();
     };
     let MaintenanceBody { enable } = match discovery::admin::parse_body(&body) {

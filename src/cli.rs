@@ -21,13 +21,14 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 /// A blocking client of one strait admin API.
-struct AdminClient {
+#[derive(Clone)]
+pub(crate) struct AdminClient {
     base: String,
     token: Option<String>,
     agent: ureq::Agent,
 }
 
-enum Method {
+pub(crate) enum Method {
     Get,
     Put(Value),
     Post(Value),
@@ -35,7 +36,7 @@ enum Method {
 }
 
 impl AdminClient {
-    fn new(args: &AdminArgs) -> Self {
+    pub(crate) fn new(args: &AdminArgs) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(15)))
@@ -49,7 +50,7 @@ impl AdminClient {
     }
 
     /// Sends a request; returns the status and the JSON body (`null` when empty).
-    fn call(&self, method: Method, path: &str) -> anyhow::Result<(u16, Value)> {
+    pub(crate) fn call(&self, method: Method, path: &str) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         macro_rules! with_auth {
@@ -83,7 +84,7 @@ impl AdminClient {
     }
 
     /// Like `call`, but a non-2xx status becomes an error carrying the API's message.
-    fn ok(&self, method: Method, path: &str) -> anyhow::Result<Value> {
+    pub(crate) fn ok(&self, method: Method, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self.call(method, path)?;
         if (200..300).contains(&status) {
             return Ok(body);

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod agent_cmd;
 mod cli;
 mod registry_cmd;
 mod settings;
@@ -51,6 +52,8 @@ enum Command {
         #[command(subcommand)]
         command: RouteCommand,
     },
+    /// Run the host-local agent alone: register local services and health-check them.
+    Agent(agent_cmd::AgentArgs),
     /// Build a reproducible OCI image from a small config, without a daemon.
     Build(builder::BuildArgs),
     /// The OCI image registry: serve it alone, collect its garbage, add users.
@@ -230,6 +233,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Svc { admin, command } => cli::svc(&admin, command),
         Command::Route { admin, command } => cli::route(&admin, command),
+        Command::Agent(args) => agent_cmd::run(args),
         Command::Build(args) => builder::build_command(args).map_err(anyhow::Error::from),
         Command::Registry { command } => registry_cmd::run(command),
         Command::Config { command } => match command {

@@ -104,8 +104,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             info!(services = file.services.len(), file = %path.display(), "agent: registering local services");
             Some(discovery::agent::Agent::start(
                 file,
-                Arc::clone(&store),
-                Arc::clone(&leases),
+                Arc::new(discovery::agent::LocalRegistrar {
+                    store: Arc::clone(&store),
+                    leases: Arc::clone(&leases),
+                }),
             ))
         }
         None => None,

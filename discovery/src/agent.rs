@@ -26,6 +26,46 @@ use crate::lease::Leases;
 use crate::model::{Health, Instance, InstanceSpec};
 use crate::store::Store;
 
+/// Where the agent's instances go: the store of this process (through `Leases`, owned by
+/// this process's session), or a remote strait's admin API under a lease (the standalone
+/// `strait agent` against an embedded store).
+#[async_trait::async_trait]
+pub trait Registrar: Send + Sync + 'static {
+    async fn register(&self, instance: Instance) -> Result<(), String>;
+    async fn deregister(&self, service: &str, id: &str) -> Result<(), String>;
+    /// Whether the store still holds the instance as far as this registrar knows; `false`
+    /// makes the agent publish it again (after an outage, a new session, a lost lease).
+    fn holds(&self, service: &str, id: &str) -> bool;
+}
+
+/// Registration in this process's own store.
+pub struct LocalRegistrar {
+    pub store: Arc<dyn Store>,
+    pub leases: Arc<Leases>,
+}
+
+#[async_trait::async_trait]
+impl Registrar for LocalRegistrar {
+    async fn register(&self, instance: Instance) -> Result<(), String> {
+        self.leases
+            .register(instance, None)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn deregister(&self, service: &str, id: &str) -> Result<(), String> {
+        self.leases
+            .deregister(service, id)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn holds(&self, service: &str, id: &str) -> bool {
+        self.store.snapshot().instance(service, id).is_some()
+    }
+}
+
 fn default_interval() -> Duration {
     Duration::from_secs(5)
 }
@@ -281,8 +321,7 @@ impl Local {
 
 /// The running agent.
 pub struct Agent {
-    leases: Arc<Leases>,
-    store: Arc<dyn Store>,
+    registrar: Arc<dyn Registrar>,
     locals: Mutex<Vec<Local>>,
     /// Check id -> (instance index, check index), for TTL passes.
     check_ids: BTreeMap<String, (usize, usize)>,
@@ -291,7 +330,7 @@ pub struct Agent {
 impl Agent {
     /// Registers every defined instance and starts its checks. Instances start critical
     /// when they have checks (until the checks pass `rise` times), passing otherwise.
-    pub fn start(file: AgentFile, store: Arc<dyn Store>, leases: Arc<Leases>) -> Arc<Agent> {
+    pub fn start(file: AgentFile, registrar: Arc<dyn Registrar>) -> Arc<Agent> {
         let mut check_ids = BTreeMap::new();
         let locals = file
             .services
@@ -322,8 +361,7 @@ impl Agent {
             })
             .collect();
         let agent = Arc::new(Agent {
-            leases,
-            store,
+            registrar,
             locals: Mutex::new(locals),
             check_ids,
         });
@@ -421,9 +459,8 @@ impl Agent {
                 }
             }
             // Publish what changed, and re-publish what the store lost (e.g. after an
-            // outage or a new ZooKeeper session). One snapshot per tick, and only the
-            // instances that need writing are built.
-            let snapshot = self.store.snapshot();
+            // outage, a new ZooKeeper session or a lost lease). Only the instances that
+            // need writing are built.
             let pending: Vec<(usize, Health, Option<Instance>)> = self
                 .lock()
                 .iter()
@@ -431,7 +468,7 @@ impl Agent {
                 .filter_map(|(i, local)| {
                     let health = local.health();
                     let def = &local.definition;
-                    let stored = snapshot.instance(&def.service, &def.id).is_some();
+                    let stored = self.registrar.holds(&def.service, &def.id);
                     (published[i] != Some(health) || !stored)
                         .then(|| (i, health, def.instance(health).ok()))
                 })
@@ -439,7 +476,7 @@ impl Agent {
             for (i, health, instance) in pending {
                 let Some(instance) = instance else { continue };
                 let (service, id) = (instance.service.clone(), instance.id.clone());
-                match self.leases.register(instance, None).await {
+                match self.registrar.register(instance).await {
                     Ok(()) => {
                         if published[i] != Some(health) {
                             info!(service = %service, id = %id, health = health.as_str(), "agent: health published");
@@ -464,7 +501,9 @@ impl Agent {
             .map(|l| (l.definition.service.clone(), l.definition.id.clone()))
             .collect();
         for (service, id) in ids {
-            let _ = self.leases.deregister(&service, &id).await;
+            if let Err(error) = self.registrar.deregister(&service, &id).await {
+                warn!(%service, %id, %error, "agent: cannot deregister at shutdown");
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Strait, ZooKeeper, eventually};
+use crate::harness::{Process, Strait, ZooKeeper, eventually};
 use crate::http::{Backend, Client};
 
 fn dig_a(strait: &Strait, name: &str) -> Vec<String> {
@@ -217,4 +217,177 @@ fn killed_agent_instances_vanish_from_other_routers() {
             }
         },
     );
+}
+
+/// A TTL-checked `api` instance: passing only while its app heartbeats the agent.
+fn ttl_service(dir: &std::path::Path) -> String {
+    services_file(
+        dir,
+        "[[service]]\nservice = \"api\"\nid = \"api-1\"\naddress = \"127.0.0.1\"\nport = 7001\n\n\
+         [[service.check]]\nid = \"api-ttl\"\nkind = \"ttl\"\nttl = \"30s\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+    )
+}
+
+fn health_of(strait: &Strait, service: &str, id: &str) -> Option<String> {
+    let (_, snapshot) = strait.get("/v1/snapshot");
+    snapshot["services"][service]
+        .as_array()?
+        .iter()
+        .find(|i| i["id"] == id)
+        .and_then(|i| i["health"].as_str().map(str::to_owned))
+}
+
+fn agent_pass(agent: &Process, check: &str) -> u16 {
+    let (status, _) =
+        crate::harness::http_put(&agent.url(&format!("/v1/agent/checks/{check}/pass")));
+    status
+}
+
+#[test]
+fn standalone_agent_through_the_admin_api_holds_a_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = ttl_service(dir.path());
+    let strait = Strait::builder().start();
+    let admin = format!("http://{}", strait.admin);
+    let mut agent = Process::start(
+        &[
+            "agent",
+            "--services",
+            &file,
+            "--admin",
+            &admin,
+            "--addr",
+            "127.0.0.1:0",
+            "--lease-ttl",
+            "2s",
+        ],
+        "agent API listening on ",
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the agent's instance, critical until a heartbeat",
+        || {
+            let health = health_of(&strait, "api", "api-1");
+            (health.as_deref() == Some("critical"))
+                .then_some(())
+                .ok_or(format!("{health:?}"))
+        },
+    );
+    assert_eq!(agent_pass(&agent, "api-ttl"), 200);
+    assert_eq!(agent_pass(&agent, "no-such-check"), 404);
+    eventually(
+        Duration::from_secs(10),
+        "the heartbeat to make it passing",
+        || {
+            let health = health_of(&strait, "api", "api-1");
+            (health.as_deref() == Some("passing"))
+                .then_some(())
+                .ok_or(format!("{health:?}"))
+        },
+    );
+    // Alive longer than its lease TTL: the lease is renewed.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        health_of(&strait, "api", "api-1").as_deref(),
+        Some("passing")
+    );
+
+    // Killed: nothing renews the lease, the instance expires.
+    agent.kill();
+    eventually(
+        Duration::from_secs(10),
+        "the killed agent's instance to expire",
+        || {
+            let health = health_of(&strait, "api", "api-1");
+            health.is_none().then_some(()).ok_or(format!("{health:?}"))
+        },
+    );
+
+    // A clean stop removes it at once (the lease is revoked).
+    let mut agent = Process::start(
+        &[
+            "agent",
+            "--services",
+            &file,
+            "--admin",
+            &admin,
+            "--addr",
+            "127.0.0.1:0",
+            "--lease-ttl",
+            "60s",
+        ],
+        "agent API listening on ",
+    );
+    eventually(Duration::from_secs(10), "the instance again", || {
+        health_of(&strait, "api", "api-1")
+            .map(drop)
+            .ok_or("absent".to_owned())
+    });
+    agent.stop();
+    let ids = strait.instance_ids("api");
+    assert!(
+        ids.is_empty(),
+        "still registered after a clean stop: {ids:?}"
+    );
+}
+
+#[test]
+fn standalone_agent_on_zookeeper_owns_ephemeral_instances() {
+    let zk = ZooKeeper::shared();
+    let url = zk.url("standalone-agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = ttl_service(dir.path());
+    let config = format!("[store]\nurl = \"{url}\"\n");
+    let observer = Strait::builder().config(&config).start();
+    let mut agent = Process::start(
+        &[
+            "agent",
+            "--services",
+            &file,
+            "--store",
+            &url,
+            "--session-timeout",
+            "2s",
+            "--addr",
+            "127.0.0.1:0",
+        ],
+        "agent API listening on ",
+    );
+    assert_eq!(agent_pass(&agent, "api-ttl"), 200);
+    eventually(
+        Duration::from_secs(15),
+        "the observer to see it passing",
+        || {
+            let health = health_of(&observer, "api", "api-1");
+            (health.as_deref() == Some("passing"))
+                .then_some(())
+                .ok_or(format!("{health:?}"))
+        },
+    );
+    agent.kill();
+    eventually(
+        Duration::from_secs(15),
+        "the killed agent's session to expire",
+        || {
+            let ids = observer.instance_ids("api");
+            ids.is_empty().then_some(()).ok_or(format!("{ids:?}"))
+        },
+    );
+}
+
+#[test]
+fn standalone_agent_refuses_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = ttl_service(dir.path());
+    let (ok, _, stderr) = crate::harness::cli(&[
+        "agent",
+        "--services",
+        &file,
+        "--store",
+        "embedded",
+        "--addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot use the embedded store"), "{stderr}");
 }

@@ -412,6 +412,20 @@ pub fn http(
     (status, value)
 }
 
+/// `PUT url` with an empty JSON body; returns the status and body text.
+pub fn http_put(url: &str) -> (u16, String) {
+    let mut response = agent()
+        .put(url)
+        .content_type("application/json")
+        .send("{}")
+        .unwrap_or_else(|e| panic!("PUT {url}: {e}"));
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
 pub fn http_text(url: &str, token: Option<&str>) -> (u16, String) {
     let request = agent().get(url);
     let request = match token {
@@ -644,6 +658,100 @@ impl Drop for Registry {
         kill(&mut self.watchdog);
         if std::thread::panicking() {
             eprintln!("--- registry log ---\n{}", self.log_text());
+        }
+    }
+}
+
+/// Another `strait` command (e.g. `strait agent`) that logs "<marker> ADDR" once it serves.
+pub struct Process {
+    child: Option<Child>,
+    watchdog: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    pub fn start(args: &[&str], marker: &'static str) -> Process {
+        let mut command = Command::new(STRAIT);
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let (mut child, watchdog) = spawn_guarded(&mut command);
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.split(marker).nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap_or_default();
+                        let _ = addr_tx.send(addr.parse::<SocketAddr>());
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let mut process = Process {
+            child: Some(child),
+            watchdog,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(addr)) => process.addr = addr,
+            other => panic!(
+                "strait {args:?} did not log `{marker}` ({other:?}); log:\n{}",
+                process.log_text()
+            ),
+        }
+        process
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// SIGTERM and wait (up to 10 s) for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(status.success(), "exit {status}; log:\n{}", self.log_text());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            kill(&mut child);
+            panic!("did not stop within 10s; log:\n{}", self.log_text());
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+        kill(&mut self.watchdog);
+        if std::thread::panicking() {
+            eprintln!("--- process log ---\n{}", self.log_text());
         }
     }
 }
