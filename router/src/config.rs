@@ -40,10 +40,12 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge over cleartext (h2c), e.g. for gRPC.
     H2c,
+    /// HTTP/2 over TLS, negotiated by ALPN (`h2`); needs `tls = true`.
+    H2,
 }
 
 /// Per-service router settings (`[router.services.<name>]`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSettings {
     #[serde(default)]
@@ -51,9 +53,48 @@ pub struct ServiceSettings {
     /// For `consistent-hash`: `{ header = "x-user" }`, `{ cookie = "session" }` or `"client-ip"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
-    /// `http1` (default) or `h2c`.
+    /// `http1` (default), `h2c` (cleartext) or `h2` (over TLS).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// Connect to the service's instances over TLS (see [`crate::upstream_tls`]).
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS: the server name sent (SNI) and verified. Without it, the instance's IP
+    /// address is verified (no SNI is sent for an address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// TLS: trust only the CA certificates in this PEM file (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// TLS: verify the instance's certificate (default). `false` is for testing only.
+    #[serde(default = "default_verify")]
+    pub verify: bool,
+    /// TLS: a client certificate chain (PEM) presented to the instances (mTLS); with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// TLS: the private key (PEM) of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            balancer: BalancerKind::default(),
+            hash_on: None,
+            protocol: UpstreamProtocol::default(),
+            tls: false,
+            sni: None,
+            ca: None,
+            verify: default_verify(),
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+fn default_verify() -> bool {
+    true
 }
 
 fn default_http_addr() -> SocketAddr {

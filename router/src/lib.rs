@@ -8,6 +8,7 @@
 //! * [`front`]: strict HTTP/1 head reading and validation before pingora sees a request.
 //! * [`proxy`]: the per-request hot path (pingora `ProxyHttp`).
 //! * [`tls`]: certificates by SNI, hot-reloaded.
+//! * [`upstream_tls`]: TLS to upstream services (per-service roots, SNI, client certs).
 //! * [`service`]: wiring: the table-follower thread and the pingora server.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod service;
 pub mod table;
 pub mod tcp;
 pub mod tls;
+pub mod upstream_tls;
 
 pub use config::RouterConfig;
 pub use service::{Router, RouterError, RouterHandle};

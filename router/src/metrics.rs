@@ -14,6 +14,7 @@ pub struct RouterMetrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub upstream_connect_errors: IntCounterVec,
+    pub upstream_tls_errors: IntCounterVec,
     pub retries: IntCounterVec,
     pub ejections: IntCounterVec,
     pub active_requests: IntGauge,
@@ -58,6 +59,14 @@ impl RouterMetrics {
                     "Failed upstream connects",
                 ),
                 &["service"],
+            )?,
+            upstream_tls_errors: IntCounterVec::new(
+                Opts::new(
+                    "strait_router_upstream_tls_errors_total",
+                    "Failed upstream TLS handshakes (also counted as failed connects), by \
+                     reason: certificate (not trusted, expired, wrong name) or handshake",
+                ),
+                &["service", "reason"],
             )?,
             retries: IntCounterVec::new(
                 Opts::new("strait_router_retries_total", "Retried upstream attempts"),
@@ -118,6 +127,7 @@ impl RouterMetrics {
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
         registry.register(Box::new(m.upstream_connect_errors.clone()))?;
+        registry.register(Box::new(m.upstream_tls_errors.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.active_requests.clone()))?;

@@ -105,8 +105,11 @@ pub struct Pool {
     pub shared: Arc<PoolShared>,
     /// Registered instances left out of the pool, and why (for `route explain`).
     pub excluded: Vec<(Arc<str>, String)>,
-    /// Speak HTTP/2 (prior knowledge) to this service's instances.
-    pub h2c: bool,
+    /// Speak HTTP/2 to this service's instances: prior knowledge (h2c) in cleartext,
+    /// ALPN `h2` over TLS.
+    pub http2: bool,
+    /// Connect over TLS with these settings (`None`: cleartext).
+    pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
 }
 
 /// Indices already tried by this request; retries go elsewhere when they can.
@@ -169,7 +172,8 @@ impl Pool {
             min_local: min_local.max(1),
             shared,
             excluded: Vec::new(),
-            h2c: false,
+            http2: false,
+            tls: None,
         }
     }
 
@@ -511,9 +515,21 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
 /// that inherits the state of endpoints with the same id and address, and the pool-wide
 /// state. Services that left the snapshot are dropped, so a re-registered instance starts
 /// fresh.
+/// It also carries the services' upstream TLS, loaded once at startup.
 #[derive(Default)]
 pub struct PoolStates {
     pub(crate) services: HashMap<Arc<str>, (Arc<discovery::snapshot::Service>, Arc<Pool>)>,
+    pub(crate) upstream_tls: crate::upstream_tls::UpstreamTlsSet,
+}
+
+impl PoolStates {
+    /// Pools built with these services' upstream TLS (see [`crate::upstream_tls`]).
+    pub fn with_upstream_tls(upstream_tls: crate::upstream_tls::UpstreamTlsSet) -> Self {
+        PoolStates {
+            services: HashMap::new(),
+            upstream_tls,
+        }
+    }
 }
 
 impl Pool {

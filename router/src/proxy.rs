@@ -10,7 +10,7 @@
 //! No locks, no awaits on discovery: the table is an `Arc` loaded once per request.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -22,6 +22,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use tracing::warn;
 
 use crate::config::{HashOn, RouterConfig};
 use crate::metrics::{GaugeGuard, RouterMetrics};
@@ -39,6 +40,8 @@ pub struct Proxy {
     pub metrics: RouterMetrics,
     pub clock: Clock,
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// When the last upstream TLS failure was logged (ms on `clock`): at most one a second.
+    pub tls_warned_ms: AtomicU64,
 }
 
 /// Per-request state. Holds the table it routed with, so retries use the same one.
@@ -83,6 +86,47 @@ impl RequestCtx {
 }
 
 impl Proxy {
+    /// Counts a failed upstream TLS handshake by reason, and logs it (at most once a
+    /// second: a service whose certificate does not verify fails every connect).
+    fn tls_failure(&self, pool: &Pool, index: usize, e: &Error, now_ms: u64) {
+        let reason = match e.etype() {
+            ErrorType::InvalidCert => "certificate",
+            ErrorType::TLSHandshakeFailure | ErrorType::HandshakeError => {
+                // rustls: "TLS connect() failed: invalid peer certificate: UnknownIssuer, …"
+                if e.context
+                    .as_ref()
+                    .is_some_and(|c| c.as_str().contains("certificate"))
+                {
+                    "certificate"
+                } else {
+                    "handshake"
+                }
+            }
+            _ => return,
+        };
+        self.metrics
+            .upstream_tls_errors
+            .with_label_values(&[&pool.service, reason])
+            .inc();
+        let last = self.tls_warned_ms.load(Ordering::Relaxed);
+        // 0: never logged.
+        if (last == 0 || now_ms.saturating_sub(last) >= 1000)
+            && self
+                .tls_warned_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let upstream = pool.endpoints.get(index).map(|e| e.addr);
+            warn!(
+                service = %pool.service,
+                upstream = ?upstream,
+                reason,
+                error = %e,
+                "upstream TLS handshake failed"
+            );
+        }
+    }
+
     fn retry_allowed_for(&self, pool: &Option<Arc<Pool>>) -> bool {
         pool.as_ref().is_some_and(|p| self.retry_allowed(p))
     }
@@ -279,7 +323,10 @@ impl ProxyHttp for Proxy {
         ctx.tried.push(index);
         ctx.attempts += 1;
         ctx.attempt_started = Some(Instant::now());
-        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        let mut peer = match &pool.tls {
+            Some(tls) => tls.peer(endpoint.addr),
+            None => HttpPeer::new(endpoint.addr, false, String::new()),
+        };
         let options = &mut peer.options;
         options.connection_timeout = Some(route.connect_timeout);
         options.total_connection_timeout = Some(route.connect_timeout);
@@ -287,8 +334,9 @@ impl ProxyHttp for Proxy {
         options.read_timeout = Some(read);
         options.write_timeout = Some(read);
         options.idle_timeout = Some(Duration::from_secs(60));
-        if pool.h2c {
-            // Prior knowledge: min 2 over cleartext is h2c; many streams per connection.
+        if pool.http2 {
+            // min 2: over cleartext prior knowledge (h2c), over TLS ALPN offers only `h2`;
+            // many streams per connection.
             options.set_http_version(2, 2);
             options.max_h2_streams = 100;
         }
@@ -306,6 +354,9 @@ impl ProxyHttp for Proxy {
             let now = self.clock.now_ms();
             self.metrics
                 .upstream_failure(pool, index, &self.config.outlier, now, true);
+            if pool.tls.is_some() {
+                self.tls_failure(pool, index, &e, now);
+            }
         }
         // Nothing reached the upstream: always safe to try another instance, and it adds
         // no load to any backend, so it is outside the retry budget (which bounds retries

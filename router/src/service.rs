@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +23,7 @@ use crate::metrics::RouterMetrics;
 use crate::pool::{Clock, PoolStates};
 use crate::proxy::Proxy;
 use crate::table::{Table, compile};
+use crate::upstream_tls::UpstreamTlsSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -38,6 +40,8 @@ pub enum RouterError {
     Thread(std::io::Error),
     #[error("{0}")]
     AccessLog(std::io::Error),
+    #[error("upstream TLS: {0}")]
+    UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
     #[error("TLS listener {addr}: {error}")]
     Tls {
         addr: SocketAddr,
@@ -51,15 +55,21 @@ pub struct Router {
     /// Bumped on every swap, for followers of the table (the TCP listeners).
     swaps: watch::Sender<u64>,
     config: Arc<RouterConfig>,
+    /// Upstream TLS per service, loaded once here (files read, certificates checked).
+    upstream_tls: UpstreamTlsSet,
     metrics: RouterMetrics,
     clock: Clock,
 }
 
 impl Router {
+    /// Checks the configuration's files (upstream TLS roots and client certificates) too:
+    /// one that does not load is an error naming it.
     pub fn new(config: RouterConfig, registry: &Registry) -> Result<Self, RouterError> {
+        let upstream_tls = UpstreamTlsSet::load(&config)?;
         Ok(Router {
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
             swaps: watch::Sender::new(0),
+            upstream_tls,
             config: Arc::new(config),
             metrics: RouterMetrics::new(registry)?,
             clock: Clock::new(),
@@ -95,10 +105,11 @@ impl Router {
         let config = Arc::clone(&self.config);
         let metrics = self.metrics.clone();
         let swaps = self.swaps.clone();
+        let upstream_tls = self.upstream_tls.clone();
         std::thread::Builder::new()
             .name("strait-tables".into())
             .spawn(move || {
-                let mut states = PoolStates::default();
+                let mut states = PoolStates::with_upstream_tls(upstream_tls);
                 loop {
                     let snapshot = snapshots.borrow_and_update().clone();
                     let started = Instant::now();
@@ -152,6 +163,7 @@ impl Router {
             metrics: self.metrics.clone(),
             clock: self.clock,
             access_log,
+            tls_warned_ms: AtomicU64::new(0),
         };
         let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
         let mut options = pingora::apps::HttpServerOptions::default();

@@ -280,14 +280,19 @@ fn build_pool(
     name: &Arc<str>,
     service: &discovery::snapshot::Service,
     config: &RouterConfig,
+    upstream_tls: &crate::upstream_tls::UpstreamTlsSet,
     previous: Option<&Pool>,
 ) -> Pool {
     let settings = config.services.get(&**name).cloned().unwrap_or_default();
+    let tls = upstream_tls.get(name).cloned();
+    // Never fall back to cleartext: a TLS service whose settings were not loaded (a table
+    // compiled without `PoolStates::with_upstream_tls`) gets no traffic at all.
+    let tls_missing = settings.tls && tls.is_none();
     let inherited = previous.map(Pool::endpoint_states).unwrap_or_default();
     let endpoints: Vec<Endpoint> = service
         .instances
         .values()
-        .filter(|i| receives_traffic(i.spec.health, config))
+        .filter(|i| !tls_missing && receives_traffic(i.spec.health, config))
         .map(|i| {
             let addr = i.socket_addr();
             let state = inherited
@@ -313,18 +318,21 @@ fn build_pool(
         config.min_local_endpoints,
         shared,
     );
-    pool.h2c = settings.protocol == crate::config::UpstreamProtocol::H2c;
+    pool.http2 = settings.protocol != crate::config::UpstreamProtocol::Http1;
     pool.excluded = service
         .instances
         .values()
-        .filter(|i| !receives_traffic(i.spec.health, config))
+        .filter(|i| tls_missing || !receives_traffic(i.spec.health, config))
         .map(|i| {
-            (
-                Arc::from(i.id.as_str()),
-                format!("health is {}", i.spec.health.as_str()),
-            )
+            let reason = if tls_missing {
+                "upstream TLS settings not loaded".to_string()
+            } else {
+                format!("health is {}", i.spec.health.as_str())
+            };
+            (Arc::from(i.id.as_str()), reason)
         })
         .collect();
+    pool.tls = tls;
     pool
 }
 
@@ -345,6 +353,7 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
                 name,
                 service,
                 config,
+                &states.upstream_tls,
                 previous.map(|(_, p)| &**p),
             )),
         };

@@ -14,4 +14,5 @@ mod registry;
 mod router;
 mod tcp;
 mod tls;
+mod upstream_tls;
 mod zookeeper;
