@@ -20,8 +20,16 @@ use clap::{Args, Parser, Subcommand};
 
 /// mimalloc: the request path allocates many small, short-lived objects (pingora's
 /// headers, buffers and futures); glibc malloc was ~10% of the router's CPU in profiles.
+#[cfg(not(feature = "alloc-stats"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// With `--features alloc-stats`, an allocator behind counters (for `bench alloc`). It
+/// wraps the system allocator (stats_alloc's wrapper can be a `static` only around it);
+/// the number of allocations a request makes does not depend on the allocator.
+#[cfg(feature = "alloc-stats")]
+#[global_allocator]
+pub static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
 
 #[derive(Parser)]
 #[command(

@@ -79,6 +79,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
     registry.register(Box::new(build_info))?;
+    #[cfg(feature = "alloc-stats")]
+    export_allocation_counts(&registry)?;
 
     let store_metrics = StoreMetrics::new(&registry)?;
     let store = discovery::store::open(&settings.store, store_metrics.clone())
@@ -181,3 +183,28 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
 }
+
+/// Publishes the counting allocator's totals every 20 ms (`alloc-stats` builds only).
+#[cfg(feature = "alloc-stats")]
+fn export_allocation_counts(registry: &Registry) -> anyhow::Result<()> {
+    let allocations = prometheus::IntGauge::new(
+        "strait_allocations_total",
+        "Heap allocations since start (alloc-stats build)",
+    )?;
+    let bytes = prometheus::IntGauge::new(
+        "strait_allocated_bytes_total",
+        "Heap bytes allocated since start (alloc-stats build)",
+    )?;
+    registry.register(Box::new(allocations.clone()))?;
+    registry.register(Box::new(bytes.clone()))?;
+    tokio::spawn(async move {
+        loop {
+            let stats = crate::GLOBAL.stats();
+            allocations.set(i64::try_from(stats.allocations + stats.reallocations).unwrap_or(i64::MAX));
+            bytes.set(i64::try_from(stats.bytes_allocated).unwrap_or(i64::MAX));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    Ok(())
+}
+

@@ -3,8 +3,10 @@
 //! measured alternately (A B A B ...) in one run. Prints a markdown table and writes JSON
 //! under `bench/results/`. Only ratios from the same run are claims.
 
+mod alloc;
 mod build;
 mod registry;
+mod swap;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -476,13 +478,16 @@ fn dns_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<DnsRow>> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let scenarios: Vec<&str> = match cli.scenario.as_str() {
-        "all" => vec!["http", "dns", "registry", "build"],
+        // alloc last: it leaves target/release/strait built with alloc-stats.
+        "all" => vec!["http", "swap", "dns", "registry", "build", "alloc"],
+        "swap" => vec!["swap"],
+        "alloc" => vec!["alloc"],
         "http" => vec!["http"],
         "dns" => vec!["dns"],
         "registry" => vec!["registry"],
         "build" => vec!["build"],
         other => bail!(
-            "unknown scenario `{other}`: use http, dns, registry, build or all (table: cargo bench -p router --bench table)"
+            "unknown scenario `{other}`: use http, swap, dns, registry, build, alloc or all (table: cargo bench -p router --bench table)"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -491,6 +496,18 @@ fn main() -> anyhow::Result<()> {
         if scenario == "build" {
             let rows = build::scenario(cli.quick, dir.path(), &build_strait()?)?;
             build::print(&rows);
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
+        if scenario == "alloc" {
+            let rows = alloc::scenario(cli.quick, dir.path())?;
+            alloc::print(&rows);
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
+        if scenario == "swap" {
+            let rows = swap::scenario(cli.quick, dir.path(), &build_strait()?)?;
+            swap::print(&rows);
             report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
             continue;
         }
