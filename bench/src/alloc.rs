@@ -137,7 +137,7 @@ pub fn scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<AllocRow>> {
             d = dir.display()
         ),
     )?;
-    let _procs = vec![
+    let _procs = [
         spawn(
             "backend (nginx)",
             Command::new("nginx").arg("-c").arg(&backend_conf),
