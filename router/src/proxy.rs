@@ -89,20 +89,8 @@ impl Proxy {
     /// Counts a failed upstream TLS handshake by reason, and logs it (at most once a
     /// second: a service whose certificate does not verify fails every connect).
     fn tls_failure(&self, pool: &Pool, index: usize, e: &Error, now_ms: u64) {
-        let reason = match e.etype() {
-            ErrorType::InvalidCert => "certificate",
-            ErrorType::TLSHandshakeFailure | ErrorType::HandshakeError => {
-                // rustls: "TLS connect() failed: invalid peer certificate: UnknownIssuer, …"
-                if e.context
-                    .as_ref()
-                    .is_some_and(|c| c.as_str().contains("certificate"))
-                {
-                    "certificate"
-                } else {
-                    "handshake"
-                }
-            }
-            _ => return,
+        let Some(reason) = tls_failure_reason(e) else {
+            return;
         };
         self.metrics
             .upstream_tls_errors
@@ -156,6 +144,31 @@ impl Proxy {
             .with_label_values(&[&pool.service])
             .inc();
         true
+    }
+}
+
+/// Why an upstream TLS connection failed, if it did: `certificate` (the instance's
+/// certificate is not trusted, expired or not valid for the name), `handshake` (anything
+/// else in the handshake), `alert` (the instance refused the connection after the client
+/// finished its handshake, as a TLS 1.3 server does when a client certificate is missing
+/// or not trusted: pingora sees it as a read error on the request).
+fn tls_failure_reason(e: &Error) -> Option<&'static str> {
+    match e.etype() {
+        ErrorType::InvalidCert => Some("certificate"),
+        ErrorType::TLSHandshakeFailure | ErrorType::HandshakeError => {
+            // rustls: "TLS connect() failed: … invalid peer certificate: UnknownIssuer"
+            let text = e.to_string();
+            Some(if text.contains("invalid peer certificate") {
+                "certificate"
+            } else {
+                "handshake"
+            })
+        }
+        ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => e
+            .to_string()
+            .contains("received fatal alert")
+            .then_some("alert"),
+        _ => None,
     }
 }
 
@@ -561,6 +574,11 @@ impl ProxyHttp for Proxy {
             && matches!(e.etype(), ErrorType::HTTPStatus(_))
         {
             return e;
+        }
+        if let (Some(pool), Some(index)) = (&ctx.pool, ctx.endpoint)
+            && pool.tls.is_some()
+        {
+            self.tls_failure(pool, index, &e, self.clock.now_ms());
         }
         let mut e = e.more_context(format!("peer {peer}"));
         let method: &Method = &session.req_header().method;

@@ -170,6 +170,9 @@ fn upstream_tls_verifies_the_ca_and_the_configured_name() {
             "up.key",
         ],
     );
+    // Another instance whose certificate nothing here trusts.
+    make_leaf(d, "other", "untrusted", &["up.internal"]);
+    let untrusted = SServer::start(d, &["-cert", "untrusted.pem", "-key", "untrusted.key"]);
     let ca = |name: &str| format!("ca = {:?}", d.join(format!("{name}.pem")));
     let sni = |name: &str| format!("sni = {name:?}");
     let config = [
@@ -179,9 +182,15 @@ fn upstream_tls_verifies_the_ca_and_the_configured_name() {
         service_toml("byip", &[ca("upca")]),
         service_toml("systemroots", &[sni("up.internal")]),
         service_toml("noverify", &["verify = false".to_string()]),
+        service_toml("mixed", &[sni("up.internal"), ca("upca")]),
     ]
     .concat();
     let strait = Strait::builder().config(&config).start();
+    put(
+        &strait,
+        "/v1/services/mixed/instances/mixed-2",
+        &untrusted.instance(),
+    );
     for service in [
         "good",
         "wrongca",
@@ -189,6 +198,7 @@ fn upstream_tls_verifies_the_ca_and_the_configured_name() {
         "byip",
         "systemroots",
         "noverify",
+        "mixed",
     ] {
         serve(&strait, service, &server.instance());
     }
@@ -243,6 +253,20 @@ fn upstream_tls_verifies_the_ca_and_the_configured_name() {
     );
     let log = strait.log_text();
     assert!(log.contains("upstream TLS handshake failed"), "{log}");
+
+    // A handshake failure is a connect failure: retried on another instance.
+    assert_eq!(get(&strait, "mixed").status, 200);
+    let mut client = Client::new(strait.http);
+    for _ in 0..20 {
+        let response = client.get("mixed.example.com", "/").expect("request");
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    assert!(
+        strait.metrics_text().contains(
+            "strait_router_upstream_tls_errors_total{reason=\"certificate\",service=\"mixed\"}"
+        ),
+        "the untrusted instance was tried"
+    );
     assert!(log.contains("UnknownIssuer"), "{log}");
     assert!(
         log.contains("not valid for name \"other.internal\""),
@@ -332,6 +356,14 @@ fn upstream_client_certificate_and_h2() {
         502,
         "no client certificate: {}",
         response.text()
+    );
+
+    // TLS 1.3: the server's refusal arrives after the client's handshake, as an alert.
+    let sample = "strait_router_upstream_tls_errors_total{reason=\"alert\",service=\"nocert\"}";
+    assert!(
+        strait.metrics_text().contains(sample),
+        "{}",
+        strait.metrics_text()
     );
 
     // protocol = "h2" over TLS: ALPN h2, several requests on the pooled connection.
