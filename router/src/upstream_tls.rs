@@ -13,7 +13,10 @@
 //!   instance's IP address is used, which rustls verifies against the certificate's IP
 //!   subject names and does not send as SNI.
 //! * `verify = false` sets `verify_cert` and `verify_hostname` off (pingora's verifier
-//!   then accepts any certificate; signatures are still checked).
+//!   then accepts any certificate; handshake signatures are still checked). pingora still
+//!   builds a webpki verifier from the roots first and fails every connect when there are
+//!   none (a machine without system roots), so a service without `ca` gets a placeholder
+//!   root that trusts nothing.
 //! * client certificates go in `HttpPeer::client_cert_key`; pingora converts the key
 //!   with an `unwrap()`, so the same conversion is checked here first.
 //! * pingora leaves `ca` out of its connection-reuse hash, so each service with its own
@@ -160,9 +163,15 @@ fn load_service(
             format!("sni {sni:?} is not a DNS name or an IP address"),
         ));
     }
-    let ca = match &settings.ca {
-        Some(path) => Some(load_ca(path).map_err(|m| error(Some(path), m))?),
-        None => None,
+    let ca = match (&settings.ca, settings.verify) {
+        (Some(path), _) => Some(load_ca(path).map_err(|m| error(Some(path), m))?),
+        (None, true) => None,
+        // pingora builds a verifier from the roots even when it then skips verification,
+        // and fails every connect when there are none (no system roots): give it one.
+        (None, false) => Some(
+            parse_ca(PLACEHOLDER_ROOT.as_bytes())
+                .map_err(|m| error(None, format!("placeholder root: {m}")))?,
+        ),
     };
     let client_cert = match (&settings.cert, &settings.key) {
         (Some(cert), Some(key)) => {
@@ -211,9 +220,29 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read: {e}"))
 }
 
+/// A self-signed root whose private key was discarded when it was made: trusting it
+/// trusts nothing. Only for `verify = false` without `ca` (see `load_service`).
+const PLACEHOLDER_ROOT: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIB2TCCAX+gAwIBAgIUf2dGofkb66DnTYjVTPCDO8Lj8JswCgYIKoZIzj0EAwIw
+QTE/MD0GA1UEAww2c3RyYWl0IHBsYWNlaG9sZGVyIHJvb3QsIGtleSBkaXNjYXJk
+ZWQsIHRydXN0cyBub3RoaW5nMCAXDTI2MTEyNDAyMTYwNloYDzIxMjYxMDMxMDIx
+NjA2WjBBMT8wPQYDVQQDDDZzdHJhaXQgcGxhY2Vob2xkZXIgcm9vdCwga2V5IGRp
+c2NhcmRlZCwgdHJ1c3RzIG5vdGhpbmcwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
+AASocoH13klnXjAJCOVnhlAHCsQkrBNSt383dT31lpZ9RF11OVFDroCJjfkwFMJE
+k32ym3llLW+xuYseSPjqQVslo1MwUTAdBgNVHQ4EFgQUBJs/3FQUB9sfc830RuMX
+JPP0q8cwHwYDVR0jBBgwFoAUBJs/3FQUB9sfc830RuMXJPP0q8cwDwYDVR0TAQH/
+BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiA/BLjNp4Na1XqLHokRMlyK79GX1MG5
+DSJoHkkR/zsGrgIhAIJZfXaMAwHMLe5DD4lS5QC9RcA0MpfrL32je4ecJ7Cb
+-----END CERTIFICATE-----
+";
+
 fn load_ca(path: &Path) -> Result<Arc<CaType>, String> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_ca(&read(path)?)
+}
+
+fn parse_ca(pem: &[u8]) -> Result<Arc<CaType>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("not a PEM certificate file: {e}"))?;
     if certs.is_empty() {

@@ -410,3 +410,22 @@ fn a_bad_upstream_ca_file_is_a_startup_error() {
         .start_expecting_failure();
     assert!(stderr.contains("add `tls = true`"), "{stderr}");
 }
+
+#[test]
+fn verify_false_works_without_system_roots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    make_ca(d, "upca");
+    make_leaf(d, "upca", "up", &["up.internal"]);
+    std::fs::write(d.join("empty.pem"), "").expect("write");
+    let server = SServer::start(d, &["-cert", "up.pem", "-key", "up.key"]);
+    // An empty system store (rustls-native-certs reads only these).
+    let strait = Strait::builder()
+        .env("SSL_CERT_FILE", d.join("empty.pem").to_str().expect("utf8"))
+        .env("SSL_CERT_DIR", d.to_str().expect("utf8"))
+        .config(&service_toml("noverify", &["verify = false".to_string()]))
+        .start();
+    serve(&strait, "noverify", &server.instance());
+    let response = get(&strait, "noverify");
+    assert_eq!(response.status, 200, "{}", response.text());
+}

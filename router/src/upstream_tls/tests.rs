@@ -33,9 +33,9 @@ fn settings_are_checked() {
     );
     check(
         r#"{"tls": true, "protocol": "h2", "verify": false}"#,
-        expect![[
-            r#"ok: Some(UpstreamTls { sni: None, verify: false, ca: None, client_cert: false, h2: true })"#
-        ]],
+        expect![
+            "ok: Some(UpstreamTls { sni: None, verify: false, ca: Some(1), client_cert: false, h2: true })"
+        ],
     );
     check(
         r#"{"sni": "api.internal"}"#,
