@@ -35,7 +35,21 @@ struct Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so that a master process (nginx, HAProxy) takes its workers with it
+    /// (SIGKILL would orphan them, and they would keep a core busy in later runs); SIGKILL
+    /// after 3 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
