@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::{free_port, require, spawn, wait_port, workspace_root};
+use crate::{
+    dnsperf, free_port, nginx_backend, require, route_to_backend, strait_up, workspace_root, wrk,
+};
 
 #[derive(Serialize)]
 pub struct AllocRow {
@@ -66,56 +68,6 @@ fn counters(admin: &str) -> anyhow::Result<(f64, f64)> {
     }
 }
 
-fn wrk_requests(port: u16, seconds: u64) -> anyhow::Result<u64> {
-    let output = Command::new("wrk")
-        .args(["-t1", "-c50", "-H", "Host: bench.example.com"])
-        .arg(format!("-d{seconds}s"))
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find_map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            match fields.as_slice() {
-                [n, "requests", "in", ..] => n.parse().ok(),
-                _ => None,
-            }
-        })
-        .context("wrk printed no request count")
-}
-
-fn dnsperf_queries(port: u16, queries: &Path, seconds: u64) -> anyhow::Result<u64> {
-    let output = Command::new("dnsperf")
-        .args([
-            "-s",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-c",
-            "4",
-            "-q",
-            "200",
-        ])
-        .arg("-l")
-        .arg(seconds.to_string())
-        .arg("-d")
-        .arg(queries)
-        .output()
-        .context("running dnsperf")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Queries completed:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .context("dnsperf printed no completed count")
-}
-
 pub fn scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<AllocRow>> {
     for (tool, package) in [
         ("nginx", "nginx-light"),
@@ -125,51 +77,17 @@ pub fn scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<AllocRow>> {
         require(tool, package)?;
     }
     let strait_bin = build_counting_strait()?;
-    let (backend_port, strait_port, admin_port, dns_port) =
-        (free_port()?, free_port()?, free_port()?, free_port()?);
-    let backend_conf = dir.join("alloc-backend.conf");
-    std::fs::write(
-        &backend_conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/alloc-backend.pid;\nerror_log {d}/alloc-backend.err warn;\n\
-             events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
-             server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"hello from backend\\n\"; }} }}\n}}\n",
-            d = dir.display()
-        ),
+    let (_backend, backend_port) = nginx_backend(dir, "alloc-backend")?;
+    let (strait_port, admin_port, dns_port) = (free_port()?, free_port()?, free_port()?);
+    let _strait = strait_up(
+        &strait_bin,
+        &dir.join("alloc-strait-data"),
+        strait_port,
+        admin_port,
+        dns_port,
     )?;
-    let _procs = [
-        spawn(
-            "backend (nginx)",
-            Command::new("nginx").arg("-c").arg(&backend_conf),
-        )?,
-        spawn(
-            "strait (alloc-stats)",
-            Command::new(&strait_bin)
-                .args(["up", "--data-dir"])
-                .arg(dir.join("alloc-strait-data"))
-                .arg("--admin-addr")
-                .arg(format!("127.0.0.1:{admin_port}"))
-                .arg("--http-addr")
-                .arg(format!("127.0.0.1:{strait_port}"))
-                .arg("--dns-addr")
-                .arg(format!("127.0.0.1:{dns_port}"))
-                .args(["--registry-addr", "127.0.0.1:0"])
-                .env("RUST_LOG", "warn"),
-        )?,
-    ];
-    for (port, what) in [
-        (backend_port, "backend"),
-        (strait_port, "strait"),
-        (admin_port, "strait admin"),
-    ] {
-        wait_port(port, what)?;
-    }
     let admin = format!("http://127.0.0.1:{admin_port}");
-    ureq::put(&format!("{admin}/v1/services/bench/instances/b1")).send(format!(
-        r#"{{"address":"127.0.0.1","port":{backend_port}}}"#
-    ))?;
-    ureq::put(&format!("{admin}/v1/routes/bench"))
-        .send(r#"{"host":"bench.example.com","service":"bench"}"#)?;
+    route_to_backend(&admin, backend_port)?;
     let mut queries = String::new();
     for s in 0..10 {
         for i in 1..=3 {
@@ -182,8 +100,8 @@ pub fn scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<AllocRow>> {
     std::fs::write(&queries_path, queries)?;
     std::thread::sleep(Duration::from_millis(500));
     // Warm up both paths (pools, buffers, lazy statics), then measure the idle rate.
-    wrk_requests(strait_port, 1)?;
-    dnsperf_queries(dns_port, &queries_path, 1)?;
+    wrk(strait_port, 1)?;
+    dnsperf(dns_port, &queries_path, 1)?;
     let seconds = if quick { 2 } else { 5 };
     let (a0, _) = counters(&admin)?;
     let idle_start = Instant::now();
@@ -196,9 +114,9 @@ pub fn scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<AllocRow>> {
         let (allocations_before, bytes_before) = counters(&admin)?;
         let started = Instant::now();
         let operations = if path.starts_with("HTTP") {
-            wrk_requests(strait_port, seconds)?
+            wrk(strait_port, seconds)?.requests
         } else {
-            dnsperf_queries(dns_port, &queries_path, seconds)?
+            dnsperf(dns_port, &queries_path, seconds)?.completed
         };
         let (allocations_after, bytes_after) = counters(&admin)?;
         let idle = idle_per_s * started.elapsed().as_secs_f64();

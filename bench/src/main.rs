@@ -105,6 +105,8 @@ struct Sample {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Requests completed in the run.
+    requests: u64,
 }
 
 fn parse_duration_ms(s: &str) -> Option<f64> {
@@ -133,11 +135,13 @@ fn wrk(port: u16, seconds: u64) -> anyhow::Result<Sample> {
         p50_ms: 0.0,
         p99_ms: 0.0,
         errors: 0,
+        requests: 0,
     };
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
             ["Requests/sec:", value] => sample.rps = value.parse().unwrap_or(0.0),
+            [n, "requests", "in", ..] => sample.requests = n.parse().unwrap_or(0),
             ["50%", value] => sample.p50_ms = parse_duration_ms(value).unwrap_or(0.0),
             ["99%", value] => sample.p99_ms = parse_duration_ms(value).unwrap_or(0.0),
             ["Non-2xx", "or", "3xx", "responses:", n] => {
@@ -357,8 +361,15 @@ struct DnsRow {
     qps: Vec<f64>,
 }
 
-/// One dnsperf run: (queries per second, queries lost).
-fn dnsperf(port: u16, queries: &Path, seconds: u64) -> anyhow::Result<(f64, u64)> {
+/// One dnsperf run's figures.
+struct DnsperfRun {
+    qps: f64,
+    lost: u64,
+    completed: u64,
+}
+
+/// One dnsperf run (`-c 4 -q 200`) of `seconds` over the `queries` file.
+fn dnsperf(port: u16, queries: &Path, seconds: u64) -> anyhow::Result<DnsperfRun> {
     let output = Command::new("dnsperf")
         .args([
             "-s",
@@ -379,21 +390,87 @@ fn dnsperf(port: u16, queries: &Path, seconds: u64) -> anyhow::Result<(f64, u64)
     let text = String::from_utf8_lossy(&output.stdout);
     let mut qps = 0.0;
     let mut lost = 0;
+    let mut completed = 0;
+    let first_number = |v: &str| v.split_whitespace().next().and_then(|n| n.parse().ok());
     for line in text.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Queries per second:") {
+        if let Some(v) = line.strip_prefix("Queries completed:") {
+            completed = first_number(v).unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Queries per second:") {
             qps = v.trim().parse().unwrap_or(0.0);
         } else if let Some(v) = line.strip_prefix("Queries lost:") {
-            lost = v
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+            lost = first_number(v).unwrap_or(0);
         }
     }
     if qps == 0.0 {
         bail!("dnsperf against port {port} measured nothing:\n{text}");
     }
-    Ok((qps, lost))
+    Ok(DnsperfRun {
+        qps,
+        lost,
+        completed,
+    })
+}
+
+/// An nginx with one worker answering `return 200` on a free port: the upstream of the
+/// HTTP scenarios. Returns it and its port.
+fn nginx_backend(dir: &Path, name: &str) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/{name}.pid;\nerror_log {d}/{name}.err warn;\n\
+             events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello from backend\\n\"; }} }}\n}}\n",
+            d = dir.display()
+        ),
+    )?;
+    let proc = spawn(
+        "backend (nginx)",
+        Command::new("nginx").arg("-c").arg(&conf),
+    )?;
+    wait_port(port, "backend")?;
+    Ok((proc, port))
+}
+
+/// `strait up` on the given HTTP, admin and DNS ports (its registry on a free one).
+fn strait_up(
+    bin: &Path,
+    data_dir: &Path,
+    http_port: u16,
+    admin_port: u16,
+    dns_port: u16,
+) -> anyhow::Result<Proc> {
+    let proc = spawn(
+        "strait",
+        Command::new(bin)
+            .args(["up", "--data-dir"])
+            .arg(data_dir)
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("--dns-addr")
+            .arg(format!("127.0.0.1:{dns_port}"))
+            .args(["--registry-addr", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn"),
+    )?;
+    wait_port(http_port, "strait")?;
+    wait_port(admin_port, "strait admin")?;
+    Ok(proc)
+}
+
+/// Registers the backend as service `bench` behind host `bench.example.com`.
+fn route_to_backend(admin: &str, backend_port: u16) -> anyhow::Result<()> {
+    ureq::put(&format!("{admin}/v1/services/bench/instances/b1"))
+        .send(format!(
+            r#"{{"address":"127.0.0.1","port":{backend_port}}}"#
+        ))
+        .context("registering the backend")?;
+    ureq::put(&format!("{admin}/v1/routes/bench"))
+        .send(r#"{"host":"bench.example.com","service":"bench"}"#)
+        .context("declaring the route")?;
+    Ok(())
 }
 
 /// strait's DNS against Knot (one UDP worker), serving the same 10 names x 3 A records.
@@ -467,7 +544,7 @@ fn dns_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<DnsRow>> {
     let mut results: BTreeMap<&str, (Vec<f64>, u64)> = BTreeMap::new();
     for round in 1..=rounds {
         for (name, port) in participants {
-            let (qps, lost) = dnsperf(port, &queries_path, seconds)?;
+            let DnsperfRun { qps, lost, .. } = dnsperf(port, &queries_path, seconds)?;
             eprintln!("round {round} {name}: {qps:.0} qps, {lost} lost");
             let entry = results.entry(name).or_default();
             entry.0.push(qps);

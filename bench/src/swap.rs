@@ -6,15 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Serialize;
 
-use crate::{Sample, free_port, median, require, spawn, wait_port, wrk};
+use crate::{Sample, free_port, median, nginx_backend, require, route_to_backend, strait_up, wrk};
 
 #[derive(Serialize)]
 pub struct SwapRow {
@@ -63,61 +62,17 @@ pub fn scenario(quick: bool, dir: &Path, strait_bin: &Path) -> anyhow::Result<Ve
     for (tool, package) in [("nginx", "nginx-light"), ("wrk", "wrk")] {
         require(tool, package)?;
     }
-    let (backend_port, strait_port, admin_port) = (free_port()?, free_port()?, free_port()?);
-    let backend_conf = dir.join("swap-backend.conf");
-    std::fs::write(
-        &backend_conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/swap-backend.pid;\nerror_log {d}/swap-backend.err warn;\n\
-             events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
-             server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"hello from backend\\n\"; }} }}\n}}\n",
-            d = dir.display()
-        ),
+    let (backend, backend_port) = nginx_backend(dir, "swap-backend")?;
+    let (strait_port, admin_port) = (free_port()?, free_port()?);
+    let strait = strait_up(
+        strait_bin,
+        &dir.join("swap-strait-data"),
+        strait_port,
+        admin_port,
+        free_port()?,
     )?;
-    let mut procs = vec![
-        spawn(
-            "backend (nginx)",
-            Command::new("nginx").arg("-c").arg(&backend_conf),
-        )?,
-        spawn(
-            "strait",
-            Command::new(strait_bin)
-                .args(["up", "--data-dir"])
-                .arg(dir.join("swap-strait-data"))
-                .arg("--admin-addr")
-                .arg(format!("127.0.0.1:{admin_port}"))
-                .arg("--http-addr")
-                .arg(format!("127.0.0.1:{strait_port}"))
-                .args([
-                    "--dns-addr",
-                    "127.0.0.1:0",
-                    "--registry-addr",
-                    "127.0.0.1:0",
-                ])
-                .env("RUST_LOG", "warn"),
-        )?,
-    ];
-    for (port, what) in [
-        (backend_port, "backend"),
-        (strait_port, "strait"),
-        (admin_port, "strait admin"),
-    ] {
-        wait_port(port, what)?;
-    }
-    for proc in &mut procs {
-        if let Ok(Some(status)) = proc.child.try_wait() {
-            bail!("{} exited at start ({status})", proc.name);
-        }
-    }
     let admin = format!("http://127.0.0.1:{admin_port}");
-    ureq::put(&format!("{admin}/v1/services/bench/instances/b1"))
-        .send(format!(
-            r#"{{"address":"127.0.0.1","port":{backend_port}}}"#
-        ))
-        .context("registering the backend")?;
-    ureq::put(&format!("{admin}/v1/routes/bench"))
-        .send(r#"{"host":"bench.example.com","service":"bench"}"#)
-        .context("declaring the route")?;
+    route_to_backend(&admin, backend_port)?;
     std::thread::sleep(Duration::from_millis(300));
     wrk(strait_port, 1)?; // warm-up
 
@@ -149,7 +104,7 @@ pub fn scenario(quick: bool, dir: &Path, strait_bin: &Path) -> anyhow::Result<Ve
             samples.entry(mode).or_default().push((sample, rate));
         }
     }
-    drop(procs);
+    drop((strait, backend));
     Ok(["steady", "100 swaps/s"]
         .iter()
         .map(|mode| {
