@@ -549,6 +549,48 @@ impl Drop for ZooKeeper {
     }
 }
 
+/// Starts `command` (logging at info to a piped stderr, kept in memory), waits for the
+/// line containing `marker` and returns the address that follows it. Panics with the log
+/// when none comes within 30 s.
+fn spawn_logged(
+    command: &mut Command,
+    marker: &'static str,
+) -> (Child, Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
+    command
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (mut child, watchdog) = spawn_guarded(command);
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = mpsc::channel();
+    {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split(marker).nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    let _ = addr_tx.send(addr.parse::<SocketAddr>());
+                }
+                log.lock().expect("log lock").push(line);
+            }
+        });
+    }
+    match addr_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(addr)) => (child, watchdog, addr, log),
+        other => {
+            let (mut child, mut watchdog) = (child, watchdog);
+            kill(&mut child);
+            kill(&mut watchdog);
+            panic!(
+                "{command:?} did not log `{marker}` ({other:?}); log:\n{}",
+                log.lock().map(|l| l.join("\n")).unwrap_or_default()
+            )
+        }
+    }
+}
+
 /// A running `strait registry serve` (the registry alone) on a free port.
 pub struct Registry {
     child: Option<Child>,
@@ -588,38 +630,8 @@ impl Registry {
         command
             .args(["registry", "serve", "--addr", addr, "--root"])
             .arg(root)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let (mut child, watchdog) = spawn_guarded(&mut command);
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split("registry listening on ").nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap_or_default();
-                        let _ = addr_tx.send(addr.parse::<SocketAddr>());
-                    }
-                    log.lock().expect("log lock").push(line);
-                }
-            });
-        }
-        match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => (child, watchdog, addr, log),
-            other => {
-                let mut child = child;
-                kill(&mut child);
-                panic!(
-                    "the registry did not report its address ({other:?}); log:\n{}",
-                    log.lock().map(|l| l.join("\n")).unwrap_or_default()
-                )
-            }
-        }
+            .args(args);
+        spawn_logged(&mut command, "registry listening on ")
     }
 
     /// `127.0.0.1:PORT`, as image references name it.
@@ -672,43 +684,13 @@ pub struct Process {
 
 impl Process {
     pub fn start(args: &[&str], marker: &'static str) -> Process {
-        let mut command = Command::new(STRAIT);
-        command
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let (mut child, watchdog) = spawn_guarded(&mut command);
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.split(marker).nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap_or_default();
-                        let _ = addr_tx.send(addr.parse::<SocketAddr>());
-                    }
-                    log.lock().expect("log lock").push(line);
-                }
-            });
-        }
-        let mut process = Process {
+        let (child, watchdog, addr, log) = spawn_logged(Command::new(STRAIT).args(args), marker);
+        Process {
             child: Some(child),
             watchdog,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr,
             log,
-        };
-        match addr_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(addr)) => process.addr = addr,
-            other => panic!(
-                "strait {args:?} did not log `{marker}` ({other:?}); log:\n{}",
-                process.log_text()
-            ),
         }
-        process
     }
 
     pub fn log_text(&self) -> String {
