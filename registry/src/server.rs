@@ -310,18 +310,14 @@ impl Registry {
                 }
             }
             Endpoint::Tags(name) => {
-                let repo = repo(name)?;
-                self.authorize(headers, Resource::Repository(repo.as_str()), action)
-                    .await?;
+                let repo = self.open_repository(name, headers, action).await?;
                 match *method {
                     Method::GET | Method::HEAD => self.tags(&repo, params, head).await,
                     _ => Err(unsupported(method)),
                 }
             }
             Endpoint::Manifest(name, reference) => {
-                let repo = repo(name)?;
-                self.authorize(headers, Resource::Repository(repo.as_str()), action)
-                    .await?;
+                let repo = self.open_repository(name, headers, action).await?;
                 match *method {
                     Method::GET | Method::HEAD => self.get_manifest(&repo, reference, head).await,
                     Method::PUT => self.put_manifest(&repo, reference, headers, body).await,
@@ -330,9 +326,7 @@ impl Registry {
                 }
             }
             Endpoint::Blob(name, digest_text) => {
-                let repo = repo(name)?;
-                self.authorize(headers, Resource::Repository(repo.as_str()), action)
-                    .await?;
+                let repo = self.open_repository(name, headers, action).await?;
                 let digest = digest(digest_text)?;
                 match *method {
                     Method::GET | Method::HEAD => {
@@ -343,29 +337,16 @@ impl Registry {
                 }
             }
             Endpoint::UploadStart(name) => {
-                let repo = repo(name)?;
-                self.authorize(headers, Resource::Repository(repo.as_str()), action)
-                    .await?;
+                let repo = self.open_repository(name, headers, action).await?;
                 match *method {
                     Method::POST => self.start_upload(&repo, params, headers, body).await,
                     _ => Err(unsupported(method)),
                 }
             }
             Endpoint::Upload(name, id) => {
-                let repo = repo(name)?;
-                // Cancelling an upload is part of pushing, not a deletion of content.
-                let action = if action == Action::Delete {
-                    Action::Push
-                } else {
-                    action
-                };
-                let action = if action == Action::Pull {
-                    Action::Push
-                } else {
-                    action
-                };
-                self.authorize(headers, Resource::Repository(repo.as_str()), action)
-                    .await?;
+                // Every step of an upload, its status and its cancellation included, is
+                // part of pushing.
+                let repo = self.open_repository(name, headers, Action::Push).await?;
                 match *method {
                     Method::GET => self.upload_status(&repo, id).await,
                     Method::PATCH => self.patch_upload(&repo, id, headers, body).await,
@@ -375,9 +356,7 @@ impl Registry {
                 }
             }
             Endpoint::Referrers(name, digest_text) => {
-                let repo = repo(name)?;
-                self.authorize(headers, Resource::Repository(repo.as_str()), action)
-                    .await?;
+                let repo = self.open_repository(name, headers, action).await?;
                 let digest = digest(digest_text)?;
                 match *method {
                     Method::GET | Method::HEAD => {
@@ -387,6 +366,19 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// The validated name of a repository the request may act on.
+    async fn open_repository(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+        action: Action,
+    ) -> Result<RepoName, ApiError> {
+        let repo = repo(name)?;
+        self.authorize(headers, Resource::Repository(repo.as_str()), action)
+            .await?;
+        Ok(repo)
     }
 
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool, ApiError> {
