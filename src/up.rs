@@ -200,11 +200,11 @@ fn export_allocation_counts(registry: &Registry) -> anyhow::Result<()> {
     tokio::spawn(async move {
         loop {
             let stats = crate::GLOBAL.stats();
-            allocations.set(i64::try_from(stats.allocations + stats.reallocations).unwrap_or(i64::MAX));
+            allocations
+                .set(i64::try_from(stats.allocations + stats.reallocations).unwrap_or(i64::MAX));
             bytes.set(i64::try_from(stats.bytes_allocated).unwrap_or(i64::MAX));
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     });
     Ok(())
 }
-
