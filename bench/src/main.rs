@@ -122,11 +122,55 @@ fn parse_duration_ms(s: &str) -> Option<f64> {
     number.parse::<f64>().ok().map(|n| n * factor)
 }
 
+/// What the `http` load looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpVariant {
+    /// Keep-alive, a 19-byte body.
+    KeepAlive,
+    /// `Connection: close`: a new client connection per request.
+    NewConnection,
+    /// Keep-alive, a 64 KiB body.
+    Body64k,
+}
+
+impl HttpVariant {
+    fn scenario(self) -> &'static str {
+        match self {
+            HttpVariant::KeepAlive => "http",
+            HttpVariant::NewConnection => "http-close",
+            HttpVariant::Body64k => "http-64k",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            HttpVariant::KeepAlive => "wrk -t1 -c50 keep-alive, 19-byte body",
+            HttpVariant::NewConnection => {
+                "wrk -t1 -c50, Connection: close (a new connection per request)"
+            }
+            HttpVariant::Body64k => "wrk -t1 -c50 keep-alive, 64 KiB body",
+        }
+    }
+}
+
 fn wrk(port: u16, seconds: u64) -> anyhow::Result<Sample> {
-    let output = Command::new("wrk")
-        .args(["-t1", "-c50", "--latency", "-H", "Host: bench.example.com"])
+    wrk_variant(port, seconds, HttpVariant::KeepAlive)
+}
+
+fn wrk_variant(port: u16, seconds: u64, variant: HttpVariant) -> anyhow::Result<Sample> {
+    let mut command = Command::new("wrk");
+    command.args(["-t1", "-c50", "--latency", "-H", "Host: bench.example.com"]);
+    if variant == HttpVariant::NewConnection {
+        command.args(["-H", "Connection: close"]);
+    }
+    let path = if variant == HttpVariant::Body64k {
+        "/64k"
+    } else {
+        "/"
+    };
+    let output = command
         .arg(format!("-d{seconds}s"))
-        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -216,7 +260,7 @@ struct Row {
     samples: Vec<Sample>,
 }
 
-fn http_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<Row>> {
+fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Result<Vec<Row>> {
     for (tool, package) in [
         ("nginx", "nginx-light"),
         ("haproxy", "haproxy"),
@@ -231,6 +275,8 @@ fn http_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<Row>> {
     let strait_port = free_port()?;
     let admin_port = free_port()?;
     let mut procs = Vec::new();
+    let body_64k = dir.join("64k.bin");
+    std::fs::write(&body_64k, vec![b'x'; 64 * 1024])?;
 
     let nginx_conf = |name: &str, body: &str| -> anyhow::Result<PathBuf> {
         let path = dir.join(format!("{name}.conf"));
@@ -247,7 +293,9 @@ fn http_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<Row>> {
     let backend = nginx_conf(
         "backend",
         &format!(
-            "  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"hello from backend\\n\"; }} }}"
+            "  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"hello from backend\\n\"; }}\n    \
+             location = /64k {{ alias {body}; }} }}",
+            body = body_64k.display()
         ),
     )?;
     procs.push(spawn(
@@ -322,12 +370,12 @@ fn http_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<Row>> {
     ];
     let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
     for (_, port) in participants {
-        wrk(port, 1)?; // warm-up
+        wrk_variant(port, 1, variant)?; // warm-up
     }
     let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
     for round in 1..=rounds {
         for (name, port) in participants {
-            let sample = wrk(port, seconds)?;
+            let sample = wrk_variant(port, seconds, variant)?;
             eprintln!(
                 "round {round} {name}: {:.0} req/s p50 {:.2} ms p99 {:.2} ms",
                 sample.rps, sample.p50_ms, sample.p99_ms
@@ -570,7 +618,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let scenarios: Vec<&str> = match cli.scenario.as_str() {
         // alloc last: it leaves target/release/strait built with alloc-stats.
-        "all" => vec!["http", "swap", "dns", "registry", "build", "alloc"],
+        "all" => vec![
+            "http",
+            "http-close",
+            "http-64k",
+            "swap",
+            "dns",
+            "registry",
+            "build",
+            "alloc",
+        ],
+        "http-close" => vec!["http-close"],
+        "http-64k" => vec!["http-64k"],
         "swap" => vec!["swap"],
         "alloc" => vec!["alloc"],
         "http" => vec!["http"],
@@ -578,7 +637,7 @@ fn main() -> anyhow::Result<()> {
         "registry" => vec!["registry"],
         "build" => vec!["build"],
         other => bail!(
-            "unknown scenario `{other}`: use http, swap, dns, registry, build, alloc or all (table: cargo bench -p router --bench table)"
+            "unknown scenario `{other}`: use http, http-close, http-64k, swap, dns, registry, build, alloc or all (table: cargo bench -p router --bench table)"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -624,13 +683,24 @@ fn main() -> anyhow::Result<()> {
             report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
             continue;
         }
-        let rows = http_scenario(cli.quick, dir.path())?;
+        let variant = [
+            HttpVariant::KeepAlive,
+            HttpVariant::NewConnection,
+            HttpVariant::Body64k,
+        ]
+        .into_iter()
+        .find(|v| v.scenario() == scenario)
+        .unwrap_or(HttpVariant::KeepAlive);
+        let rows = http_scenario(cli.quick, dir.path(), variant)?;
         let value = |name: &str| {
             rows.iter()
                 .find(|r| r.participant == name)
                 .map_or(0.0, |r| r.median_rps)
         };
-        println!("\n## {scenario} (wrk -t1 -c50, 1 worker each, medians)\n");
+        println!(
+            "\n## {scenario} ({}; 1 worker each, medians)\n",
+            variant.describe()
+        );
         println!("| participant | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|");
         for r in &rows {
             println!(
