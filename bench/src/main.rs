@@ -131,6 +131,8 @@ enum HttpVariant {
     NewConnection,
     /// Keep-alive, a 64 KiB body.
     Body64k,
+    /// Keep-alive over TLS (ECDSA P-256, each participant terminating it).
+    Tls,
 }
 
 impl HttpVariant {
@@ -139,6 +141,7 @@ impl HttpVariant {
             HttpVariant::KeepAlive => "http",
             HttpVariant::NewConnection => "http-close",
             HttpVariant::Body64k => "http-64k",
+            HttpVariant::Tls => "http-tls",
         }
     }
 
@@ -149,6 +152,7 @@ impl HttpVariant {
                 "wrk -t1 -c50, Connection: close (a new connection per request)"
             }
             HttpVariant::Body64k => "wrk -t1 -c50 keep-alive, 64 KiB body",
+            HttpVariant::Tls => "wrk -t1 -c50 keep-alive over TLS, 19-byte body",
         }
     }
 }
@@ -168,9 +172,14 @@ fn wrk_variant(port: u16, seconds: u64, variant: HttpVariant) -> anyhow::Result<
     } else {
         "/"
     };
+    let scheme = if variant == HttpVariant::Tls {
+        "https"
+    } else {
+        "http"
+    };
     let output = command
         .arg(format!("-d{seconds}s"))
-        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .arg(format!("{scheme}://127.0.0.1:{port}{path}"))
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -277,6 +286,46 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
     let mut procs = Vec::new();
     let body_64k = dir.join("64k.bin");
     std::fs::write(&body_64k, vec![b'x'; 64 * 1024])?;
+    let tls = variant == HttpVariant::Tls;
+    let (cert, key) = (dir.join("bench.pem"), dir.join("bench.key"));
+    let combined = dir.join("bench-combined.pem");
+    if tls {
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=bench.example.com"])
+            .args(["-addext", "subjectAltName=DNS:bench.example.com", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl")?;
+        if !status.success() {
+            bail!("openssl could not make the benchmark certificate");
+        }
+        std::fs::write(
+            &combined,
+            [std::fs::read(&cert)?, std::fs::read(&key)?].concat(),
+        )?;
+    }
+    let nginx_ssl = if tls {
+        format!(
+            " ssl;\n    ssl_certificate {};\n    ssl_certificate_key {}",
+            cert.display(),
+            key.display()
+        )
+    } else {
+        String::new()
+    };
+    let direct_port = if tls { free_port()? } else { backend_port };
+    let strait_tls_port = free_port()?;
 
     let nginx_conf = |name: &str, body: &str| -> anyhow::Result<PathBuf> {
         let path = dir.join(format!("{name}.conf"));
@@ -294,8 +343,15 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
         "backend",
         &format!(
             "  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"hello from backend\\n\"; }}\n    \
-             location = /64k {{ alias {body}; }} }}",
-            body = body_64k.display()
+             location = /64k {{ alias {body}; }} }}\n{direct_tls}",
+            body = body_64k.display(),
+            direct_tls = if tls {
+                format!(
+                    "  server {{ listen 127.0.0.1:{direct_port}{nginx_ssl};\n    location / {{ return 200 \"hello from backend\\n\"; }} }}"
+                )
+            } else {
+                String::new()
+            }
         ),
     )?;
     procs.push(spawn(
@@ -305,7 +361,7 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
     let proxy = nginx_conf(
         "proxy",
         &format!(
-            "  upstream b {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port};\n    \
+            "  upstream b {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port}{nginx_ssl};\n    \
              location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}"
         ),
     )?;
@@ -315,25 +371,51 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
         &haproxy_cfg,
         format!(
             "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  \
-             option http-keep-alive\nfrontend fe\n  bind 127.0.0.1:{haproxy_port}\n  default_backend be\nbackend be\n  http-reuse always\n  \
-             server s1 127.0.0.1:{backend_port}\n"
+             option http-keep-alive\nfrontend fe\n  bind 127.0.0.1:{haproxy_port}{haproxy_ssl}\n  default_backend be\nbackend be\n  http-reuse always\n  \
+             server s1 127.0.0.1:{backend_port}\n",
+            haproxy_ssl = if tls {
+                format!(" ssl crt {}", combined.display())
+            } else {
+                String::new()
+            }
         ),
     )?;
     procs.push(spawn(
         "haproxy",
         Command::new("haproxy").arg("-f").arg(&haproxy_cfg),
     )?);
-    procs.push(spawn(
-        "strait",
-        Command::new(&strait_bin)
-            .args(["up", "--data-dir"])
-            .arg(dir.join("strait-data"))
-            .arg("--admin-addr")
-            .arg(format!("127.0.0.1:{admin_port}"))
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{strait_port}"))
-            .env("RUST_LOG", "warn"),
-    )?);
+    let mut strait = Command::new(&strait_bin);
+    strait
+        .args(["up", "--data-dir"])
+        .arg(dir.join(format!("strait-data-{}", variant.scenario())))
+        .arg("--admin-addr")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{strait_port}"))
+        .args([
+            "--dns-addr",
+            "127.0.0.1:0",
+            "--registry-addr",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "warn");
+    if tls {
+        let config = dir.join("strait-tls.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[router.tls]]\naddr = \"127.0.0.1:{strait_tls_port}\"\ncertificates = [{{ cert = {:?}, key = {:?} }}]\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+        )?;
+        strait.arg("--config").arg(config);
+    }
+    procs.push(spawn("strait", &mut strait)?);
+    if tls {
+        wait_port(strait_tls_port, "strait TLS")?;
+        wait_port(direct_port, "backend TLS")?;
+    }
     for (port, what) in [
         (backend_port, "backend"),
         (nginx_port, "nginx"),
@@ -362,8 +444,9 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
         .context("declaring the route")?;
     std::thread::sleep(Duration::from_millis(300));
 
+    let strait_port = if tls { strait_tls_port } else { strait_port };
     let participants = [
-        ("direct", backend_port),
+        ("direct", direct_port),
         ("strait", strait_port),
         ("nginx", nginx_port),
         ("haproxy", haproxy_port),
@@ -622,6 +705,7 @@ fn main() -> anyhow::Result<()> {
             "http",
             "http-close",
             "http-64k",
+            "http-tls",
             "swap",
             "dns",
             "registry",
@@ -630,6 +714,7 @@ fn main() -> anyhow::Result<()> {
         ],
         "http-close" => vec!["http-close"],
         "http-64k" => vec!["http-64k"],
+        "http-tls" => vec!["http-tls"],
         "swap" => vec!["swap"],
         "alloc" => vec!["alloc"],
         "http" => vec!["http"],
@@ -637,7 +722,7 @@ fn main() -> anyhow::Result<()> {
         "registry" => vec!["registry"],
         "build" => vec!["build"],
         other => bail!(
-            "unknown scenario `{other}`: use http, http-close, http-64k, swap, dns, registry, build, alloc or all (table: cargo bench -p router --bench table)"
+            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, swap, dns, registry, build, alloc or all (table: cargo bench -p router --bench table)"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -687,6 +772,7 @@ fn main() -> anyhow::Result<()> {
             HttpVariant::KeepAlive,
             HttpVariant::NewConnection,
             HttpVariant::Body64k,
+            HttpVariant::Tls,
         ]
         .into_iter()
         .find(|v| v.scenario() == scenario)
