@@ -34,12 +34,15 @@ pub use server::Registry;
 pub enum Error {
     #[error("{0}")]
     Config(String),
-    #[error("cannot open registry storage at {path}: {source}")]
+    #[error("cannot open registry storage at {path}")]
     Storage {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr} for the registry: {source}")]
+    #[error(
+        "cannot listen on {addr} for the registry (choose another with --registry-addr or \
+         `[registry] addr`, or turn it off with `[registry] enabled = false`)"
+    )]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
