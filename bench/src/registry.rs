@@ -96,38 +96,32 @@ fn check(what: &str, response: &ureq::http::Response<ureq::Body>, want: u16) -> 
     Ok(())
 }
 
+/// The absolute URL of a response's `Location` (registries may send a path).
+fn location(base: &str, response: &ureq::http::Response<ureq::Body>) -> anyhow::Result<String> {
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .context("no Location")?;
+    Ok(if location.starts_with('/') {
+        format!("{base}{location}")
+    } else {
+        location.to_owned()
+    })
+}
+
 fn push_blob(agent: &ureq::Agent, base: &str, (digest, bytes): &Blob) -> anyhow::Result<()> {
     let response = agent
         .post(format!("{base}/v2/bench/image/blobs/uploads/"))
         .send_empty()?;
     check("POST upload", &response, 202)?;
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .context("no Location")?
-        .to_owned();
-    let url = if location.starts_with('/') {
-        format!("{base}{location}")
-    } else {
-        location
-    };
+    let url = location(base, &response)?;
     let response = agent
         .patch(&url)
         .content_type("application/octet-stream")
         .send(&bytes[..])?;
     check("PATCH upload", &response, 202)?;
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .context("no Location")?
-        .to_owned();
-    let url = if location.starts_with('/') {
-        format!("{base}{location}")
-    } else {
-        location
-    };
+    let url = location(base, &response)?;
     let separator = if url.contains('?') { '&' } else { '?' };
     let response = agent
         .put(format!("{url}{separator}digest={digest}"))
