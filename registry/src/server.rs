@@ -845,7 +845,10 @@ impl Registry {
                     }
                 };
                 let mut upload = upload.lock().await;
-                if let Err(e) = self.append(&id, &mut upload, headers, body).await {
+                if let Err(e) = self
+                    .append(&id, &mut upload, content_length(headers), body)
+                    .await
+                {
                     drop(upload);
                     self.discard_upload(&id).await;
                     return Err(e);
@@ -905,16 +908,16 @@ impl Registry {
         }
     }
 
-    /// Appends the request body to the upload, hashing it on the way. On any failure the
-    /// upload is rolled back to where it was, so the client can retry the chunk.
+    /// Appends the request body to the upload, hashing it on the way; `declared` is the
+    /// length the client announced (Content-Length, or the Content-Range span). On any
+    /// failure the upload is rolled back to where it was, so the client can retry the chunk.
     async fn append(
         &self,
         id: &str,
         upload: &mut Upload,
-        headers: &HeaderMap,
+        declared: Option<u64>,
         body: Body,
     ) -> Result<(), ApiError> {
-        let declared = content_length(headers);
         let start_size = upload.size;
         let saved_hasher = upload.hasher.clone();
         let limit = self.config.max_blob_bytes;
@@ -1093,11 +1096,10 @@ impl Registry {
                     "Content-Length does not match Content-Range",
                 ));
             }
-            let mut headers = headers.clone();
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(chunk_len));
-            self.append(id, &mut upload, &headers, body).await?;
+            self.append(id, &mut upload, Some(chunk_len), body).await?;
         } else {
-            self.append(id, &mut upload, headers, body).await?;
+            self.append(id, &mut upload, content_length(headers), body)
+                .await?;
         }
         Ok(upload_response(StatusCode::ACCEPTED, repo, id, upload.size))
     }
@@ -1130,7 +1132,8 @@ impl Registry {
                 .with_status(StatusCode::RANGE_NOT_SATISFIABLE));
             }
         }
-        self.append(id, &mut upload, headers, body).await?;
+        self.append(id, &mut upload, content_length(headers), body)
+            .await?;
         self.complete(repo, id, &mut upload, &expected).await
     }
 

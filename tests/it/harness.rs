@@ -593,12 +593,10 @@ fn spawn_logged(
 
 /// A running `strait registry serve` (the registry alone) on a free port.
 pub struct Registry {
-    child: Option<Child>,
-    watchdog: Child,
+    process: Process,
     pub addr: SocketAddr,
     pub root: PathBuf,
     args: Vec<String>,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Registry {
@@ -610,28 +608,20 @@ impl Registry {
     /// With extra `strait registry serve` arguments (e.g. `--htpasswd FILE`).
     pub fn start_with(root: &Path, args: &[&str]) -> Registry {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let (child, watchdog, addr, log) = Registry::spawn(root, "127.0.0.1:0", &args);
+        let process = Registry::spawn(root, "127.0.0.1:0", &args);
         Registry {
-            child: Some(child),
-            watchdog,
-            addr,
+            addr: process.addr,
+            process,
             root: root.to_path_buf(),
             args,
-            log,
         }
     }
 
-    fn spawn(
-        root: &Path,
-        addr: &str,
-        args: &[String],
-    ) -> (Child, Child, SocketAddr, Arc<Mutex<Vec<String>>>) {
-        let mut command = Command::new(STRAIT);
-        command
-            .args(["registry", "serve", "--addr", addr, "--root"])
-            .arg(root)
-            .args(args);
-        spawn_logged(&mut command, "registry listening on ")
+    fn spawn(root: &Path, addr: &str, args: &[String]) -> Process {
+        let root = root.to_str().expect("utf-8 root");
+        let mut all = vec!["registry", "serve", "--addr", addr, "--root", root];
+        all.extend(args.iter().map(String::as_str));
+        Process::start(&all, "registry listening on ")
     }
 
     /// `127.0.0.1:PORT`, as image references name it.
@@ -643,34 +633,11 @@ impl Registry {
         format!("http://{}{path}", self.addr)
     }
 
-    pub fn log_text(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
     /// SIGKILL, then start again on the same port and storage.
     pub fn kill_and_restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill(&mut child);
-        }
-        kill(&mut self.watchdog);
-        let (child, watchdog, addr, log) =
-            Registry::spawn(&self.root, &self.addr.to_string(), &self.args);
-        self.child = Some(child);
-        self.watchdog = watchdog;
-        self.addr = addr;
-        self.log = log;
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill(&mut child);
-        }
-        kill(&mut self.watchdog);
-        if std::thread::panicking() {
-            eprintln!("--- registry log ---\n{}", self.log_text());
-        }
+        self.process.kill();
+        self.process = Registry::spawn(&self.root, &self.addr.to_string(), &self.args);
+        self.addr = self.process.addr;
     }
 }
 

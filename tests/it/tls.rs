@@ -48,9 +48,21 @@ pub fn make_ca(dir: &Path, ca: &str) {
 /// A leaf for `names`, signed by `ca`: `<leaf>.pem`, `<leaf>.key`.
 pub fn make_leaf(dir: &Path, ca: &str, leaf: &str, names: &[&str]) -> (PathBuf, PathBuf) {
     let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    make_leaf_with_san(dir, ca, leaf, names[0], &san.join(","))
+}
+
+/// A leaf `leaf.pem`/`leaf.key` signed by `ca`, with common name `cn` and exactly the
+/// subject alternative names `san` (`DNS:…`, `IP:…`, comma-separated).
+pub fn make_leaf_with_san(
+    dir: &Path,
+    ca: &str,
+    leaf: &str,
+    cn: &str,
+    san: &str,
+) -> (PathBuf, PathBuf) {
     std::fs::write(
         dir.join(format!("{leaf}.ext")),
-        format!("subjectAltName={}\n", san.join(",")),
+        format!("subjectAltName={san}\n"),
     )
     .expect("ext");
     openssl(
@@ -67,7 +79,7 @@ pub fn make_leaf(dir: &Path, ca: &str, leaf: &str, names: &[&str]) -> (PathBuf, 
             "-out",
             &format!("{leaf}.csr"),
             "-subj",
-            &format!("/CN={}", names[0]),
+            &format!("/CN={cn}"),
         ],
     );
     openssl(

@@ -8,60 +8,7 @@ use std::time::Duration;
 
 use crate::harness::{Strait, eventually, free_port};
 use crate::http::{Backend, Client, Response};
-use crate::tls::{make_ca, make_leaf};
-
-/// A leaf signed by `ca` with exactly these subject alternative names (`IP:…`, `DNS:…`).
-fn make_leaf_san(dir: &Path, ca: &str, leaf: &str, san: &str) {
-    std::fs::write(
-        dir.join(format!("{leaf}.ext")),
-        format!("subjectAltName={san}\n"),
-    )
-    .expect("ext");
-    for args in [
-        vec![
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{leaf}.key"),
-            "-out",
-            &format!("{leaf}.csr"),
-            "-subj",
-            &format!("/CN={leaf}"),
-        ],
-        vec![
-            "x509",
-            "-req",
-            "-in",
-            &format!("{leaf}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{leaf}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{leaf}.ext"),
-        ],
-    ] {
-        let output = Command::new("openssl")
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
+use crate::tls::{make_ca, make_leaf, make_leaf_with_san};
 
 /// `openssl s_server -www` on a free loopback port: answers each `GET` with an HTTP/1.0
 /// status page (which shows the client certificate, if one was sent). Killed on drop.
@@ -154,7 +101,13 @@ fn upstream_tls_verifies_the_ca_and_the_configured_name() {
     // s_server presents `up` to clients whose SNI is up.internal, `default` (valid for
     // 127.0.0.1 only) to the others and to clients that send no SNI.
     make_leaf(d, "upca", "up", &["up.internal"]);
-    make_leaf_san(d, "upca", "default", "IP:127.0.0.1,DNS:default.internal");
+    make_leaf_with_san(
+        d,
+        "upca",
+        "default",
+        "default",
+        "IP:127.0.0.1,DNS:default.internal",
+    );
     let server = SServer::start(
         d,
         &[
