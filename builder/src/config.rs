@@ -279,7 +279,7 @@ impl Checker<'_> {
         key: &str,
         message: String,
     ) -> ConfigError {
-        let (line, column) = span.map_or((0, 0), |s| line_column(self.text, s.start));
+        let (line, column) = span.map_or((0, 0), |s| config::line_column(self.text, s.start));
         ConfigError::Invalid {
             source_name: self.source.clone(),
             line,
@@ -681,16 +681,6 @@ fn normalize_dest(dest: &str) -> Option<String> {
         out.push('/');
     }
     Some(out)
-}
-
-/// 1-based line and column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

@@ -147,8 +147,9 @@ fn invalid(source_name: Source, text: &str, key: String, error: &toml::de::Error
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of a byte offset: for errors a caller finds
+/// after parsing, at a span it kept (`toml::Spanned`).
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
