@@ -31,7 +31,9 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use crate::h1::ClientInfo;
 use crate::metrics::RouterMetrics;
+use crate::pump::{ConnBuffers, Plan};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -70,8 +72,100 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// How a message body is delimited (RFC 9112 section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    Length(u64),
+    Chunked,
+    /// Responses only: the body runs until the connection closes.
+    UntilClose,
+}
+
+/// Header slots parsed on the stack; larger `max_headers` settings parse into the heap.
+pub const STACK_HEADERS: usize = 128;
+
+/// A validated request head. Borrows the connection's read buffer: nothing is copied.
+#[derive(Debug)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// The request target as sent (origin, absolute or asterisk form).
+    pub target: &'a str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: &'a [httparse::Header<'a>],
+    /// The Host header (or an HTTP/1.0 request's absolute-form authority), as sent.
+    pub host: &'a str,
+    pub body: Framing,
+    /// The client wants the connection kept after this request.
+    pub keep_alive: bool,
+    /// The `Upgrade` header of a request asking for one (`Connection: upgrade`), except
+    /// `h2c`, which a proxy does not pass on.
+    pub upgrade: Option<&'a [u8]>,
+    pub expect_continue: bool,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The target in origin form (`/path?query`): an absolute-form target loses its
+    /// scheme and authority, as backends expect.
+    pub fn origin_target(&self) -> &'a str {
+        let target = self.target;
+        match target
+            .strip_prefix("http://")
+            .or_else(|| target.strip_prefix("https://"))
+        {
+            Some(rest) => match rest.find(['/', '?']) {
+                Some(at) if rest.as_bytes()[at] == b'/' => &rest[at..],
+                Some(at) => &rest[at..], // `?query` with no path: kept as is
+                None => "/",
+            },
+            None => target,
+        }
+    }
+
+    /// The path, without the query.
+    pub fn path(&self) -> &'a str {
+        let target = self.origin_target();
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// Whether the `Connection` headers list `token`.
+    pub fn connection_has(&self, token: &str) -> bool {
+        connection_has(self.headers, token)
+    }
+}
+
+/// Whether the `Connection` headers among `headers` list `token` (case-insensitive).
+pub fn connection_has(headers: &[httparse::Header<'_>], token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
 /// Validates one complete request head strictly. Never panics on any input.
 pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> {
+    let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    parse_request(head, limits.max_headers, &mut storage).map(|_| ())
+}
+
+/// Parses and validates one complete request head strictly, with at most `max_headers`
+/// headers (`storage` must hold at least that many). Never panics on any input.
+pub fn parse_request<'a>(
+    head: &'a [u8],
+    max_headers: usize,
+    storage: &'a mut [httparse::Header<'a>],
+) -> Result<RequestHead<'a>, Rejection> {
     // Line endings: every LF preceded by CR, every CR followed by LF.
     for (i, &b) in head.iter().enumerate() {
         match b {
@@ -92,8 +186,8 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
     {
         return Err(reject(400, "obsolete header line folding"));
     }
-    let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut storage);
+    let slots = max_headers.min(storage.len());
+    let mut request = httparse::Request::new(&mut storage[..slots]);
     match request.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(reject(400, "incomplete request head")),
@@ -106,6 +200,7 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
     let version = request.version.unwrap_or(1);
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
+    let headers: &'a [httparse::Header<'a>] = request.headers;
     if method == "CONNECT" {
         return Err(reject(405, "CONNECT is not supported"));
     }
@@ -118,7 +213,10 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
     }
     let (mut content_length, mut transfer_encoding, mut host) = (0usize, 0usize, 0usize);
     let mut host_value: &[u8] = b"";
-    for header in request.headers.iter() {
+    let mut length = 0u64;
+    let mut expect_continue = false;
+    let mut upgrade = None;
+    for header in headers {
         let name = header.name;
         if name.eq_ignore_ascii_case("content-length") {
             content_length += 1;
@@ -126,6 +224,8 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
             if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 18 {
                 return Err(reject(400, "invalid Content-Length"));
             }
+            // At most 18 digits: always fits.
+            length = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding += 1;
             if !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
@@ -143,6 +243,13 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
             if !valid {
                 return Err(reject(400, "invalid Host header"));
             }
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = header
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = Some(header.value);
         }
     }
     if content_length > 1 {
@@ -164,16 +271,48 @@ pub fn validate_head(head: &[u8], limits: &HeadLimits) -> Result<(), Rejection> 
         return Err(reject(400, "missing Host header"));
     }
     // Absolute form: routing uses Host, backends use the target's authority; they must agree.
-    if let Some(rest) = target
+    let authority = target
         .strip_prefix("http://")
         .or_else(|| target.strip_prefix("https://"))
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""));
+    if let Some(authority) = authority
+        && host > 0
+        && !authority.as_bytes().eq_ignore_ascii_case(host_value)
     {
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if !authority.as_bytes().eq_ignore_ascii_case(host_value) {
-            return Err(reject(400, "request target authority differs from Host"));
-        }
+        return Err(reject(400, "request target authority differs from Host"));
     }
-    Ok(())
+    let host = if host > 0 {
+        // Checked above: ASCII only.
+        std::str::from_utf8(host_value).unwrap_or_default()
+    } else {
+        authority.unwrap_or_default()
+    };
+    let body = if transfer_encoding > 0 {
+        Framing::Chunked
+    } else if length > 0 {
+        Framing::Length(length)
+    } else {
+        Framing::None
+    };
+    let keep_alive = if version == 1 {
+        !connection_has(headers, "close")
+    } else {
+        connection_has(headers, "keep-alive") && !connection_has(headers, "close")
+    };
+    let upgrade = upgrade.filter(|value| {
+        connection_has(headers, "upgrade") && !value.trim_ascii().eq_ignore_ascii_case(b"h2c")
+    });
+    Ok(RequestHead {
+        method,
+        target,
+        minor_version: version,
+        headers,
+        host,
+        body,
+        keep_alive,
+        upgrade,
+        expect_continue,
+    })
 }
 
 /// What reading a head produced.
@@ -251,9 +390,12 @@ async fn respond_and_close(stream: &mut Stream, rejection: Rejection) {
     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
-/// The pingora app behind the front: proxies one request per call.
+/// The front door: reads and checks each request head, then hands the request to the
+/// pump ([`crate::pump`]), or to pingora's proxy (`app`) for HTTP/2 (clients, and
+/// services spoken to over HTTP/2).
 pub struct Front<A> {
     pub app: Arc<A>,
+    pub proxy: Arc<crate::proxy::Proxy>,
     pub limits: HeadLimits,
     pub h2c: bool,
     pub metrics: RouterMetrics,
@@ -274,9 +416,15 @@ where
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.app.process_new(stream, shutdown).await;
         }
-        let check_h2c = self.h2c && stream.get_ssl_digest().is_none();
+        let tls = stream.get_ssl_digest().is_some();
+        let check_h2c = self.h2c && !tls;
+        let client_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let client = ClientInfo::new(client_ip, tls);
         let mut stream = stream;
         let mut buf = BytesMut::with_capacity(4096);
+        let mut bufs = ConnBuffers::default();
         let mut shutting_down = shutdown.clone();
         loop {
             if *shutting_down.borrow() {
@@ -302,31 +450,70 @@ where
                 Head::Complete => {}
             }
             let end = head_end(&buf).unwrap_or(buf.len());
-            if let Err(rejection) = validate_head(&buf[..end], &self.limits) {
-                self.metrics.rejected(rejection.reason);
-                respond_and_close(&mut stream, rejection).await;
+            let closing = *shutdown.borrow();
+            let keep_alive = match self
+                .proxy
+                .plan(&buf[..end], &self.limits, &client, &mut bufs)
+            {
+                Plan::Reject(rejection) => {
+                    self.metrics.rejected(rejection.reason);
+                    respond_and_close(&mut stream, rejection).await;
+                    return None;
+                }
+                Plan::Local(local) => {
+                    self.proxy
+                        .answer_locally(&mut stream, &mut buf, local, &mut bufs, client.ip, closing)
+                        .await
+                }
+                Plan::Forward(request) => {
+                    self.proxy
+                        .forward(&mut stream, &mut buf, request, &mut bufs, &client, closing)
+                        .await
+                }
+                Plan::Pingora => {
+                    let (next, reused) = self.pingora_h1(stream, buf, shutdown).await?;
+                    stream = next;
+                    buf = reused;
+                    continue;
+                }
+            };
+            if !keep_alive {
                 return None;
             }
-            // Hand everything read so far back to pingora, head first.
-            let prefixed: Stream = Box::new(Prefixed::new(std::mem::take(&mut buf), stream));
-            let mut session = ServerSession::new_http1(prefixed);
-            if *shutdown.borrow() {
-                session.set_keepalive(None);
-            } else {
-                session.set_keepalive(Some(self.limits.idle_timeout.as_secs().max(1)));
+        }
+    }
+}
+
+impl<A> Front<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// One HTTP/1 request through pingora's proxy (a service spoken to over HTTP/2): the
+    /// head bytes already read are pushed back in front of the stream. Returns the
+    /// connection and any bytes read past the request, if it can be reused.
+    async fn pingora_h1(
+        &self,
+        stream: Stream,
+        buf: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Stream, BytesMut)> {
+        let prefixed: Stream = Box::new(Prefixed::new(buf, stream));
+        let mut session = ServerSession::new_http1(prefixed);
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(self.limits.idle_timeout.as_secs().max(1)));
+        }
+        let reused = self.app.process_new_http(session, shutdown).await?;
+        let (reused_stream, _settings) = reused.consume();
+        // Unwrap our wrapper so connections do not nest one per request; bytes it still
+        // holds (a pipelined next request) become the next head's start.
+        match reused_stream.into_any().downcast::<Prefixed>() {
+            Ok(prefixed) => {
+                let (rest, inner) = prefixed.into_parts();
+                Some((inner, rest))
             }
-            let reused = self.app.process_new_http(session, shutdown).await?;
-            let (reused_stream, _settings) = reused.consume();
-            // Unwrap our wrapper so connections do not nest one per request; bytes it
-            // still holds (a pipelined next request) become the next head's start.
-            match reused_stream.into_any().downcast::<Prefixed>() {
-                Ok(prefixed) => {
-                    let (rest, inner) = prefixed.into_parts();
-                    buf = rest;
-                    stream = inner;
-                }
-                Err(_) => return None,
-            }
+            Err(_) => None,
         }
     }
 }

@@ -6,7 +6,9 @@
 //! * [`pool`]: per-service endpoint pools, balancers, outlier ejection; state that
 //!   survives table swaps.
 //! * [`front`]: strict HTTP/1 head reading and validation before pingora sees a request.
-//! * [`proxy`]: the per-request hot path (pingora `ProxyHttp`).
+//! * [`pump`]: the per-request hot path for HTTP/1 (parse, route, relay; own upstream
+//!   pool in [`upstream_pool`], wire pieces in [`h1`]).
+//! * [`proxy`]: the shared request state and pingora's `ProxyHttp` for HTTP/2.
 //! * [`tls`]: certificates by SNI, hot-reloaded.
 //! * [`upstream_tls`]: TLS to upstream services (per-service roots, SNI, client certs).
 //! * [`service`]: wiring: the table-follower thread and the pingora server.
@@ -17,13 +19,16 @@ pub mod access_log;
 pub mod config;
 pub mod explain;
 pub mod front;
+pub mod h1;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod pump;
 pub mod service;
 pub mod table;
 pub mod tcp;
 pub mod tls;
+pub mod upstream_pool;
 pub mod upstream_tls;
 
 pub use config::RouterConfig;

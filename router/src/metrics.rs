@@ -4,6 +4,8 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -158,6 +160,48 @@ impl RouterMetrics {
         if pool.record_failure(index, outlier, now_ms) {
             self.ejections.with_label_values(&[&pool.service]).inc();
         }
+    }
+
+    /// Counts a finished request by route, service and status class, and its duration.
+    /// The labelled series are looked up once per table and kept in the route (a label
+    /// lookup hashes and locks; this runs on every request).
+    pub fn count_request(
+        &self,
+        route: &crate::table::CompiledRoute,
+        target: usize,
+        status: u16,
+        elapsed: std::time::Duration,
+    ) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        if let Some(target) = route.targets.list.get(target) {
+            target.requests[class]
+                .get_or_init(|| {
+                    self.requests.with_label_values(&[
+                        &*route.name,
+                        &*target.service,
+                        STATUS_CLASSES[class],
+                    ])
+                })
+                .inc();
+        }
+        if !elapsed.is_zero() {
+            route
+                .request_duration
+                .get_or_init(|| self.request_duration.with_label_values(&[&*route.name]))
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The upstream duration histogram of a pool's service (looked up once per table).
+    pub fn upstream_duration<'p>(&self, pool: &'p crate::pool::Pool) -> &'p Histogram {
+        pool.upstream_duration
+            .get_or_init(|| self.upstream_duration.with_label_values(&[&pool.service]))
     }
 
     pub fn rejected(&self, reason: &str) {

@@ -79,6 +79,9 @@ pub struct PoolShared {
     /// Requests in flight to this service, and how many of them are retries.
     pub active: AtomicU32,
     pub retries_active: AtomicU32,
+    /// When this service's last upstream TLS failure was logged (ms on the router's
+    /// clock; 0: never): at most one line a second per service.
+    pub tls_warned_ms: AtomicU64,
 }
 
 /// Which endpoints a pick may use: the local zone's, or all.
@@ -110,6 +113,8 @@ pub struct Pool {
     pub http2: bool,
     /// Connect over TLS with these settings (`None`: cleartext).
     pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
+    /// This service's upstream duration histogram (resolved on first use).
+    pub(crate) upstream_duration: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 /// Indices already tried by this request; retries go elsewhere when they can.
@@ -174,6 +179,7 @@ impl Pool {
             excluded: Vec::new(),
             http2: false,
             tls: None,
+            upstream_duration: std::sync::OnceLock::new(),
         }
     }
 

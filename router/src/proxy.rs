@@ -10,7 +10,7 @@
 //! No locks, no awaits on discovery: the table is an `Arc` loaded once per request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;
 use http::header::{HOST, HeaderValue};
+use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -25,54 +26,54 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::warn;
 
 use crate::config::{HashOn, RouterConfig};
+use crate::h1::{has_dot_segment, is_plain_host};
 use crate::metrics::{GaugeGuard, RouterMetrics};
 use crate::pool::{Clock, Pool, Tried, fnv1a};
 use crate::table::{CompiledRoute, Table, normalize_host};
 
-/// Longest incoming `x-request-id` kept as is; others are replaced.
-const MAX_REQUEST_ID: usize = 128;
 /// Custom error for "no eligible endpoint" raised in `upstream_peer`.
 const NO_ENDPOINT: ErrorType = ErrorType::HTTPStatus(503);
 
 pub struct Proxy {
     pub table: Arc<ArcSwap<Table>>,
+    /// Connects to upstreams (TCP, TLS); the pump pools HTTP/1 connections itself.
+    pub connector: TransportConnector,
     pub config: Arc<RouterConfig>,
     pub metrics: RouterMetrics,
     pub clock: Clock,
     pub access_log: Option<crate::access_log::AccessLog>,
-    /// When the last upstream TLS failure was logged (ms on `clock`): at most one a second.
-    pub tls_warned_ms: AtomicU64,
 }
 
 /// Per-request state. Holds the table it routed with, so retries use the same one.
 pub struct RequestCtx {
-    started: Instant,
+    pub(crate) started: Instant,
     /// The last upstream tried, for the access log.
-    upstream: Option<std::net::SocketAddr>,
+    pub(crate) upstream: Option<std::net::SocketAddr>,
     request_id: Option<HeaderValue>,
-    route: Option<Arc<CompiledRoute>>,
-    pool: Option<Arc<Pool>>,
+    pub(crate) route: Option<Arc<CompiledRoute>>,
+    /// Which of the route's targets was picked.
+    pub(crate) target: usize,
+    pub(crate) pool: Option<Arc<Pool>>,
     /// The endpoint of the current attempt (its outstanding count is ours to release).
-    endpoint: Option<usize>,
-    attempt_started: Option<Instant>,
-    tried: Tried,
-    attempts: u32,
-    hash: Option<u64>,
+    pub(crate) endpoint: Option<usize>,
+    pub(crate) attempt_started: Option<Instant>,
+    pub(crate) tried: Tried,
+    pub(crate) attempts: u32,
+    pub(crate) hash: Option<u64>,
     retrying: bool,
     _active: GaugeGuard,
 }
 
 impl RequestCtx {
     /// Ends the current attempt: releases the endpoint's outstanding slot.
-    fn end_attempt(&mut self, metrics: &RouterMetrics) {
+    pub(crate) fn end_attempt(&mut self, metrics: &RouterMetrics) {
         if let (Some(pool), Some(index)) = (&self.pool, self.endpoint.take()) {
             if let Some(endpoint) = pool.endpoints.get(index) {
                 endpoint.state.outstanding.fetch_sub(1, Ordering::Relaxed);
             }
             if let Some(started) = self.attempt_started.take() {
                 metrics
-                    .upstream_duration
-                    .with_label_values(&[&pool.service])
+                    .upstream_duration(pool)
                     .observe(started.elapsed().as_secs_f64());
             }
         }
@@ -86,20 +87,50 @@ impl RequestCtx {
 }
 
 impl Proxy {
+    /// A new request's state (counted as in flight until dropped).
+    pub(crate) fn request_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            upstream: None,
+            request_id: None,
+            route: None,
+            target: 0,
+            pool: None,
+            endpoint: None,
+            attempt_started: None,
+            tried: Tried::default(),
+            attempts: 0,
+            hash: None,
+            retrying: false,
+            _active: GaugeGuard::new(&self.metrics.active_requests),
+        }
+    }
+
     /// Counts a failed upstream TLS handshake by reason, and logs it (at most once a
     /// second: a service whose certificate does not verify fails every connect).
-    fn tls_failure(&self, pool: &Pool, index: usize, e: &Error, now_ms: u64) {
-        let Some(reason) = tls_failure_reason(e) else {
-            return;
-        };
+    pub(crate) fn tls_failure(&self, pool: &Pool, index: usize, e: &Error, now_ms: u64) {
+        if let Some(reason) = tls_failure_reason(e) {
+            self.count_tls_failure(pool, index, reason, e, now_ms);
+        }
+    }
+
+    pub(crate) fn count_tls_failure(
+        &self,
+        pool: &Pool,
+        index: usize,
+        reason: &'static str,
+        e: &dyn std::fmt::Display,
+        now_ms: u64,
+    ) {
         self.metrics
             .upstream_tls_errors
             .with_label_values(&[&pool.service, reason])
             .inc();
-        let last = self.tls_warned_ms.load(Ordering::Relaxed);
+        let last = pool.shared.tls_warned_ms.load(Ordering::Relaxed);
         // 0: never logged.
         if (last == 0 || now_ms.saturating_sub(last) >= 1000)
-            && self
+            && pool
+                .shared
                 .tls_warned_ms
                 .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
@@ -115,12 +146,12 @@ impl Proxy {
         }
     }
 
-    fn retry_allowed_for(&self, pool: &Option<Arc<Pool>>) -> bool {
+    pub(crate) fn retry_allowed_for(&self, pool: &Option<Arc<Pool>>) -> bool {
         pool.as_ref().is_some_and(|p| self.retry_allowed(p))
     }
 
     /// Whether the pool's retry budget allows one more retry now.
-    fn retry_allowed(&self, pool: &Pool) -> bool {
+    pub(crate) fn retry_allowed(&self, pool: &Pool) -> bool {
         let active = pool.shared.active.load(Ordering::Relaxed);
         let retrying = pool.shared.retries_active.load(Ordering::Relaxed);
         // At least a few retries are always allowed, so a quiet service can still fail over.
@@ -130,7 +161,7 @@ impl Proxy {
 
     /// Ends the current attempt and, if the budget allows, reserves a retry slot that is
     /// released when the retried attempt ends. Returns whether to retry.
-    fn try_retry(&self, ctx: &mut RequestCtx) -> bool {
+    pub(crate) fn try_retry(&self, ctx: &mut RequestCtx) -> bool {
         // The attempt that just failed frees its endpoint (and its own retry slot).
         ctx.end_attempt(&self.metrics);
         let Some(pool) = &ctx.pool else { return false };
@@ -218,64 +249,30 @@ fn hash_key(hash_on: &HashOn, session: &Session) -> Option<u64> {
     }
 }
 
-/// `host[:port]` or `[v6]:port` made of the characters such names have.
-fn is_plain_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 255
-        && host.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
-        })
-}
-
-/// Whether a request path has `.` or `..` segments (also percent-encoded): refused, so a
-/// prefix match and rewrite cannot be escaped by a backend that normalizes paths.
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
-}
-
-fn is_valid_request_id(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes();
-    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(|b| b.is_ascii_graphic())
-}
-
 fn new_request_id() -> HeaderValue {
     let id = format!("{:032x}", rand::random::<u128>());
     // 32 hex digits are always a valid header value.
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+/// pingora's proxy over the same [`Proxy`] state: it serves HTTP/2 clients and HTTP/2
+/// upstreams (the pump, [`crate::pump`], serves HTTP/1 to HTTP/1).
+pub struct PingoraProxy(pub Arc<Proxy>);
+
+impl std::ops::Deref for PingoraProxy {
+    type Target = Proxy;
+
+    fn deref(&self) -> &Proxy {
+        &self.0
     }
 }
 
 #[async_trait]
-impl ProxyHttp for Proxy {
+impl ProxyHttp for PingoraProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            upstream: None,
-            request_id: None,
-            route: None,
-            pool: None,
-            endpoint: None,
-            attempt_started: None,
-            tried: Tried::default(),
-            attempts: 0,
-            hash: None,
-            retrying: false,
-            _active: GaugeGuard::new(&self.metrics.active_requests),
-        }
+        self.request_ctx()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -298,16 +295,15 @@ impl ProxyHttp for Proxy {
             return respond(session, 404, body).await;
         };
         let route = Arc::clone(route);
-        let target = route.pick_target();
+        let target_index = route.pick_target_index();
+        let target = &route.targets.list[target_index];
         let Some(pool) = target.pool.clone().filter(|p| !p.is_empty()) else {
             let body = format!("no healthy instance of service {:?}\n", &*target.service);
-            let service = Arc::clone(&target.service);
             self.metrics
-                .requests
-                .with_label_values(&[&route.name, &service, "5xx"])
-                .inc();
+                .count_request(&route, target_index, 503, Duration::ZERO);
             return respond(session, 503, body).await;
         };
+        ctx.target = target_index;
         ctx.hash = pool.hash_on().and_then(|h| hash_key(h, session));
         pool.shared.active.fetch_add(1, Ordering::Relaxed);
         ctx.pool = Some(pool);
@@ -448,7 +444,7 @@ impl ProxyHttp for Proxy {
         let incoming_id = upstream
             .headers
             .get("x-request-id")
-            .filter(|v| is_valid_request_id(v))
+            .filter(|v| crate::h1::is_valid_request_id(v.as_bytes()))
             .cloned();
         let request_id = match incoming_id {
             Some(id) => id,
@@ -669,20 +665,10 @@ impl ProxyHttp for Proxy {
                 error: e.map(|e| e.etype().as_str().to_string()),
             });
         }
-        let (route, service) = match (&ctx.route, &ctx.pool) {
-            (Some(route), Some(pool)) => {
-                pool.shared.active.fetch_sub(1, Ordering::Relaxed);
-                (&*route.name, &*pool.service)
-            }
-            _ => return,
-        };
-        self.metrics
-            .requests
-            .with_label_values(&[route, service, status_class(status)])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[route])
-            .observe(ctx.started.elapsed().as_secs_f64());
+        if let (Some(route), Some(pool)) = (&ctx.route, &ctx.pool) {
+            pool.shared.active.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .count_request(route, ctx.target, status, ctx.started.elapsed());
+        }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,7 +20,7 @@ use crate::config::RouterConfig;
 use crate::front::{Front, HeadLimits};
 use crate::metrics::RouterMetrics;
 use crate::pool::{Clock, PoolStates};
-use crate::proxy::Proxy;
+use crate::proxy::{PingoraProxy, Proxy};
 use crate::table::{Table, compile};
 use crate::upstream_tls::UpstreamTlsSet;
 
@@ -157,15 +156,16 @@ impl Router {
             ),
             None => None,
         };
-        let proxy = Proxy {
+        let proxy = Arc::new(Proxy {
             table: Arc::clone(&self.table),
+            connector: pingora::connectors::TransportConnector::new(None),
             config: Arc::clone(&self.config),
             metrics: self.metrics.clone(),
             clock: self.clock,
             access_log,
-            tls_warned_ms: AtomicU64::new(0),
-        };
-        let mut app = pingora::proxy::http_proxy(&server.configuration, proxy);
+        });
+        let mut app =
+            pingora::proxy::http_proxy(&server.configuration, PingoraProxy(Arc::clone(&proxy)));
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2c = true;
         app.server_options = Some(options);
@@ -179,6 +179,7 @@ impl Router {
         app.h2_options = Some(h2);
         let front = Front {
             app: Arc::new(app),
+            proxy,
             limits: HeadLimits {
                 max_bytes: self.config.max_header_bytes,
                 max_headers: self.config.max_headers,

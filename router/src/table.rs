@@ -9,13 +9,14 @@
 //! Prefixes match whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use discovery::model::{Health, PathMatch, RetryOn, RetryPolicy, RouteKind};
 use discovery::{Route, Snapshot};
 use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use prometheus::{Histogram, IntCounter};
 use tracing::warn;
 
 use crate::config::RouterConfig;
@@ -67,15 +68,38 @@ pub(crate) struct HeaderMatcher {
     pub(crate) invert: bool,
 }
 
+/// Request headers as route conditions see them: the first value of a header. Both a
+/// `HeaderMap` (pingora's path, `route explain`) and a parsed head's headers (the pump,
+/// no copy) answer it.
+pub trait HeaderLookup {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+}
+
+impl HeaderLookup for [httparse::Header<'_>] {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+            .map(|h| h.value)
+    }
+}
+
 impl HeaderMatcher {
-    pub(crate) fn matches(&self, headers: &HeaderMap) -> bool {
-        let value = headers.get(&self.name);
+    pub(crate) fn matches(&self, headers: &(impl HeaderLookup + ?Sized)) -> bool {
+        let value = headers.first(&self.name);
         let hit = match (&self.value, value) {
             (ValueMatcher::Present(present), v) => v.is_some() == *present,
             (_, None) => false,
-            (ValueMatcher::Exact(e), Some(v)) => v.as_bytes() == &**e,
-            (ValueMatcher::Prefix(p), Some(v)) => v.as_bytes().starts_with(p),
-            (ValueMatcher::Regex(r), Some(v)) => v.to_str().is_ok_and(|s| r.is_match(s)),
+            (ValueMatcher::Exact(e), Some(v)) => v == &**e,
+            (ValueMatcher::Prefix(p), Some(v)) => v.starts_with(p),
+            (ValueMatcher::Regex(r), Some(v)) => {
+                std::str::from_utf8(v).is_ok_and(|s| r.is_match(s))
+            }
         };
         hit != self.invert
     }
@@ -94,6 +118,7 @@ impl Targets {
         let target = |service: &str| Target {
             service: Arc::from(service),
             pool: pools.get(service).cloned(),
+            requests: Default::default(),
         };
         match &route.service {
             Some(service) => Targets {
@@ -116,17 +141,22 @@ impl Targets {
 
     /// Picks the target for one request or connection (weighted for a split).
     pub fn pick(&self) -> &Target {
+        &self.list[self.pick_index()]
+    }
+
+    /// The index in `list` of the target picked for one request.
+    pub fn pick_index(&self) -> usize {
         if self.list.len() > 1
             && let Some(&total) = self.cumulative.last()
             && total > 0
         {
             let draw = rand::random_range(0..total);
             let at = self.cumulative.partition_point(|&w| w <= draw);
-            if let Some(target) = self.list.get(at) {
-                return target;
+            if at < self.list.len() {
+                return at;
             }
         }
-        &self.list[0]
+        0
     }
 
     /// Each target's share of the traffic, in percent.
@@ -152,6 +182,9 @@ impl Targets {
 pub struct Target {
     pub service: Arc<str>,
     pub pool: Option<Arc<Pool>>,
+    /// This route's request counters for this service, by status class (resolved on
+    /// first use: see `RouterMetrics::count_request`).
+    pub(crate) requests: [OnceLock<IntCounter>; 5],
 }
 
 #[derive(Debug)]
@@ -171,10 +204,12 @@ pub struct CompiledRoute {
     pub request_remove: Vec<HeaderName>,
     pub response_set: Vec<(HeaderName, HeaderValue)>,
     pub response_remove: Vec<HeaderName>,
+    /// This route's request duration histogram (resolved on first use).
+    pub(crate) request_duration: OnceLock<Histogram>,
 }
 
 impl CompiledRoute {
-    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+    fn matches(&self, path: &str, method: &Method, headers: &(impl HeaderLookup + ?Sized)) -> bool {
         self.path.matches(path)
             && (self.methods.is_empty() || self.methods.contains(method))
             && self.headers.iter().all(|h| h.matches(headers))
@@ -183,6 +218,11 @@ impl CompiledRoute {
     /// Picks the target for one request (weighted for a split).
     pub fn pick_target(&self) -> &Target {
         self.targets.pick()
+    }
+
+    /// The index (in `targets.list`) of the target picked for one request.
+    pub fn pick_target_index(&self) -> usize {
+        self.targets.pick_index()
     }
 
     pub fn retries_on(&self, status: u16) -> bool {
@@ -242,7 +282,7 @@ impl Table {
         host: &str,
         path: &str,
         method: &Method,
-        headers: &HeaderMap,
+        headers: &(impl HeaderLookup + ?Sized),
     ) -> Option<&Arc<CompiledRoute>> {
         self.host_entry(host)?
             .routes
@@ -530,6 +570,7 @@ fn compile_route(
         request_remove: header_names(&route.request_headers.remove)?,
         response_set: header_pairs(&route.response_headers.set)?,
         response_remove: header_names(&route.response_headers.remove)?,
+        request_duration: OnceLock::new(),
     })
 }
 
