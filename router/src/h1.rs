@@ -220,7 +220,12 @@ pub fn write_upstream_head(
     match request_id {
         Some(id) => out.extend_from_slice(id),
         None => {
-            let _ = write!(out, "{:032x}", rand::random::<u128>());
+            let id = rand::random::<u128>();
+            out.extend(
+                (0..32)
+                    .rev()
+                    .map(|i| b"0123456789abcdef"[(id >> (i * 4)) as usize & 15]),
+            );
         }
     }
     let id = id_start..out.len();

@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -235,10 +236,17 @@ fn prepare_response(
     })
 }
 
+/// Runs `io` with a time limit. The timer is only armed when `io` cannot finish at once
+/// (most writes can): arming one costs a clock read and a timer-wheel entry.
 async fn with_timeout<T>(
     limit: Duration,
     io: impl Future<Output = std::io::Result<T>>,
 ) -> std::io::Result<T> {
+    let mut io = std::pin::pin!(io);
+    if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx))).await
+    {
+        return result;
+    }
     match tokio::time::timeout(limit, io).await {
         Ok(result) => result,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -537,7 +545,12 @@ impl Proxy {
             ctx.upstream = Some(endpoint.addr);
             ctx.tried.push(index);
             ctx.attempts += 1;
-            ctx.attempt_started = Some(Instant::now());
+            // The first attempt starts with the request: one clock read fewer.
+            ctx.attempt_started = Some(if ctx.attempts == 1 {
+                ctx.started
+            } else {
+                Instant::now()
+            });
             let key = PoolKey::new(endpoint.addr, pool.tls.as_ref());
             let (mut up, reused) = match upstream_pool::take(&key) {
                 Some(stream) => (stream, true),
@@ -623,8 +636,8 @@ impl Proxy {
                 return self.local_error_body(down, bufs, 502, pool, false).await;
             };
             let status = response.status;
-            let now = self.clock.now_ms();
             if status >= 500 {
+                let now = self.clock.now_ms();
                 self.metrics
                     .upstream_failure(pool, index, &self.config.outlier, now, false);
             } else {

@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use pingora::protocols::Stream;
@@ -21,10 +21,11 @@ use crate::upstream_tls::UpstreamTls;
 
 /// Idle connections kept per upstream address, per thread; the oldest goes first.
 const MAX_IDLE_PER_KEY: usize = 256;
-/// An idle connection is closed after this long unused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often each thread closes expired idle connections.
+/// How often each thread closes idle connections that are closed or expired.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// An idle connection is closed after this many sweeps unused (60 to 70 s): ages are
+/// counted in sweeps so that taking and returning a connection reads no clock.
+const IDLE_SWEEPS: u8 = 6;
 
 /// Which connections are interchangeable: same address, same TLS settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,11 +47,14 @@ impl PoolKey {
 
 struct Idle {
     stream: Stream,
-    since: Instant,
+    /// Sweeps this connection has sat through unused.
+    sweeps: u8,
 }
 
+type IdleMap = HashMap<PoolKey, VecDeque<Idle>, foldhash::fast::RandomState>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<PoolKey, VecDeque<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
     static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -68,7 +72,7 @@ pub fn take(key: &PoolKey) -> Option<Stream> {
     IDLE.with_borrow_mut(|idle| {
         let list = idle.get_mut(key)?;
         while let Some(mut conn) = list.pop_back() {
-            if conn.since.elapsed() < IDLE_TIMEOUT && usable(&mut conn.stream) {
+            if usable(&mut conn.stream) {
                 return Some(conn.stream);
             }
         }
@@ -83,10 +87,7 @@ pub fn put(key: PoolKey, stream: Stream) {
         if list.len() >= MAX_IDLE_PER_KEY {
             list.pop_front();
         }
-        list.push_back(Idle {
-            stream,
-            since: Instant::now(),
-        });
+        list.push_back(Idle { stream, sweeps: 0 });
     });
     if !SWEEPING.get() {
         SWEEPING.set(true);
@@ -102,7 +103,8 @@ async fn sweep() {
         IDLE.with_borrow_mut(|idle| {
             idle.retain(|_, list| {
                 list.retain_mut(|conn| {
-                    conn.since.elapsed() < IDLE_TIMEOUT && usable(&mut conn.stream)
+                    conn.sweeps += 1;
+                    conn.sweeps <= IDLE_SWEEPS && usable(&mut conn.stream)
                 });
                 !list.is_empty()
             });
