@@ -604,6 +604,10 @@ impl Proxy {
                 .await
             {
                 Ok(()) => {}
+                Err(AttemptError::Client(400)) => {
+                    ctx.end_attempt(&self.metrics);
+                    return self.local_error(down, bufs, 400, "bad chunked body").await;
+                }
                 Err(AttemptError::Client(status)) => {
                     return ended(status, false, Some("client request failed"));
                 }
@@ -794,7 +798,9 @@ impl Proxy {
                     .await
                     .map_err(upstream_error)?;
                 buf.advance(take);
-                remaining -= take as u64;
+                if let Framing::Length(_) = framing {
+                    remaining -= take as u64;
+                }
             }
             let done = match framing {
                 Framing::Length(_) => remaining == 0,

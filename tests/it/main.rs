@@ -10,6 +10,7 @@ mod docs;
 mod embedded;
 mod harness;
 mod http;
+mod pump;
 mod registry;
 mod router;
 mod tcp;
