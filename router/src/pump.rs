@@ -63,7 +63,9 @@ pub enum Plan {
     Local(Local),
     /// An HTTP/2 upstream: pingora's proxy serves it.
     Pingora,
-    Forward(Box<Forward>),
+    // Not boxed: that would be the one allocation left per proxied request.
+    #[allow(clippy::large_enum_variant)]
+    Forward(Forward),
 }
 
 pub struct Local {
@@ -354,7 +356,7 @@ impl Proxy {
             request_id: Some(String::from_utf8_lossy(&bufs.request[id]).into_owned()),
             ..LogFields::of(&head)
         });
-        Plan::Forward(Box::new(Forward {
+        Plan::Forward(Forward {
             head_len,
             route: Arc::clone(route),
             target: target_index,
@@ -369,7 +371,7 @@ impl Proxy {
                 || route.retry.as_ref().is_some_and(|r| r.non_idempotent),
             expect_continue,
             log,
-        }))
+        })
     }
 
     /// Answers a request locally; returns whether the connection stays open.
@@ -442,12 +444,11 @@ impl Proxy {
         &self,
         down: &mut Stream,
         buf: &mut BytesMut,
-        request: Box<Forward>,
+        request: Forward,
         bufs: &mut ConnBuffers,
         client: &ClientInfo,
         closing: bool,
     ) -> bool {
-        let request = *request;
         let mut ctx = self.request_ctx();
         request.pool.shared.active.fetch_add(1, Ordering::Relaxed);
         ctx.route = Some(Arc::clone(&request.route));
