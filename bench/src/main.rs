@@ -133,6 +133,9 @@ enum HttpVariant {
     Body64k,
     /// Keep-alive over TLS (ECDSA P-256, each participant terminating it).
     Tls,
+    /// HTTP/2 with prior knowledge (h2c) from the client, HTTP/1.1 to the backend;
+    /// `h2load`, 50 connections x 10 streams.
+    H2,
 }
 
 impl HttpVariant {
@@ -142,6 +145,7 @@ impl HttpVariant {
             HttpVariant::NewConnection => "http-close",
             HttpVariant::Body64k => "http-64k",
             HttpVariant::Tls => "http-tls",
+            HttpVariant::H2 => "h2",
         }
     }
 
@@ -153,6 +157,7 @@ impl HttpVariant {
             }
             HttpVariant::Body64k => "wrk -t1 -c50 keep-alive, 64 KiB body",
             HttpVariant::Tls => "wrk -t1 -c50 keep-alive over TLS, 19-byte body",
+            HttpVariant::H2 => "h2load -t1 -c50 -m10 h2c prior knowledge, 19-byte body",
         }
     }
 }
@@ -162,6 +167,9 @@ fn wrk(port: u16, seconds: u64) -> anyhow::Result<Sample> {
 }
 
 fn wrk_variant(port: u16, seconds: u64, variant: HttpVariant) -> anyhow::Result<Sample> {
+    if variant == HttpVariant::H2 {
+        return h2load(port, seconds);
+    }
     let mut command = Command::new("wrk");
     command.args(["-t1", "-c50", "--latency", "-H", "Host: bench.example.com"]);
     if variant == HttpVariant::NewConnection {
@@ -212,6 +220,73 @@ fn wrk_variant(port: u16, seconds: u64, variant: HttpVariant) -> anyhow::Result<
     if sample.rps == 0.0 {
         bail!("wrk against port {port} measured nothing:\n{text}");
     }
+    Ok(sample)
+}
+
+/// `h2load` over h2c prior knowledge; percentiles from its per-request log.
+fn h2load(port: u16, seconds: u64) -> anyhow::Result<Sample> {
+    let log = tempfile::NamedTempFile::new()?;
+    let output = Command::new("h2load")
+        .args(["-t1", "-c50", "-m10", "-H", ":authority: bench.example.com"])
+        .arg(format!("-D{seconds}"))
+        .arg(format!("--log-file={}", log.path().display()))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .context("running h2load")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut sample = Sample {
+        rps: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        errors: 0,
+        requests: 0,
+    };
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            // finished in 5.00s, 61234.40 req/s, 4.2MB/s
+            ["finished", "in", _, rps, "req/s,", ..] => {
+                sample.rps = rps.parse().unwrap_or(0.0);
+            }
+            // requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
+            [
+                "requests:",
+                ..,
+                failed,
+                "failed,",
+                errored,
+                "errored,",
+                timeout,
+                "timeout",
+            ] => {
+                sample.errors = [failed, errored, timeout]
+                    .iter()
+                    .map(|n| n.parse::<u64>().unwrap_or(0))
+                    .sum();
+            }
+            // status codes: N 2xx, N 3xx, N 4xx, N 5xx
+            ["status", "codes:", ok, "2xx,", ..] => sample.requests = ok.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    if sample.rps == 0.0 {
+        bail!("h2load against port {port} measured nothing:\n{text}");
+    }
+    // Columns: start (µs since the epoch), status, µs to the end of the response.
+    let mut latencies: Vec<f64> = std::fs::read_to_string(log.path())?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    sample.p50_ms = at(0.50);
+    sample.p99_ms = at(0.99);
     Ok(sample)
 }
 
@@ -277,6 +352,16 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
     ] {
         require(tool, package)?;
     }
+    let h2 = variant == HttpVariant::H2;
+    if h2 {
+        require("h2load", "nghttp2-client")?;
+    }
+    // h2c prior knowledge: nginx's `http2` on a cleartext listener, HAProxy's `proto h2`.
+    let (nginx_h2, haproxy_h2) = if h2 {
+        (" http2", " proto h2")
+    } else {
+        ("", "")
+    };
     let strait_bin = build_strait()?;
     let backend_port = free_port()?;
     let nginx_port = free_port()?;
@@ -324,7 +409,11 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
     } else {
         String::new()
     };
-    let direct_port = if tls { free_port()? } else { backend_port };
+    let direct_port = if tls || h2 {
+        free_port()?
+    } else {
+        backend_port
+    };
     let strait_tls_port = free_port()?;
 
     let nginx_conf = |name: &str, body: &str| -> anyhow::Result<PathBuf> {
@@ -345,9 +434,9 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
             "  server {{ listen 127.0.0.1:{backend_port}; location / {{ return 200 \"hello from backend\\n\"; }}\n    \
              location = /64k {{ alias {body}; }} }}\n{direct_tls}",
             body = body_64k.display(),
-            direct_tls = if tls {
+            direct_tls = if tls || h2 {
                 format!(
-                    "  server {{ listen 127.0.0.1:{direct_port}{nginx_ssl};\n    location / {{ return 200 \"hello from backend\\n\"; }} }}"
+                    "  server {{ listen 127.0.0.1:{direct_port}{nginx_ssl}{nginx_h2};\n    location / {{ return 200 \"hello from backend\\n\"; }} }}"
                 )
             } else {
                 String::new()
@@ -361,7 +450,7 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
     let proxy = nginx_conf(
         "proxy",
         &format!(
-            "  upstream b {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port}{nginx_ssl};\n    \
+            "  upstream b {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{nginx_port}{nginx_ssl}{nginx_h2};\n    \
              location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}"
         ),
     )?;
@@ -376,7 +465,7 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
             haproxy_ssl = if tls {
                 format!(" ssl crt {}", combined.display())
             } else {
-                String::new()
+                haproxy_h2.to_string()
             }
         ),
     )?;
@@ -414,7 +503,9 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
     procs.push(spawn("strait", &mut strait)?);
     if tls {
         wait_port(strait_tls_port, "strait TLS")?;
-        wait_port(direct_port, "backend TLS")?;
+    }
+    if tls || h2 {
+        wait_port(direct_port, "backend TLS / h2c")?;
     }
     for (port, what) in [
         (backend_port, "backend"),
@@ -706,6 +797,7 @@ fn main() -> anyhow::Result<()> {
             "http-close",
             "http-64k",
             "http-tls",
+            "h2",
             "swap",
             "dns",
             "registry",
@@ -715,6 +807,7 @@ fn main() -> anyhow::Result<()> {
         "http-close" => vec!["http-close"],
         "http-64k" => vec!["http-64k"],
         "http-tls" => vec!["http-tls"],
+        "h2" => vec!["h2"],
         "swap" => vec!["swap"],
         "alloc" => vec!["alloc"],
         "http" => vec!["http"],
@@ -722,7 +815,7 @@ fn main() -> anyhow::Result<()> {
         "registry" => vec!["registry"],
         "build" => vec!["build"],
         other => bail!(
-            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, swap, dns, registry, build, alloc or all (table: cargo bench -p router --bench table)"
+            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, swap, dns, registry, build, alloc or all (table: cargo bench -p router --bench table)"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -773,6 +866,7 @@ fn main() -> anyhow::Result<()> {
             HttpVariant::NewConnection,
             HttpVariant::Body64k,
             HttpVariant::Tls,
+            HttpVariant::H2,
         ]
         .into_iter()
         .find(|v| v.scenario() == scenario)

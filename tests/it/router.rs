@@ -555,7 +555,9 @@ fn swaps_and_a_killed_instance_under_load_fail_nothing() {
     let revision_before = strait.metric("strait_router_table_revision").unwrap_or(0.0);
     let started = Instant::now();
     let mut swaps = 0;
-    while started.elapsed() < Duration::from_secs(3) {
+    // 250 writes at up to 100 a second (slower when the machine is busy: the count, not
+    // the time, is what the test needs).
+    while swaps < 250 && started.elapsed() < Duration::from_secs(30) {
         let tick = Instant::now();
         route(
             &strait,
@@ -589,7 +591,10 @@ fn swaps_and_a_killed_instance_under_load_fail_nothing() {
         revision_after - revision_before >= 200.0,
         "{swaps} route writes, table revision {revision_before} -> {revision_after}"
     );
-    eprintln!("swap test: {ok} requests, {swaps} route writes in 3s, 0 failed");
+    eprintln!(
+        "swap test: {ok} requests, {swaps} route writes in {:?}, 0 failed",
+        started.elapsed()
+    );
 }
 
 #[test]
