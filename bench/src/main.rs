@@ -98,8 +98,8 @@ fn spawn(name: &str, command: &mut Command) -> anyhow::Result<Proc> {
     })
 }
 
-/// One wrk measurement.
-#[derive(Debug, Clone, Serialize)]
+/// One wrk or h2load measurement.
+#[derive(Debug, Clone, Default, Serialize)]
 struct Sample {
     rps: f64,
     p50_ms: f64,
@@ -191,13 +191,7 @@ fn wrk_variant(port: u16, seconds: u64, variant: HttpVariant) -> anyhow::Result<
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let mut sample = Sample {
-        rps: 0.0,
-        p50_ms: 0.0,
-        p99_ms: 0.0,
-        errors: 0,
-        requests: 0,
-    };
+    let mut sample = Sample::default();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
@@ -234,13 +228,7 @@ fn h2load(port: u16, seconds: u64) -> anyhow::Result<Sample> {
         .output()
         .context("running h2load")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let mut sample = Sample {
-        rps: 0.0,
-        p50_ms: 0.0,
-        p99_ms: 0.0,
-        errors: 0,
-        requests: 0,
-    };
+    let mut sample = Sample::default();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {

@@ -29,7 +29,7 @@ use crate::config::{HashOn, RouterConfig};
 use crate::h1::{has_dot_segment, is_plain_host};
 use crate::metrics::{GaugeGuard, RouterMetrics};
 use crate::pool::{Clock, Pool, Tried, fnv1a};
-use crate::table::{CompiledRoute, Table, normalize_host};
+use crate::table::{CompiledRoute, Table, routing_host};
 
 /// Custom error for "no eligible endpoint" raised in `upstream_peer`.
 const NO_ENDPOINT: ErrorType = ErrorType::HTTPStatus(503);
@@ -144,6 +144,35 @@ impl Proxy {
                 "upstream TLS handshake failed"
             );
         }
+    }
+
+    /// Accounts a failed connect to the current attempt's endpoint (outlier detection,
+    /// TLS reasons), ends the attempt, and says whether to try another instance.
+    pub(crate) fn connect_failed(&self, ctx: &mut RequestCtx, e: &Error) -> bool {
+        if let (Some(pool), Some(index)) = (&ctx.pool, ctx.endpoint) {
+            let now = self.clock.now_ms();
+            self.metrics
+                .upstream_failure(pool, index, &self.config.outlier, now, true);
+            if pool.tls.is_some() {
+                self.tls_failure(pool, index, e, now);
+            }
+        }
+        // Nothing reached the upstream: always safe to try another instance, and it adds
+        // no load to any backend, so it is outside the retry budget (which bounds retries
+        // that do reach backends). `connect_retries` bounds it.
+        let retry = ctx.attempts <= self.config.connect_retries
+            && ctx
+                .pool
+                .as_ref()
+                .is_some_and(|p| ctx.tried.len() < p.endpoints.len() || p.endpoints.len() == 1);
+        ctx.end_attempt(&self.metrics);
+        if retry && let Some(pool) = &ctx.pool {
+            self.metrics
+                .retries
+                .with_label_values(&[&pool.service])
+                .inc();
+        }
+        retry
     }
 
     pub(crate) fn retry_allowed_for(&self, pool: &Option<Arc<Pool>>) -> bool {
@@ -278,15 +307,8 @@ impl ProxyHttp for PingoraProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let table = self.table.load();
         let req = session.req_header();
-        let raw_host = request_host(req);
-        let host = normalize_host(raw_host);
-        let lowered;
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = host.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            host
-        };
+        let host = routing_host(request_host(req));
+        let host = &*host;
         if has_dot_segment(req.uri.path()) {
             return respond(session, 400, "request path has dot segments\n".to_string()).await;
         }
@@ -359,29 +381,7 @@ impl ProxyHttp for PingoraProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(pool), Some(index)) = (&ctx.pool, ctx.endpoint) {
-            let now = self.clock.now_ms();
-            self.metrics
-                .upstream_failure(pool, index, &self.config.outlier, now, true);
-            if pool.tls.is_some() {
-                self.tls_failure(pool, index, &e, now);
-            }
-        }
-        // Nothing reached the upstream: always safe to try another instance, and it adds
-        // no load to any backend, so it is outside the retry budget (which bounds retries
-        // that do reach backends). `connect_retries` bounds it.
-        let retry = ctx.attempts <= self.config.connect_retries
-            && ctx
-                .pool
-                .as_ref()
-                .is_some_and(|p| ctx.tried.len() < p.endpoints.len() || p.endpoints.len() == 1);
-        ctx.end_attempt(&self.metrics);
-        if retry && let Some(pool) = &ctx.pool {
-            self.metrics
-                .retries
-                .with_label_values(&[&pool.service])
-                .inc();
-        }
+        let retry = self.connect_failed(ctx, &e);
         e.set_retry(retry);
         e
     }

@@ -36,7 +36,7 @@ use crate::h1::{
 };
 use crate::pool::{Pool, fnv1a};
 use crate::proxy::{Proxy, RequestCtx};
-use crate::table::{CompiledRoute, normalize_host};
+use crate::table::{CompiledRoute, routing_host};
 use crate::upstream_pool::{self, PoolKey};
 
 /// Largest upstream response head.
@@ -172,6 +172,19 @@ fn upstream_error(e: std::io::Error) -> AttemptError {
         timeout: e.kind() == std::io::ErrorKind::TimedOut,
         alert: e.to_string().contains("received fatal alert"),
     }
+}
+
+/// The length of a request body that is all in `buf` already (`None`: more is to come).
+fn whole_body(framing: Framing, buf: &[u8]) -> Result<Option<usize>, crate::h1::BadChunk> {
+    Ok(match framing {
+        Framing::None | Framing::UntilClose => Some(0),
+        Framing::Length(n) => usize::try_from(n).ok().filter(|&n| n <= buf.len()),
+        Framing::Chunked => {
+            let mut chunked = Chunked::new();
+            let n = chunked.advance(buf, |_| {})?;
+            chunked.is_done().then_some(n)
+        }
+    })
 }
 
 /// Where a response head being read stands.
@@ -317,14 +330,8 @@ impl Proxy {
                 head_len,
             );
         }
-        let host = normalize_host(head.host);
-        let lowered;
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = host.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            host
-        };
+        let host = routing_host(head.host);
+        let host = &*host;
         let table = self.table.load();
         let Some(route) = table.route(host, path, &method, head.headers) else {
             return self.local(
@@ -386,17 +393,7 @@ impl Proxy {
     ) -> bool {
         buf.advance(local.head_len.min(buf.len()));
         // The body was not read: the connection is reusable only if it is all here.
-        let body_here = match local.framing {
-            Framing::None | Framing::UntilClose => Some(0),
-            Framing::Length(n) => usize::try_from(n).ok().filter(|&n| n <= buf.len()),
-            Framing::Chunked => {
-                let mut chunked = Chunked::new();
-                match chunked.advance(buf, |_| {}) {
-                    Ok(n) if chunked.is_done() => Some(n),
-                    _ => None,
-                }
-            }
-        };
+        let body_here = whole_body(local.framing, buf).ok().flatten();
         let keep_alive = local.keep_alive && !closing && body_here.is_some();
         if let Some(n) = body_here {
             buf.advance(n);
@@ -501,17 +498,8 @@ impl Proxy {
         let read_timeout = route.per_try_timeout.unwrap_or(route.request_timeout);
         let client_timeout = self.config.idle_timeout;
         // A body that came whole with the head goes out with it, and can be sent again.
-        let whole_body = match request.body {
-            Framing::None | Framing::UntilClose => Some(0),
-            Framing::Length(n) => usize::try_from(n).ok().filter(|&n| n <= buf.len()),
-            Framing::Chunked => {
-                let mut chunked = Chunked::new();
-                match chunked.advance(buf, |_| {}) {
-                    Ok(n) if chunked.is_done() => Some(n),
-                    Ok(_) => None,
-                    Err(_) => return self.local_error(down, bufs, 400, "bad chunked body").await,
-                }
-            }
+        let Ok(whole_body) = whole_body(request.body, buf) else {
+            return self.local_error(down, bufs, 400, "bad chunked body").await;
         };
         if let Some(n) = whole_body {
             bufs.request.extend_from_slice(&buf[..n]);
@@ -558,21 +546,7 @@ impl Proxy {
                 None => match self.connect(pool, endpoint.addr, route).await {
                     Ok(stream) => (stream, false),
                     Err(e) => {
-                        let now = self.clock.now_ms();
-                        self.metrics
-                            .upstream_failure(pool, index, &self.config.outlier, now, true);
-                        if pool.tls.is_some() {
-                            self.tls_failure(pool, index, &e, now);
-                        }
-                        let retry = ctx.attempts <= self.config.connect_retries
-                            && (ctx.tried.len() < pool.endpoints.len()
-                                || pool.endpoints.len() == 1);
-                        ctx.end_attempt(&self.metrics);
-                        if retry {
-                            self.metrics
-                                .retries
-                                .with_label_values(&[&pool.service])
-                                .inc();
+                        if self.connect_failed(ctx, &e) {
                             continue;
                         }
                         let status = if matches!(e.etype(), ErrorType::ConnectTimedout) {

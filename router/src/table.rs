@@ -275,6 +275,17 @@ pub fn normalize_host(host: &str) -> &str {
     host.strip_suffix('.').unwrap_or(host)
 }
 
+/// The host a request is routed by: without port or trailing dot, lowercase (copied only
+/// when it has uppercase letters).
+pub fn routing_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = normalize_host(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
 impl Table {
     /// The route for a request, if any. `host` must be lowercase without port.
     pub fn route(
