@@ -7,6 +7,7 @@ mod alloc;
 mod build;
 mod registry;
 mod swap;
+mod table;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -17,6 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use serde::Serialize;
+
+/// Counts allocations, for the `table` scenario's memory figure.
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
 
 #[derive(Parser)]
 #[command(about = "strait against its peers, side by side, in one run")]
@@ -787,6 +792,7 @@ fn main() -> anyhow::Result<()> {
             "http-tls",
             "h2",
             "swap",
+            "table",
             "dns",
             "registry",
             "build",
@@ -797,13 +803,14 @@ fn main() -> anyhow::Result<()> {
         "http-tls" => vec!["http-tls"],
         "h2" => vec!["h2"],
         "swap" => vec!["swap"],
+        "table" => vec!["table"],
         "alloc" => vec!["alloc"],
         "http" => vec!["http"],
         "dns" => vec!["dns"],
         "registry" => vec!["registry"],
         "build" => vec!["build"],
         other => bail!(
-            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, swap, dns, registry, build, alloc or all (table: cargo bench -p router --bench table)"
+            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, swap, table, dns, registry, build, alloc or all"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -818,6 +825,12 @@ fn main() -> anyhow::Result<()> {
         if scenario == "alloc" {
             let rows = alloc::scenario(cli.quick, dir.path())?;
             alloc::print(&rows);
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
+        if scenario == "table" {
+            let rows = table::scenario(cli.quick)?;
+            table::print(&rows);
             report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
             continue;
         }

@@ -1,58 +1,16 @@
 //! Routing-table micro-benchmarks: compiling a large snapshot (10k routes over 10k hosts,
 //! 100k endpoints), and looking routes up in it. `cargo bench -p router --bench table`.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use discovery::Route;
-use discovery::model::{Instance, InstanceSpec, PathMatch};
-use discovery::snapshot::{Service, Snapshot};
 use http::{HeaderMap, Method};
 use router::RouterConfig;
 use router::pool::PoolStates;
-use router::table::compile;
-
-const SERVICES: usize = 10_000;
-const INSTANCES_PER_SERVICE: usize = 10;
-
-fn snapshot() -> Snapshot {
-    let mut services = BTreeMap::new();
-    let mut routes = BTreeMap::new();
-    for s in 0..SERVICES {
-        let name = format!("svc-{s}");
-        let mut service = Service::default();
-        for i in 0..INSTANCES_PER_SERVICE {
-            let address = [10, (s >> 8) as u8, s as u8, i as u8].into();
-            let instance =
-                Instance::new(&name, &format!("i-{i}"), InstanceSpec::new(address, 8080))
-                    .expect("valid");
-            service
-                .instances
-                .insert(Arc::from(format!("i-{i}").as_str()), instance);
-        }
-        services.insert(Arc::from(name.as_str()), Arc::new(service));
-        let mut route = Route::http(&format!("host-{s}.example.com"), &name);
-        if s % 2 == 0 {
-            route.path = Some(PathMatch::Prefix("/api".into()));
-        }
-        route.validate().expect("valid route");
-        routes.insert(Arc::from(format!("route-{s}").as_str()), Arc::new(route));
-    }
-    let mut wildcard = Route::http("*.wild.example.com", "svc-0");
-    wildcard.validate().expect("valid");
-    routes.insert(Arc::from("wildcard"), Arc::new(wildcard));
-    Snapshot {
-        revision: 1,
-        services: Arc::new(services),
-        routes: Arc::new(routes),
-        changed_at: None,
-    }
-}
+use router::table::{compile, synthetic_snapshot};
 
 fn bench(c: &mut Criterion) {
-    let snap = snapshot();
+    let snap = synthetic_snapshot(10_000, 10);
     let config = RouterConfig::default();
     c.bench_function("compile cold: 10k routes / 100k endpoints", |b| {
         b.iter(|| black_box(compile(&snap, &config, &mut PoolStates::default())));

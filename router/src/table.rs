@@ -585,5 +585,46 @@ fn compile_route(
     })
 }
 
+/// A large synthetic snapshot for benchmarks: `services` services of `per_service`
+/// instances each, one route per service on its own host (every other one with a path
+/// prefix `/api`), and a `*.wild.example.com` wildcard route.
+pub fn synthetic_snapshot(services: usize, per_service: usize) -> Snapshot {
+    use discovery::model::{Instance, InstanceSpec};
+    let mut service_map = std::collections::BTreeMap::new();
+    let mut routes = std::collections::BTreeMap::new();
+    for s in 0..services {
+        let name = format!("svc-{s}");
+        let mut service = discovery::snapshot::Service::default();
+        for i in 0..per_service {
+            let address = [10, (s >> 8) as u8, s as u8, i as u8].into();
+            if let Ok(instance) =
+                Instance::new(&name, &format!("i-{i}"), InstanceSpec::new(address, 8080))
+            {
+                service
+                    .instances
+                    .insert(Arc::from(format!("i-{i}").as_str()), instance);
+            }
+        }
+        service_map.insert(Arc::from(name.as_str()), Arc::new(service));
+        let mut route = Route::http(&format!("host-{s}.example.com"), &name);
+        if s % 2 == 0 {
+            route.path = Some(PathMatch::Prefix("/api".into()));
+        }
+        if route.validate().is_ok() {
+            routes.insert(Arc::from(format!("route-{s}").as_str()), Arc::new(route));
+        }
+    }
+    let mut wildcard = Route::http("*.wild.example.com", "svc-0");
+    if wildcard.validate().is_ok() {
+        routes.insert(Arc::from("wildcard"), Arc::new(wildcard));
+    }
+    Snapshot {
+        revision: 1,
+        services: Arc::new(service_map),
+        routes: Arc::new(routes),
+        changed_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests;
