@@ -65,6 +65,22 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// Starts an attempt on `endpoint` (index `index` of the request's pool): it counts as
+    /// outstanding there until `end_attempt`.
+    pub(crate) fn begin_attempt(&mut self, endpoint: &crate::pool::Endpoint, index: usize) {
+        endpoint.state.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.endpoint = Some(index);
+        self.upstream = Some(endpoint.addr);
+        self.tried.push(index);
+        self.attempts += 1;
+        // The first attempt starts with the request: one clock read fewer.
+        self.attempt_started = Some(if self.attempts == 1 {
+            self.started
+        } else {
+            Instant::now()
+        });
+    }
+
     /// Ends the current attempt: releases the endpoint's outstanding slot.
     pub(crate) fn end_attempt(&mut self, metrics: &RouterMetrics) {
         if let (Some(pool), Some(index)) = (&self.pool, self.endpoint.take()) {
@@ -341,19 +357,14 @@ impl ProxyHttp for PingoraProxy {
         // Every path back here (a retry) has ended the previous attempt already; ending it
         // here would release the retry's budget slot before the retry even runs.
         debug_assert!(ctx.endpoint.is_none());
-        let (Some(pool), Some(route)) = (&ctx.pool, &ctx.route) else {
+        let (Some(pool), Some(route)) = (ctx.pool.clone(), ctx.route.clone()) else {
             return Err(Error::explain(NO_ENDPOINT, "no route selected"));
         };
         let Some(index) = pool.pick(self.clock.now_ms(), &ctx.tried, ctx.hash) else {
             return Err(Error::explain(NO_ENDPOINT, "no eligible endpoint"));
         };
         let endpoint = &pool.endpoints[index];
-        endpoint.state.outstanding.fetch_add(1, Ordering::Relaxed);
-        ctx.endpoint = Some(index);
-        ctx.upstream = Some(endpoint.addr);
-        ctx.tried.push(index);
-        ctx.attempts += 1;
-        ctx.attempt_started = Some(Instant::now());
+        ctx.begin_attempt(endpoint, index);
         let mut peer = match &pool.tls {
             Some(tls) => tls.peer(endpoint.addr),
             None => HttpPeer::new(endpoint.addr, false, String::new()),

@@ -529,17 +529,7 @@ impl Proxy {
                     .await;
             };
             let endpoint = &pool.endpoints[index];
-            endpoint.state.outstanding.fetch_add(1, Ordering::Relaxed);
-            ctx.endpoint = Some(index);
-            ctx.upstream = Some(endpoint.addr);
-            ctx.tried.push(index);
-            ctx.attempts += 1;
-            // The first attempt starts with the request: one clock read fewer.
-            ctx.attempt_started = Some(if ctx.attempts == 1 {
-                ctx.started
-            } else {
-                Instant::now()
-            });
+            ctx.begin_attempt(endpoint, index);
             let key = PoolKey::new(endpoint.addr, pool.tls.as_ref());
             let (mut up, reused) = match upstream_pool::take(&key) {
                 Some(stream) => (stream, true),
