@@ -75,6 +75,92 @@ pub struct ServiceSettings {
     /// TLS: the private key (PEM) of `cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// Active health checks of the service's instances by the router (see
+    /// [`crate::health`]); off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthCheckKind {
+    /// `GET path`; a 2xx or 3xx answer passes. Over TLS for a `tls` service.
+    #[default]
+    Http,
+    /// A TCP connect (and TLS handshake for a `tls` service) passes.
+    Tcp,
+}
+
+/// `[router.services.<name>.health_check]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default)]
+    pub kind: HealthCheckKind,
+    /// HTTP: the path asked for.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// HTTP: the Host header sent (default: the service's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Time between two checks of one instance.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check that takes longer fails.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed checks that take an instance out of the pool.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that bring it back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+}
+
+impl HealthCheckConfig {
+    /// Why these settings cannot work, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.kind == HealthCheckKind::Http
+            && (!self.path.starts_with('/') || self.path.bytes().any(|b| b <= b' ' || b == 0x7f))
+        {
+            return Some(format!(
+                "path {:?} must start with / and have no spaces or control characters",
+                self.path
+            ));
+        }
+        if let Some(host) = &self.host
+            && !crate::h1::is_plain_host(host)
+        {
+            return Some(format!("host {host:?} is not a host name"));
+        }
+        if self.interval < Duration::from_millis(100) {
+            return Some("interval must be at least 100ms".into());
+        }
+        if self.timeout.is_zero() {
+            return Some("timeout must be more than 0".into());
+        }
+        if self.unhealthy_threshold == 0 || self.healthy_threshold == 0 {
+            return Some("thresholds must be at least 1".into());
+        }
+        None
+    }
+}
+
+fn default_health_path() -> String {
+    "/".into()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_healthy_threshold() -> u32 {
+    2
 }
 
 impl Default for ServiceSettings {
@@ -89,6 +175,7 @@ impl Default for ServiceSettings {
             verify: default_verify(),
             cert: None,
             key: None,
+            health_check: None,
         }
     }
 }

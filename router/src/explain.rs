@@ -116,7 +116,13 @@ fn target_view(service: &str, share: f64, pool: Option<&Pool>, now_ms: u64) -> T
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let reason = if let Some(ms) = pool.ejected_for(i, now_ms) {
+            let failing_checks = e
+                .state
+                .failing_checks
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let reason = if failing_checks {
+                Some("failing the router's active health checks".to_string())
+            } else if let Some(ms) = pool.ejected_for(i, now_ms) {
                 Some(format!(
                     "ejected by outlier detection for {:.1}s more",
                     ms as f64 / 1000.0

@@ -9,6 +9,7 @@
 //! * [`pump`]: the per-request hot path for HTTP/1 (parse, route, relay; own upstream
 //!   pool in [`upstream_pool`], wire pieces in [`h1`]).
 //! * [`proxy`]: the shared request state and pingora's `ProxyHttp` for HTTP/2.
+//! * [`health`]: active health checks, when services ask for them.
 //! * [`tls`]: certificates by SNI, hot-reloaded.
 //! * [`upstream_tls`]: TLS to upstream services (per-service roots, SNI, client certs).
 //! * [`service`]: wiring: the table-follower thread and the pingora server.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod explain;
 pub mod front;
 pub mod h1;
+pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -27,6 +27,7 @@ pub struct RouterMetrics {
     pub table_build: Histogram,
     pub propagation: Histogram,
     pub access_log_dropped: IntCounter,
+    pub health_checks: IntCounterVec,
 }
 
 impl RouterMetrics {
@@ -123,7 +124,15 @@ impl RouterMetrics {
                 "strait_router_access_log_dropped_total",
                 "Access log lines dropped because the writer fell behind",
             )?,
+            health_checks: IntCounterVec::new(
+                Opts::new(
+                    "strait_router_health_checks_total",
+                    "Active health checks by service and result (pass, fail)",
+                ),
+                &["service", "result"],
+            )?,
         };
+        registry.register(Box::new(m.health_checks.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;

@@ -54,11 +54,21 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     last_ejection: AtomicU64,
+    /// Taken out by the router's active health checks ([`crate::health`]).
+    pub failing_checks: std::sync::atomic::AtomicBool,
+    /// Active checks: consecutive passes and failures, the next check (ms on the
+    /// router's clock), and whether one is running.
+    pub(crate) check_passes: AtomicU32,
+    pub(crate) check_failures: AtomicU32,
+    pub(crate) next_check_ms: AtomicU64,
+    pub(crate) checking: std::sync::atomic::AtomicBool,
 }
 
 impl EndpointState {
+    /// Out of the pool for now: ejected by outlier detection, or failing active checks.
     pub fn is_ejected(&self, now_ms: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now_ms
+            || self.failing_checks.load(Ordering::Relaxed)
     }
 }
 
@@ -115,6 +125,8 @@ pub struct Pool {
     pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
     /// This service's upstream duration histogram (resolved on first use).
     pub(crate) upstream_duration: std::sync::OnceLock<prometheus::Histogram>,
+    /// Active health checks of this service's instances, if configured.
+    pub health_check: Option<Arc<crate::config::HealthCheckConfig>>,
 }
 
 /// Indices already tried by this request; retries go elsewhere when they can.
@@ -180,6 +192,7 @@ impl Pool {
             http2: false,
             tls: None,
             upstream_duration: std::sync::OnceLock::new(),
+            health_check: None,
         }
     }
 

@@ -41,6 +41,8 @@ pub enum RouterError {
     AccessLog(std::io::Error),
     #[error("upstream TLS: {0}")]
     UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
+    #[error("router.services.{service}.health_check: {message}")]
+    HealthCheck { service: String, message: String },
     #[error("TLS listener {addr}: {error}")]
     Tls {
         addr: SocketAddr,
@@ -64,6 +66,14 @@ impl Router {
     /// Checks the configuration's files (upstream TLS roots and client certificates) too:
     /// one that does not load is an error naming it.
     pub fn new(config: RouterConfig, registry: &Registry) -> Result<Self, RouterError> {
+        for (service, settings) in &config.services {
+            if let Some(message) = settings.health_check.as_ref().and_then(|c| c.problem()) {
+                return Err(RouterError::HealthCheck {
+                    service: service.clone(),
+                    message,
+                });
+            }
+        }
         let upstream_tls = UpstreamTlsSet::load(&config)?;
         Ok(Router {
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
@@ -222,6 +232,7 @@ impl Router {
         server.add_service(service);
 
         self.start_tcp()?;
+        self.start_health_checks()?;
         let stop = Arc::new(Notify::new());
         let signal = StopSignal(Arc::clone(&stop));
         let thread = std::thread::Builder::new()
@@ -249,6 +260,33 @@ impl Router {
 }
 
 impl Router {
+    /// Active health checks run on a thread of their own, when a service asks for them.
+    fn start_health_checks(&self) -> Result<(), RouterError> {
+        if self
+            .config
+            .services
+            .values()
+            .all(|s| s.health_check.is_none())
+        {
+            return Ok(());
+        }
+        let checker = Arc::new(crate::health::HealthChecker {
+            table: Arc::clone(&self.table),
+            connector: pingora::connectors::TransportConnector::new(None),
+            metrics: self.metrics.clone(),
+            clock: self.clock,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RouterError::Thread)?;
+        std::thread::Builder::new()
+            .name("strait-health".into())
+            .spawn(move || runtime.block_on(checker.run()))
+            .map_err(RouterError::Thread)?;
+        Ok(())
+    }
+
     /// TCP routes run on a runtime of their own, beside pingora's.
     fn start_tcp(&self) -> Result<(), RouterError> {
         let proxy = Arc::new(crate::tcp::TcpProxy {

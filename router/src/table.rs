@@ -384,6 +384,7 @@ fn build_pool(
         })
         .collect();
     pool.tls = tls;
+    pool.health_check = settings.health_check.clone().map(Arc::new);
     pool
 }
 

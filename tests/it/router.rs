@@ -986,3 +986,130 @@ fn h2c_upstream() {
         }
     });
 }
+
+/// `[router.services.<name>.health_check]`: an instance failing the router's own checks
+/// leaves the pool (no request reaches it), `route explain` says why, and it comes back
+/// when it passes again; an unreachable one fails a TCP check the same way.
+#[test]
+fn active_health_checks_take_failing_instances_out_and_back() {
+    let strait = Strait::builder()
+        .config(
+            "[router.services.web.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 1\n\n\
+             [router.services.tcp.health_check]\nkind = \"tcp\"\ninterval = \"200ms\"\nunhealthy_threshold = 1\n",
+        )
+        .start();
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    register(&strait, "web", "a", &a);
+    register(&strait, "web", "b", &b);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "b");
+    a.set_status(503);
+    let mut client = Client::new(strait.http);
+    // No application traffic meanwhile: the router's own checks find it out.
+    let admin = format!("http://{}", strait.admin);
+    eventually(Duration::from_secs(10), "a to fail its checks", || {
+        let (ok, stdout, stderr) = crate::harness::cli(&[
+            "route",
+            "explain",
+            "http://web.example.com/",
+            "--admin",
+            &admin,
+        ]);
+        if ok && stdout.contains("failing the router's active health checks") {
+            Ok(())
+        } else {
+            Err(format!("{stdout}{stderr}"))
+        }
+    });
+    let served_by_a = a.served();
+    for _ in 0..20 {
+        let response = client.get("web.example.com", "/").expect("request");
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.backend().as_deref(), Some("b"));
+    }
+    assert!(
+        strait
+            .metrics_text()
+            .contains("strait_router_health_checks_total{result=\"fail\",service=\"web\"}"),
+        "failed checks are counted"
+    );
+    assert!(a.served() - served_by_a <= 10, "only checks reached a");
+    assert!(
+        strait
+            .log_text()
+            .contains("failing health checks: out of the pool"),
+        "the transition is logged"
+    );
+    // Passing again: back in the pool.
+    a.set_status(200);
+    eventually(Duration::from_secs(10), "a to come back", || {
+        for _ in 0..20 {
+            let response = client
+                .get("web.example.com", "/")
+                .map_err(|e| e.to_string())?;
+            if response.backend().as_deref() == Some("a") {
+                return Ok(());
+            }
+        }
+        Err("a got no request".to_string())
+    });
+
+    // TCP check: an instance nothing listens on is out; the live one takes everything.
+    let live = Backend::start("live");
+    register(&strait, "tcp", "live", &live);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    let (status, body) = strait.put(
+        "/v1/services/tcp/instances/dead",
+        &format!(r#"{{"address":"127.0.0.1","port":{dead_port}}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    route(
+        &strait,
+        "tcp",
+        r#"{"host":"tcp.example.com","service":"tcp"}"#,
+    );
+    eventually(
+        Duration::from_secs(10),
+        "dead to fail its TCP check",
+        || {
+            let metrics = strait.metrics_text();
+            metrics
+                .contains("strait_router_health_checks_total{result=\"fail\",service=\"tcp\"}")
+                .then_some(())
+                .ok_or_else(|| "no failed TCP check yet".to_string())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let connect_errors_before = strait
+        .metric("strait_router_upstream_connect_errors_total")
+        .unwrap_or(0.0);
+    for _ in 0..20 {
+        let response = client.get("tcp.example.com", "/").expect("request");
+        assert_eq!(response.backend().as_deref(), Some("live"));
+    }
+    assert_eq!(
+        strait
+            .metric("strait_router_upstream_connect_errors_total")
+            .unwrap_or(0.0),
+        connect_errors_before,
+        "no request tried the dead instance"
+    );
+}
+
+#[test]
+fn bad_health_check_settings_are_a_startup_error() {
+    let stderr = Strait::builder()
+        .config("[router.services.web.health_check]\npath = \"healthz\"\n")
+        .start_expecting_failure();
+    assert!(
+        stderr.contains("router.services.web.health_check: path \"healthz\" must start with /"),
+        "{stderr}"
+    );
+}

@@ -76,7 +76,7 @@ fn settings_are_checked() {
     check(
         r#"{"tls": true, "bogus": 1}"#,
         expect![
-            "parse: unknown field `bogus`, expected one of `balancer`, `hash_on`, `protocol`, `tls`, `sni`, `ca`, `verify`, `cert`, `key` at line 1 column 21"
+            "parse: unknown field `bogus`, expected one of `balancer`, `hash_on`, `protocol`, `tls`, `sni`, `ca`, `verify`, `cert`, `key`, `health_check` at line 1 column 21"
         ],
     );
 }
