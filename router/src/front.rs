@@ -395,6 +395,8 @@ async fn respond_and_close(stream: &mut Stream, rejection: Rejection) {
 /// services spoken to over HTTP/2).
 pub struct Front<A> {
     pub app: Arc<A>,
+    /// HTTP/2 connections (ALPN h2, h2c prior knowledge).
+    pub h2: Arc<crate::pump_h2::H2App>,
     pub proxy: Arc<crate::proxy::Proxy>,
     pub limits: HeadLimits,
     pub h2c: bool,
@@ -414,7 +416,7 @@ where
         let _connection = self.metrics.connection();
         // TLS with ALPN h2: straight to pingora's HTTP/2 server.
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.app.process_new(stream, shutdown).await;
+            return self.h2.process_new(stream, shutdown).await;
         }
         let tls = stream.get_ssl_digest().is_some();
         let check_h2c = self.h2c && !tls;
@@ -440,7 +442,7 @@ where
                 Head::Gone => return None,
                 Head::H2c => {
                     let prefixed = Prefixed::new(buf, stream);
-                    return self.app.process_new(Box::new(prefixed), shutdown).await;
+                    return self.h2.process_new(Box::new(prefixed), shutdown).await;
                 }
                 Head::Rejected(rejection) => {
                     self.metrics.rejected(rejection.reason);

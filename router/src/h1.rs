@@ -38,7 +38,7 @@ impl ClientInfo {
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110
 /// section 7.6.1). `transfer-encoding` is not among them: bodies pass through verbatim,
 /// framing included.
-fn is_hop_by_hop(name: &str) -> bool {
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     [
         "connection",
         "keep-alive",

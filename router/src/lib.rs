@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod pump;
+pub mod pump_h2;
 pub mod service;
 pub mod table;
 pub mod tcp;

@@ -42,7 +42,7 @@ use crate::upstream_pool::{self, PoolKey};
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Upstream read buffer: grown to this while relaying a large body.
-const RELAY_CHUNK: usize = 16 * 1024;
+pub(crate) const RELAY_CHUNK: usize = 16 * 1024;
 
 /// Buffers of one client connection, reused for each of its requests.
 #[derive(Default)]
@@ -82,35 +82,36 @@ pub struct Local {
 
 /// A routed request, ready to go upstream (its head is in `ConnBuffers::request`).
 pub struct Forward {
-    head_len: usize,
-    route: Arc<CompiledRoute>,
-    target: usize,
-    pool: Arc<Pool>,
-    hash: Option<u64>,
-    body: Framing,
-    keep_alive: bool,
-    http10: bool,
-    upgrade: bool,
-    head_request: bool,
+    pub(crate) head_len: usize,
+    pub(crate) route: Arc<CompiledRoute>,
+    pub(crate) target: usize,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) hash: Option<u64>,
+    pub(crate) body: Framing,
+    pub(crate) keep_alive: bool,
+    pub(crate) http10: bool,
+    pub(crate) upgrade: bool,
+    pub(crate) head_request: bool,
     /// Idempotent (or the route allows retrying anything).
-    retryable_method: bool,
-    expect_continue: bool,
-    log: Option<LogFields>,
+    pub(crate) retryable_method: bool,
+    pub(crate) expect_continue: bool,
+    pub(crate) log: Option<LogFields>,
 }
 
-struct LogFields {
-    method: String,
-    http10: bool,
-    host: String,
-    path: String,
-    request_id: Option<String>,
+pub(crate) struct LogFields {
+    pub(crate) method: String,
+    /// The client's protocol: `1.0`, `1.1` or `2`.
+    pub(crate) http: &'static str,
+    pub(crate) host: String,
+    pub(crate) path: String,
+    pub(crate) request_id: Option<String>,
 }
 
 impl LogFields {
-    fn of(head: &RequestHead<'_>) -> LogFields {
+    pub(crate) fn of(head: &RequestHead<'_>, http: &'static str) -> LogFields {
         LogFields {
             method: head.method.to_string(),
-            http10: head.minor_version == 0,
+            http,
             host: head.host.to_string(),
             path: head.origin_target().to_string(),
             request_id: None,
@@ -119,15 +120,19 @@ impl LogFields {
 }
 
 /// How an exchange ended, for metrics and the log.
-struct Ended {
-    status: u16,
-    bytes_sent: usize,
-    keep_alive: bool,
-    error: Option<&'static str>,
+pub(crate) struct Ended {
+    pub(crate) status: u16,
+    pub(crate) bytes_sent: usize,
+    pub(crate) keep_alive: bool,
+    pub(crate) error: Option<&'static str>,
 }
 
 /// Looks headers up among a parsed head's, for route header conditions.
-fn hash_key(hash_on: &HashOn, head: &RequestHead<'_>, client: &ClientInfo) -> Option<u64> {
+pub(crate) fn hash_key(
+    hash_on: &HashOn,
+    head: &RequestHead<'_>,
+    client: &ClientInfo,
+) -> Option<u64> {
     match hash_on {
         HashOn::Header(name) => head.header(name).map(|v| fnv1a(&[v])),
         HashOn::Cookie(name) => head
@@ -153,13 +158,24 @@ impl Proxy {
             framing: head.body,
             keep_alive: head.keep_alive,
             counted: None,
-            log: self.access_log.as_ref().map(|_| LogFields::of(head)),
+            log: self
+                .access_log
+                .as_ref()
+                .map(|_| LogFields::of(head, http_version(head))),
             started: Instant::now(),
         })
     }
 }
 
-enum AttemptError {
+fn http_version(head: &RequestHead<'_>) -> &'static str {
+    if head.minor_version == 0 {
+        "1.0"
+    } else {
+        "1.1"
+    }
+}
+
+pub(crate) enum AttemptError {
     /// Nothing usable came back: 502, or 504 when it timed out. `alert`: the upstream's
     /// TLS refused the connection after the handshake (e.g. our client certificate).
     Upstream { timeout: bool, alert: bool },
@@ -167,7 +183,7 @@ enum AttemptError {
     Client(u16),
 }
 
-fn upstream_error(e: std::io::Error) -> AttemptError {
+pub(crate) fn upstream_error(e: std::io::Error) -> AttemptError {
     AttemptError::Upstream {
         timeout: e.kind() == std::io::ErrorKind::TimedOut,
         alert: e.to_string().contains("received fatal alert"),
@@ -188,7 +204,7 @@ fn whole_body(framing: Framing, buf: &[u8]) -> Result<Option<usize>, crate::h1::
 }
 
 /// Where a response head being read stands.
-enum HeadState {
+pub(crate) enum HeadState {
     Partial,
     /// A 1xx (not 101) head of this many bytes, to pass on; another head follows.
     Interim(usize),
@@ -196,7 +212,7 @@ enum HeadState {
     Bad,
 }
 
-fn classify_response(buf: &[u8], head_request: bool) -> HeadState {
+pub(crate) fn classify_response(buf: &[u8], head_request: bool) -> HeadState {
     if buf.is_empty() {
         return HeadState::Partial;
     }
@@ -268,7 +284,7 @@ async fn with_timeout<T>(
     }
 }
 
-async fn write_flush<S: AsyncWrite + Unpin + ?Sized>(
+pub(crate) async fn write_flush<S: AsyncWrite + Unpin + ?Sized>(
     stream: &mut S,
     data: &[u8],
     limit: Duration,
@@ -281,7 +297,7 @@ async fn write_flush<S: AsyncWrite + Unpin + ?Sized>(
 }
 
 /// Reads more into `buf` (at least `RELAY_CHUNK` free); Ok(0) at the end of the stream.
-async fn read_more<S: AsyncRead + Unpin + ?Sized>(
+pub(crate) async fn read_more<S: AsyncRead + Unpin + ?Sized>(
     stream: &mut S,
     buf: &mut BytesMut,
     limit: Duration,
@@ -361,7 +377,7 @@ impl Proxy {
         let id = write_upstream_head(&mut bufs.request, &head, route, client, expect_continue);
         let log = self.access_log.as_ref().map(|_| LogFields {
             request_id: Some(String::from_utf8_lossy(&bufs.request[id]).into_owned()),
-            ..LogFields::of(&head)
+            ..LogFields::of(&head, http_version(&head))
         });
         Plan::Forward(Forward {
             head_len,
@@ -460,7 +476,13 @@ impl Proxy {
         ended.keep_alive
     }
 
-    fn finish(&self, ctx: &mut RequestCtx, request: Forward, client: &ClientInfo, ended: &Ended) {
+    pub(crate) fn finish(
+        &self,
+        ctx: &mut RequestCtx,
+        request: Forward,
+        client: &ClientInfo,
+        ended: &Ended,
+    ) {
         ctx.end_attempt(&self.metrics);
         request.pool.shared.active.fetch_sub(1, Ordering::Relaxed);
         let elapsed = ctx.started.elapsed();
@@ -912,7 +934,7 @@ impl Proxy {
         }
     }
 
-    async fn connect(
+    pub(crate) async fn connect(
         &self,
         pool: &Pool,
         addr: std::net::SocketAddr,
@@ -970,7 +992,7 @@ impl Proxy {
 }
 
 /// An access log entry; the caller adds what only an upstream exchange knows.
-fn entry(
+pub(crate) fn entry(
     fields: LogFields,
     elapsed: Duration,
     client: Option<std::net::IpAddr>,
@@ -983,7 +1005,7 @@ fn entry(
         time_ms: crate::access_log::unix_ms(std::time::SystemTime::now() - elapsed),
         client,
         method: fields.method,
-        http: if fields.http10 { "1.0" } else { "1.1" },
+        http: fields.http,
         host: fields.host,
         path: fields.path,
         status,

@@ -186,9 +186,19 @@ impl Router {
             // count against this; past it the connection gets GOAWAY.
             .max_pending_accept_reset_streams(50)
             .max_local_error_reset_streams(Some(256));
-        app.h2_options = Some(h2);
+        app.h2_options = Some(h2.clone());
+        let app = Arc::new(app);
+        let mut h2_server_options = pingora::apps::HttpServerOptions::default();
+        h2_server_options.h2c = true;
+        let h2_app = Arc::new(crate::pump_h2::H2App {
+            proxy: Arc::clone(&proxy),
+            fallback: Arc::clone(&app),
+            h2_options: h2,
+            server_options: h2_server_options,
+        });
         let front = Front {
-            app: Arc::new(app),
+            app,
+            h2: h2_app,
             proxy,
             limits: HeadLimits {
                 max_bytes: self.config.max_header_bytes,

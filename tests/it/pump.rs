@@ -394,3 +394,102 @@ fn route_to_expecting(strait: &Strait, host: &str, backend: &Scripted, status: u
     );
     assert!(response.text().contains(service), "{}", response.text());
 }
+
+/// Runs curl over h2c prior knowledge; returns (status, body).
+fn curl_h2(args: &[&str], stdin: Option<&[u8]>) -> (String, Vec<u8>) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run curl");
+    if let (Some(mut input), Some(bytes)) = (child.stdin.take(), stdin) {
+        input.write_all(bytes).expect("stdin");
+    }
+    let output = child.wait_with_output().expect("curl output");
+    let text = output.stdout;
+    let split = text
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .expect("curl's status line");
+    let status = String::from_utf8_lossy(&text[split + 1..]).to_string();
+    (status, text[..split].to_vec())
+}
+
+/// HTTP/2 clients of HTTP/1 services: bodies with and without a length go up (the
+/// latter chunked), chunked and large responses come back as data frames, intact.
+#[test]
+fn http2_clients_of_http1_services() {
+    let strait = Strait::builder().start();
+    let echo = Scripted::start(chunked_echo);
+    route_to(&strait, "echo.example.com", &echo);
+    let url = format!("http://{}/up", strait.http);
+
+    // A body with a length.
+    let (status, body) = curl_h2(
+        &[
+            "-H",
+            "Host: echo.example.com",
+            "--data-binary",
+            "hello over h2",
+            &url,
+        ],
+        None,
+    );
+    assert_eq!(status, "2 200");
+    assert_eq!(body, b"hello over h2", "the chunked response is de-chunked");
+
+    // A body of unknown length (from stdin): chunked upstream.
+    let upload: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let (status, body) = curl_h2(
+        &["-H", "Host: echo.example.com", "-T", "-", &url],
+        Some(&upload),
+    );
+    assert_eq!(status, "2 200");
+    assert_eq!(body.len(), upload.len());
+    assert!(body == upload, "the streamed upload came back intact");
+
+    // A large response with a length.
+    let big = Scripted::start(|seen| {
+        let n: usize = seen.path.trim_start_matches("/bytes/").parse().unwrap_or(0);
+        let mut out = format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\nconnection: keep-alive\r\nx-kind: big\r\n\r\n").into_bytes();
+        out.extend((0..n).map(|i| (i % 251) as u8));
+        (out, false)
+    });
+    route_to(&strait, "big.example.com", &big);
+    let big_url = format!("http://{}/bytes/3000000", strait.http);
+    let (status, body) = curl_h2(&["-H", "Host: big.example.com", &big_url], None);
+    assert_eq!(status, "2 200");
+    assert_eq!(body.len(), 3_000_000);
+    assert!(
+        body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+        "the body is intact"
+    );
+    // Connection-specific headers are not passed to an HTTP/2 client.
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--http2-prior-knowledge",
+        ])
+        .args(["-H", "Host: big.example.com"])
+        .arg(format!("http://{}/bytes/10", strait.http))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("x-kind: big"), "{head}");
+    assert!(!head.contains("connection:"), "{head}");
+}

@@ -1,0 +1,585 @@
+//! HTTP/2 clients of HTTP/1 services: pingora's HTTP/2 server (connection, streams, flow
+//! control, the rapid-reset limits) hands each stream to [`H2App`], which routes it and
+//! talks to the upstream the way the HTTP/1 pump does: the same upstream head writer,
+//! per-thread connection pool, attempts, retries and accounting. Only the client side
+//! differs: the request comes as pingora's `RequestHeader` and body frames, the response
+//! goes back as a `ResponseHeader` and data frames (a chunked upstream body de-chunked).
+//! Streams for services spoken to over HTTP/2 (gRPC) go to pingora's `HttpProxy`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::HOST;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::Stream;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::http::v2::server::H2Options;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+use crate::front::{Framing, RequestHead};
+use crate::h1::{
+    Chunked, ClientInfo, RESPONSE_HEADERS, has_dot_segment, is_hop_by_hop, parse_response,
+    write_upstream_head,
+};
+use crate::proxy::{PingoraProxy, Proxy, RequestCtx};
+use crate::pump::{
+    AttemptError, Ended, Forward, HeadState, LogFields, classify_response, hash_key, read_more,
+    upstream_error, write_flush,
+};
+use crate::table::routing_host;
+use crate::upstream_pool::{self, PoolKey};
+
+/// pingora's HTTP app for HTTP/2 connections.
+pub struct H2App {
+    pub proxy: Arc<Proxy>,
+    /// For streams to HTTP/2 services.
+    pub fallback: Arc<HttpProxy<PingoraProxy>>,
+    pub h2_options: H2Options,
+    pub server_options: HttpServerOptions,
+}
+
+enum H2Plan {
+    Local { status: u16, body: String },
+    Pingora,
+    Forward(Forward),
+}
+
+/// What the upstream's response head said, as relayed.
+struct H2Response {
+    status: u16,
+    framing: Framing,
+    upstream_keep_alive: bool,
+}
+
+#[async_trait]
+impl HttpServerApp for H2App {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !session.is_http2() {
+            return self.fallback.process_new_http(session, shutdown).await;
+        }
+        match session.read_request().await {
+            Ok(true) => {}
+            _ => return None,
+        }
+        let client = client_info(&session);
+        let mut request_head = Vec::new();
+        match self.proxy.plan_h2(&mut session, &client, &mut request_head) {
+            H2Plan::Pingora => self.fallback.process_new_http(session, shutdown).await,
+            H2Plan::Local { status, body } => {
+                let _ = session
+                    .respond_error_with_body(status, Bytes::from(body))
+                    .await;
+                None
+            }
+            H2Plan::Forward(forward) => {
+                self.proxy
+                    .forward_h2(&mut session, forward, request_head, &client)
+                    .await;
+                None
+            }
+        }
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        Some(self.h2_options.clone())
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.server_options)
+    }
+}
+
+fn client_info(session: &ServerSession) -> ClientInfo {
+    let ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    ClientInfo::new(ip, tls)
+}
+
+impl Proxy {
+    /// Routes an HTTP/2 request and writes its upstream HTTP/1.1 head into `out`.
+    fn plan_h2(
+        &self,
+        session: &mut ServerSession,
+        client: &ClientInfo,
+        out: &mut Vec<u8>,
+    ) -> H2Plan {
+        let no_body = session.is_body_empty();
+        let req = session.req_header();
+        let authority = req
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let path = req.uri.path();
+        if has_dot_segment(path) {
+            return H2Plan::Local {
+                status: 400,
+                body: "request path has dot segments\n".into(),
+            };
+        }
+        let host = routing_host(authority);
+        let table = self.table.load();
+        let Some(route) = table.route(&host, path, &req.method, &req.headers) else {
+            return H2Plan::Local {
+                status: 404,
+                body: format!("no route for host {:?}\n", &*host),
+            };
+        };
+        let target_index = route.pick_target_index();
+        let target = &route.targets.list[target_index];
+        let Some(pool) = target.pool.as_ref().filter(|p| !p.is_empty()) else {
+            self.metrics
+                .count_request(route, target_index, 503, Duration::ZERO);
+            return H2Plan::Local {
+                status: 503,
+                body: format!("no healthy instance of service {:?}\n", &*target.service),
+            };
+        };
+        if pool.http2 {
+            return H2Plan::Pingora;
+        }
+        // The head as an HTTP/1.1 client would have sent it: `Host` from `:authority`,
+        // the cookie crumbs of HTTP/2 joined into one header (RFC 9113 8.2.3).
+        let mut cookie = Vec::new();
+        let mut headers: Vec<httparse::Header<'_>> = Vec::with_capacity(req.headers.len() + 2);
+        let mut has_host = false;
+        for (name, value) in &req.headers {
+            if name == http::header::COOKIE {
+                if !cookie.is_empty() {
+                    cookie.extend_from_slice(b"; ");
+                }
+                cookie.extend_from_slice(value.as_bytes());
+                continue;
+            }
+            has_host |= name == HOST;
+            headers.push(httparse::Header {
+                name: name.as_str(),
+                value: value.as_bytes(),
+            });
+        }
+        if !has_host && !authority.is_empty() {
+            headers.push(httparse::Header {
+                name: "host",
+                value: authority.as_bytes(),
+            });
+        }
+        if !cookie.is_empty() {
+            headers.push(httparse::Header {
+                name: "cookie",
+                value: &cookie,
+            });
+        }
+        let length = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = match length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None if no_body => Framing::None,
+            None => Framing::Chunked,
+        };
+        let target_uri = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = RequestHead {
+            method: req.method.as_str(),
+            target: target_uri,
+            minor_version: 1,
+            headers: &headers,
+            host: authority,
+            body,
+            keep_alive: true,
+            upgrade: None,
+            expect_continue: false,
+        };
+        let hash = pool.hash_on().and_then(|h| hash_key(h, &head, client));
+        out.clear();
+        let id = write_upstream_head(out, &head, route, client, false);
+        if body == Framing::Chunked {
+            // The upstream head says how the body comes: in chunks, as the frames arrive.
+            let end = out.len() - 2;
+            out.truncate(end);
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+        }
+        let log = self.access_log.as_ref().map(|_| LogFields {
+            request_id: Some(String::from_utf8_lossy(&out[id]).into_owned()),
+            ..LogFields::of(&head, "2")
+        });
+        H2Plan::Forward(Forward {
+            head_len: 0,
+            route: Arc::clone(route),
+            target: target_index,
+            pool: Arc::clone(pool),
+            hash,
+            body,
+            keep_alive: true,
+            http10: false,
+            upgrade: false,
+            head_request: req.method == http::Method::HEAD,
+            retryable_method: req.method.is_idempotent()
+                || route.retry.as_ref().is_some_and(|r| r.non_idempotent),
+            expect_continue: false,
+            log,
+        })
+    }
+
+    async fn forward_h2(
+        &self,
+        session: &mut ServerSession,
+        request: Forward,
+        head: Vec<u8>,
+        client: &ClientInfo,
+    ) {
+        let mut ctx = self.request_ctx();
+        request.pool.shared.active.fetch_add(1, Ordering::Relaxed);
+        ctx.route = Some(Arc::clone(&request.route));
+        ctx.pool = Some(Arc::clone(&request.pool));
+        ctx.target = request.target;
+        ctx.hash = request.hash;
+        let ended = self.exchange_h2(session, &request, head, &mut ctx).await;
+        self.finish(&mut ctx, request, client, &ended);
+    }
+
+    async fn exchange_h2(
+        &self,
+        session: &mut ServerSession,
+        request: &Forward,
+        head: Vec<u8>,
+        ctx: &mut RequestCtx,
+    ) -> Ended {
+        let route = &request.route;
+        let pool = &request.pool;
+        let read_timeout = route.per_try_timeout.unwrap_or(route.request_timeout);
+        let replayable = request.body == Framing::None;
+        let mut upstream = BytesMut::with_capacity(4096);
+        loop {
+            let Some(index) = pool.pick(self.clock.now_ms(), &ctx.tried, ctx.hash) else {
+                return local_h2(session, 503, "no healthy instance available", pool).await;
+            };
+            let endpoint = &pool.endpoints[index];
+            ctx.begin_attempt(endpoint, index);
+            let key = PoolKey::new(endpoint.addr, pool.tls.as_ref());
+            let (mut up, reused) = match upstream_pool::take(&key) {
+                Some(stream) => (stream, true),
+                None => match self.connect(pool, endpoint.addr, route).await {
+                    Ok(stream) => (stream, false),
+                    Err(e) => {
+                        if self.connect_failed(ctx, &e) {
+                            continue;
+                        }
+                        let (status, message) =
+                            if matches!(e.etype(), pingora::ErrorType::ConnectTimedout) {
+                                (504, "upstream timed out")
+                            } else {
+                                (502, "upstream unavailable")
+                            };
+                        return local_h2(session, status, message, pool).await;
+                    }
+                },
+            };
+            upstream.clear();
+            match self
+                .attempt_h2(
+                    session,
+                    &mut up,
+                    request,
+                    &head,
+                    &mut upstream,
+                    read_timeout,
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(AttemptError::Client(status)) => {
+                    return Ended {
+                        status,
+                        bytes_sent: 0,
+                        keep_alive: false,
+                        error: Some("client request failed"),
+                    };
+                }
+                Err(AttemptError::Upstream { timeout, .. }) => {
+                    // A pooled connection the upstream had closed: nothing was processed.
+                    let stale = reused && !timeout && upstream.is_empty();
+                    if stale && replayable && request.retryable_method && self.try_retry(ctx) {
+                        continue;
+                    }
+                    ctx.end_attempt(&self.metrics);
+                    let (status, message) = if timeout {
+                        (504, "upstream timed out")
+                    } else {
+                        (502, "upstream unavailable")
+                    };
+                    return local_h2(session, status, message, pool).await;
+                }
+            }
+            let Some((response, header, head_len)) = h2_response(&upstream, request) else {
+                ctx.end_attempt(&self.metrics);
+                return local_h2(session, 502, "upstream unavailable", pool).await;
+            };
+            let status = response.status;
+            if status >= 500 {
+                let now = self.clock.now_ms();
+                self.metrics
+                    .upstream_failure(pool, index, &self.config.outlier, now, false);
+            } else {
+                pool.record_success(index);
+            }
+            let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
+            if route.retries_on(status)
+                && ctx.attempts < max_attempts
+                && request.retryable_method
+                && replayable
+                && self.retry_allowed(pool)
+                && self.try_retry(ctx)
+            {
+                continue;
+            }
+            upstream.advance(head_len);
+            if session
+                .write_response_header(Box::new(header))
+                .await
+                .is_err()
+            {
+                return ended_h2(status, 0, Some("client write failed"));
+            }
+            return match relay_h2(
+                session,
+                &mut up,
+                &mut upstream,
+                response.framing,
+                read_timeout,
+            )
+            .await
+            {
+                Ok(sent) => {
+                    if response.upstream_keep_alive && upstream.is_empty() {
+                        upstream_pool::put(key, up);
+                    }
+                    ended_h2(status, sent, None)
+                }
+                Err(error) => ended_h2(status, 0, Some(error)),
+            };
+        }
+    }
+
+    /// Sends the head and the body (chunked when its length is unknown), and reads the
+    /// final response head into `upstream` (interim responses are dropped: pingora's
+    /// HTTP/2 side sends none).
+    async fn attempt_h2(
+        &self,
+        session: &mut ServerSession,
+        up: &mut Stream,
+        request: &Forward,
+        head: &[u8],
+        upstream: &mut BytesMut,
+        read_timeout: Duration,
+    ) -> Result<(), AttemptError> {
+        write_flush(up, head, read_timeout)
+            .await
+            .map_err(upstream_error)?;
+        if request.body != Framing::None {
+            let chunked = request.body == Framing::Chunked;
+            loop {
+                let data = tokio::time::timeout(read_timeout, session.read_request_body())
+                    .await
+                    .map_err(|_| AttemptError::Client(408))?
+                    .map_err(|_| AttemptError::Client(499))?;
+                let Some(data) = data else { break };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    let size = format!("{:x}\r\n", data.len());
+                    write_flush(up, size.as_bytes(), read_timeout)
+                        .await
+                        .map_err(upstream_error)?;
+                }
+                write_flush(up, &data, read_timeout)
+                    .await
+                    .map_err(upstream_error)?;
+                if chunked {
+                    write_flush(up, b"\r\n", read_timeout)
+                        .await
+                        .map_err(upstream_error)?;
+                }
+            }
+            if chunked {
+                write_flush(up, b"0\r\n\r\n", read_timeout)
+                    .await
+                    .map_err(upstream_error)?;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + read_timeout;
+        loop {
+            match classify_response(upstream, request.head_request) {
+                HeadState::Final => return Ok(()),
+                HeadState::Interim(len) => {
+                    upstream.advance(len);
+                    continue;
+                }
+                HeadState::Bad => {
+                    return Err(AttemptError::Upstream {
+                        timeout: false,
+                        alert: false,
+                    });
+                }
+                HeadState::Partial => {}
+            }
+            if upstream.capacity() - upstream.len() < 1024 {
+                upstream.reserve(4096);
+            }
+            match tokio::time::timeout_at(deadline, up.read_buf(upstream)).await {
+                Err(_) => {
+                    return Err(AttemptError::Upstream {
+                        timeout: true,
+                        alert: false,
+                    });
+                }
+                Ok(Ok(0)) => {
+                    return Err(AttemptError::Upstream {
+                        timeout: false,
+                        alert: false,
+                    });
+                }
+                Ok(Err(e)) => return Err(upstream_error(e)),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// The final response head at the start of `upstream`, as an HTTP/2 response: without
+/// the connection-specific headers HTTP/2 forbids, with the route's header changes.
+fn h2_response(upstream: &[u8], request: &Forward) -> Option<(H2Response, ResponseHeader, usize)> {
+    let mut storage = [httparse::EMPTY_HEADER; RESPONSE_HEADERS];
+    let parsed = parse_response(upstream, &mut storage, request.head_request).ok()??;
+    let route = &request.route;
+    let mut header = ResponseHeader::build(parsed.status, Some(parsed.headers.len())).ok()?;
+    for h in parsed.headers {
+        let name = h.name;
+        let skip = is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || route
+                .response_remove
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n.as_str()))
+            || route
+                .response_set
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()));
+        if !skip {
+            // Names and values already passed httparse's checks; one that `http` still
+            // refuses is dropped rather than failing the response.
+            let _ = header.append_header(name.to_string(), h.value);
+        }
+    }
+    for (name, value) in &route.response_set {
+        let _ = header.insert_header(name.clone(), value.clone());
+    }
+    Some((
+        H2Response {
+            status: parsed.status,
+            framing: parsed.body,
+            upstream_keep_alive: parsed.keep_alive,
+        },
+        header,
+        parsed.len,
+    ))
+}
+
+/// Relays the response body as data frames; returns the bytes sent.
+async fn relay_h2(
+    session: &mut ServerSession,
+    up: &mut Stream,
+    upstream: &mut BytesMut,
+    framing: Framing,
+    read_timeout: Duration,
+) -> Result<usize, &'static str> {
+    let mut remaining = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunked = Chunked::new();
+    let mut sent = 0;
+    loop {
+        let (data, consumed, done) = match framing {
+            Framing::None => (Bytes::new(), 0, true),
+            Framing::Length(_) => {
+                let take = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(upstream.len());
+                remaining -= take as u64;
+                (upstream.split_to(take).freeze(), 0, remaining == 0)
+            }
+            Framing::UntilClose => (upstream.split().freeze(), 0, false),
+            Framing::Chunked => {
+                let mut data = BytesMut::new();
+                let n = chunked
+                    .advance(upstream, |range| data.extend_from_slice(&upstream[range]))
+                    .map_err(|_| "bad chunked response")?;
+                (data.freeze(), n, chunked.is_done())
+            }
+        };
+        upstream.advance(consumed);
+        sent += data.len();
+        if !data.is_empty() || done {
+            session
+                .write_response_body(data, done)
+                .await
+                .map_err(|_| "client write failed")?;
+        }
+        if done {
+            return Ok(sent);
+        }
+        match read_more(up, upstream, read_timeout).await {
+            Ok(0) if framing == Framing::UntilClose => {
+                session
+                    .write_response_body(Bytes::new(), true)
+                    .await
+                    .map_err(|_| "client write failed")?;
+                return Ok(sent);
+            }
+            Ok(0) => return Err("upstream closed mid-body"),
+            Err(_) => return Err("upstream failed mid-body"),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn local_h2(
+    session: &mut ServerSession,
+    status: u16,
+    message: &'static str,
+    pool: &crate::pool::Pool,
+) -> Ended {
+    let body = format!("{message} ({})\n", pool.service);
+    let bytes = body.len();
+    let _ = session
+        .respond_error_with_body(status, Bytes::from(body))
+        .await;
+    ended_h2(status, bytes, Some(message))
+}
+
+fn ended_h2(status: u16, bytes_sent: usize, error: Option<&'static str>) -> Ended {
+    Ended {
+        status,
+        bytes_sent,
+        keep_alive: false,
+        error,
+    }
+}
