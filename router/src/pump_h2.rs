@@ -29,8 +29,8 @@ use crate::h1::{
 };
 use crate::proxy::{PingoraProxy, Proxy, RequestCtx};
 use crate::pump::{
-    AttemptError, Ended, Forward, HeadState, LogFields, classify_response, hash_key, read_more,
-    upstream_error, write_flush,
+    AttemptError, Ended, Forward, HeadState, LogFields, classify_response, entry, hash_key,
+    read_more, upstream_error, write_flush,
 };
 use crate::table::routing_host;
 use crate::upstream_pool::{self, PoolKey};
@@ -72,13 +72,44 @@ impl HttpServerApp for H2App {
             _ => return None,
         }
         let client = client_info(&session);
+        // A client that stops reading (a closed flow-control window) does not hold the
+        // stream and its upstream connection for ever.
+        session.set_write_timeout(Some(self.proxy.config.idle_timeout));
+        let started = std::time::Instant::now();
         let mut request_head = Vec::new();
         match self.proxy.plan_h2(&mut session, &client, &mut request_head) {
             H2Plan::Pingora => self.fallback.process_new_http(session, shutdown).await,
             H2Plan::Local { status, body } => {
+                let sent = body.len();
                 let _ = session
                     .respond_error_with_body(status, Bytes::from(body))
                     .await;
+                if let Some(log) = &self.proxy.access_log {
+                    let req = session.req_header();
+                    let fields = LogFields {
+                        method: req.method.to_string(),
+                        http: "2",
+                        host: req
+                            .uri
+                            .authority()
+                            .map_or_else(String::new, |a| a.to_string()),
+                        path: req
+                            .uri
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_string(),
+                        request_id: None,
+                    };
+                    log.log(entry(
+                        fields,
+                        started.elapsed(),
+                        client.ip,
+                        status,
+                        None,
+                        None,
+                        sent,
+                    ));
+                }
                 None
             }
             H2Plan::Forward(forward) => {

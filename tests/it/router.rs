@@ -901,6 +901,16 @@ fn access_log_writes_json_lines() {
         )
         .expect("request");
     client.get("nowhere.example.com", "/").expect("request");
+    // HTTP/2 requests are logged too, the ones strait answers itself included.
+    for host in ["web.example.com", "nowhere2.example.com"] {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--http2-prior-knowledge"])
+            .args(["-H", &format!("Host: {host}")])
+            .arg(format!("http://{}/h2", strait.http))
+            .output()
+            .expect("curl");
+        assert!(output.status.success());
+    }
     let lines: Vec<serde_json::Value> =
         eventually(Duration::from_secs(5), "access log lines", || {
             let text = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
@@ -908,7 +918,8 @@ fn access_log_writes_json_lines() {
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect();
-            if lines.iter().any(|l| l["host"] == "nowhere.example.com") {
+            let h2_lines = lines.iter().filter(|l| l["http"] == "2").count();
+            if lines.iter().any(|l| l["host"] == "nowhere.example.com") && h2_lines == 2 {
                 Ok(lines)
             } else {
                 Err(text)
@@ -932,6 +943,16 @@ fn access_log_writes_json_lines() {
         .expect("404 logged");
     assert_eq!(missed["status"], 404);
     assert!(missed["route"].is_null());
+    let h2 = |host: &str| {
+        lines
+            .iter()
+            .find(|l| l["http"] == "2" && l["host"].as_str().is_some_and(|h| h.starts_with(host)))
+            .unwrap_or_else(|| panic!("an HTTP/2 line for {host}: {lines:?}"))
+            .clone()
+    };
+    assert_eq!(h2("web.example.com")["status"], 200);
+    assert_eq!(h2("web.example.com")["route"], "web");
+    assert_eq!(h2("nowhere2.example.com")["status"], 404);
 }
 
 /// `protocol = "h2c"`: strait speaks HTTP/2 to the service. The service here is a second
