@@ -361,9 +361,16 @@ pub fn write_downstream_head(
     out.extend_from_slice(response.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     let switching = response.status == 101;
+    // 1xx and 204 have no body and must not say they do (RFC 9110 8.6); identical
+    // repeated lengths (accepted from the upstream) go out once.
+    let bodiless = response.status < 200 || response.status == 204;
+    let mut length_sent = false;
     for header in response.headers {
         let name = header.name;
-        let skip = (is_hop_by_hop(name) && !(switching && name.eq_ignore_ascii_case("upgrade")))
+        let length = name.eq_ignore_ascii_case("content-length");
+        let skip = (length && (bodiless || std::mem::replace(&mut length_sent, true)))
+            || (bodiless && name.eq_ignore_ascii_case("transfer-encoding"))
+            || (is_hop_by_hop(name) && !(switching && name.eq_ignore_ascii_case("upgrade")))
             || (shape.dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
             || route
                 .response_remove

@@ -501,9 +501,13 @@ fn h2_response(upstream: &[u8], request: &Forward) -> Option<(H2Response, Respon
     let parsed = parse_response(upstream, &mut storage, request.head_request).ok()??;
     let route = &request.route;
     let mut header = ResponseHeader::build(parsed.status, Some(parsed.headers.len())).ok()?;
+    let bodiless = parsed.status < 200 || parsed.status == 204;
+    let mut length_sent = false;
     for h in parsed.headers {
         let name = h.name;
-        let skip = is_hop_by_hop(name)
+        let length = name.eq_ignore_ascii_case("content-length");
+        let skip = (length && (bodiless || std::mem::replace(&mut length_sent, true)))
+            || is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("transfer-encoding")
             || route
                 .response_remove

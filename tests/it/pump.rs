@@ -493,3 +493,118 @@ fn http2_clients_of_http1_services() {
     assert!(head.contains("x-kind: big"), "{head}");
     assert!(!head.contains("connection:"), "{head}");
 }
+
+/// Upstream responses are network input too: a backend answering with malformed,
+/// truncated or contradictory framing, over and over, never panics the router, and the
+/// router keeps serving.
+#[test]
+fn hostile_upstream_responses_never_panic_the_router() {
+    let strait = Strait::builder().start();
+    static CASE: AtomicUsize = AtomicUsize::new(0);
+    let hostile = Scripted::start(|_| {
+        let case = CASE.fetch_add(1, Ordering::SeqCst);
+        // A small deterministic generator over pieces of response syntax.
+        let mut seed = (case as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n) as usize
+        };
+        let status = [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 101 Switching",
+            "HTTP/1.1 100 Continue",
+            "HTTP/1.0 204 x",
+            "HTTP/1.1 999 x",
+            "HTTP/2 200",
+            "HTTP/1.1 200",
+            "garbage",
+        ];
+        let headers = [
+            "content-length: 5",
+            "content-length: 99999999",
+            "content-length: -1",
+            "content-length: 5\r\ncontent-length: 6",
+            "transfer-encoding: chunked",
+            "transfer-encoding: gzip, chunked",
+            "transfer-encoding: identity",
+            "connection: close",
+            "x: \u{1}",
+            "bad header line",
+            "",
+        ];
+        let bodies = [
+            "hello",
+            "5\r\nhello\r\n0\r\n\r\n",
+            "ffffffffffffffffff\r\n",
+            "5\r\nhel",
+            "0\r\nx: y\r\n\r\n",
+            "",
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+        ];
+        let mut out = String::from(status[next(status.len() as u64)]);
+        out.push_str("\r\n");
+        for _ in 0..next(4) {
+            out.push_str(headers[next(headers.len() as u64)]);
+            out.push_str("\r\n");
+        }
+        if next(5) > 0 {
+            out.push_str("\r\n");
+        }
+        out.push_str(bodies[next(bodies.len() as u64)]);
+        let mut bytes = out.into_bytes();
+        bytes.truncate(bytes.len().saturating_sub(next(3)));
+        (bytes, true)
+    });
+    route_to_expecting_any(&strait, "hostile.example.com", &hostile);
+    let started = std::time::Instant::now();
+    for i in 0..150 {
+        // Any answer or a closed connection will do; what matters is what follows. The
+        // router closes the connection after each answer (`Connection: close`).
+        let (mut stream, mut reader) = connect(&strait);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let request =
+            format!("GET /{i} HTTP/1.1\r\nHost: hostile.example.com\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut answer = Vec::new();
+        let _ = reader.read_to_end(&mut answer);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the router answered or closed promptly: {:?}",
+        started.elapsed()
+    );
+    // Still serving, and nothing panicked.
+    let echo = Scripted::start(chunked_echo);
+    route_to(&strait, "echo.example.com", &echo);
+    let log = strait.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Routes `host` to `backend` without waiting for any particular answer.
+fn route_to_expecting_any(strait: &Strait, host: &str, backend: &Scripted) {
+    let service = host.split('.').next().unwrap_or("svc");
+    strait.put(
+        &format!("/v1/services/{service}/instances/{service}-1"),
+        &format!(
+            r#"{{"address":"127.0.0.1","port":{}}}"#,
+            backend.addr.port()
+        ),
+    );
+    strait.put(
+        &format!("/v1/routes/{service}"),
+        &format!(r#"{{"host":"{host}","service":"{service}"}}"#),
+    );
+    let mut client = Client::new(strait.http);
+    eventually(
+        Duration::from_secs(10),
+        "the route to go live",
+        || match client.get(host, "/probe") {
+            Ok(r) if r.status == 404 => Err("no route yet".to_string()),
+            _ => Ok(()),
+        },
+    );
+}
