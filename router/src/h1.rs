@@ -164,14 +164,7 @@ pub fn write_upstream_head(
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-host")
             || (drop_expect && name.eq_ignore_ascii_case("expect"))
-            || route
-                .request_remove
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n.as_str()))
-            || route
-                .request_set
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()))
+            || route.replaces_request_header(name)
             || named_by_connection(head.headers, name);
         if !skip {
             header_line(out, name.as_bytes(), header.value);
@@ -372,14 +365,7 @@ pub fn write_downstream_head(
             || (bodiless && name.eq_ignore_ascii_case("transfer-encoding"))
             || (is_hop_by_hop(name) && !(switching && name.eq_ignore_ascii_case("upgrade")))
             || (shape.dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
-            || route
-                .response_remove
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n.as_str()))
-            || route
-                .response_set
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()))
+            || route.replaces_response_header(name)
             || named_by_connection(response.headers, name);
         if !skip {
             header_line(out, name.as_bytes(), header.value);

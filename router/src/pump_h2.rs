@@ -509,14 +509,7 @@ fn h2_response(upstream: &[u8], request: &Forward) -> Option<(H2Response, Respon
         let skip = (length && (bodiless || std::mem::replace(&mut length_sent, true)))
             || is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("transfer-encoding")
-            || route
-                .response_remove
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n.as_str()))
-            || route
-                .response_set
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()));
+            || route.replaces_response_header(name);
         if !skip {
             // Names and values already passed httparse's checks; one that `http` still
             // refuses is dropped rather than failing the response.

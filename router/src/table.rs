@@ -220,6 +220,29 @@ impl CompiledRoute {
         self.targets.pick()
     }
 
+    /// Whether the route removes or sets response header `name` (either way, the
+    /// upstream's own value is not passed on).
+    pub fn replaces_response_header(&self, name: &str) -> bool {
+        self.response_remove
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_str()))
+            || self
+                .response_set
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()))
+    }
+
+    /// The same for request headers.
+    pub fn replaces_request_header(&self, name: &str) -> bool {
+        self.request_remove
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_str()))
+            || self
+                .request_set
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()))
+    }
+
     /// The index (in `targets.list`) of the target picked for one request.
     pub fn pick_target_index(&self) -> usize {
         self.targets.pick_index()

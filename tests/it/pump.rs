@@ -110,8 +110,9 @@ impl Scripted {
     }
 }
 
-/// Routes `host` to a scripted backend and waits until the route is live.
-fn route_to(strait: &Strait, host: &str, backend: &Scripted) {
+/// Declares service `<first label of host>` with the scripted backend as its one
+/// instance, and a route for `host` to it; returns the service name.
+fn declare<'h>(strait: &Strait, host: &'h str, backend: &Scripted) -> &'h str {
     let service = host.split('.').next().unwrap_or("svc");
     let (status, body) = strait.put(
         &format!("/v1/services/{service}/instances/{service}-1"),
@@ -126,6 +127,12 @@ fn route_to(strait: &Strait, host: &str, backend: &Scripted) {
         &format!(r#"{{"host":"{host}","service":"{service}"}}"#),
     );
     assert_eq!(status, 200, "{body}");
+    service
+}
+
+/// Routes `host` to a scripted backend and waits until the route is live.
+fn route_to(strait: &Strait, host: &str, backend: &Scripted) {
+    declare(strait, host, backend);
     let mut client = Client::new(strait.http);
     eventually(
         Duration::from_secs(10),
@@ -370,18 +377,7 @@ fn backends_that_close_connections_lose_no_request() {
 
 /// Routes `host` to `backend` and waits until the route answers `status`.
 fn route_to_expecting(strait: &Strait, host: &str, backend: &Scripted, status: u16) {
-    let service = host.split('.').next().unwrap_or("svc");
-    strait.put(
-        &format!("/v1/services/{service}/instances/{service}-1"),
-        &format!(
-            r#"{{"address":"127.0.0.1","port":{}}}"#,
-            backend.addr.port()
-        ),
-    );
-    strait.put(
-        &format!("/v1/routes/{service}"),
-        &format!(r#"{{"host":"{host}","service":"{service}"}}"#),
-    );
+    let service = declare(strait, host, backend);
     let mut client = Client::new(strait.http);
     let response = eventually(
         Duration::from_secs(10),
@@ -586,18 +582,7 @@ fn hostile_upstream_responses_never_panic_the_router() {
 
 /// Routes `host` to `backend` without waiting for any particular answer.
 fn route_to_expecting_any(strait: &Strait, host: &str, backend: &Scripted) {
-    let service = host.split('.').next().unwrap_or("svc");
-    strait.put(
-        &format!("/v1/services/{service}/instances/{service}-1"),
-        &format!(
-            r#"{{"address":"127.0.0.1","port":{}}}"#,
-            backend.addr.port()
-        ),
-    );
-    strait.put(
-        &format!("/v1/routes/{service}"),
-        &format!(r#"{{"host":"{host}","service":"{service}"}}"#),
-    );
+    declare(strait, host, backend);
     let mut client = Client::new(strait.http);
     eventually(
         Duration::from_secs(10),
