@@ -470,6 +470,47 @@ fn http2_clients_of_http1_services() {
         body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
         "the body is intact"
     );
+    // HTTP/2 cookie crumbs reach an HTTP/1.1 backend as one header (RFC 9113 8.2.3),
+    // with the `Host` taken from `:authority`.
+    let headers = Scripted::start(|seen| {
+        let cookies: Vec<&str> = seen
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let body = format!(
+            "cookies={cookies:?} host={:?}",
+            seen.header("host").unwrap_or("")
+        );
+        (
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+            false,
+        )
+    });
+    route_to(&strait, "headers.example.com", &headers);
+    let (status, body) = curl_h2(
+        &[
+            "-H",
+            "Host: headers.example.com",
+            "-H",
+            "cookie: a=1",
+            "-H",
+            "cookie: b=2",
+            &format!("http://{}/", strait.http),
+        ],
+        None,
+    );
+    assert_eq!(status, "2 200");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        r#"cookies=["a=1; b=2"] host="headers.example.com""#
+    );
+
     // Connection-specific headers are not passed to an HTTP/2 client.
     let output = std::process::Command::new("curl")
         .args([
