@@ -552,31 +552,24 @@ impl Proxy {
             };
             let endpoint = &pool.endpoints[index];
             ctx.begin_attempt(endpoint, index);
-            let key = PoolKey::new(endpoint.addr, pool.tls.as_ref());
-            let (mut up, reused) = match upstream_pool::take(&key) {
-                Some(stream) => (stream, true),
-                None => match self.connect(pool, endpoint.addr, route).await {
-                    Ok(stream) => (stream, false),
-                    Err(e) => {
-                        if self.connect_failed(ctx, &e) {
-                            continue;
-                        }
-                        let status = if matches!(e.etype(), ErrorType::ConnectTimedout) {
-                            504
-                        } else {
-                            502
-                        };
-                        return self
-                            .local_error_body(
-                                down,
-                                bufs,
-                                status,
-                                pool,
-                                replayable && request.keep_alive && !closing,
-                            )
-                            .await;
-                    }
-                },
+            let (mut up, reused, key) = match self.upstream_for(ctx, request, index).await {
+                Upstream::Ready {
+                    stream,
+                    reused,
+                    key,
+                } => (stream, reused, key),
+                Upstream::Retry => continue,
+                Upstream::Failed(status) => {
+                    return self
+                        .local_error_body(
+                            down,
+                            bufs,
+                            status,
+                            pool,
+                            replayable && request.keep_alive && !closing,
+                        )
+                        .await;
+                }
             };
             match self
                 .attempt(
@@ -627,23 +620,7 @@ impl Proxy {
                 return self.local_error_body(down, bufs, 502, pool, false).await;
             };
             let status = response.status;
-            if status >= 500 {
-                let now = self.clock.now_ms();
-                self.metrics
-                    .upstream_failure(pool, index, &self.config.outlier, now, false);
-            } else {
-                pool.record_success(index);
-            }
-            let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
-            // The budget is checked before the attempt ends, so a response that is passed
-            // on keeps counting against its endpoint until it is done.
-            if route.retries_on(status)
-                && ctx.attempts < max_attempts
-                && request.retryable_method
-                && replayable
-                && self.retry_allowed(pool)
-                && self.try_retry(ctx)
-            {
+            if self.retry_on_answer(ctx, request, index, status, replayable) {
                 bufs.upstream.clear();
                 continue;
             }
@@ -934,6 +911,66 @@ impl Proxy {
         }
     }
 
+    /// A connection to endpoint `index` of the request's pool: an idle one, or a new one.
+    /// A failed connect is accounted, and retried elsewhere when the rules allow.
+    pub(crate) async fn upstream_for(
+        &self,
+        ctx: &mut RequestCtx,
+        request: &Forward,
+        index: usize,
+    ) -> Upstream {
+        let pool = &request.pool;
+        let endpoint = &pool.endpoints[index];
+        let key = PoolKey::new(endpoint.addr, pool.tls.as_ref());
+        if let Some(stream) = upstream_pool::take(&key) {
+            return Upstream::Ready {
+                stream,
+                reused: true,
+                key,
+            };
+        }
+        match self.connect(pool, endpoint.addr, &request.route).await {
+            Ok(stream) => Upstream::Ready {
+                stream,
+                reused: false,
+                key,
+            },
+            Err(e) if self.connect_failed(ctx, &e) => Upstream::Retry,
+            Err(e) if matches!(e.etype(), ErrorType::ConnectTimedout) => Upstream::Failed(504),
+            Err(_) => Upstream::Failed(502),
+        }
+    }
+
+    /// Accounts the upstream's answer to endpoint `index` (outlier detection) and says
+    /// whether to retry the request elsewhere: a retryable status under the route's
+    /// policy, a method that may be repeated, a body that can be sent again, budget left.
+    /// The budget is checked before the attempt ends, so a response that is passed on
+    /// keeps counting against its endpoint until it is done.
+    pub(crate) fn retry_on_answer(
+        &self,
+        ctx: &mut RequestCtx,
+        request: &Forward,
+        index: usize,
+        status: u16,
+        replayable: bool,
+    ) -> bool {
+        let (pool, route) = (&request.pool, &request.route);
+        if status >= 500 {
+            let now = self.clock.now_ms();
+            self.metrics
+                .upstream_failure(pool, index, &self.config.outlier, now, false);
+        } else {
+            pool.record_success(index);
+        }
+        let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
+        route.retries_on(status)
+            && ctx.attempts < max_attempts
+            && request.retryable_method
+            && replayable
+            && self.retry_allowed(pool)
+            && self.try_retry(ctx)
+    }
+
     pub(crate) async fn connect(
         &self,
         pool: &Pool,
@@ -958,12 +995,7 @@ impl Proxy {
         pool: &Pool,
         keep_alive: bool,
     ) -> Ended {
-        let message = match status {
-            503 => "no healthy instance available",
-            504 => "upstream timed out",
-            502 => "upstream unavailable",
-            _ => "proxy error",
-        };
+        let message = error_message(status);
         bufs.response.clear();
         let body = format!("{message} ({})\n", pool.service);
         write_local_response(&mut bufs.response, status, body.as_bytes(), !keep_alive);
@@ -988,6 +1020,29 @@ impl Proxy {
         write_local_response(&mut bufs.response, status, body.as_bytes(), true);
         let _ = write_flush(down, &bufs.response, self.config.idle_timeout).await;
         ended(status, false, Some(reason))
+    }
+}
+
+/// An upstream connection for an attempt, or what to do instead.
+pub(crate) enum Upstream {
+    Ready {
+        stream: Stream,
+        reused: bool,
+        key: PoolKey,
+    },
+    /// The connect failed; try another instance.
+    Retry,
+    /// The connect failed for good: answer with this status.
+    Failed(u16),
+}
+
+/// The short reason in a router-made gateway error.
+pub(crate) fn error_message(status: u16) -> &'static str {
+    match status {
+        503 => "no healthy instance available",
+        504 => "upstream timed out",
+        502 => "upstream unavailable",
+        _ => "proxy error",
     }
 }
 

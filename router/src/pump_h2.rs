@@ -29,11 +29,11 @@ use crate::h1::{
 };
 use crate::proxy::{PingoraProxy, Proxy, RequestCtx};
 use crate::pump::{
-    AttemptError, Ended, Forward, HeadState, LogFields, classify_response, entry, hash_key,
-    read_more, upstream_error, write_flush,
+    AttemptError, Ended, Forward, HeadState, LogFields, Upstream, classify_response, entry,
+    error_message, hash_key, read_more, upstream_error, write_flush,
 };
 use crate::table::routing_host;
-use crate::upstream_pool::{self, PoolKey};
+use crate::upstream_pool;
 
 /// pingora's HTTP app for HTTP/2 connections.
 pub struct H2App {
@@ -299,28 +299,18 @@ impl Proxy {
         let mut upstream = BytesMut::with_capacity(4096);
         loop {
             let Some(index) = pool.pick(self.clock.now_ms(), &ctx.tried, ctx.hash) else {
-                return local_h2(session, 503, "no healthy instance available", pool).await;
+                return local_h2(session, 503, pool).await;
             };
             let endpoint = &pool.endpoints[index];
             ctx.begin_attempt(endpoint, index);
-            let key = PoolKey::new(endpoint.addr, pool.tls.as_ref());
-            let (mut up, reused) = match upstream_pool::take(&key) {
-                Some(stream) => (stream, true),
-                None => match self.connect(pool, endpoint.addr, route).await {
-                    Ok(stream) => (stream, false),
-                    Err(e) => {
-                        if self.connect_failed(ctx, &e) {
-                            continue;
-                        }
-                        let (status, message) =
-                            if matches!(e.etype(), pingora::ErrorType::ConnectTimedout) {
-                                (504, "upstream timed out")
-                            } else {
-                                (502, "upstream unavailable")
-                            };
-                        return local_h2(session, status, message, pool).await;
-                    }
-                },
+            let (mut up, reused, key) = match self.upstream_for(ctx, request, index).await {
+                Upstream::Ready {
+                    stream,
+                    reused,
+                    key,
+                } => (stream, reused, key),
+                Upstream::Retry => continue,
+                Upstream::Failed(status) => return local_h2(session, status, pool).await,
             };
             upstream.clear();
             match self
@@ -350,34 +340,16 @@ impl Proxy {
                         continue;
                     }
                     ctx.end_attempt(&self.metrics);
-                    let (status, message) = if timeout {
-                        (504, "upstream timed out")
-                    } else {
-                        (502, "upstream unavailable")
-                    };
-                    return local_h2(session, status, message, pool).await;
+                    let status = if timeout { 504 } else { 502 };
+                    return local_h2(session, status, pool).await;
                 }
             }
             let Some((response, header, head_len)) = h2_response(&upstream, request) else {
                 ctx.end_attempt(&self.metrics);
-                return local_h2(session, 502, "upstream unavailable", pool).await;
+                return local_h2(session, 502, pool).await;
             };
             let status = response.status;
-            if status >= 500 {
-                let now = self.clock.now_ms();
-                self.metrics
-                    .upstream_failure(pool, index, &self.config.outlier, now, false);
-            } else {
-                pool.record_success(index);
-            }
-            let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
-            if route.retries_on(status)
-                && ctx.attempts < max_attempts
-                && request.retryable_method
-                && replayable
-                && self.retry_allowed(pool)
-                && self.try_retry(ctx)
-            {
+            if self.retry_on_answer(ctx, request, index, status, replayable) {
                 continue;
             }
             upstream.advance(head_len);
@@ -589,12 +561,8 @@ async fn relay_h2(
     }
 }
 
-async fn local_h2(
-    session: &mut ServerSession,
-    status: u16,
-    message: &'static str,
-    pool: &crate::pool::Pool,
-) -> Ended {
+async fn local_h2(session: &mut ServerSession, status: u16, pool: &crate::pool::Pool) -> Ended {
+    let message = error_message(status);
     let body = format!("{message} ({})\n", pool.service);
     let bytes = body.len();
     let _ = session
