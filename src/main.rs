@@ -10,6 +10,7 @@ mod cli;
 mod registry_cmd;
 mod settings;
 mod up;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -106,6 +107,11 @@ pub struct UpArgs {
     /// HTTPS listen address: overrides the address of the first `[[router.tls]]` listener.
     #[arg(long)]
     pub https_addr: Option<SocketAddr>,
+    /// Take over from the strait running on the same data directory (a new binary or
+    /// configuration): its listening sockets, instances and leases, with no failed
+    /// request. The old process drains and exits.
+    #[arg(long)]
+    pub upgrade: bool,
 }
 
 #[derive(Args)]

@@ -1,16 +1,18 @@
 //! `strait up`: open the store, serve the admin API, run until SIGINT/SIGTERM.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use anyhow::Context;
 use discovery::Leases;
 use discovery::store::StoreMetrics;
 use prometheus::Registry;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::UpArgs;
 use crate::admin::Admin;
 use crate::settings::Settings;
+use crate::upgrade;
 
 pub fn run(args: UpArgs) -> anyhow::Result<()> {
     init_logging();
@@ -56,7 +58,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .thread_name("strait-control")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(settings, args.upgrade))
 }
 
 pub fn init_logging() {
@@ -69,7 +71,10 @@ pub fn init_logging() {
         .init();
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
+    let paths = upgrade::Paths::new(&settings.store.data_dir)?;
+    // Everything that can fail on bad configuration fails here, before a running strait
+    // is asked to hand over.
     let registry = Registry::new();
     let build_info = prometheus::IntGaugeVec::new(
         prometheus::Opts::new("strait_build_info", "strait version"),
@@ -81,92 +86,297 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     registry.register(Box::new(build_info))?;
     #[cfg(feature = "alloc-stats")]
     export_allocation_counts(&registry)?;
-
     let store_metrics = StoreMetrics::new(&registry)?;
+    let router = Arc::new(router::Router::new(settings.router.clone(), &registry)?);
+    let dns = discovery::dns::server::DnsServer::new(settings.dns.clone(), &registry)?;
+    let agent_file = match &settings.agent.services {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Some((path, discovery::agent::parse(path, &text)?))
+        }
+        None => None,
+    };
+    let registry_server = if settings.registry.enabled {
+        Some(registry::RegistryServer::new(
+            settings.registry.clone(),
+            &settings.registry_root(),
+            &registry,
+        )?)
+    } else {
+        None
+    };
+
+    // A successor first takes the running process's sockets and what it owns.
+    let (transfer, mut sockets, handshake) = if upgrade {
+        let successor = upgrade::Successor::signal(&paths)?;
+        info!("upgrade: waiting for the running strait to hand over");
+        let (transfer, sockets, handshake) =
+            tokio::task::spawn_blocking(move || successor.receive(HANDOVER_TIMEOUT)).await??;
+        info!(
+            instances = transfer.store.instances.len(),
+            leases = transfer.leases.len(),
+            sockets = transfer.sockets.len(),
+            "upgrade: received the running strait's sockets and registrations"
+        );
+        (Some(transfer), sockets, Some(handshake))
+    } else {
+        (None, upgrade::Sockets::default(), None)
+    };
+
     let store = discovery::store::open(&settings.store, store_metrics.clone())
         .await
         .with_context(|| format!("cannot open the {} store", settings.store.url))?;
     info!(store = %settings.store.url, "discovery store opened");
-
-    let router = Arc::new(router::Router::new(settings.router.clone(), &registry)?);
-    router.follow(store.watch())?;
-    let router_handle = router.start()?;
-
-    let dns = discovery::dns::server::DnsServer::new(settings.dns.clone(), &registry)?;
-    dns.follow(store.watch())?;
-    dns.start()?;
-
     let leases = Leases::new(Arc::clone(&store));
-    tokio::spawn(Arc::clone(&leases).run_reaper());
-    let agent = match &settings.agent.services {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let file = discovery::agent::parse(path, &text)?;
+    if let Some(transfer) = &transfer {
+        store
+            .adopt(transfer.store.clone())
+            .await
+            .context("upgrade: cannot adopt the running strait's instances")?;
+        leases.adopt(transfer.leases.clone());
+    }
+    let mut reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
+
+    router.follow(store.watch())?;
+    if let Some(handshake) = handshake {
+        // Serve nothing before the table holds what the predecessor served.
+        let revision = store.snapshot().revision;
+        let deadline = std::time::Instant::now() + HANDOVER_TIMEOUT;
+        while router.table().revision < revision && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        handshake.confirm()?;
+    }
+    // With --upgrade this receives the HTTP and TLS listeners (pingora's hand-off).
+    let router_handle = router.start_with(router::StartOptions {
+        upgrade_socket: Some(paths.router_socket.clone()),
+        inherit: upgrade,
+        tcp_listeners: std::mem::take(&mut sockets.tcp_routes),
+    })?;
+
+    dns.follow(store.watch())?;
+    match sockets.dns.take() {
+        Some((udp, tcp)) => dns.start_inherited(udp, tcp)?,
+        None => dns.start()?,
+    };
+
+    let agent = match agent_file {
+        Some((path, file)) => {
             info!(services = file.services.len(), file = %path.display(), "agent: registering local services");
-            Some(discovery::agent::Agent::start(
+            let adopted = transfer
+                .as_ref()
+                .map_or(&[][..], |t| t.store.instances.as_slice());
+            Some(discovery::agent::Agent::start_adopting(
                 file,
                 Arc::new(discovery::agent::LocalRegistrar {
                     store: Arc::clone(&store),
                     leases: Arc::clone(&leases),
                 }),
+                adopted,
             ))
         }
         None => None,
     };
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let registry_task = if settings.registry.enabled {
-        let server = registry::RegistryServer::new(
-            settings.registry.clone(),
-            &settings.registry_root(),
-            &registry,
-        )?;
-        let listener = server.bind().await?;
-        let mut stopped = stopped.clone();
-        Some(tokio::spawn(server.serve(
-            listener,
-            axum::Router::new(),
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            },
-        )))
-    } else {
-        None
+    let mut registry_listener = match (&registry_server, sockets.registry.take()) {
+        (Some(server), Some(inherited)) => Some(server.inherit(inherited)?),
+        (Some(server), None) => Some(server.bind().await?),
+        (None, _) => None,
     };
 
     let admin = Admin::new(
         Arc::clone(&store),
-        leases,
+        Arc::clone(&leases),
         registry,
         store_metrics,
         settings.admin.token.clone(),
         router,
         agent.clone(),
-    )?;
-    let listener = tokio::net::TcpListener::bind(settings.admin.addr)
-        .await
-        .with_context(|| format!("cannot listen on {} for the admin API", settings.admin.addr))?;
-    let admin_addr = listener.local_addr()?;
+    )?
+    .router();
+    let mut admin_listener = match sockets.admin.take() {
+        Some(inherited) => {
+            inherited.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(inherited)?
+        }
+        None => tokio::net::TcpListener::bind(settings.admin.addr)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {} for the admin API", settings.admin.addr)
+            })?,
+    };
+    let admin_addr = admin_listener.local_addr()?;
     info!(addr = %admin_addr, "admin API listening on {admin_addr}");
+    paths.write_pid()?;
 
-    axum::serve(listener, admin.router())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            let _ = stop.send(true);
-        })
-        .await
-        .context("admin API server failed")?;
-    if let Some(task) = registry_task {
-        let _ = task.await;
+    loop {
+        // Copies of the sockets a hand-over sends (the servers close theirs on stopping).
+        let admin_socket = admin_listener.as_fd().try_clone_to_owned()?;
+        let registry_socket = match &registry_listener {
+            Some(listener) => Some(listener.as_fd().try_clone_to_owned()?),
+            None => None,
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let admin_task = {
+            let mut stopped = stopped.clone();
+            tokio::spawn(
+                axum::serve(admin_listener, admin.clone())
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                    .into_future(),
+            )
+        };
+        let registry_task = match (&registry_server, registry_listener.take()) {
+            (Some(server), Some(listener)) => {
+                let mut stopped = stopped.clone();
+                Some(tokio::spawn(server.clone().serve(
+                    listener,
+                    axum::Router::new(),
+                    async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    },
+                )))
+            }
+            _ => None,
+        };
+        let mut admin_task = admin_task;
+        let signal = tokio::select! {
+            signal = stop_signal() => signal,
+            ended = &mut admin_task => {
+                ended?.context("admin API server failed")?;
+                anyhow::bail!("the admin API server stopped");
+            }
+        };
+        let _ = stop.send(true);
+        if signal == Stop::Terminate {
+            let _ = admin_task.await;
+            if let Some(task) = registry_task {
+                let _ = task.await;
+            }
+            break;
+        }
+
+        // Upgrade. In-flight admin writes finish before the store is handed over; the
+        // registry's uploads finish here while the successor accepts new ones.
+        info!("upgrade: SIGQUIT received; handing over to the new process");
+        let _ = tokio::time::timeout(HANDOVER_TIMEOUT, admin_task).await;
+        let dns_sockets = dns.hand_over();
+        let tcp_sockets = router_handle.hand_over_tcp();
+        if let Some(agent) = &agent {
+            agent.stop();
+        }
+        reaper.abort();
+        let handover = store.hand_over().await?;
+        let handed_leases = leases.hand_over();
+        let sockets = upgrade::Sockets {
+            admin: Some(std::net::TcpListener::from(admin_socket)),
+            registry: registry_socket.map(std::net::TcpListener::from),
+            dns: dns_sockets.map(|(udp, tcp)| {
+                (
+                    std::net::UdpSocket::from(udp),
+                    std::net::TcpListener::from(tcp),
+                )
+            }),
+            tcp_routes: tcp_sockets
+                .into_iter()
+                .map(|(_, socket)| std::net::TcpListener::from(socket))
+                .collect(),
+        };
+        let to_send = sockets.to_send()?;
+        let transfer = upgrade::Transfer {
+            sockets: to_send.iter().map(|(kind, _)| *kind).collect(),
+            store: handover,
+            leases: handed_leases,
+        };
+        let (outcome, transfer) = {
+            let paths = paths.clone();
+            tokio::task::spawn_blocking(move || {
+                let outcome = upgrade::hand_over(&paths, &transfer, &to_send, HANDOVER_TIMEOUT);
+                (outcome, transfer)
+            })
+            .await?
+        };
+        match outcome {
+            Ok(true) => {
+                info!("upgrade: the new process has taken over; draining");
+                if let Some(task) = registry_task {
+                    let _ = tokio::time::timeout(settings.router.drain_timeout, task).await;
+                }
+                router_handle
+                    .hand_over_and_drain(settings.router.drain_timeout)
+                    .await;
+                // Instances were handed over: nothing of ours is left to remove.
+                store.shutdown().await;
+                return Ok(());
+            }
+            Ok(false) => warn!("upgrade: the new process failed before taking over; serving on"),
+            Err(e) => warn!(error = %e, "upgrade: hand-over failed; serving on"),
+        }
+        // Take everything back: the sockets never closed, so nothing was lost.
+        store
+            .adopt(transfer.store)
+            .await
+            .context("upgrade failed and the store cannot be taken back")?;
+        leases.adopt(transfer.leases);
+        reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
+        if let Some(agent) = &agent {
+            agent.resume();
+        }
+        if let Some((udp, tcp)) = sockets.dns {
+            dns.start_inherited(udp, tcp)?;
+        }
+        router_handle.take_back_tcp(sockets.tcp_routes);
+        if let Some(task) = registry_task {
+            let _ = task.await;
+        }
+        registry_listener = match (&registry_server, sockets.registry) {
+            (Some(server), Some(listener)) => Some(server.inherit(listener)?),
+            _ => None,
+        };
+        let admin_socket = sockets
+            .admin
+            .context("the admin API's socket was not kept")?;
+        admin_socket.set_nonblocking(true)?;
+        admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
+        paths.write_pid()?;
     }
+    reaper.abort();
     info!("shutting down: draining the router");
     router_handle.drain(settings.router.drain_timeout).await;
     if let Some(agent) = &agent {
         agent.shutdown().await;
     }
     store.shutdown().await;
+    paths.remove_pid();
     Ok(())
+}
+
+/// How long either side of an upgrade waits for the other.
+const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM or SIGINT: drain and exit.
+    Terminate,
+    /// SIGQUIT: a successor started with `--upgrade` waits for our sockets.
+    Upgrade,
+}
+
+async fn stop_signal() -> Stop {
+    let quit = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown_signal() => Stop::Terminate,
+        () = quit => Stop::Upgrade,
+    }
 }
 
 pub async fn shutdown_signal() {

@@ -325,12 +325,25 @@ pub struct Agent {
     locals: Mutex<Vec<Local>>,
     /// Check id -> (instance index, check index), for TTL passes.
     check_ids: BTreeMap<String, (usize, usize)>,
+    /// Bumped by `stop` and `resume`: a check loop of an older generation ends.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Agent {
     /// Registers every defined instance and starts its checks. Instances start critical
     /// when they have checks (until the checks pass `rise` times), passing otherwise.
     pub fn start(file: AgentFile, registrar: Arc<dyn Registrar>) -> Arc<Agent> {
+        Self::start_adopting(file, registrar, &[])
+    }
+
+    /// As `start`, after a binary upgrade: an instance the predecessor had published as
+    /// passing starts passing (its checks go on from there), so the upgrade does not
+    /// take it out of service for `rise` check intervals.
+    pub fn start_adopting(
+        file: AgentFile,
+        registrar: Arc<dyn Registrar>,
+        adopted: &[Instance],
+    ) -> Arc<Agent> {
         let mut check_ids = BTreeMap::new();
         let locals = file
             .services
@@ -344,15 +357,20 @@ impl Agent {
                         .unwrap_or_else(|| format!("{}:{c}", definition.id));
                     check_ids.insert(id, (i, c));
                 }
+                let passing = adopted.iter().any(|instance| {
+                    instance.service == definition.service
+                        && instance.id == definition.id
+                        && instance.spec.health == Health::Passing
+                });
                 Local {
                     checks: definition
                         .checks
                         .iter()
-                        .map(|_| CheckState {
-                            passing: false,
-                            successes: 0,
+                        .map(|check| CheckState {
+                            passing,
+                            successes: if passing { check.rise } else { 0 },
                             failures: 0,
-                            last_pass: None,
+                            last_pass: passing.then(Instant::now),
                         })
                         .collect(),
                     maintenance: definition.maintenance,
@@ -364,8 +382,9 @@ impl Agent {
             registrar,
             locals: Mutex::new(locals),
             check_ids,
+            generation: std::sync::atomic::AtomicU64::new(0),
         });
-        tokio::spawn(Arc::clone(&agent).run());
+        tokio::spawn(Arc::clone(&agent).run(0));
         agent
     }
 
@@ -403,7 +422,9 @@ impl Agent {
     }
 
     /// Runs the checks and keeps the store in step with their results.
-    async fn run(self: Arc<Self>) {
+    async fn run(self: Arc<Self>, generation: u64) {
+        use std::sync::atomic::Ordering;
+        let current = || self.generation.load(Ordering::Acquire) == generation;
         let tick = Duration::from_millis(100);
         let mut published: Vec<Option<Health>> = vec![None; self.lock().len()];
         let mut next_run: Vec<Vec<Instant>> = self
@@ -411,7 +432,7 @@ impl Agent {
             .iter()
             .map(|l| vec![Instant::now(); l.checks.len()])
             .collect();
-        loop {
+        while current() {
             // Run the checks that are due, concurrently.
             let due: Vec<(usize, usize, ServiceDefinition, CheckDefinition)> = {
                 let locals = self.lock();
@@ -458,6 +479,9 @@ impl Agent {
                     next_run[i][c] = Instant::now() + definition.interval.mul_f64(jitter);
                 }
             }
+            if !current() {
+                return;
+            }
             // Publish what changed, and re-publish what the store lost (e.g. after an
             // outage, a new ZooKeeper session or a lost lease). Only the instances that
             // need writing are built.
@@ -491,6 +515,22 @@ impl Agent {
             }
             tokio::time::sleep(tick).await;
         }
+    }
+
+    /// Stops checking and publishing, leaving the instances registered (a binary upgrade:
+    /// the successor's agent takes them over).
+    pub fn stop(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Checks and publishes again after `stop` (an upgrade that did not happen).
+    pub fn resume(self: &Arc<Self>) {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        tokio::spawn(Arc::clone(self).run(generation));
     }
 
     /// Removes this agent's instances (on shutdown).

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -34,6 +34,18 @@ pub struct LeaseInfo {
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     pub instances: Vec<String>,
+}
+
+/// A lease as a binary upgrade hands it to the new process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseHandover {
+    pub id: String,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Time left before it expires.
+    #[serde(with = "humantime_serde")]
+    pub remaining: Duration,
+    pub instances: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -95,6 +107,46 @@ impl Leases {
 
     pub fn get(&self, id: &str) -> Option<LeaseInfo> {
         self.lock().leases.get(id).map(|lease| info_of(id, lease))
+    }
+
+    /// Binary upgrade, old process: gives up every lease (nothing here expires or
+    /// deregisters them any more) and returns them for the successor.
+    pub fn hand_over(&self) -> Vec<LeaseHandover> {
+        let table = std::mem::take(&mut *self.lock());
+        let now = Instant::now();
+        table
+            .leases
+            .into_iter()
+            .map(|(id, lease)| LeaseHandover {
+                id,
+                ttl: lease.ttl,
+                remaining: lease.deadline.saturating_duration_since(now),
+                instances: lease.instances.into_iter().collect(),
+            })
+            .collect()
+    }
+
+    /// Binary upgrade, new process: takes over the predecessor's leases with their
+    /// deadlines (at least `MIN_TTL` away, so an owner renewing during the hand-over
+    /// is not cut off).
+    pub fn adopt(&self, leases: Vec<LeaseHandover>) {
+        let now = Instant::now();
+        let mut table = self.lock();
+        for lease in leases {
+            for key in &lease.instances {
+                table.owner.insert(key.clone(), lease.id.clone());
+            }
+            table.leases.insert(
+                lease.id,
+                Lease {
+                    ttl: lease.ttl,
+                    deadline: now + lease.remaining.max(MIN_TTL),
+                    instances: lease.instances.into_iter().collect(),
+                },
+            );
+        }
+        drop(table);
+        self.changed.notify_one();
     }
 
     /// Keeps instances whose deregistration failed owned by a short lease, so the reaper

@@ -18,4 +18,4 @@ pub mod store;
 pub use lease::Leases;
 pub use model::{Health, Instance, InstanceSpec, ModelError, Route};
 pub use snapshot::Snapshot;
-pub use store::{Store, StoreConfig, StoreError, StoreStatus, StoreUrl};
+pub use store::{Handover, Store, StoreConfig, StoreError, StoreStatus, StoreUrl};

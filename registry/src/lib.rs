@@ -56,6 +56,7 @@ pub enum Error {
 }
 
 /// A configured registry, ready to listen.
+#[derive(Clone)]
 pub struct RegistryServer {
     registry: Arc<Registry>,
     config: RegistryConfig,
@@ -103,6 +104,27 @@ impl RegistryServer {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| Error::Listen { addr, source })?;
+        self.listening(listener)
+    }
+
+    /// Serves a listening socket handed over by a predecessor (a binary upgrade).
+    pub fn inherit(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> Result<tokio::net::TcpListener, Error> {
+        let addr = self.config.addr;
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .map_err(|source| Error::Listen { addr, source })
+            .and_then(|listener| self.listening(listener))
+    }
+
+    fn listening(
+        &self,
+        listener: tokio::net::TcpListener,
+    ) -> Result<tokio::net::TcpListener, Error> {
+        let addr = self.config.addr;
         let local = listener
             .local_addr()
             .map_err(|source| Error::Listen { addr, source })?;

@@ -35,5 +35,5 @@ pub mod upstream_pool;
 pub mod upstream_tls;
 
 pub use config::RouterConfig;
-pub use service::{Router, RouterError, RouterHandle};
+pub use service::{Router, RouterError, RouterHandle, StartOptions};
 pub use table::Table;

@@ -2,15 +2,19 @@
 //! the pingora server (its own threads and runtimes) that serves from them.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use discovery::Snapshot;
+use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
 use prometheus::Registry;
 use tokio::sync::{Notify, watch};
@@ -22,6 +26,7 @@ use crate::metrics::RouterMetrics;
 use crate::pool::{Clock, PoolStates};
 use crate::proxy::{PingoraProxy, Proxy};
 use crate::table::{Table, compile};
+use crate::tcp::TcpListeners;
 use crate::upstream_tls::UpstreamTlsSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,7 @@ pub struct Router {
     upstream_tls: UpstreamTlsSet,
     metrics: RouterMetrics,
     clock: Clock,
+    tcp_listeners: Arc<TcpListeners>,
 }
 
 impl Router {
@@ -82,6 +88,7 @@ impl Router {
             config: Arc::new(config),
             metrics: RouterMetrics::new(registry)?,
             clock: Clock::new(),
+            tcp_listeners: Arc::default(),
         })
     }
 
@@ -143,8 +150,19 @@ impl Router {
 
     /// Starts serving on `config.http_addr` (port 0 picks a free port).
     pub fn start(&self) -> Result<RouterHandle, RouterError> {
-        let addr = resolve_port(self.config.http_addr)?;
-        let conf = ServerConf {
+        self.start_with(StartOptions::default())
+    }
+
+    /// Starts serving, taking the listeners over from a predecessor when `options` say so
+    /// (a binary upgrade).
+    pub fn start_with(&self, start: StartOptions) -> Result<RouterHandle, RouterError> {
+        // On a hand-over the address is in use, by the very socket we are about to get.
+        let addr = if start.inherit {
+            self.config.http_addr
+        } else {
+            resolve_port(self.config.http_addr)?
+        };
+        let mut conf = ServerConf {
             threads: self.config.threads.max(1),
             // One single-threaded runtime per worker thread: no cross-thread task
             // stealing or wake-ups on the hot path.
@@ -153,7 +171,16 @@ impl Router {
             graceful_shutdown_timeout_seconds: Some(1),
             ..ServerConf::default()
         };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
+        if let Some(socket) = &start.upgrade_socket {
+            conf.upgrade_sock = socket.to_string_lossy().into_owned();
+        }
+        let opt = Opt {
+            upgrade: start.inherit,
+            ..Opt::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+        let phases = server.watch_execution_phase();
+        // With `inherit`, this waits for the predecessor's sockets (pingora's hand-off).
         server.bootstrap();
 
         let access_log = match &self.config.access_log {
@@ -213,7 +240,11 @@ impl Router {
         service.add_tcp(&addr.to_string());
         let mut tls_addrs = Vec::new();
         for listener in &self.config.tls {
-            let tls_addr = resolve_port(listener.addr)?;
+            let tls_addr = if start.inherit {
+                listener.addr
+            } else {
+                resolve_port(listener.addr)?
+            };
             let certs =
                 crate::tls::CertStore::load(listener.certificates.clone()).map_err(|error| {
                     RouterError::Tls {
@@ -241,10 +272,15 @@ impl Router {
         }
         server.add_service(service);
 
+        self.tcp_listeners.inherit(start.tcp_listeners);
         self.start_tcp()?;
         self.start_health_checks()?;
         let stop = Arc::new(Notify::new());
-        let signal = StopSignal(Arc::clone(&stop));
+        let upgrade = Arc::new(AtomicBool::new(false));
+        let signal = StopSignal {
+            stop: Arc::clone(&stop),
+            upgrade: Arc::clone(&upgrade),
+        };
         let thread = std::thread::Builder::new()
             .name("strait-router".into())
             .spawn(move || {
@@ -263,6 +299,9 @@ impl Router {
         Ok(RouterHandle {
             addr,
             stop,
+            upgrade,
+            phases,
+            tcp_listeners: Arc::clone(&self.tcp_listeners),
             thread,
             metrics: self.metrics.clone(),
         })
@@ -304,6 +343,7 @@ impl Router {
             config: Arc::clone(&self.config),
             metrics: self.metrics.clone(),
             clock: self.clock,
+            listeners: Arc::clone(&self.tcp_listeners),
         });
         let swaps = self.swaps.subscribe();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -344,13 +384,34 @@ fn wait_listening(addr: SocketAddr) -> Result<(), RouterError> {
     Err(RouterError::NotListening(addr))
 }
 
-struct StopSignal(Arc<Notify>);
+/// How the router starts: on its own sockets, or on a predecessor's.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Where pingora's listening sockets are handed over on an upgrade (sent to by this
+    /// process when it hands over; received on when `inherit`).
+    pub upgrade_socket: Option<PathBuf>,
+    /// Receive the HTTP and TLS listeners from the predecessor instead of binding.
+    pub inherit: bool,
+    /// TCP route listeners the predecessor handed over.
+    pub tcp_listeners: Vec<std::net::TcpListener>,
+}
+
+struct StopSignal {
+    stop: Arc<Notify>,
+    upgrade: Arc<AtomicBool>,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for StopSignal {
     async fn recv(&self) -> ShutdownSignal {
-        self.0.notified().await;
-        ShutdownSignal::GracefulTerminate
+        self.stop.notified().await;
+        if self.upgrade.load(Ordering::Acquire) {
+            // pingora sends its listening sockets to the upgrade socket, keeps accepting
+            // for a few seconds beside the successor, then shuts down gracefully.
+            ShutdownSignal::GracefulUpgrade
+        } else {
+            ShutdownSignal::GracefulTerminate
+        }
     }
 }
 
@@ -358,6 +419,9 @@ impl ShutdownSignalWatch for StopSignal {
 pub struct RouterHandle {
     addr: SocketAddr,
     stop: Arc<Notify>,
+    upgrade: Arc<AtomicBool>,
+    phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    tcp_listeners: Arc<TcpListeners>,
     thread: JoinHandle<()>,
     metrics: RouterMetrics,
 }
@@ -367,10 +431,42 @@ impl RouterHandle {
         self.addr
     }
 
+    /// Binary upgrade, first step: stops accepting on the TCP route listeners and returns
+    /// them. `take_back` undoes it if the successor fails.
+    pub fn hand_over_tcp(&self) -> Vec<(SocketAddr, OwnedFd)> {
+        self.tcp_listeners.hand_over()
+    }
+
+    /// Serves TCP route sockets again after a failed hand-over.
+    pub fn take_back_tcp(&self, listeners: Vec<std::net::TcpListener>) {
+        self.tcp_listeners.inherit(listeners);
+    }
+
+    /// Binary upgrade, last step: pingora sends the HTTP and TLS listeners to the
+    /// successor, accepts beside it for a few seconds, then stops; in-flight requests
+    /// finish (at most `timeout`).
+    pub async fn hand_over_and_drain(mut self, timeout: Duration) {
+        self.upgrade.store(true, Ordering::Release);
+        self.stop.notify_one();
+        loop {
+            match self.phases.recv().await {
+                Ok(ExecutionPhase::ShutdownStarted)
+                | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            }
+        }
+        info!("listeners handed over; draining");
+        self.wait_for_requests(timeout).await;
+    }
+
     /// Stops accepting, lets in-flight requests finish (at most `timeout`), and returns.
     /// Idle keep-alive connections are closed by pingora's shutdown.
     pub async fn drain(self, timeout: Duration) {
         self.stop.notify_one();
+        self.wait_for_requests(timeout).await;
+    }
+
+    async fn wait_for_requests(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         // Give pingora a moment to stop its listeners before counting.
         tokio::time::sleep(Duration::from_millis(100)).await;

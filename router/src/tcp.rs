@@ -9,8 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -146,41 +147,116 @@ pub struct TcpProxy {
     pub config: Arc<RouterConfig>,
     pub metrics: RouterMetrics,
     pub clock: Clock,
+    pub listeners: Arc<TcpListeners>,
+}
+
+/// The TCP route listeners, shared with the router handle for a binary upgrade.
+#[derive(Default)]
+pub struct TcpListeners {
+    state: Mutex<ListenerState>,
+    /// Wakes the reconciling loop (after a hand-over is taken back).
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct ListenerState {
+    /// Address -> accept loop, and a copy of its socket to hand over.
+    open: BTreeMap<SocketAddr, (tokio::task::JoinHandle<()>, OwnedFd)>,
+    /// Sockets from a predecessor (or taken back), used instead of binding.
+    inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    /// Handed over: accept nothing, bind nothing.
+    handed_over: bool,
+}
+
+impl TcpListeners {
+    fn lock(&self) -> MutexGuard<'_, ListenerState> {
+        // Each critical section is a few map operations: a poisoned guard is consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sockets to serve instead of binding their addresses (a binary upgrade).
+    pub fn inherit(&self, listeners: Vec<std::net::TcpListener>) {
+        let mut state = self.lock();
+        for listener in listeners {
+            if let Ok(addr) = listener.local_addr() {
+                state.inherited.insert(addr, listener);
+            }
+        }
+        state.handed_over = false;
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// Binary upgrade: stops accepting (connections wait in the sockets for the
+    /// successor; open ones run on) and returns the listening sockets.
+    pub fn hand_over(&self) -> Vec<(SocketAddr, OwnedFd)> {
+        let mut state = self.lock();
+        state.handed_over = true;
+        std::mem::take(&mut state.open)
+            .into_iter()
+            .map(|(addr, (task, socket))| {
+                task.abort();
+                (addr, socket)
+            })
+            .collect()
+    }
 }
 
 impl TcpProxy {
     /// Runs until the process exits: reconciles listeners with each new table.
     pub async fn run(self: Arc<Self>, mut tables: tokio::sync::watch::Receiver<u64>) {
-        let mut listeners: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
         loop {
             let table = self.table.load_full();
-            for (addr, handle) in std::mem::take(&mut listeners) {
-                if table.tcp.contains_key(&addr) && !handle.is_finished() {
-                    listeners.insert(addr, handle);
+            self.reconcile(&table).await;
+            tokio::select! {
+                changed = tables.changed() => if changed.is_err() { return },
+                () = self.listeners.changed.notified() => {}
+            }
+        }
+    }
+
+    async fn reconcile(self: &Arc<Self>, table: &Table) {
+        let wanted: Vec<SocketAddr> = {
+            let mut state = self.listeners.lock();
+            if state.handed_over {
+                return;
+            }
+            let open = std::mem::take(&mut state.open);
+            for (addr, (task, socket)) in open {
+                if table.tcp.contains_key(&addr) && !task.is_finished() {
+                    state.open.insert(addr, (task, socket));
                 } else {
-                    handle.abort();
+                    task.abort();
                     info!(addr = %addr, "TCP route listener closed");
                 }
             }
-            for addr in table.tcp.keys() {
-                if listeners.contains_key(addr) {
-                    continue;
+            table
+                .tcp
+                .keys()
+                .filter(|addr| !state.open.contains_key(addr))
+                .copied()
+                .collect()
+        };
+        for addr in wanted {
+            let inherited = self.listeners.lock().inherited.remove(&addr);
+            let listener = match inherited {
+                Some(listener) => listener
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(listener)),
+                None => TcpListener::bind(addr).await,
+            };
+            let listener = listener.and_then(|l| Ok((l.as_fd().try_clone_to_owned()?, l)));
+            match listener {
+                Ok((socket, listener)) => {
+                    info!(addr = %addr, "TCP route listening on {addr}");
+                    let task = tokio::spawn(Arc::clone(self).accept_loop(addr, listener));
+                    self.listeners.lock().open.insert(addr, (task, socket));
                 }
-                match TcpListener::bind(addr).await {
-                    Ok(listener) => {
-                        info!(addr = %addr, "TCP route listening on {addr}");
-                        let proxy = Arc::clone(&self);
-                        listeners.insert(*addr, tokio::spawn(proxy.accept_loop(*addr, listener)));
-                    }
-                    Err(e) => {
-                        // Retried on the next table change.
-                        warn!(addr = %addr, error = %e, "cannot listen for TCP route");
-                        self.metrics.rejected("tcp route listen failed");
-                    }
+                Err(e) => {
+                    // Retried on the next table change.
+                    warn!(addr = %addr, error = %e, "cannot listen for TCP route");
+                    self.metrics.rejected("tcp route listen failed");
                 }
-            }
-            if tables.changed().await.is_err() {
-                return;
             }
         }
     }

@@ -129,18 +129,18 @@ impl StraitBuilder {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
         let mut command = Command::new(STRAIT);
+        command.arg("up").arg("--data-dir").arg(&data_dir);
+        for flag in [
+            "--admin-addr",
+            "--http-addr",
+            "--dns-addr",
+            "--registry-addr",
+        ] {
+            if !self.args.iter().any(|a| a == flag) {
+                command.arg(flag).arg("127.0.0.1:0");
+            }
+        }
         command
-            .arg("up")
-            .arg("--admin-addr")
-            .arg("127.0.0.1:0")
-            .arg("--http-addr")
-            .arg("127.0.0.1:0")
-            .arg("--dns-addr")
-            .arg("127.0.0.1:0")
-            .arg("--registry-addr")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&data_dir)
             .args(&self.args)
             .env(
                 "RUST_LOG",
@@ -286,6 +286,25 @@ impl Strait {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+    }
+
+    /// Waits for the process to exit by itself (e.g. after handing over to an upgrade).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                kill(&mut child);
+                panic!(
+                    "strait did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

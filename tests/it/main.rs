@@ -15,5 +15,6 @@ mod registry;
 mod router;
 mod tcp;
 mod tls;
+mod upgrade;
 mod upstream_tls;
 mod zookeeper;

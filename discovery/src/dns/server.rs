@@ -2,8 +2,9 @@
 //! own single-threaded runtime answering UDP and TCP from the current table.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -101,6 +102,14 @@ pub struct DnsServer {
     table: Arc<ArcSwap<DnsTable>>,
     config: DnsConfig,
     metrics: DnsMetrics,
+    /// The sockets being served (copies, for a binary upgrade) and the stop switch.
+    serving: Mutex<Option<Serving>>,
+}
+
+struct Serving {
+    udp: OwnedFd,
+    tcp: OwnedFd,
+    stop: watch::Sender<bool>,
 }
 
 impl DnsServer {
@@ -118,6 +127,7 @@ impl DnsServer {
             table: Arc::new(ArcSwap::from_pointee(DnsTable::default())),
             config,
             metrics: DnsMetrics::new(registry)?,
+            serving: Mutex::new(None),
         })
     }
 
@@ -148,17 +158,58 @@ impl DnsServer {
     /// Binds UDP and TCP on the configured address and serves on a thread of its own.
     /// Returns the bound address.
     pub fn start(&self) -> Result<SocketAddr, DnsError> {
+        // Bound here, synchronously, so errors reach the caller; registered with the
+        // DNS thread's own runtime there.
+        let (udp, tcp) = bind(self.config.addr)?;
+        self.serve(udp, tcp)
+    }
+
+    /// Serves sockets a predecessor handed over (binary upgrade) instead of binding.
+    pub fn start_inherited(
+        &self,
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+    ) -> Result<SocketAddr, DnsError> {
+        let addr = self.config.addr;
+        udp.set_nonblocking(true)
+            .map_err(|error| DnsError::Listen { addr, error })?;
+        tcp.set_nonblocking(true)
+            .map_err(|error| DnsError::Listen { addr, error })?;
+        self.serve(udp, tcp)
+    }
+
+    /// Binary upgrade: stops answering (queries wait in the sockets for the successor)
+    /// and returns the sockets, UDP then TCP.
+    pub fn hand_over(&self) -> Option<(OwnedFd, OwnedFd)> {
+        let serving = self
+            .serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        serving.stop.send_replace(true);
+        Some((serving.udp, serving.tcp))
+    }
+
+    fn serve(
+        &self,
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+    ) -> Result<SocketAddr, DnsError> {
+        let listen_error = |error| DnsError::Listen {
+            addr: self.config.addr,
+            error,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(DnsError::Thread)?;
-        // Bound here, synchronously, so errors reach the caller; registered with the
-        // DNS thread's own runtime there.
-        let (udp, tcp) = bind(self.config.addr)?;
-        let addr = udp.local_addr().map_err(|error| DnsError::Listen {
-            addr: self.config.addr,
-            error,
-        })?;
+        let addr = udp.local_addr().map_err(listen_error)?;
+        let (stop, mut stopped) = watch::channel(false);
+        *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = Some(Serving {
+            udp: udp.as_fd().try_clone_to_owned().map_err(listen_error)?,
+            tcp: tcp.as_fd().try_clone_to_owned().map_err(listen_error)?,
+            stop,
+        });
         let (table, metrics) = (Arc::clone(&self.table), self.metrics.clone());
         std::thread::Builder::new()
             .name("strait-dns".into())
@@ -175,8 +226,9 @@ impl DnsServer {
                         Arc::clone(&table),
                         metrics.clone(),
                         Arc::clone(&rotation),
+                        stopped.clone(),
                     ));
-                    serve_udp(udp, table, metrics, rotation).await;
+                    serve_udp(udp, table, metrics, rotation, &mut stopped).await;
                 });
             })
             .map_err(DnsError::Thread)?;
@@ -217,11 +269,18 @@ async fn serve_udp(
     table: Arc<ArcSwap<DnsTable>>,
     metrics: DnsMetrics,
     rotation: Arc<AtomicUsize>,
+    stopped: &mut watch::Receiver<bool>,
 ) {
     let mut query = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
     loop {
-        let Ok((len, peer)) = socket.recv_from(&mut query).await else {
+        // `recv_from` is cancel-safe: a datagram not yet taken stays for the successor.
+        let received = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => return,
+            received = socket.recv_from(&mut query) => received,
+        };
+        let Ok((len, peer)) = received else {
             continue;
         };
         let started = Instant::now();
@@ -245,9 +304,15 @@ async fn serve_tcp(
     table: Arc<ArcSwap<DnsTable>>,
     metrics: DnsMetrics,
     rotation: Arc<AtomicUsize>,
+    mut stopped: watch::Receiver<bool>,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };

@@ -4,12 +4,14 @@
 //! (temporary file, fsync, rename, fsync of the directory), so a crash leaves either the
 //! old or the new file, never a torn one. Instances live in memory only: they are owned by
 //! this process (or by a lease the admin API holds for a remote owner) and vanish with it.
-//! An exclusive lock on `LOCK` keeps two processes off one data directory.
+//! An exclusive lock on `LOCK` keeps two processes off one data directory; on a binary
+//! upgrade the old process releases it and hands its instances to the new one.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -17,7 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Publisher, Store, StoreError, StoreMetrics, StoreStatus};
+use super::{Handover, Publisher, Store, StoreError, StoreMetrics, StoreStatus};
 use crate::model::{Health, Instance, Route};
 use crate::snapshot::{Snapshot, State};
 
@@ -39,7 +41,10 @@ pub struct EmbeddedStore {
     /// Serialises route writes so the file on disk and the state agree on order.
     route_writes: tokio::sync::Mutex<()>,
     publisher: Publisher,
-    _lock: File,
+    /// The data directory's lock, released by `hand_over`.
+    lock: Mutex<Option<File>>,
+    /// Set by `hand_over`: the successor owns the data directory now.
+    handed_over: AtomicBool,
 }
 
 impl EmbeddedStore {
@@ -56,7 +61,8 @@ impl EmbeddedStore {
             state: Mutex::new(state),
             route_writes: tokio::sync::Mutex::new(()),
             publisher,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
+            handed_over: AtomicBool::new(false),
         })
     }
 
@@ -64,6 +70,15 @@ impl EmbeddedStore {
         // State mutations below are single assignments after all fallible work, so a
         // poisoned lock still guards a consistent value.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ensure_owner(&self) -> Result<(), StoreError> {
+        if self.handed_over.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "this process handed the store to its upgrade; write to the new process".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Applies `change` to the state; publishes a new revision if it changed anything.
@@ -86,6 +101,7 @@ impl EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let written = SystemTime::now();
         let _serial = self.route_writes.lock().await;
+        self.ensure_owner()?;
         let mut next = self.lock_state().clone();
         if !change(&mut next) {
             return Ok(false);
@@ -115,12 +131,14 @@ impl EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn register(&self, instance: Instance) -> Result<(), StoreError> {
+        self.ensure_owner()?;
         let written = SystemTime::now();
         self.apply(written, |state| (state.upsert_instance(instance), ()));
         Ok(())
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, StoreError> {
+        self.ensure_owner()?;
         let written = SystemTime::now();
         Ok(self.apply(written, |state| {
             let removed = state.remove_instance(service, id).is_some();
@@ -129,6 +147,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn set_health(&self, service: &str, id: &str, health: Health) -> Result<(), StoreError> {
+        self.ensure_owner()?;
         let written = SystemTime::now();
         self.apply(written, |state| {
             let Some(mut instance) = state.snapshot().instance(service, id).cloned() else {
@@ -168,14 +187,53 @@ impl Store for EmbeddedStore {
     }
 
     async fn shutdown(&self) {}
+
+    async fn hand_over(&self) -> Result<Handover, StoreError> {
+        // No route write is half done once this is held, and none starts after.
+        let _serial = self.route_writes.lock().await;
+        self.handed_over.store(true, Ordering::Release);
+        let instances = self
+            .lock_state()
+            .services
+            .values()
+            .flat_map(|service| service.instances.values().cloned())
+            .collect();
+        // Dropping the file releases the lock for the successor.
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok(Handover {
+            instances,
+            sessions: Vec::new(),
+        })
+    }
+
+    async fn adopt(&self, handover: Handover) -> Result<(), StoreError> {
+        let written = SystemTime::now();
+        if self.handed_over.load(Ordering::Acquire) {
+            // Taking back what this process handed over (the successor failed).
+            let _serial = self.route_writes.lock().await;
+            let dir = self.data_dir.clone();
+            let lock = tokio::task::spawn_blocking(move || lock_data_dir(&dir))
+                .await
+                .map_err(|e| StoreError::Storage(format!("locking task failed: {e}")))??;
+            *self.lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+            self.handed_over.store(false, Ordering::Release);
+        }
+        self.apply(written, |state| {
+            let mut changed = false;
+            for instance in handover.instances {
+                changed |= state.upsert_instance(instance);
+            }
+            (changed, ())
+        });
+        Ok(())
+    }
 }
 
 fn storage_error(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("{}: {what}: {e}", path.display()))
 }
 
-fn load(dir: &Path) -> Result<(File, State), StoreError> {
-    fs::create_dir_all(dir).map_err(|e| storage_error(dir, "cannot create data directory", e))?;
+fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
     let lock_path = dir.join(LOCK_FILE);
     let lock = File::options()
         .create(true)
@@ -189,6 +247,12 @@ fn load(dir: &Path) -> Result<(File, State), StoreError> {
             dir.display()
         ))
     })?;
+    Ok(lock)
+}
+
+fn load(dir: &Path) -> Result<(File, State), StoreError> {
+    fs::create_dir_all(dir).map_err(|e| storage_error(dir, "cannot create data directory", e))?;
+    let lock = lock_data_dir(dir)?;
     let path = dir.join(ROUTES_FILE);
     let mut state = State::default();
     match fs::read(&path) {

@@ -76,6 +76,22 @@ pub trait Store: Send + Sync + 'static {
     fn status(&self) -> StoreStatus;
     /// Removes this process's instances and releases the backend. Idempotent.
     async fn shutdown(&self);
+    /// Binary upgrade, old process: stops writing (every later write fails), releases what
+    /// keeps a successor out (the embedded store's lock) and returns the instances this
+    /// process owns, still registered, for the successor to adopt.
+    async fn hand_over(&self) -> Result<Handover, StoreError>;
+    /// Binary upgrade, new process: registers the predecessor's instances as this
+    /// process's own, replacing what its session still holds.
+    async fn adopt(&self, handover: Handover) -> Result<(), StoreError>;
+}
+
+/// What an upgraded process's predecessor owned in the store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Handover {
+    pub instances: Vec<Instance>,
+    /// The predecessor's ZooKeeper session ids: nodes they own are replaced on adoption.
+    #[serde(default)]
+    pub sessions: Vec<i64>,
 }
 
 /// Which backend, parsed from `embedded` or `zk://host:port[,host:port...][/chroot]`.

@@ -31,7 +31,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
-use super::{Publisher, Store, StoreError, StoreMetrics, StoreStatus};
+use super::{Handover, Publisher, Store, StoreError, StoreMetrics, StoreStatus};
 use crate::model::{Health, Instance, Route};
 use crate::snapshot::{Snapshot, State};
 
@@ -57,6 +57,9 @@ struct Shared {
     publisher: Publisher,
     stop: Notify,
     stopped: std::sync::atomic::AtomicBool,
+    /// Set by `hand_over`: the upgraded process writes now; the session lives on (its
+    /// nodes with it) until the successor has replaced them or this process exits.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,6 +98,7 @@ impl ZkStore {
             publisher: Publisher::new("zookeeper", metrics, false),
             stop: Notify::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(run(Arc::clone(&shared)));
         ZkStore { shared }
@@ -102,6 +106,15 @@ impl ZkStore {
 
     /// The client to write with, if the session is usable now.
     fn client(&self) -> Result<zk::Client, StoreError> {
+        if self
+            .shared
+            .handed_over
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(StoreError::Unavailable(
+                "this process handed the store to its upgrade; write to the new process".into(),
+            ));
+        }
         let client = lock(&self.shared.client).clone();
         match client {
             Some(client) if self.shared.publisher.is_connected() => Ok(client),
@@ -291,6 +304,45 @@ impl Store for ZkStore {
         lock(&self.shared.owned).clear();
         lock(&self.shared.client).take();
         self.shared.stop.notify_one();
+    }
+
+    async fn hand_over(&self) -> Result<Handover, StoreError> {
+        self.shared
+            .handed_over
+            .store(true, std::sync::atomic::Ordering::Release);
+        let instances = std::mem::take(&mut *lock(&self.shared.owned))
+            .into_values()
+            .collect();
+        let mut sessions = lock(&self.shared.previous_sessions).clone();
+        if let Some(client) = lock(&self.shared.client).as_ref() {
+            sessions.push(client.session_id().0);
+        }
+        Ok(Handover {
+            instances,
+            sessions,
+        })
+    }
+
+    async fn adopt(&self, handover: Handover) -> Result<(), StoreError> {
+        // Also how a process takes back what it handed over (the successor failed).
+        self.shared
+            .handed_over
+            .store(false, std::sync::atomic::Ordering::Release);
+        lock(&self.shared.previous_sessions).extend(handover.sessions);
+        // A new store syncs in the background: give it its session timeout to connect.
+        let deadline = tokio::time::Instant::now() + self.shared.session_timeout;
+        for instance in handover.instances {
+            loop {
+                match self.register(instance.clone()).await {
+                    Ok(()) => break,
+                    Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 }
 

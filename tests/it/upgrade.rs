@@ -1,0 +1,303 @@
+//! `strait up --upgrade`: a second process takes over a running one's sockets,
+//! instances and leases while clients keep using HTTP, a TCP route, DNS and the admin
+//! API, and none of them sees a failure.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Strait, StraitBuilder, eventually, free_port, http, signal};
+use crate::http::{Backend, Client};
+
+struct Ports {
+    http: u16,
+    admin: u16,
+    dns: u16,
+    registry: u16,
+}
+
+fn on(ports: &Ports, data: &std::path::Path) -> StraitBuilder {
+    let addr = |port: u16| format!("127.0.0.1:{port}");
+    Strait::builder()
+        .data_dir(data)
+        .arg("--http-addr")
+        .arg(addr(ports.http))
+        .arg("--admin-addr")
+        .arg(addr(ports.admin))
+        .arg("--dns-addr")
+        .arg(addr(ports.dns))
+        .arg("--registry-addr")
+        .arg(addr(ports.registry))
+}
+
+/// One request of a client loop.
+type Probe = dyn Fn() -> Result<(), String> + Send;
+
+/// Counts successes and records failures of one kind of client.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn record(&self, what: &str, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => self
+                .failures
+                .lock()
+                .expect("lock")
+                .push(format!("{what}: {e}")),
+        }
+    }
+}
+
+fn tcp_route_request(addr: SocketAddr) -> Result<(), String> {
+    // A fresh connection each time: each is a new accept on the route's listener.
+    match Client::new(addr).get("raw", "/via-tcp") {
+        Ok(r) if r.status == 200 => Ok(()),
+        Ok(r) => Err(format!("{} {}", r.status, r.text())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn dns_query(port: u16) -> Result<(), String> {
+    let output = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=3", "+tries=1"])
+        .args(["+short", "web.service.strait", "A"])
+        .output()
+        .map_err(|e| format!("dig: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.lines().any(|line| line == "127.0.0.1") {
+        Ok(())
+    } else {
+        Err(format!("dig answered {text:?}"))
+    }
+}
+
+fn renew(admin: u16, lease: &str) -> Result<(), String> {
+    let response = ureq::put(&format!("http://127.0.0.1:{admin}/v1/leases/{lease}/renew"))
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .send_empty()
+        .map_err(|e| e.to_string())?;
+    match response.status().as_u16() {
+        200 => Ok(()),
+        status => Err(format!("renew answered {status}")),
+    }
+}
+
+#[test]
+fn upgrade_under_load_fails_nothing_and_keeps_registrations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let ports = Ports {
+        http: free_port(),
+        admin: free_port(),
+        dns: free_port(),
+        registry: free_port(),
+    };
+    let mut old = on(&ports, &data).start();
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    // `a` is this process's own; `b` is held by a lease, as a remote agent holds it.
+    let (status, body) = old.put("/v1/services/web/instances/a", &a.instance());
+    assert_eq!(status, 200, "{body}");
+    let (status, lease) = http(&old, "POST", "/v1/leases", Some(r#"{"ttl":"5s"}"#), None);
+    assert_eq!(status, 201, "{lease}");
+    let lease = lease["id"].as_str().expect("lease id").to_string();
+    let (status, body) = old.put(
+        &format!("/v1/services/web/instances/b?lease={lease}"),
+        &b.instance(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = old.put(
+        "/v1/routes/web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let tcp_port = free_port();
+    let (status, body) = old.put(
+        "/v1/routes/raw",
+        &format!(r#"{{"kind":"tcp","listen":"127.0.0.1:{tcp_port}","service":"web"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let tcp_addr: SocketAddr = format!("127.0.0.1:{tcp_port}").parse().expect("addr");
+    let http_addr = old.http;
+    eventually(Duration::from_secs(10), "the routes to serve", || {
+        Client::new(http_addr)
+            .get("web.example.com", "/")
+            .map_err(|e| e.to_string())
+            .and_then(|r| (r.status == 200).then_some(()).ok_or(r.text()))?;
+        tcp_route_request(tcp_addr)
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let keep_alive = Arc::new(Tally::default());
+    let fresh = Arc::new(Tally::default());
+    let tcp = Arc::new(Tally::default());
+    let dns = Arc::new(Tally::default());
+    let admin = Arc::new(Tally::default());
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (stop, tally) = (Arc::clone(&stop), Arc::clone(&keep_alive));
+        clients.push(std::thread::spawn(move || {
+            let mut client = Client::new(http_addr);
+            while !stop.load(Ordering::SeqCst) {
+                let outcome = match client.get("web.example.com", "/") {
+                    Ok(r) if r.status == 200 => Ok(()),
+                    Ok(r) => Err(format!("{} {}", r.status, r.text())),
+                    Err(e) => Err(e.to_string()),
+                };
+                tally.record("keep-alive GET", outcome);
+            }
+        }));
+    }
+    let loops: [(Arc<Tally>, Box<Probe>); 4] = [
+        (
+            Arc::clone(&fresh),
+            Box::new(
+                move || match Client::new(http_addr).get("web.example.com", "/") {
+                    Ok(r) if r.status == 200 => Ok(()),
+                    Ok(r) => Err(format!("{} {}", r.status, r.text())),
+                    Err(e) => Err(e.to_string()),
+                },
+            ),
+        ),
+        (
+            Arc::clone(&tcp),
+            Box::new(move || tcp_route_request(tcp_addr)),
+        ),
+        (Arc::clone(&dns), Box::new(move || dns_query(ports.dns))),
+        (
+            Arc::clone(&admin),
+            Box::new({
+                let lease = lease.clone();
+                move || renew(ports.admin, &lease)
+            }),
+        ),
+    ];
+    for (tally, request) in loops {
+        let stop = Arc::clone(&stop);
+        clients.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                tally.record("request", request());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let started = Instant::now();
+    let new = on(&ports, &data).arg("--upgrade").start();
+    let status = old.wait_for_exit(Duration::from_secs(40));
+    assert!(status.success(), "old strait exited with {status}");
+    let took = started.elapsed();
+    // Traffic to the new process alone for a while.
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    for (what, tally, at_least) in [
+        ("keep-alive HTTP", &keep_alive, 200),
+        ("new-connection HTTP", &fresh, 50),
+        ("TCP route", &tcp, 50),
+        ("DNS", &dns, 20),
+        ("admin lease renewal", &admin, 20),
+    ] {
+        let failures = tally.failures.lock().expect("lock");
+        let ok = tally.ok.load(Ordering::SeqCst);
+        assert!(
+            failures.is_empty(),
+            "{what}: {} failed of {}: {:?}\nold log:\n{}\nnew log:\n{}",
+            failures.len(),
+            ok + failures.len(),
+            &failures[..failures.len().min(5)],
+            old.log_text(),
+            new.log_text()
+        );
+        assert!(ok >= at_least, "{what}: only {ok} requests");
+        eprintln!("{what}: {ok} requests, none failed");
+    }
+    eprintln!("upgrade took {took:?} from start to the old process's exit");
+
+    // The new process has everything: both instances, the lease, the store's lock.
+    assert_eq!(new.instance_ids("web"), ["a", "b"]);
+    renew(ports.admin, &lease).expect("the lease lives on in the new process");
+    let (status, body) = new.put(
+        "/v1/routes/web2",
+        r#"{"host":"web2.example.com","service":"web"}"#,
+    );
+    assert_eq!(status, 200, "the new process owns the store: {body}");
+    let pid = std::fs::read_to_string(data.join("strait.pid")).expect("pid file");
+    assert_eq!(pid.trim(), new.pid().to_string());
+    assert!(
+        old.log_text()
+            .contains("the new process has taken over; draining"),
+        "{}",
+        old.log_text()
+    );
+    // The lease still expires when its owner stops renewing: the reaper was handed over
+    // with it.
+    eventually(Duration::from_secs(15), "the lease to expire", || {
+        let ids = new.instance_ids("web");
+        (ids == ["a"]).then_some(()).ok_or(format!("{ids:?}"))
+    });
+}
+
+/// A successor that connects and goes away without taking over: the running strait
+/// takes everything back and goes on serving, its store writable.
+#[test]
+fn failed_upgrade_leaves_the_running_strait_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let strait = Strait::builder().data_dir(&data).start();
+    let backend = Backend::start("web");
+    let (status, body) = strait.put("/v1/services/web/instances/w1", &backend.instance());
+    assert_eq!(status, 200, "{body}");
+    let socket_path = std::fs::canonicalize(&data)
+        .expect("data dir")
+        .join("upgrade.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("bind");
+    signal(strait.pid(), "QUIT");
+    let (mut conn, _) = listener.accept().expect("the running strait connects");
+    let mut some = [0u8; 64];
+    let read = conn.read(&mut some).expect("read the hand-over");
+    assert!(read > 0, "nothing was sent");
+    drop(conn);
+    drop(listener);
+    eventually(Duration::from_secs(10), "the strait to serve on", || {
+        let (status, body) = strait.put(
+            "/v1/routes/web",
+            r#"{"host":"web.example.com","service":"web"}"#,
+        );
+        (status == 200)
+            .then_some(())
+            .ok_or(format!("{status} {body}"))
+    });
+    assert_eq!(strait.instance_ids("web"), ["w1"]);
+    let mut client = Client::new(strait.http);
+    eventually(Duration::from_secs(10), "HTTP through the router", || {
+        let r = client
+            .get("web.example.com", "/")
+            .map_err(|e| e.to_string())?;
+        (r.status == 200).then_some(()).ok_or(r.text())
+    });
+    dns_query(strait.dns.port()).expect("DNS answers again");
+    assert!(
+        strait
+            .log_text()
+            .contains("the new process failed before taking over; serving on"),
+        "{}",
+        strait.log_text()
+    );
+}
