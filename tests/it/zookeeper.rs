@@ -330,3 +330,54 @@ fn propagation_latency_is_reported() {
         quantile(0.99)
     );
 }
+
+/// `--upgrade` on ZooKeeper: the instances the old process's session owned are re-created
+/// under the new process's session, so they outlive the old process (a second strait on
+/// the ensemble still sees them after it exits) and go with the new one.
+#[test]
+fn upgrade_moves_instances_to_the_new_session() {
+    let zk = ZooKeeper::shared();
+    let url = zk.url("upgrade");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (admin, http, dns, registry) = (
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+    );
+    let start = |upgrade: bool| {
+        let mut builder = Strait::builder().store(&url).data_dir(&data);
+        for (flag, port) in [
+            ("--admin-addr", admin),
+            ("--http-addr", http),
+            ("--dns-addr", dns),
+            ("--registry-addr", registry),
+        ] {
+            builder = builder.arg(flag).arg(format!("127.0.0.1:{port}"));
+        }
+        if upgrade {
+            builder = builder.arg("--upgrade");
+        }
+        builder.start()
+    };
+    let mut old = start(false);
+    wait_ready(&old);
+    let observer = Strait::builder().store(&url).start();
+    wait_ready(&observer);
+    let (status, body) = old.put("/v1/services/web/instances/w1", INSTANCE);
+    assert_eq!(status, 200, "{body}");
+    wait_ids(&observer, "web", &["w1"], "the observer to see w1");
+
+    let new = start(true);
+    let status = old.wait_for_exit(Duration::from_secs(40));
+    assert!(status.success(), "old strait exited with {status}");
+    // The old session is closed now; w1 lives on under the new one.
+    std::thread::sleep(Duration::from_millis(500));
+    wait_ids(&observer, "web", &["w1"], "w1 to outlive the old process");
+    wait_ids(&new, "web", &["w1"], "the new process to hold w1");
+    // Owned by the new process: it goes when the new process stops.
+    let mut new = new;
+    new.stop();
+    wait_ids(&observer, "web", &[], "w1 to go with the new process");
+}
