@@ -365,32 +365,27 @@ enum Stop {
 }
 
 async fn stop_signal() -> Stop {
-    let quit = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    use tokio::signal::unix::SignalKind;
     tokio::select! {
         () = shutdown_signal() => Stop::Terminate,
-        () = quit => Stop::Upgrade,
+        () = received(SignalKind::quit()) => Stop::Upgrade,
     }
 }
 
 pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+        () = received(tokio::signal::unix::SignalKind::terminate()) => {}
+    }
+}
+
+/// Resolves when `kind` arrives; never, if it cannot be watched.
+async fn received(kind: tokio::signal::unix::SignalKind) {
+    match tokio::signal::unix::signal(kind) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
     }
 }
 

@@ -125,11 +125,10 @@ impl StraitBuilder {
         self
     }
 
-    pub fn start(self) -> Strait {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
+    /// `strait up` on `data_dir`, every listener on a free port unless the args name one.
+    fn up_command(&self, data_dir: &Path) -> Command {
         let mut command = Command::new(STRAIT);
-        command.arg("up").arg("--data-dir").arg(&data_dir);
+        command.arg("up").arg("--data-dir").arg(data_dir);
         for flag in [
             "--admin-addr",
             "--http-addr",
@@ -140,6 +139,16 @@ impl StraitBuilder {
                 command.arg(flag).arg("127.0.0.1:0");
             }
         }
+        command
+    }
+
+    pub fn start(self) -> Strait {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("data"));
+        let mut command = self.up_command(&data_dir);
         command
             .args(&self.args)
             .env(
@@ -216,19 +225,11 @@ impl StraitBuilder {
     /// Runs `strait up` expecting it to fail at start; returns its stderr.
     pub fn start_expecting_failure(self) -> String {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = self.data_dir.unwrap_or_else(|| tmp.path().join("data"));
-        let mut command = Command::new(STRAIT);
-        command.arg("up").arg("--data-dir").arg(&data_dir);
-        for flag in [
-            "--admin-addr",
-            "--http-addr",
-            "--dns-addr",
-            "--registry-addr",
-        ] {
-            if !self.args.iter().any(|a| a == flag) {
-                command.arg(flag).arg("127.0.0.1:0");
-            }
-        }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("data"));
+        let mut command = self.up_command(&data_dir);
         command.args(&self.args).envs(self.env);
         if let Some(config) = &self.config {
             let path = tmp.path().join("strait.toml");
