@@ -72,6 +72,7 @@ pub fn init_logging() {
 }
 
 async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
+    let mut signals = StopSignals::new().context("cannot watch for signals")?;
     let paths = upgrade::Paths::new(&settings.store.data_dir)?;
     // Everything that can fail on bad configuration fails here, before a running strait
     // is asked to hand over.
@@ -243,7 +244,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         };
         let mut admin_task = admin_task;
         let signal = tokio::select! {
-            signal = stop_signal() => signal,
+            signal = signals.next() => signal,
             ended = &mut admin_task => {
                 ended?.context("admin API server failed")?;
                 anyhow::bail!("the admin API server stopped");
@@ -364,11 +365,30 @@ enum Stop {
     Upgrade,
 }
 
-async fn stop_signal() -> Stop {
-    use tokio::signal::unix::SignalKind;
-    tokio::select! {
-        () = shutdown_signal() => Stop::Terminate,
-        () = received(SignalKind::quit()) => Stop::Upgrade,
+/// SIGTERM, SIGINT and SIGQUIT, watched from the start: SIGQUIT's default action would
+/// kill the process (with a core dump) if it came before anything watched for it.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    async fn next(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.interrupt.recv() => Stop::Terminate,
+            _ = self.terminate.recv() => Stop::Terminate,
+            _ = self.quit.recv() => Stop::Upgrade,
+        }
     }
 }
 

@@ -66,6 +66,8 @@ pub struct Router {
     metrics: RouterMetrics,
     clock: Clock,
     tcp_listeners: Arc<TcpListeners>,
+    /// One certificate store per `config.tls` listener, in order.
+    certificates: Vec<Arc<crate::tls::CertStore>>,
 }
 
 impl Router {
@@ -81,7 +83,22 @@ impl Router {
             }
         }
         let upstream_tls = UpstreamTlsSet::load(&config)?;
+        // Loaded here, not when serving starts, so a binary upgrade finds a bad
+        // certificate before the running process is asked to hand over.
+        let certificates = config
+            .tls
+            .iter()
+            .map(|listener| {
+                crate::tls::CertStore::load(listener.certificates.clone()).map_err(|error| {
+                    RouterError::Tls {
+                        addr: listener.addr,
+                        error,
+                    }
+                })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Router {
+            certificates,
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
             swaps: watch::Sender::new(0),
             upstream_tls,
@@ -239,19 +256,13 @@ impl Router {
         let mut service = Service::new("strait-http".to_string(), front);
         service.add_tcp(&addr.to_string());
         let mut tls_addrs = Vec::new();
-        for listener in &self.config.tls {
+        for (listener, certs) in self.config.tls.iter().zip(&self.certificates) {
             let tls_addr = if start.inherit {
                 listener.addr
             } else {
                 resolve_port(listener.addr)?
             };
-            let certs =
-                crate::tls::CertStore::load(listener.certificates.clone()).map_err(|error| {
-                    RouterError::Tls {
-                        addr: listener.addr,
-                        error,
-                    }
-                })?;
+            let certs = Arc::clone(certs);
             certs
                 .watch(Duration::from_secs(1))
                 .map_err(RouterError::Thread)?;

@@ -301,3 +301,33 @@ fn failed_upgrade_leaves_the_running_strait_serving() {
         strait.log_text()
     );
 }
+
+/// A successor whose configuration is broken (here a certificate that does not load)
+/// fails before it asks the running strait for anything: that one never hears of it.
+#[test]
+fn broken_successor_fails_before_touching_the_running_strait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let strait = Strait::builder().data_dir(&data).start();
+    let stderr = Strait::builder()
+        .data_dir(&data)
+        .arg("--upgrade")
+        .config("[[router.tls]]\naddr = \"127.0.0.1:0\"\ncertificates = [{ cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }]\n")
+        .start_expecting_failure();
+    assert!(
+        stderr.contains("/nonexistent/c.pem: cannot read"),
+        "{stderr}"
+    );
+    let pid = std::fs::read_to_string(data.join("strait.pid")).expect("pid file");
+    assert_eq!(pid.trim(), strait.pid().to_string());
+    let (status, body) = strait.put(
+        "/v1/routes/web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !strait.log_text().contains("upgrade"),
+        "{}",
+        strait.log_text()
+    );
+}
