@@ -269,7 +269,13 @@ fn failed_upgrade_leaves_the_running_strait_serving() {
         .join("upgrade.sock");
     let listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("bind");
     signal(strait.pid(), "QUIT");
-    let (mut conn, _) = listener.accept().expect("the running strait connects");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (mut conn, _) = eventually(Duration::from_secs(20), "the strait to connect", || {
+        listener.accept().map_err(|e| e.to_string())
+    });
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let mut some = [0u8; 64];
     let read = conn.read(&mut some).expect("read the hand-over");
     assert!(read > 0, "nothing was sent");

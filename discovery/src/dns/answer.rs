@@ -160,7 +160,8 @@ pub fn respond(
                 Some(set) if !truncated => (set.answers.len(), set.additional.len()),
                 _ => (0, 0),
             };
-            let authority = usize::from(soa && !truncated);
+            // A table not compiled yet has no SOA: never count a record not written.
+            let authority = usize::from(soa && !truncated && !table.soa.is_empty());
             let counts = [
                 1,
                 answers as u16,

@@ -131,24 +131,29 @@ impl DnsServer {
         })
     }
 
-    /// Compiles every snapshot the watch yields, on a thread of its own.
+    /// Compiles every snapshot the watch yields, on a thread of its own. The first one is
+    /// compiled before this returns, so a server started after it never answers from an
+    /// empty table (after a binary upgrade, queries are already waiting).
     pub fn follow(&self, mut snapshots: watch::Receiver<Arc<Snapshot>>) -> Result<(), DnsError> {
         let (table, config, metrics) = (
             Arc::clone(&self.table),
             self.config.clone(),
             self.metrics.clone(),
         );
+        let first = compile(&snapshots.borrow_and_update(), &config);
+        metrics.revision.set(first.revision as i64);
+        table.store(Arc::new(first));
         std::thread::Builder::new()
             .name("strait-dns-tables".into())
             .spawn(move || {
                 loop {
+                    if futures::executor::block_on(snapshots.changed()).is_err() {
+                        return;
+                    }
                     let snapshot = snapshots.borrow_and_update().clone();
                     let next = compile(&snapshot, &config);
                     metrics.revision.set(next.revision as i64);
                     table.store(Arc::new(next));
-                    if futures::executor::block_on(snapshots.changed()).is_err() {
-                        return;
-                    }
                 }
             })
             .map(drop)

@@ -170,3 +170,16 @@ fn malformed_queries_never_panic_or_amplify() {
         "responses are never answered"
     );
 }
+
+/// A table not compiled yet (before the first snapshot) has no SOA: its negative answer
+/// must not count an authority record it does not carry (dig: "malformed message").
+#[test]
+fn an_uncompiled_table_answers_well_formed() {
+    let empty = DnsTable::default();
+    let q = query("web.service.strait", 1, None);
+    let (outcome, out) = ask(&empty, &q, Transport::Udp);
+    assert!(outcome.is_some());
+    let authority = u16::from_be_bytes([out[8], out[9]]);
+    assert_eq!(authority, 0, "no SOA to count");
+    assert_eq!(out.len(), q.len(), "header and question only");
+}
