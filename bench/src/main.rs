@@ -8,6 +8,7 @@ mod build;
 mod registry;
 mod swap;
 mod table;
+mod tcp;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -791,6 +792,7 @@ fn main() -> anyhow::Result<()> {
             "http-64k",
             "http-tls",
             "h2",
+            "tcp",
             "swap",
             "table",
             "dns",
@@ -802,6 +804,7 @@ fn main() -> anyhow::Result<()> {
         "http-64k" => vec!["http-64k"],
         "http-tls" => vec!["http-tls"],
         "h2" => vec!["h2"],
+        "tcp" => vec!["tcp"],
         "swap" => vec!["swap"],
         "table" => vec!["table"],
         "alloc" => vec!["alloc"],
@@ -810,7 +813,7 @@ fn main() -> anyhow::Result<()> {
         "registry" => vec!["registry"],
         "build" => vec!["build"],
         other => bail!(
-            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, swap, table, dns, registry, build, alloc or all"
+            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, tcp, swap, table, dns, registry, build, alloc or all"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -831,6 +834,12 @@ fn main() -> anyhow::Result<()> {
         if scenario == "table" {
             let rows = table::scenario(cli.quick)?;
             table::print(&rows);
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
+        if scenario == "tcp" {
+            let rows = tcp::scenario(cli.quick, dir.path(), &build_strait()?)?;
+            tcp::print(&rows);
             report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
             continue;
         }

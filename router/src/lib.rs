@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod pump;
 pub mod pump_h2;
 pub mod service;
+mod splice;
 pub mod table;
 pub mod tcp;
 pub mod tls;

@@ -311,7 +311,7 @@ impl TcpProxy {
             .inc();
         let result = async {
             upstream.write_all(&hello).await?;
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+            crate::splice::relay(&client, &upstream).await
         }
         .await;
         endpoint.state.outstanding.fetch_sub(1, Ordering::Relaxed);

@@ -124,3 +124,72 @@ fn tls_passthrough_by_sni() {
     let (ok, _, _) = curl(d, "ca", "other.example.com", port, &[]);
     assert!(!ok, "an unknown server name has no route");
 }
+
+/// Bulk both ways and half-close through a TCP route: the client sends 4 MiB and ends
+/// its side; the backend reads to that end, answers with the count and 3 MiB, and closes.
+/// Every byte arrives, in order, and each FIN is passed on.
+#[test]
+fn tcp_route_carries_bulk_data_and_half_close() {
+    use std::io::{Read, Write};
+    let strait = Strait::builder().start();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let backend_port = backend.local_addr().expect("addr").port();
+    let served = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let Ok((mut conn, _)) = backend.accept() else {
+                return;
+            };
+            let mut received = Vec::new();
+            if conn.read_to_end(&mut received).is_err() {
+                continue;
+            }
+            let sum: u64 = received.iter().map(|&b| u64::from(b)).sum();
+            let reply: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+            let _ = conn.write_all(format!("{} {sum}\n", received.len()).as_bytes());
+            let _ = conn.write_all(&reply);
+        }
+    });
+    strait.put(
+        "/v1/services/bulk/instances/b1",
+        &format!(r#"{{"address":"127.0.0.1","port":{backend_port}}}"#),
+    );
+    let port = free_port();
+    let (status, body) = strait.put(
+        "/v1/routes/bulk",
+        &format!(r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"bulk"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let conn = eventually(Duration::from_secs(10), "the TCP route to listen", || {
+        std::net::TcpStream::connect(addr).map_err(|e| e.to_string())
+    });
+    let mut conn = conn;
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let sent: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
+    let sum: u64 = sent.iter().map(|&b| u64::from(b)).sum();
+    conn.write_all(&sent).expect("send 4 MiB");
+    conn.shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .expect("read to the backend's close");
+    let newline = answer
+        .iter()
+        .position(|&b| b == b'\n')
+        .expect("a count line");
+    assert_eq!(
+        String::from_utf8_lossy(&answer[..newline]),
+        format!("{} {sum}", sent.len())
+    );
+    let reply = &answer[newline + 1..];
+    assert_eq!(reply.len(), 3 << 20);
+    assert!(
+        reply.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+        "the reply arrived altered"
+    );
+    drop(conn);
+    drop(strait);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", backend_port));
+    served.join().expect("backend thread");
+}
