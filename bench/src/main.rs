@@ -315,8 +315,12 @@ fn workspace_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// Builds the release `strait` binary and returns its path.
+/// Builds the release `strait` binary and returns its path; `STRAIT_BENCH_BIN` names
+/// another binary to measure instead (to compare two builds against the same peers).
 fn build_strait() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("STRAIT_BENCH_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--bin", "strait"])
         .current_dir(workspace_root())

@@ -147,7 +147,7 @@ pub fn scenario(quick: bool, dir: &Path, strait_bin: &Path) -> anyhow::Result<Ve
     std::fs::write(
         &haproxy_cfg,
         format!(
-            "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  \
+            "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode tcp\n  option splice-auto\n  timeout connect 2s\n  timeout client 30s\n  \
              timeout server 30s\nfrontend fe\n  bind 127.0.0.1:{haproxy_port}\n  default_backend be\nbackend be\n  \
              server s1 127.0.0.1:{backend_port}\n"
         ),
