@@ -56,15 +56,21 @@ struct BaseImage {
 }
 
 /// `--user` credentials go only to the registry pushed to (or to any, without `--push`);
-/// otherwise docker's config for that registry.
-pub fn credentials_for(registry: &str, options: &Options) -> Option<Credentials> {
+/// otherwise docker's config for that registry (its helper, store or `auths`).
+pub fn credentials_for(
+    registry: &str,
+    options: &Options,
+) -> Result<Option<Credentials>, RegistryError> {
     let explicit = options.credentials.as_ref().filter(|_| {
         options
             .push_registry
             .as_deref()
             .is_none_or(|r| r == registry)
     });
-    explicit.cloned().or_else(|| docker_credentials(registry))
+    match explicit {
+        Some(credentials) => Ok(Some(credentials.clone())),
+        None => docker_credentials(registry),
+    }
 }
 
 pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<Built, Error> {
@@ -91,13 +97,13 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
     // Base image, per platform.
     let mut bases: BTreeMap<Platform, BaseImage> = BTreeMap::new();
     if let Base::Image(reference) = &plan.base {
-        let credentials = credentials_for(&reference.registry, options);
-        let mut registry = Registry::new(reference, options.insecure, credentials);
-        registry.add_scope(&reference.repository, "pull");
         let wrap = |source: RegistryError| Error::Base {
             reference: reference.to_string(),
             source,
         };
+        let credentials = credentials_for(&reference.registry, options).map_err(wrap)?;
+        let mut registry = Registry::new(reference, options.insecure, credentials);
+        registry.add_scope(&reference.repository, "pull");
         for platform in &plan.platforms {
             let base = pull_base(
                 &mut registry,
@@ -478,7 +484,7 @@ pub fn push(
     progress: &mut Progress,
 ) -> Result<PushSummary, RegistryError> {
     let cache = &options.cache;
-    let credentials = credentials_for(&target.registry, options);
+    let credentials = credentials_for(&target.registry, options)?;
     let mut registry = Registry::new(target, options.insecure, credentials);
     let repository = &target.repository;
     registry.add_scope(repository, "pull,push");

@@ -65,23 +65,63 @@ impl Credentials {
     }
 }
 
-/// Credentials for `registry` from docker's `config.json` (`auths`), if any.
-pub fn docker_credentials(registry: &str) -> Option<Credentials> {
-    let dir = std::env::var_os("DOCKER_CONFIG")
+/// Credentials for `registry` as docker's `config.json` gives them: its credential helper
+/// for that registry (`credHelpers`), else its credential store (`credsStore`), else
+/// `auths`. `Ok(None)` when none of them has any.
+pub fn docker_credentials(registry: &str) -> Result<Option<Credentials>, RegistryError> {
+    let Some(dir) = std::env::var_os("DOCKER_CONFIG")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    credentials_from_docker_config(&text, registry)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+    else {
+        return Ok(None);
+    };
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
+        return Ok(None);
+    };
+    match docker_credential_source(&text, registry) {
+        CredentialSource::Helper(helper) => run_credential_helper(&helper, registry),
+        CredentialSource::Stored(credentials) => Ok(Some(credentials)),
+        CredentialSource::None => Ok(None),
+    }
 }
 
-pub fn credentials_from_docker_config(text: &str, registry: &str) -> Option<Credentials> {
-    let json: serde_json::Value = serde_json::from_str(text).ok()?;
-    let auths = json.get("auths")?.as_object()?;
-    let wanted = if registry == "docker.io" {
+/// Where docker's configuration says a registry's credentials are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// Run `docker-credential-<helper> get`.
+    Helper(String),
+    Stored(Credentials),
+    None,
+}
+
+/// docker's host name for a registry (Docker Hub's credentials live under its v1 index).
+fn docker_host(registry: &str) -> &str {
+    if registry == "docker.io" {
         "index.docker.io"
     } else {
         registry
+    }
+}
+
+pub fn docker_credential_source(text: &str, registry: &str) -> CredentialSource {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(text) else {
+        return CredentialSource::None;
     };
+    let wanted = docker_host(registry);
+    let helper = json
+        .get("credHelpers")
+        .and_then(|helpers| helpers.get(registry).or_else(|| helpers.get(wanted)))
+        .or_else(|| json.get("credsStore"))
+        .and_then(|h| h.as_str())
+        .filter(|h| !h.is_empty());
+    if let Some(helper) = helper {
+        return CredentialSource::Helper(helper.to_string());
+    }
+    credentials_from_auths(&json, wanted).map_or(CredentialSource::None, CredentialSource::Stored)
+}
+
+fn credentials_from_auths(json: &serde_json::Value, wanted: &str) -> Option<Credentials> {
+    let auths = json.get("auths")?.as_object()?;
     for (key, entry) in auths {
         let host = key
             .trim_start_matches("https://")
@@ -106,6 +146,79 @@ pub fn credentials_from_docker_config(text: &str, registry: &str) -> Option<Cred
         });
     }
     None
+}
+
+/// docker's credential helper protocol: `docker-credential-<helper> get` reads the server
+/// on stdin and prints `{"Username": ..., "Secret": ...}`.
+fn run_credential_helper(
+    helper: &str,
+    registry: &str,
+) -> Result<Option<Credentials>, RegistryError> {
+    use std::io::Write as _;
+    let program = format!("docker-credential-{helper}");
+    let failed = |message: String| RegistryError::Auth {
+        registry: registry.to_string(),
+        message,
+    };
+    let server = if registry == "docker.io" {
+        "https://index.docker.io/v1/"
+    } else {
+        registry
+    };
+    let mut child = std::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            failed(format!(
+                "docker's config.json names credential helper `{helper}`, but `{program}` cannot run: {e}"
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading is judged by its output below.
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(format!("{program} get: {e}")))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stderr);
+        let said = [stdout.trim(), said.trim()].join(" ");
+        // docker-credential-helpers' own wording for "nothing stored for this server".
+        if said.contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(failed(format!(
+            "{program} get failed ({}): {}",
+            output.status,
+            said.trim()
+        )));
+    }
+    let answer: serde_json::Value = serde_json::from_str(&stdout)
+        .map_err(|e| failed(format!("{program} get printed no credentials JSON: {e}")))?;
+    let field = |name: &str| {
+        answer
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
+    let (username, secret) = (field("Username"), field("Secret"));
+    if username == "<token>" {
+        return Err(failed(format!(
+            "{program} holds an identity token, which strait build does not use; \
+             give a username and password (--user, STRAIT_REGISTRY_AUTH or docker login)"
+        )));
+    }
+    if username.is_empty() && secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Credentials {
+        username: username.to_string(),
+        password: secret.to_string(),
+    }))
 }
 
 #[derive(Debug, Clone)]
@@ -734,26 +847,48 @@ mod tests {
     }
 
     #[test]
-    fn docker_config_auths() {
+    fn docker_config_sources() {
         let config = r#"{"auths": {
             "https://index.docker.io/v1/": {"auth": "dXNlcjpwYXNz"},
-            "127.0.0.1:5000": {"username": "u", "password": "p:q"}
-        }}"#;
-        assert_eq!(
-            credentials_from_docker_config(config, "docker.io"),
-            Some(Credentials {
-                username: "user".into(),
-                password: "pass".into()
+            "127.0.0.1:5000": {"username": "u", "password": "p:q"},
+            "ecr.example.com": {}
+        }, "credHelpers": {"ecr.example.com": "ecr-login"}}"#;
+        let stored = |username: &str, password: &str| {
+            CredentialSource::Stored(Credentials {
+                username: username.into(),
+                password: password.into(),
             })
+        };
+        assert_eq!(
+            docker_credential_source(config, "docker.io"),
+            stored("user", "pass")
         );
         assert_eq!(
-            credentials_from_docker_config(config, "127.0.0.1:5000"),
-            Some(Credentials {
-                username: "u".into(),
-                password: "p:q".into()
-            })
+            docker_credential_source(config, "127.0.0.1:5000"),
+            stored("u", "p:q")
         );
-        assert_eq!(credentials_from_docker_config(config, "other:1"), None);
+        assert_eq!(
+            docker_credential_source(config, "ecr.example.com"),
+            CredentialSource::Helper("ecr-login".into())
+        );
+        assert_eq!(
+            docker_credential_source(config, "other:1"),
+            CredentialSource::None
+        );
+        // A credential store serves every registry without a helper of its own.
+        let store = r#"{"credsStore": "pass", "credHelpers": {"a.example": "gcr"}, "auths": {"b.example": {"auth": "dTpw"}}}"#;
+        assert_eq!(
+            docker_credential_source(store, "b.example"),
+            CredentialSource::Helper("pass".into())
+        );
+        assert_eq!(
+            docker_credential_source(store, "a.example"),
+            CredentialSource::Helper("gcr".into())
+        );
+        assert_eq!(
+            docker_credential_source("not json", "a.example"),
+            CredentialSource::None
+        );
     }
 
     #[test]

@@ -797,6 +797,76 @@ fn push_with_credentials_through_the_token_flow() {
         &[("STRAIT_REGISTRY_AUTH", "ci:s3cret-pass")],
     );
     assert_eq!(via_env.digest(), digest);
+
+    // A docker credential helper named by `credHelpers` (docker's protocol: the server on
+    // stdin, JSON on stdout); one that fails is an error naming it.
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    let asked = dir.join("helper-asked");
+    write(
+        &bin.join("docker-credential-strait-test"),
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\ncat > {}\necho '{{\"ServerURL\":\"x\",\"Username\":\"ci\",\"Secret\":\"s3cret-pass\"}}'\n",
+            asked.display()
+        )
+        .as_bytes(),
+        0o755,
+    );
+    write(
+        &bin.join("docker-credential-broken"),
+        b"#!/bin/sh\necho 'keychain locked' >&2\nexit 1\n",
+        0o755,
+    );
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let helpers = dir.join("docker-helpers");
+    fs::create_dir_all(&helpers).expect("mkdir");
+    fs::write(
+        helpers.join("config.json"),
+        format!(
+            "{{\"auths\": {{\"{host}\": {{}}}}, \"credHelpers\": {{\"{host}\": \"strait-test\"}}}}",
+            host = registry.host()
+        ),
+    )
+    .expect("write docker config");
+    let target3 = format!("{}/secure/app:v3", registry.host());
+    let via_helper = build(
+        dir,
+        &cache,
+        &["--push", &target3],
+        &[
+            ("DOCKER_CONFIG", path_str(&helpers)),
+            ("PATH", path.as_str()),
+        ],
+    );
+    assert_eq!(via_helper.digest(), digest);
+    assert_eq!(
+        fs::read_to_string(&asked).expect("the helper ran"),
+        registry.host()
+    );
+    fs::write(helpers.join("config.json"), "{\"credsStore\": \"broken\"}")
+        .expect("write docker config");
+    let broken = build(
+        dir,
+        &cache,
+        &["--push", &target3],
+        &[
+            ("DOCKER_CONFIG", path_str(&helpers)),
+            ("PATH", path.as_str()),
+        ],
+    );
+    assert!(!broken.ok, "a failing helper must fail the push");
+    assert!(
+        broken
+            .stderr
+            .contains("docker-credential-broken get failed")
+            && broken.stderr.contains("keychain locked"),
+        "{}",
+        broken.stderr
+    );
 }
 
 #[test]
