@@ -5,7 +5,9 @@
 //! value, uid/gid 0 unless the layer names an owner, empty uname/gname, no atime, ctime or
 //! xattrs, modes normalised (0644/0755 unless the layer sets one), ustar headers with a
 //! PAX record only when a value does not fit, and nothing else: the same entries always
-//! make the same bytes.
+//! make the same bytes. Files hard-linked to each other in the source are one file and
+//! hard links to it in the layer (as docker and umoci store them), the first path in
+//! sorted order holding the content.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,8 +27,14 @@ pub enum Kind {
         digest: Digest,
         /// (mtime, ctime, inode) when it was hashed: a change is noticed while writing.
         stamp: (i64, i64, u64),
+        /// (device, inode) of a file with other hard links, to find them.
+        linked: Option<(u64, u64)>,
     },
     Symlink {
+        target: String,
+    },
+    /// Another path of the file at `target` (an image path, as entries name it).
+    HardLink {
         target: String,
     },
 }
@@ -116,8 +124,32 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
             .or_insert_with(|| dir_entry(key, 0o755, 0, 0));
     }
     let mut entries: Vec<Entry> = entries.into_values().collect();
+    link_hard_links(&mut entries);
     hash_files(&mut entries)?;
     Ok(entries)
+}
+
+/// Turns every later path of a multiply-linked file into a hard link to its first path.
+fn link_hard_links(entries: &mut [Entry]) {
+    let mut first: std::collections::HashMap<(u64, u64), String> = std::collections::HashMap::new();
+    for entry in entries.iter_mut() {
+        let Kind::File {
+            linked: Some(id), ..
+        } = &entry.kind
+        else {
+            continue;
+        };
+        match first.get(id) {
+            Some(target) => {
+                entry.kind = Kind::HardLink {
+                    target: target.clone(),
+                }
+            }
+            None => {
+                first.insert(*id, entry.path.clone());
+            }
+        }
+    }
 }
 
 /// A file's index in the entries, and its digest and size (or why it could not be read).
@@ -279,6 +311,7 @@ fn file_entry(
             size: meta.len(),
             digest: Digest::of(b""),
             stamp: stamp(meta),
+            linked: (meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
         }
     } else {
         return Err(TarError::Unsupported {
@@ -313,6 +346,7 @@ pub fn input_key(entries: &[Entry], mtime: u64) -> Digest {
             Kind::Dir => "dir".to_string(),
             Kind::File { size, digest, .. } => format!("file {size} {digest}"),
             Kind::Symlink { target } => format!("symlink {target:?}"),
+            Kind::HardLink { target } => format!("hardlink {target:?}"),
         };
         text.push_str(&format!(
             "{:?} {:o} {}:{} {what}\n",
@@ -338,6 +372,7 @@ pub fn write<W: Write>(
             Kind::Dir => (b'5', 0, ""),
             Kind::File { size, .. } => (b'0', *size, ""),
             Kind::Symlink { target } => (b'2', 0, target.as_str()),
+            Kind::HardLink { target } => (b'1', 0, target.as_str()),
         };
         write_header(
             out,

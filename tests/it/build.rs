@@ -968,3 +968,47 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
         b"keep me"
     );
 }
+
+/// Hard-linked source files become one file and a hard link in the layer: umoci unpacks
+/// them as one inode, and the content is stored once.
+#[test]
+fn hard_links_are_stored_once() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    // Incompressible, so a second copy would show in the layer's size.
+    let content: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    write(&dir.join("dist/bin/tool"), &content, 0o755);
+    fs::hard_link(dir.join("dist/bin/tool"), dir.join("dist/bin/tool-alias")).expect("link");
+    fs::hard_link(dir.join("dist/bin/tool"), dir.join("dist/a-first")).expect("link");
+    fs::write(
+        dir.join("strait-build.toml"),
+        "base = \"scratch\"\n\n[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n",
+    )
+    .expect("write config");
+    let out = dir.join("image");
+    build(dir, &dir.join("cache"), &["--oci-dir", path_str(&out)], &[]).digest();
+    let layers = layout_layers(&out);
+    let layer_size = fs::metadata(out.join("blobs/sha256").join(&layers[0][7..]))
+        .expect("layer")
+        .len();
+    assert!(
+        layer_size < content.len() as u64 * 3 / 2,
+        "the content is stored more than once: {layer_size} bytes"
+    );
+    let rootfs = unpack(&out, "latest", &dir.join("bundle"));
+    let paths = ["app/a-first", "app/bin/tool", "app/bin/tool-alias"];
+    let inodes: Vec<u64> = paths
+        .iter()
+        .map(|p| fs::metadata(rootfs.join(p)).expect("unpacked").ino())
+        .collect();
+    assert!(
+        inodes.iter().all(|&i| i == inodes[0]),
+        "not one inode: {inodes:?}"
+    );
+    for path in paths {
+        assert_eq!(fs::read(rootfs.join(path)).expect("read"), content);
+    }
+}
