@@ -24,6 +24,8 @@ pub struct Options {
     pub mtime: u64,
     pub threads: usize,
     pub insecure: bool,
+    /// `--ca-cert`: the only roots TLS to registries trusts (loopback ones included).
+    pub ca_certs: Option<crate::registry::Roots>,
     pub credentials: Option<Credentials>,
     /// The registry of `--push`, which `credentials` are for.
     pub push_registry: Option<String>,
@@ -102,7 +104,12 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
             source,
         };
         let credentials = credentials_for(&reference.registry, options).map_err(wrap)?;
-        let mut registry = Registry::new(reference, options.insecure, credentials);
+        let mut registry = Registry::new(
+            reference,
+            options.insecure,
+            options.ca_certs.clone(),
+            credentials,
+        );
         registry.add_scope(&reference.repository, "pull");
         for platform in &plan.platforms {
             let base = pull_base(
@@ -485,7 +492,12 @@ pub fn push(
 ) -> Result<PushSummary, RegistryError> {
     let cache = &options.cache;
     let credentials = credentials_for(&target.registry, options)?;
-    let mut registry = Registry::new(target, options.insecure, credentials);
+    let mut registry = Registry::new(
+        target,
+        options.insecure,
+        options.ca_certs.clone(),
+        credentials,
+    );
     let repository = &target.repository;
     registry.add_scope(repository, "pull,push");
     for base in built.base_blobs.values() {

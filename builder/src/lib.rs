@@ -47,9 +47,14 @@ pub struct BuildArgs {
     /// The tag recorded in the OCI layout's index.json.
     #[arg(long, default_value = "latest")]
     pub tag: String,
-    /// Speak plain HTTP to non-loopback registries (loopback ones always are).
+    /// Speak plain HTTP to non-loopback registries (loopback ones always are, unless
+    /// --ca-cert is given).
     #[arg(long)]
     pub insecure: bool,
+    /// Trust these CA certificates (PEM) for registries instead of the public roots, and
+    /// speak TLS to every registry, loopback ones included (a private registry's CA).
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
     /// Target platforms, overriding the file's `platforms` (e.g. `linux/amd64,linux/arm64`).
     #[arg(long, value_delimiter = ',')]
     pub platform: Vec<String>,
@@ -148,6 +153,11 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             .unwrap_or_else(compress::ParallelCompressor::<std::io::Sink>::default_threads)
             .max(1),
         insecure: args.insecure,
+        ca_certs: if args.ca_cert.is_empty() {
+            None
+        } else {
+            Some(registry::Roots::load(&args.ca_cert).map_err(Error::Usage)?)
+        },
         credentials,
         push_registry: target.as_ref().map(|t| t.registry.clone()),
     };

@@ -221,6 +221,38 @@ fn run_credential_helper(
     }))
 }
 
+/// CA certificates to trust instead of the public roots (`--ca-cert`).
+#[derive(Debug, Clone)]
+pub struct Roots(std::sync::Arc<Vec<ureq::tls::Certificate<'static>>>);
+
+impl Roots {
+    /// Every certificate in the PEM files; a file without one is an error naming it.
+    pub fn load(files: &[PathBuf]) -> Result<Roots, String> {
+        let mut certificates = Vec::new();
+        for file in files {
+            let pem =
+                std::fs::read(file).map_err(|e| format!("--ca-cert {}: {e}", file.display()))?;
+            let before = certificates.len();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item {
+                    Ok(ureq::tls::PemItem::Certificate(certificate)) => {
+                        certificates.push(certificate.to_owned());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("--ca-cert {}: {e}", file.display())),
+                }
+            }
+            if certificates.len() == before {
+                return Err(format!(
+                    "--ca-cert {}: no PEM certificate in it",
+                    file.display()
+                ));
+            }
+        }
+        Ok(Roots(std::sync::Arc::new(certificates)))
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Auth {
     None,
@@ -254,17 +286,25 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, applicat
 const MAX_MANIFEST: u64 = 4 << 20;
 
 impl Registry {
+    /// Plain HTTP with `insecure`, or to a loopback registry unless `roots` are given;
+    /// otherwise TLS, verified against `roots` or else the public roots.
     pub fn new(
         reference: &Reference,
         insecure: bool,
+        roots: Option<Roots>,
         credentials: Option<Credentials>,
     ) -> Registry {
-        let scheme = if reference.is_loopback() || insecure {
+        let scheme = if insecure || (reference.is_loopback() && roots.is_none()) {
             "http"
         } else {
             "https"
         };
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(roots) = roots {
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(roots.0));
+        }
         let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(120)))

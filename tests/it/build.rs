@@ -1012,3 +1012,97 @@ fn hard_links_are_stored_once() {
         assert_eq!(fs::read(rootfs.join(path)).expect("read"), content);
     }
 }
+
+/// A registry serving TLS with a private CA: `--ca-cert` makes the push go over verified
+/// TLS (loopback included); a CA that did not sign the registry's certificate fails it.
+#[test]
+fn push_over_tls_to_a_registry_with_a_private_ca() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    app_tree(dir, 1_650_000_000);
+    crate::tls::make_ca(dir, "ca");
+    crate::tls::make_ca(dir, "other-ca");
+    let (cert, key) =
+        crate::tls::make_leaf_with_san(dir, "ca", "registry", "127.0.0.1", "IP:127.0.0.1");
+    let config = dir.join("registry.toml");
+    fs::write(
+        &config,
+        format!("[registry.tls]\ncert = {cert:?}\nkey = {key:?}\n"),
+    )
+    .expect("config");
+    let registry = Registry::start_with(&dir.join("registry"), &["--config", path_str(&config)]);
+    let target = format!("{}/private/app:v1", registry.host());
+    let cache = dir.join("cache");
+    let ca = dir.join("ca.pem");
+
+    let pushed = build(
+        dir,
+        &cache,
+        &["--push", &target, "--ca-cert", path_str(&ca)],
+        &[],
+    );
+    let digest = pushed.digest();
+    let manifest = Command::new("curl")
+        .args(["-s", "-S", "--fail", "--cacert", path_str(&ca)])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!(
+            "https://{}/v2/private/app/manifests/v1",
+            registry.host()
+        ))
+        .output()
+        .expect("curl");
+    assert!(manifest.status.success(), "{manifest:?}");
+    assert_eq!(format!("sha256:{}", sha256_hex(&manifest.stdout)), digest);
+
+    let wrong_ca = build(
+        dir,
+        &cache,
+        &[
+            "--push",
+            &target,
+            "--ca-cert",
+            path_str(&dir.join("other-ca.pem")),
+        ],
+        &[],
+    );
+    assert!(
+        !wrong_ca.ok,
+        "a push verified against the wrong CA succeeded"
+    );
+    assert!(
+        wrong_ca.stderr.contains(&format!("pushing {target}"))
+            && wrong_ca.stderr.contains("certificate"),
+        "{}",
+        wrong_ca.stderr
+    );
+    let no_pem = build(
+        dir,
+        &cache,
+        &["--push", &target, "--ca-cert", path_str(&config)],
+        &[],
+    );
+    assert!(!no_pem.ok);
+    assert!(
+        no_pem.stderr.contains("no PEM certificate"),
+        "{}",
+        no_pem.stderr
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let output = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
