@@ -67,6 +67,10 @@ pub struct LayerFile {
     pub include: Vec<Spanned<String>>,
     #[serde(default)]
     pub exclude: Vec<Spanned<String>>,
+    /// Absolute paths in the image to delete from the layers below (the base image's):
+    /// OCI whiteout entries in this layer.
+    #[serde(default)]
+    pub delete: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +233,8 @@ pub struct LayerPlan {
     pub exclude: Option<GlobSet>,
     /// Globs as written, part of the cache key.
     pub globs: Vec<String>,
+    /// Paths to whiteout (no leading `/`, no trailing `/`).
+    pub delete: Vec<String>,
 }
 
 /// A validated build.
@@ -530,6 +536,7 @@ impl Checker<'_> {
             owner: None,
             include: Vec::new(),
             exclude: Vec::new(),
+            delete: Vec::new(),
         };
         self.layer_at(key, &layer, platforms)
     }
@@ -630,6 +637,27 @@ impl Checker<'_> {
                     .map(Some)
                     .map_err(|e| self.error(None, &sub(name), e.to_string()))
             };
+        let mut delete = Vec::new();
+        for (i, path) in layer.delete.iter().enumerate() {
+            let normalized = normalize_dest(path.get_ref())
+                .map(|p| p.trim_end_matches('/').to_string())
+                .filter(|p| {
+                    !p.is_empty() && !p.rsplit('/').next().is_some_and(|n| n.starts_with(".wh."))
+                });
+            let Some(normalized) = normalized else {
+                return Err(self.error(
+                    Some(path.span()),
+                    &format!("{}[{i}]", sub("delete")),
+                    format!(
+                        "`{}` is not a path to delete: it must be absolute, not `/`, with no `..` and no `.wh.` name",
+                        path.get_ref()
+                    ),
+                ));
+            };
+            delete.push(normalized);
+        }
+        delete.sort();
+        delete.dedup();
         let mut written = Vec::new();
         for g in &layer.include {
             written.push(format!("+{}", g.get_ref()));
@@ -649,6 +677,7 @@ impl Checker<'_> {
             include: globs(&layer.include, "include")?,
             exclude: globs(&layer.exclude, "exclude")?,
             globs: written,
+            delete,
         })
     }
 }

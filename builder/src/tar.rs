@@ -37,6 +37,9 @@ pub enum Kind {
     HardLink {
         target: String,
     },
+    /// An OCI whiteout (`dir/.wh.name`, empty): `dir/name` is deleted from the layers
+    /// below.
+    Whiteout,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +125,42 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
         entries
             .entry(key.clone())
             .or_insert_with(|| dir_entry(key, 0o755, 0, 0));
+    }
+    for deleted in &layer.delete {
+        let (dir, name) = deleted.rsplit_once('/').unwrap_or(("", deleted));
+        if entries.contains_key(deleted.as_str()) || entries.contains_key(&format!("{deleted}/")) {
+            return Err(TarError::Unsupported {
+                path: PathBuf::from(format!("/{deleted}")),
+                message: "the layer both adds and deletes it".into(),
+            });
+        }
+        let path = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
+        entries.insert(
+            path.clone(),
+            Entry {
+                path,
+                kind: Kind::Whiteout,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        // Its directory, root-owned, unless the layer has it already.
+        let mut parent = dir.to_string();
+        while !parent.is_empty() {
+            let key = format!("{parent}/");
+            entries
+                .entry(key.clone())
+                .or_insert_with(|| dir_entry(key, 0o755, 0, 0));
+            match parent.rfind('/') {
+                Some(i) => parent.truncate(i),
+                None => parent.clear(),
+            }
+        }
     }
     let mut entries: Vec<Entry> = entries.into_values().collect();
     link_hard_links(&mut entries);
@@ -347,6 +386,7 @@ pub fn input_key(entries: &[Entry], mtime: u64) -> Digest {
             Kind::File { size, digest, .. } => format!("file {size} {digest}"),
             Kind::Symlink { target } => format!("symlink {target:?}"),
             Kind::HardLink { target } => format!("hardlink {target:?}"),
+            Kind::Whiteout => "whiteout".to_string(),
         };
         text.push_str(&format!(
             "{:?} {:o} {}:{} {what}\n",
@@ -373,6 +413,7 @@ pub fn write<W: Write>(
             Kind::File { size, .. } => (b'0', *size, ""),
             Kind::Symlink { target } => (b'2', 0, target.as_str()),
             Kind::HardLink { target } => (b'1', 0, target.as_str()),
+            Kind::Whiteout => (b'0', 0, ""),
         };
         write_header(
             out,

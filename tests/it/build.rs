@@ -1106,3 +1106,68 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// `delete` removes base-image files through OCI whiteouts: umoci's unpack of the result
+/// has the app's files and the base's other files, but not the deleted one.
+#[test]
+fn delete_whites_out_base_image_files() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let registry = Registry::start(&root.join("registry"));
+    let base = push_base(&registry, root);
+    let app = root.join("app");
+    write(&app.join("src/main.sh"), b"echo app\n", 0o644);
+    fs::write(
+        app.join("strait-build.toml"),
+        format!(
+            "base = \"{base}\"\n\n[[layer]]\nsrc = \"src/\"\ndest = \"/app/\"\ndelete = [\"/usr/local/bin/big.bin\"]\n"
+        ),
+    )
+    .expect("write app config");
+    let out = root.join("image");
+    build(
+        &app,
+        &root.join("cache"),
+        &["--oci-dir", path_str(&out)],
+        &[],
+    )
+    .digest();
+    let rootfs = unpack(&out, "latest", &root.join("bundle"));
+    assert_eq!(
+        fs::read(rootfs.join("app/main.sh")).expect("app file"),
+        b"echo app\n"
+    );
+    assert!(
+        rootfs.join("usr/local/bin/greet").exists(),
+        "the base's other file is gone too"
+    );
+    assert!(
+        !rootfs.join("usr/local/bin/big.bin").exists(),
+        "the deleted file is still there"
+    );
+    assert!(!rootfs.join("usr/local/bin/.wh.big.bin").exists());
+
+    // A path the layer also adds: a clear error naming it, no layout written.
+    fs::write(
+        app.join("strait-build.toml"),
+        format!(
+            "base = \"{base}\"\n\n[[layer]]\nsrc = \"src/\"\ndest = \"/app/\"\ndelete = [\"/app/main.sh\"]\n"
+        ),
+    )
+    .expect("write app config");
+    let contradiction = build(
+        &app,
+        &root.join("cache"),
+        &["--oci-dir", path_str(&root.join("image2"))],
+        &[],
+    );
+    assert!(!contradiction.ok);
+    assert!(
+        contradiction
+            .stderr
+            .contains("/app/main.sh: the layer both adds and deletes it"),
+        "{}",
+        contradiction.stderr
+    );
+    assert!(!root.join("image2").exists());
+}

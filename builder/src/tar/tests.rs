@@ -21,6 +21,7 @@ fn layer(src: &Path, dest: &str) -> LayerPlan {
         include: None,
         exclude: None,
         globs: Vec::new(),
+        delete: Vec::new(),
     }
 }
 
@@ -196,5 +197,40 @@ fn a_file_changed_during_the_build_is_an_error() {
     assert!(
         err.to_string().contains("changed during the build"),
         "{err}"
+    );
+}
+
+#[test]
+fn deletes_become_whiteouts_with_their_directories() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    tree(tmp.path(), 0, false);
+    let mut plan = layer(tmp.path(), "/app/");
+    plan.delete = vec!["etc/motd".into(), "usr/share/doc".into(), "top".into()];
+    let entries = collect(&plan, tmp.path()).expect("collect");
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    for expected in [
+        ".wh.top",
+        "etc/",
+        "etc/.wh.motd",
+        "usr/",
+        "usr/share/",
+        "usr/share/.wh.doc",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+    let whiteout = entries
+        .iter()
+        .find(|e| e.path == "etc/.wh.motd")
+        .expect("whiteout");
+    assert_eq!(whiteout.kind, Kind::Whiteout);
+    // Adding and deleting one path in the same layer is a contradiction.
+    plan.delete = vec!["app/a.txt".into()];
+    let error = collect(&plan, tmp.path()).expect_err("adds and deletes");
+    assert!(
+        error.to_string().contains("both adds and deletes"),
+        "{error}"
     );
 }
