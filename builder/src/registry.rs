@@ -19,6 +19,10 @@ use crate::reference::Reference;
 pub enum RegistryError {
     #[error("registry {registry}: cannot reach it: {error}")]
     Unreachable { registry: String, error: String },
+    #[error(
+        "registry {registry}: its TLS certificate is not trusted ({error}); a private CA goes in --ca-cert"
+    )]
+    Untrusted { registry: String, error: String },
     #[error("registry {registry}: {what}: {status}{message}")]
     Status {
         registry: String,
@@ -339,9 +343,18 @@ impl Registry {
     }
 
     fn unreachable(&self, error: impl std::fmt::Display) -> RegistryError {
+        let error = error.to_string();
+        // rustls' verdict, as ureq passes it on: the registry answered, but with a
+        // certificate that does not verify.
+        if error.contains("invalid peer certificate") {
+            return RegistryError::Untrusted {
+                registry: self.name.clone(),
+                error: error.trim_start_matches("io: ").to_string(),
+            };
+        }
         RegistryError::Unreachable {
             registry: self.name.clone(),
-            error: error.to_string(),
+            error,
         }
     }
 

@@ -1071,7 +1071,10 @@ fn push_over_tls_to_a_registry_with_a_private_ca() {
     );
     assert!(
         wrong_ca.stderr.contains(&format!("pushing {target}"))
-            && wrong_ca.stderr.contains("certificate"),
+            && wrong_ca
+                .stderr
+                .contains("its TLS certificate is not trusted")
+            && wrong_ca.stderr.contains("UnknownIssuer"),
         "{}",
         wrong_ca.stderr
     );
