@@ -7,7 +7,7 @@ use anyhow::Context;
 use discovery::Leases;
 use discovery::store::StoreMetrics;
 use prometheus::Registry;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::UpArgs;
 use crate::admin::Admin;
@@ -131,37 +131,22 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     info!(store = %settings.store.url, "discovery store opened");
     let leases = Leases::new(Arc::clone(&store));
     if let Some(transfer) = &transfer {
-        store
-            .adopt(transfer.store.clone())
+        tokio::time::timeout(SUCCESSOR_DEADLINE, store.adopt(transfer.store.clone()))
             .await
+            .context("upgrade: adopting the running strait's instances took too long")?
             .context("upgrade: cannot adopt the running strait's instances")?;
         leases.adopt(transfer.leases.clone());
     }
     let mut reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
-
     router.follow(store.watch())?;
-    if let Some(handshake) = handshake {
-        // Serve nothing before the table holds what the predecessor served.
-        let revision = store.snapshot().revision;
-        let deadline = std::time::Instant::now() + HANDOVER_TIMEOUT;
-        while router.table().revision < revision && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-        handshake.confirm()?;
-    }
-    // With --upgrade this receives the HTTP and TLS listeners (pingora's hand-off).
-    let router_handle = router.start_with(router::StartOptions {
-        upgrade_socket: Some(paths.router_socket.clone()),
-        inherit: upgrade,
-        tcp_listeners: std::mem::take(&mut sockets.tcp_routes),
-    })?;
-
     dns.follow(store.watch())?;
+
+    // A successor serves DNS, the registry and the admin API on the handed-over sockets
+    // before it confirms: once it has, only pingora's own start is left to fail.
     match sockets.dns.take() {
         Some((udp, tcp)) => dns.start_inherited(udp, tcp)?,
         None => dns.start()?,
     };
-
     let agent = match agent_file {
         Some((path, file)) => {
             info!(services = file.services.len(), file = %path.display(), "agent: registering local services");
@@ -179,20 +164,18 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         }
         None => None,
     };
-
     let mut registry_listener = match (&registry_server, sockets.registry.take()) {
         (Some(server), Some(inherited)) => Some(server.inherit(inherited)?),
         (Some(server), None) => Some(server.bind().await?),
         (None, _) => None,
     };
-
     let admin = Admin::new(
         Arc::clone(&store),
         Arc::clone(&leases),
         registry,
         store_metrics,
         settings.admin.token.clone(),
-        router,
+        Arc::clone(&router),
         agent.clone(),
     )?
     .router();
@@ -201,25 +184,37 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             inherited.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(inherited)?
         }
-        None => tokio::net::TcpListener::bind(settings.admin.addr)
-            .await
-            .with_context(|| {
-                format!("cannot listen on {} for the admin API", settings.admin.addr)
-            })?,
+        None => bind_admin(&settings).await?,
     };
+    if let Some(handshake) = handshake {
+        // Serve no HTTP before the table holds what the predecessor served.
+        let revision = store.snapshot().revision;
+        let deadline = std::time::Instant::now() + SUCCESSOR_DEADLINE;
+        while router.table().revision < revision && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        paths.write_pid()?;
+        tokio::task::spawn_blocking(move || handshake.confirm()).await??;
+    }
+    // With --upgrade this receives the HTTP and TLS listeners (pingora's hand-off).
+    let router_handle = router.start_with(router::StartOptions {
+        upgrade_socket: Some(paths.router_socket.clone()),
+        inherit: upgrade,
+        tcp_listeners: std::mem::take(&mut sockets.tcp_routes),
+    })?;
     let admin_addr = admin_listener.local_addr()?;
+    // Logged last: test harnesses wait for this line.
     info!(addr = %admin_addr, "admin API listening on {admin_addr}");
     paths.write_pid()?;
 
     loop {
         // Copies of the sockets a hand-over sends (the servers close theirs on stopping).
-        let admin_socket = admin_listener.as_fd().try_clone_to_owned()?;
-        let registry_socket = match &registry_listener {
-            Some(listener) => Some(listener.as_fd().try_clone_to_owned()?),
-            None => None,
-        };
+        let admin_socket = admin_listener.as_fd().try_clone_to_owned().ok();
+        let registry_socket = registry_listener
+            .as_ref()
+            .and_then(|listener| listener.as_fd().try_clone_to_owned().ok());
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let admin_task = {
+        let mut admin_task = {
             let mut stopped = stopped.clone();
             tokio::spawn(
                 axum::serve(admin_listener, admin.clone())
@@ -242,7 +237,6 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             }
             _ => None,
         };
-        let mut admin_task = admin_task;
         let signal = tokio::select! {
             signal = signals.next() => signal,
             ended = &mut admin_task => {
@@ -259,20 +253,25 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             break;
         }
 
-        // Upgrade. In-flight admin writes finish before the store is handed over; the
-        // registry's uploads finish here while the successor accepts new ones.
+        // Upgrade. In-flight admin writes finish (or are cut off) before the store is
+        // handed over; the registry's transfers finish while the successor serves.
         info!("upgrade: SIGQUIT received; handing over to the new process");
-        let _ = tokio::time::timeout(HANDOVER_TIMEOUT, admin_task).await;
+        if tokio::time::timeout(HANDOVER_TIMEOUT, &mut admin_task)
+            .await
+            .is_err()
+        {
+            admin_task.abort();
+            let _ = (&mut admin_task).await;
+        }
         let dns_sockets = dns.hand_over();
         let tcp_sockets = router_handle.hand_over_tcp();
         if let Some(agent) = &agent {
             agent.stop();
         }
         reaper.abort();
-        let handover = store.hand_over().await?;
-        let handed_leases = leases.hand_over();
+        let _ = (&mut reaper).await;
         let sockets = upgrade::Sockets {
-            admin: Some(std::net::TcpListener::from(admin_socket)),
+            admin: admin_socket.map(std::net::TcpListener::from),
             registry: registry_socket.map(std::net::TcpListener::from),
             dns: dns_sockets.map(|(udp, tcp)| {
                 (
@@ -285,29 +284,40 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
                 .map(|(_, socket)| std::net::TcpListener::from(socket))
                 .collect(),
         };
-        let to_send = sockets.to_send()?;
-        let transfer = upgrade::Transfer {
-            sockets: to_send.iter().map(|(kind, _)| *kind).collect(),
-            store: handover,
-            leases: handed_leases,
-        };
-        let (outcome, transfer) = {
-            let paths = paths.clone();
-            tokio::task::spawn_blocking(move || {
-                let outcome = upgrade::hand_over(&paths, &transfer, &to_send, HANDOVER_TIMEOUT);
-                (outcome, transfer)
-            })
-            .await?
+        let store_handover = store.hand_over().await;
+        let handed_leases = leases.hand_over();
+        let outcome = match (&store_handover, sockets.to_send()) {
+            (Ok(handover), Ok(to_send)) => {
+                let transfer = upgrade::Transfer {
+                    sockets: to_send.iter().map(|(kind, _)| *kind).collect(),
+                    store: handover.clone(),
+                    leases: handed_leases.clone(),
+                };
+                let paths = paths.clone();
+                tokio::task::spawn_blocking(move || {
+                    upgrade::hand_over(&paths, &transfer, &to_send, HANDOVER_TIMEOUT)
+                })
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|sent| sent)
+            }
+            (Err(e), _) => Err(anyhow::anyhow!("the store cannot be handed over: {e}")),
+            (_, Err(e)) => Err(anyhow::anyhow!("the sockets cannot be copied: {e}")),
         };
         match outcome {
             Ok(true) => {
                 info!("upgrade: the new process has taken over; draining");
-                if let Some(task) = registry_task {
-                    let _ = tokio::time::timeout(settings.router.drain_timeout, task).await;
-                }
-                router_handle
-                    .hand_over_and_drain(settings.router.drain_timeout)
-                    .await;
+                // pingora's hand-off first: the successor waits for it (a few seconds at
+                // most); the registry's transfers finish meanwhile.
+                let registry_drained = async {
+                    if let Some(task) = registry_task {
+                        let _ = tokio::time::timeout(settings.router.drain_timeout, task).await;
+                    }
+                };
+                tokio::join!(
+                    router_handle.hand_over_and_drain(settings.router.drain_timeout),
+                    registry_drained
+                );
                 // Instances were handed over: nothing of ours is left to remove.
                 store.shutdown().await;
                 return Ok(());
@@ -315,32 +325,41 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             Ok(false) => warn!("upgrade: the new process failed before taking over; serving on"),
             Err(e) => warn!(error = %e, "upgrade: hand-over failed; serving on"),
         }
-        // Take everything back: the sockets never closed, so nothing was lost.
-        store
-            .adopt(transfer.store)
-            .await
-            .context("upgrade failed and the store cannot be taken back")?;
-        leases.adopt(transfer.leases);
+        // Take everything back: the sockets never closed, so nothing was lost. No step
+        // here ends the process: what cannot be taken back is logged, the rest serves.
+        if let Ok(handover) = store_handover
+            && let Err(e) = store.adopt(handover).await
+        {
+            error!(error = %e, "upgrade failed and the store cannot be taken back: serving the last table; writes fail");
+        }
+        leases.adopt(handed_leases);
         reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
         if let Some(agent) = &agent {
             agent.resume();
         }
-        if let Some((udp, tcp)) = sockets.dns {
-            dns.start_inherited(udp, tcp)?;
+        if let Some((udp, tcp)) = sockets.dns
+            && let Err(e) = dns.start_inherited(udp, tcp)
+        {
+            error!(error = %e, "upgrade failed and DNS cannot be served again");
         }
         router_handle.take_back_tcp(sockets.tcp_routes);
         if let Some(task) = registry_task {
             let _ = task.await;
         }
         registry_listener = match (&registry_server, sockets.registry) {
-            (Some(server), Some(listener)) => Some(server.inherit(listener)?),
+            (Some(server), Some(listener)) => server
+                .inherit(listener)
+                .inspect_err(|e| error!(error = %e, "upgrade failed and the registry cannot be served again"))
+                .ok(),
             _ => None,
         };
-        let admin_socket = sockets
-            .admin
-            .context("the admin API's socket was not kept")?;
-        admin_socket.set_nonblocking(true)?;
-        admin_listener = tokio::net::TcpListener::from_std(admin_socket)?;
+        admin_listener = match sockets.admin.map(|socket| {
+            socket.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(socket)
+        }) {
+            Some(Ok(listener)) => listener,
+            _ => bind_admin(&settings).await?,
+        };
         paths.write_pid()?;
     }
     reaper.abort();
@@ -354,8 +373,17 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long either side of an upgrade waits for the other.
+/// How long the running process waits for its successor's `ready`.
 const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The successor's own deadline for being ready: well inside `HANDOVER_TIMEOUT`, so it
+/// never confirms to a process that has given up on it.
+const SUCCESSOR_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn bind_admin(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(settings.admin.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for the admin API", settings.admin.addr))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {

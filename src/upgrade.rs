@@ -35,6 +35,11 @@ const MAX_SOCKETS: usize = 253;
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 const READY: u8 = b'R';
+/// The old process's answer to `READY`: it hands over the rest now. Without it the
+/// successor does not go on (the old one may have given up and taken everything back).
+const GO: u8 = b'G';
+/// How long the successor waits for `GO` after `READY`.
+const GO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the two processes meet: derived from the (canonical) data directory, so both
 /// find the same files whatever their working directories.
@@ -187,6 +192,27 @@ impl Successor {
         if pid == rustix::process::getpid() {
             bail!("--upgrade: {} names this process", paths.pid_file.display());
         }
+        // A stale pid file may name a process that reused the number: never signal that.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", pid.as_raw_nonzero())).with_context(
+            || {
+                format!(
+                    "--upgrade: process {} from {} is not running (start without --upgrade)",
+                    pid.as_raw_nonzero(),
+                    paths.pid_file.display()
+                )
+            },
+        )?;
+        if !exe
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("strait"))
+        {
+            bail!(
+                "--upgrade: process {} from {} is {}, not strait",
+                pid.as_raw_nonzero(),
+                paths.pid_file.display(),
+                exe.display()
+            );
+        }
         let _ = std::fs::remove_file(&paths.socket);
         let listener = UnixListener::bind(&paths.socket)
             .with_context(|| format!("cannot listen on {}", paths.socket.display()))?;
@@ -225,10 +251,28 @@ impl Successor {
 pub struct Handshake(UnixStream);
 
 impl Handshake {
+    /// Says `ready` and waits for the old process's `go`.
     pub fn confirm(mut self) -> anyhow::Result<()> {
-        self.0
-            .write_all(&[READY])
-            .context("--upgrade: the old process went away before the hand-over completed")
+        let gone = "--upgrade: the running strait gave up on this process before it was ready";
+        self.0.write_all(&[READY]).context(gone)?;
+        self.0.set_read_timeout(Some(GO_TIMEOUT))?;
+        match read_byte(&mut self.0, Instant::now() + GO_TIMEOUT) {
+            Ok(Some(GO)) => Ok(()),
+            _ => bail!(gone),
+        }
+    }
+}
+
+/// One byte, retrying reads interrupted by signals, until `deadline`. `None` at EOF.
+fn read_byte(stream: &mut UnixStream, deadline: Instant) -> std::io::Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -242,6 +286,8 @@ pub fn hand_over(
 ) -> anyhow::Result<bool> {
     let mut stream = UnixStream::connect(&paths.socket)
         .with_context(|| format!("cannot connect to {}", paths.socket.display()))?;
+    // A stopped successor must not hang this process with its sockets handed over.
+    stream.set_write_timeout(Some(timeout))?;
     let payload = serde_json::to_vec(transfer)?;
     let fds: Vec<_> = sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
     if fds.len() > MAX_SOCKETS {
@@ -263,8 +309,14 @@ pub fn hand_over(
     stream.write_all(&length[sent..])?;
     stream.write_all(&payload)?;
     stream.set_read_timeout(Some(timeout))?;
-    let mut answer = [0u8; 1];
-    Ok(matches!(stream.read(&mut answer), Ok(1) if answer[0] == READY))
+    if !matches!(
+        read_byte(&mut stream, Instant::now() + timeout),
+        Ok(Some(READY))
+    ) {
+        return Ok(false);
+    }
+    // Only a successor that hears `go` goes on; one that does not exits.
+    Ok(stream.write_all(&[GO]).is_ok())
 }
 
 fn accept_within(listener: &UnixListener, timeout: Duration) -> std::io::Result<UnixStream> {

@@ -75,6 +75,17 @@ pub fn credentials_for(
     }
 }
 
+/// `--ca-cert` goes, like `--user`, to the registry pushed to (or to any, without
+/// `--push`): a base image from a public registry keeps the public roots.
+fn roots_for(registry: &str, options: &Options) -> Option<crate::registry::Roots> {
+    options.ca_certs.clone().filter(|_| {
+        options
+            .push_registry
+            .as_deref()
+            .is_none_or(|r| r == registry)
+    })
+}
+
 pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<Built, Error> {
     let cache = &options.cache;
     let mut built = Built {
@@ -107,7 +118,7 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
         let mut registry = Registry::new(
             reference,
             options.insecure,
-            options.ca_certs.clone(),
+            roots_for(&reference.registry, options),
             credentials,
         );
         registry.add_scope(&reference.repository, "pull");
@@ -495,7 +506,7 @@ pub fn push(
     let mut registry = Registry::new(
         target,
         options.insecure,
-        options.ca_certs.clone(),
+        roots_for(&target.registry, options),
         credentials,
     );
     let repository = &target.repository;

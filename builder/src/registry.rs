@@ -152,6 +152,9 @@ fn credentials_from_auths(json: &serde_json::Value, wanted: &str) -> Option<Cred
     None
 }
 
+/// How long a credential helper may take.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// docker's credential helper protocol: `docker-credential-<helper> get` reads the server
 /// on stdin and prints `{"Username": ..., "Secret": ...}`.
 fn run_credential_helper(
@@ -183,6 +186,23 @@ fn run_credential_helper(
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading is judged by its output below.
         let _ = stdin.write_all(server.as_bytes());
+    }
+    // A helper waiting on a keychain prompt must not hang the build.
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    while child
+        .try_wait()
+        .map_err(|e| failed(format!("{program} get: {e}")))?
+        .is_none()
+    {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(format!(
+                "{program} get gave no answer within {}s",
+                HELPER_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     let output = child
         .wait_with_output()

@@ -139,6 +139,8 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
         } else {
             format!("{dir}/.wh.{name}")
         };
+        // Without entries for its directories: those are the base's, and an entry
+        // here would replace their owner and mode.
         entries.insert(
             path.clone(),
             Entry {
@@ -149,18 +151,6 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
                 gid: 0,
             },
         );
-        // Its directory, root-owned, unless the layer has it already.
-        let mut parent = dir.to_string();
-        while !parent.is_empty() {
-            let key = format!("{parent}/");
-            entries
-                .entry(key.clone())
-                .or_insert_with(|| dir_entry(key, 0o755, 0, 0));
-            match parent.rfind('/') {
-                Some(i) => parent.truncate(i),
-                None => parent.clear(),
-            }
-        }
     }
     let mut entries: Vec<Entry> = entries.into_values().collect();
     link_hard_links(&mut entries);

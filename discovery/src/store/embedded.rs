@@ -82,8 +82,14 @@ impl EmbeddedStore {
     }
 
     /// Applies `change` to the state; publishes a new revision if it changed anything.
-    fn apply<T>(&self, written: SystemTime, change: impl FnOnce(&mut State) -> (bool, T)) -> T {
+    /// Checked under the state's lock, so no write lands after `hand_over` took the state.
+    fn apply<T>(
+        &self,
+        written: SystemTime,
+        change: impl FnOnce(&mut State) -> (bool, T),
+    ) -> Result<T, StoreError> {
         let mut state = self.lock_state();
+        self.ensure_owner()?;
         let (changed, result) = change(&mut state);
         if changed {
             state.revision += 1;
@@ -92,7 +98,7 @@ impl EmbeddedStore {
             self.publisher.publish(&state);
             self.publisher.observe_propagation(written);
         }
-        result
+        Ok(result)
     }
 
     async fn write_routes(
@@ -123,7 +129,7 @@ impl EmbeddedStore {
         self.apply(written, |state| {
             state.routes = routes;
             (true, ())
-        });
+        })?;
         Ok(true)
     }
 }
@@ -131,23 +137,19 @@ impl EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn register(&self, instance: Instance) -> Result<(), StoreError> {
-        self.ensure_owner()?;
         let written = SystemTime::now();
-        self.apply(written, |state| (state.upsert_instance(instance), ()));
-        Ok(())
+        self.apply(written, |state| (state.upsert_instance(instance), ()))
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, StoreError> {
-        self.ensure_owner()?;
         let written = SystemTime::now();
-        Ok(self.apply(written, |state| {
+        self.apply(written, |state| {
             let removed = state.remove_instance(service, id).is_some();
             (removed, removed)
-        }))
+        })
     }
 
     async fn set_health(&self, service: &str, id: &str, health: Health) -> Result<(), StoreError> {
-        self.ensure_owner()?;
         let written = SystemTime::now();
         self.apply(written, |state| {
             let Some(mut instance) = state.snapshot().instance(service, id).cloned() else {
@@ -161,7 +163,7 @@ impl Store for EmbeddedStore {
             };
             instance.spec.health = health;
             (state.upsert_instance(instance), Ok(()))
-        })
+        })?
     }
 
     async fn put_route(&self, name: &str, route: Route) -> Result<(), StoreError> {
@@ -191,13 +193,16 @@ impl Store for EmbeddedStore {
     async fn hand_over(&self) -> Result<Handover, StoreError> {
         // No route write is half done once this is held, and none starts after.
         let _serial = self.route_writes.lock().await;
+        // Set under the state's lock: a write either landed before (and is in
+        // `instances`) or fails.
+        let state = self.lock_state();
         self.handed_over.store(true, Ordering::Release);
-        let instances = self
-            .lock_state()
+        let instances = state
             .services
             .values()
             .flat_map(|service| service.instances.values().cloned())
             .collect();
+        drop(state);
         // Dropping the file releases the lock for the successor.
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(Handover {
@@ -212,9 +217,21 @@ impl Store for EmbeddedStore {
             // Taking back what this process handed over (the successor failed).
             let _serial = self.route_writes.lock().await;
             let dir = self.data_dir.clone();
-            let lock = tokio::task::spawn_blocking(move || lock_data_dir(&dir))
-                .await
-                .map_err(|e| StoreError::Storage(format!("locking task failed: {e}")))??;
+            // A successor that failed may still be exiting, its lock not yet released.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let lock = loop {
+                let dir = dir.clone();
+                match tokio::task::spawn_blocking(move || lock_data_dir(&dir))
+                    .await
+                    .map_err(|e| StoreError::Storage(format!("locking task failed: {e}")))?
+                {
+                    Ok(lock) => break lock,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             *self.lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
             self.handed_over.store(false, Ordering::Release);
         }
@@ -224,8 +241,7 @@ impl Store for EmbeddedStore {
                 changed |= state.upsert_instance(instance);
             }
             (changed, ())
-        });
-        Ok(())
+        })
     }
 }
 

@@ -324,17 +324,31 @@ impl Store for ZkStore {
     }
 
     async fn adopt(&self, handover: Handover) -> Result<(), StoreError> {
-        // Also how a process takes back what it handed over (the successor failed).
-        self.shared
+        // Also how a process takes back what it handed over (the successor failed):
+        // then a node the successor already re-created under its session is ours again.
+        let taking_back = self
+            .shared
             .handed_over
-            .store(false, std::sync::atomic::Ordering::Release);
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
         lock(&self.shared.previous_sessions).extend(handover.sessions);
         // A new store syncs in the background: give it its session timeout to connect.
         let deadline = tokio::time::Instant::now() + self.shared.session_timeout;
         for instance in handover.instances {
+            let mut replaced = false;
             loop {
                 match self.register(instance.clone()).await {
                     Ok(()) => break,
+                    Err(StoreError::Conflict(_)) if taking_back && !replaced => {
+                        replaced = true;
+                        let client = self.client()?;
+                        match client
+                            .delete(&instance_path(&instance.service, &instance.id), None)
+                            .await
+                        {
+                            Ok(()) | Err(zk::Error::NoNode) => {}
+                            Err(e) => return Err(unavailable(e)),
+                        }
+                    }
                     Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
