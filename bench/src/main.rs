@@ -113,6 +113,23 @@ struct Sample {
     errors: u64,
     /// Requests completed in the run.
     requests: u64,
+    /// Megabytes per second received (wrk's transfer rate).
+    mb_s: f64,
+}
+
+/// wrk's `Transfer/sec` (`12.34MB`, `1.02GB`, `800.00KB`) in megabytes.
+fn megabytes(value: &str) -> f64 {
+    for (suffix, factor) in [
+        ("GB", 1024.0),
+        ("MB", 1.0),
+        ("KB", 1.0 / 1024.0),
+        ("B", 1e-6),
+    ] {
+        if let Some(number) = value.strip_suffix(suffix) {
+            return number.parse::<f64>().unwrap_or(0.0) * factor;
+        }
+    }
+    0.0
 }
 
 fn parse_duration_ms(s: &str) -> Option<f64> {
@@ -196,12 +213,17 @@ fn wrk_variant(port: u16, seconds: u64, variant: HttpVariant) -> anyhow::Result<
         .arg(format!("{scheme}://127.0.0.1:{port}{path}"))
         .output()
         .context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    parse_wrk(port, &String::from_utf8_lossy(&output.stdout))
+}
+
+/// wrk's report: req/s, transfer rate, p50/p99 (with `--latency`), errors.
+fn parse_wrk(port: u16, text: &str) -> anyhow::Result<Sample> {
     let mut sample = Sample::default();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
             ["Requests/sec:", value] => sample.rps = value.parse().unwrap_or(0.0),
+            ["Transfer/sec:", value] => sample.mb_s = megabytes(value),
             [n, "requests", "in", ..] => sample.requests = n.parse().unwrap_or(0),
             ["50%", value] => sample.p50_ms = parse_duration_ms(value).unwrap_or(0.0),
             ["99%", value] => sample.p99_ms = parse_duration_ms(value).unwrap_or(0.0),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::{Proc, free_port, median, require, spawn, strait_up, wait_port};
+use crate::{Proc, Sample, free_port, median, parse_wrk, require, spawn, strait_up, wait_port};
 
 #[derive(Serialize)]
 pub struct TcpRow {
@@ -25,17 +25,9 @@ pub struct TcpRow {
     pub errors: u64,
 }
 
-/// What one wrk run measured.
-struct Run {
-    rps: f64,
-    mb_s: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
 const LOADS: [(&str, &str, u32); 2] = [("small", "/", 50), ("1MiB", "/1m", 8)];
 
-fn wrk(port: u16, path: &str, connections: u32, seconds: u64) -> anyhow::Result<Run> {
+fn wrk(port: u16, path: &str, connections: u32, seconds: u64) -> anyhow::Result<Sample> {
     let output = Command::new("wrk")
         .args(["-t1", "--latency"])
         .arg(format!("-c{connections}"))
@@ -43,50 +35,7 @@ fn wrk(port: u16, path: &str, connections: u32, seconds: u64) -> anyhow::Result<
         .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut run = Run {
-        rps: 0.0,
-        mb_s: 0.0,
-        p99_ms: 0.0,
-        errors: 0,
-    };
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            ["Requests/sec:", value] => run.rps = value.parse().unwrap_or(0.0),
-            ["Transfer/sec:", value] => run.mb_s = megabytes(value),
-            ["99%", value] => run.p99_ms = crate::parse_duration_ms(value).unwrap_or(0.0),
-            ["Non-2xx", "or", "3xx", "responses:", n] => {
-                run.errors += n.parse::<u64>().unwrap_or(0)
-            }
-            [first, ..] if first.starts_with("Socket") => {
-                run.errors += fields
-                    .iter()
-                    .filter_map(|f| f.trim_end_matches(',').parse::<u64>().ok())
-                    .sum::<u64>();
-            }
-            _ => {}
-        }
-    }
-    if run.rps == 0.0 {
-        bail!("wrk against port {port} measured nothing:\n{text}");
-    }
-    Ok(run)
-}
-
-/// wrk's `Transfer/sec` (`12.34MB`, `1.02GB`, `800.00KB`) in megabytes.
-fn megabytes(value: &str) -> f64 {
-    for (suffix, factor) in [
-        ("GB", 1024.0),
-        ("MB", 1.0),
-        ("KB", 1.0 / 1024.0),
-        ("B", 1e-6),
-    ] {
-        if let Some(number) = value.strip_suffix(suffix) {
-            return number.parse::<f64>().unwrap_or(0.0) * factor;
-        }
-    }
-    0.0
+    parse_wrk(port, &String::from_utf8_lossy(&output.stdout))
 }
 
 pub fn scenario(quick: bool, dir: &Path, strait_bin: &Path) -> anyhow::Result<Vec<TcpRow>> {
@@ -196,7 +145,7 @@ pub fn scenario(quick: bool, dir: &Path, strait_bin: &Path) -> anyhow::Result<Ve
         for (_, port) in participants {
             wrk(port, path, connections, 1)?; // warm-up
         }
-        let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+        let mut runs: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
         for round in 1..=rounds {
             for (name, port) in participants {
                 let run = wrk(port, path, connections, seconds)?;
@@ -209,7 +158,7 @@ pub fn scenario(quick: bool, dir: &Path, strait_bin: &Path) -> anyhow::Result<Ve
         }
         for (name, _) in participants {
             let runs = runs.remove(name).unwrap_or_default();
-            let pick = |f: fn(&Run) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+            let pick = |f: fn(&Sample) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
             rows.push(TcpRow {
                 participant: name.to_string(),
                 load,

@@ -511,22 +511,31 @@ fn push_base(registry: &Registry, root: &Path) -> String {
     reference
 }
 
+/// An app over `base`: `src/main.sh` as the layer `/app/`, with `top` and `layer` lines
+/// added to its build file. Returns the app's directory.
+fn app_on_base(root: &Path, base: &str, top: &str, layer: &str) -> PathBuf {
+    let app = root.join("app");
+    write(&app.join("src/main.sh"), b"echo app\n", 0o644);
+    fs::write(
+        app.join("strait-build.toml"),
+        format!("base = \"{base}\"\n{top}\n[[layer]]\nsrc = \"src/\"\ndest = \"/app/\"\n{layer}"),
+    )
+    .expect("write app config");
+    app
+}
+
 #[test]
 fn base_image_from_the_registry_is_pulled_once_and_mounted_on_push() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
     let registry = Registry::start(&root.join("registry"));
     let base = push_base(&registry, root);
-
-    let app = root.join("app");
-    write(&app.join("src/main.sh"), b"echo app\n", 0o644);
-    fs::write(
-        app.join("strait-build.toml"),
-        format!(
-            "base = \"{base}\"\nentrypoint = [\"/bin/sh\", \"/app/main.sh\"]\nenv = {{ LANG = \"C.UTF-8\" }}\n\n[[layer]]\nsrc = \"src/\"\ndest = \"/app/\"\n"
-        ),
-    )
-    .expect("write app config");
+    let app = app_on_base(
+        root,
+        &base,
+        "entrypoint = [\"/bin/sh\", \"/app/main.sh\"]\nenv = { LANG = \"C.UTF-8\" }\n",
+        "",
+    );
     let cache = root.join("cache");
     let target = format!("{}/apps/web:1", registry.host());
     let first = build(&app, &cache, &["--push", &target], &[]);
@@ -1118,15 +1127,7 @@ fn delete_whites_out_base_image_files() {
     let root = tmp.path();
     let registry = Registry::start(&root.join("registry"));
     let base = push_base(&registry, root);
-    let app = root.join("app");
-    write(&app.join("src/main.sh"), b"echo app\n", 0o644);
-    fs::write(
-        app.join("strait-build.toml"),
-        format!(
-            "base = \"{base}\"\n\n[[layer]]\nsrc = \"src/\"\ndest = \"/app/\"\ndelete = [\"/usr/local/bin/big.bin\"]\n"
-        ),
-    )
-    .expect("write app config");
+    let app = app_on_base(root, &base, "", "delete = [\"/usr/local/bin/big.bin\"]\n");
     let out = root.join("image");
     build(
         &app,
@@ -1151,13 +1152,7 @@ fn delete_whites_out_base_image_files() {
     assert!(!rootfs.join("usr/local/bin/.wh.big.bin").exists());
 
     // A path the layer also adds: a clear error naming it, no layout written.
-    fs::write(
-        app.join("strait-build.toml"),
-        format!(
-            "base = \"{base}\"\n\n[[layer]]\nsrc = \"src/\"\ndest = \"/app/\"\ndelete = [\"/app/main.sh\"]\n"
-        ),
-    )
-    .expect("write app config");
+    app_on_base(root, &base, "", "delete = [\"/app/main.sh\"]\n");
     let contradiction = build(
         &app,
         &root.join("cache"),
