@@ -369,9 +369,34 @@ fn upgrade_moves_instances_to_the_new_session() {
     assert_eq!(status, 200, "{body}");
     wait_ids(&observer, "web", &["w1"], "the observer to see w1");
 
+    // The observer must never see w1 missing: adoption replaces each node in one
+    // transaction.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let missing = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = {
+        let (watching, missing) = (watching.clone(), missing.clone());
+        let url = observer.url("/v1/services/web");
+        std::thread::spawn(move || {
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                let (_, body) = crate::harness::http_text(&url, None);
+                if !body.contains("\"w1\"") {
+                    missing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
     let new = start(true);
     let status = old.wait_for_exit(Duration::from_secs(40));
     assert!(status.success(), "old strait exited with {status}");
+    std::thread::sleep(Duration::from_millis(500));
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    watcher.join().expect("watcher");
+    assert_eq!(
+        missing.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the observer saw w1 missing during the upgrade"
+    );
     // The old session is closed now; w1 lives on under the new one.
     std::thread::sleep(Duration::from_millis(500));
     wait_ids(&observer, "web", &["w1"], "w1 to outlive the old process");

@@ -155,9 +155,23 @@ async fn put_ephemeral(
                     continue;
                 };
                 if previous.contains(&stat.ephemeral_owner) {
-                    match client.delete(&path, Some(stat.version)).await {
-                        Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion) => continue,
-                        Err(e) => return Err(unavailable(e)),
+                    // Replaced in one transaction: watchers never see the instance missing.
+                    let mut replace = client.new_multi_writer();
+                    replace
+                        .add_delete(&path, Some(stat.version))
+                        .and_then(|()| replace.add_create(&path, &data, &ephemeral))
+                        .map_err(unavailable)?;
+                    match replace.commit().await {
+                        Ok(_) => return Ok(()),
+                        Err(zk::MultiWriteError::OperationFailed {
+                            source:
+                                zk::Error::NoNode | zk::Error::BadVersion | zk::Error::NodeExists,
+                            ..
+                        }) => continue,
+                        Err(
+                            zk::MultiWriteError::OperationFailed { source, .. }
+                            | zk::MultiWriteError::RequestFailed { source },
+                        ) => return Err(unavailable(source)),
                     }
                 }
                 if stat.ephemeral_owner != client.session_id().0 {
