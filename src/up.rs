@@ -205,7 +205,10 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
     // Logged last: test harnesses wait for this line.
     info!(addr = %admin_addr, "admin API listening on {admin_addr}");
-    paths.write_pid()?;
+    if !upgrade {
+        // (A successor wrote it before saying `ready`.)
+        paths.write_pid()?;
+    }
 
     loop {
         // Copies of the sockets a hand-over sends (the servers close theirs on stopping).
