@@ -21,6 +21,8 @@ pub struct RouterMetrics {
     pub ejections: IntCounterVec,
     pub active_requests: IntGauge,
     pub active_connections: IntGauge,
+    /// Open TCP-route connections (layer 4), which a drain waits for too.
+    pub tcp_connections: IntGauge,
     pub rejected: IntCounterVec,
     pub table_revision: IntGauge,
     pub table_swaps: IntCounter,
@@ -87,6 +89,10 @@ impl RouterMetrics {
                 "strait_router_active_connections",
                 "Open downstream HTTP/1 connections",
             )?,
+            tcp_connections: IntGauge::new(
+                "strait_router_tcp_connections",
+                "Open TCP-route connections",
+            )?,
             rejected: IntCounterVec::new(
                 Opts::new(
                     "strait_router_rejected_requests_total",
@@ -143,6 +149,7 @@ impl RouterMetrics {
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.active_requests.clone()))?;
         registry.register(Box::new(m.active_connections.clone()))?;
+        registry.register(Box::new(m.tcp_connections.clone()))?;
         registry.register(Box::new(m.rejected.clone()))?;
         registry.register(Box::new(m.table_revision.clone()))?;
         registry.register(Box::new(m.table_swaps.clone()))?;

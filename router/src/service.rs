@@ -470,10 +470,13 @@ impl RouterHandle {
         self.wait_for_requests(timeout).await;
     }
 
-    /// Stops accepting, lets in-flight requests finish (at most `timeout`), and returns.
-    /// Idle keep-alive connections are closed by pingora's shutdown.
+    /// Stops accepting, lets in-flight requests and TCP-route connections finish (at
+    /// most `timeout`), and returns. Idle keep-alive connections are closed by pingora's
+    /// shutdown.
     pub async fn drain(self, timeout: Duration) {
         self.stop.notify_one();
+        // Closing the TCP route listeners: their copies are dropped here.
+        drop(self.tcp_listeners.hand_over());
         self.wait_for_requests(timeout).await;
     }
 
@@ -481,14 +484,20 @@ impl RouterHandle {
         let deadline = Instant::now() + timeout;
         // Give pingora a moment to stop its listeners before counting.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        while self.metrics.active_requests.get() > 0 && Instant::now() < deadline {
+        let busy =
+            || self.metrics.active_requests.get() > 0 || self.metrics.tcp_connections.get() > 0;
+        while busy() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = self.metrics.active_requests.get();
-        if left > 0 {
+        let (requests, tcp) = (
+            self.metrics.active_requests.get(),
+            self.metrics.tcp_connections.get(),
+        );
+        if requests > 0 || tcp > 0 {
             warn!(
-                requests = left,
-                "drain timeout: abandoning in-flight requests"
+                requests,
+                tcp_connections = tcp,
+                "drain timeout: abandoning in-flight requests and TCP-route connections"
             );
         } else {
             info!("router drained");

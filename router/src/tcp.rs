@@ -281,7 +281,7 @@ impl TcpProxy {
     }
 
     async fn handle(&self, addr: SocketAddr, mut client: TcpStream) -> std::io::Result<()> {
-        let _connection = GaugeGuard::new(&self.metrics.active_connections);
+        let _connection = GaugeGuard::new(&self.metrics.tcp_connections);
         let _ = client.set_nodelay(true);
         let table = self.table.load_full();
         let Some(routes) = table.tcp.get(&addr) else {

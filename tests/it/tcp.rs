@@ -193,3 +193,67 @@ fn tcp_route_carries_bulk_data_and_half_close() {
     let _ = std::net::TcpStream::connect(("127.0.0.1", backend_port));
     served.join().expect("backend thread");
 }
+
+/// SIGTERM: a TCP route stops accepting, an open connection keeps working, and strait
+/// exits as soon as it closes (the drain waits for TCP-route connections too).
+#[test]
+fn sigterm_drains_open_tcp_route_connections() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut strait = Strait::builder().start();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+    let backend_port = backend.local_addr().expect("addr").port();
+    // A line echo server.
+    std::thread::spawn(move || {
+        for conn in backend.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut writer = conn.try_clone().expect("clone");
+                for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                    if writeln!(writer, "echo {line}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    strait.put(
+        "/v1/services/echo/instances/e1",
+        &format!(r#"{{"address":"127.0.0.1","port":{backend_port}}}"#),
+    );
+    let port = free_port();
+    let (status, body) = strait.put(
+        "/v1/routes/echo",
+        &format!(r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"echo"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let conn = eventually(Duration::from_secs(10), "the TCP route to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())
+    });
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut writer = conn.try_clone().expect("clone");
+    let mut reader = BufReader::new(conn);
+    let mut ask = |text: &str| {
+        writeln!(writer, "{text}").expect("write");
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read");
+        line
+    };
+    assert_eq!(ask("one"), "echo one\n");
+    crate::harness::signal(strait.pid(), "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ask("two"), "echo two\n", "the open connection is served on");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the TCP route still accepts after SIGTERM"
+    );
+    let closed = std::time::Instant::now();
+    drop(writer);
+    drop(reader);
+    strait.stop();
+    assert!(
+        closed.elapsed() < Duration::from_secs(5),
+        "strait waited {:?} after the last connection closed",
+        closed.elapsed()
+    );
+}
