@@ -183,6 +183,30 @@ pub(crate) enum AttemptError {
     Client(u16),
 }
 
+/// Reads more of an upstream response head into `buf`, by `deadline`; a close before
+/// the head is whole is an upstream failure.
+pub(crate) async fn read_head_more<S: AsyncRead + Unpin>(
+    up: &mut S,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> Result<(), AttemptError> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4096);
+    }
+    match tokio::time::timeout_at(deadline, up.read_buf(buf)).await {
+        Err(_) => Err(AttemptError::Upstream {
+            timeout: true,
+            alert: false,
+        }),
+        Ok(Ok(0)) => Err(AttemptError::Upstream {
+            timeout: false,
+            alert: false,
+        }),
+        Ok(Err(e)) => Err(upstream_error(e)),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
 pub(crate) fn upstream_error(e: std::io::Error) -> AttemptError {
     AttemptError::Upstream {
         timeout: e.kind() == std::io::ErrorKind::TimedOut,
@@ -710,25 +734,7 @@ impl Proxy {
                 }
                 HeadState::Partial => {}
             }
-            if bufs.upstream.capacity() - bufs.upstream.len() < 1024 {
-                bufs.upstream.reserve(4096);
-            }
-            match tokio::time::timeout_at(deadline, up.read_buf(&mut bufs.upstream)).await {
-                Err(_) => {
-                    return Err(AttemptError::Upstream {
-                        timeout: true,
-                        alert: false,
-                    });
-                }
-                Ok(Ok(0)) => {
-                    return Err(AttemptError::Upstream {
-                        timeout: false,
-                        alert: false,
-                    });
-                }
-                Ok(Err(e)) => return Err(upstream_error(e)),
-                Ok(Ok(_)) => {}
-            }
+            read_head_more(up, &mut bufs.upstream, deadline).await?;
         }
     }
 

@@ -20,7 +20,6 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncReadExt;
 
 use crate::front::{Framing, RequestHead};
 use crate::h1::{
@@ -443,25 +442,7 @@ impl Proxy {
                 }
                 HeadState::Partial => {}
             }
-            if upstream.capacity() - upstream.len() < 1024 {
-                upstream.reserve(4096);
-            }
-            match tokio::time::timeout_at(deadline, up.read_buf(upstream)).await {
-                Err(_) => {
-                    return Err(AttemptError::Upstream {
-                        timeout: true,
-                        alert: false,
-                    });
-                }
-                Ok(Ok(0)) => {
-                    return Err(AttemptError::Upstream {
-                        timeout: false,
-                        alert: false,
-                    });
-                }
-                Ok(Err(e)) => return Err(upstream_error(e)),
-                Ok(Ok(_)) => {}
-            }
+            crate::pump::read_head_more(up, upstream, deadline).await?;
         }
     }
 }

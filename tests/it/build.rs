@@ -982,7 +982,6 @@ fn bad_input_fails_clearly_and_leaves_nothing_behind() {
 /// them as one inode, and the content is stored once.
 #[test]
 fn hard_links_are_stored_once() {
-    use std::os::unix::fs::MetadataExt;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
     // Incompressible, so a second copy would show in the layer's size.
