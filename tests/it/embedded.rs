@@ -61,6 +61,33 @@ fn corrupt_routes_file_is_refused_not_replaced() {
     );
 }
 
+/// Route writes are appended to `routes.log`; a damaged record that is not the last (so
+/// not a write cut off by a crash) stops startup, and the log is left for the operator.
+#[test]
+fn corrupt_routes_log_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut strait = Strait::builder().data_dir(&data).start();
+    for name in ["a", "b"] {
+        strait.put(
+            &format!("/v1/routes/{name}"),
+            &format!(r#"{{"host":"{name}.example.com","service":"web"}}"#),
+        );
+    }
+    strait.kill();
+    let log = data.join("routes.log");
+    let mut bytes = std::fs::read(&log).expect("read log");
+    let at = bytes
+        .windows(13)
+        .position(|w| w == b"a.example.com")
+        .expect("the first write is in the log");
+    bytes[at] = b'z';
+    std::fs::write(&log, &bytes).expect("write");
+    let stderr = Strait::builder().data_dir(&data).start_expecting_failure();
+    assert!(stderr.contains("corrupt routes log at line 1"), "{stderr}");
+    assert_eq!(std::fs::read(&log).expect("read"), bytes, "left as it was");
+}
+
 #[test]
 fn one_process_per_data_dir() {
     let dir = tempfile::tempdir().expect("tempdir");

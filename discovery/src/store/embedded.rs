@@ -1,45 +1,35 @@
 //! The embedded single-node store.
 //!
-//! Routes are persistent: every route write rewrites `routes.json` in the data directory
-//! (temporary file, fsync, rename, fsync of the directory), so a crash leaves either the
-//! old or the new file, never a torn one. Instances live in memory only: they are owned by
-//! this process (or by a lease the admin API holds for a remote owner) and vanish with it.
-//! An exclusive lock on `LOCK` keeps two processes off one data directory; on a binary
-//! upgrade the old process releases it and hands its instances to the new one.
+//! Routes are persistent: a route write appends one checksummed record to `routes.log` in
+//! the data directory and syncs it before it is applied; the log is folded into
+//! `routes.json` when it outgrows it (`route_log.rs` has the formats and the crash
+//! reasoning). Instances live in memory only: they are owned by this process (or by a
+//! lease the admin API holds for a remote owner) and vanish with it. An exclusive lock on
+//! `LOCK` keeps two processes off one data directory; on a binary upgrade the old process
+//! releases it and hands its instances to the new one.
 
-use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::route_log::{self, RouteLog, RouteOp};
 use super::{Handover, Publisher, Store, StoreError, StoreMetrics, StoreStatus};
 use crate::model::{Health, Instance, Route};
 use crate::snapshot::{Snapshot, State};
 
-const ROUTES_FILE: &str = "routes.json";
 const LOCK_FILE: &str = "LOCK";
-const FORMAT: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RoutesFile {
-    format: u32,
-    revision: u64,
-    routes: BTreeMap<String, Route>,
-}
 
 pub struct EmbeddedStore {
     data_dir: PathBuf,
     state: Mutex<State>,
-    /// Serialises route writes so the file on disk and the state agree on order.
-    route_writes: tokio::sync::Mutex<()>,
+    /// The routes log; holding it serialises route writes, so the log and the state
+    /// agree on order. Taken out while a blocking task appends.
+    route_log: tokio::sync::Mutex<Option<RouteLog>>,
     publisher: Publisher,
     /// The data directory's lock, released by `hand_over`.
     lock: Mutex<Option<File>>,
@@ -51,7 +41,7 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the data directory and loads its routes.
     pub async fn open(data_dir: &Path, metrics: StoreMetrics) -> Result<Self, StoreError> {
         let dir = data_dir.to_path_buf();
-        let (lock, state) = tokio::task::spawn_blocking(move || load(&dir))
+        let (lock, state, log) = tokio::task::spawn_blocking(move || load(&dir))
             .await
             .map_err(|e| StoreError::Storage(format!("loading task failed: {e}")))??;
         let publisher = Publisher::new("embedded", metrics, true);
@@ -59,7 +49,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             data_dir: data_dir.to_path_buf(),
             state: Mutex::new(state),
-            route_writes: tokio::sync::Mutex::new(()),
+            route_log: tokio::sync::Mutex::new(Some(log)),
             publisher,
             lock: Mutex::new(Some(lock)),
             handed_over: AtomicBool::new(false),
@@ -101,35 +91,34 @@ impl EmbeddedStore {
         Ok(result)
     }
 
-    async fn write_routes(
-        &self,
-        change: impl FnOnce(&mut State) -> bool,
-    ) -> Result<bool, StoreError> {
+    /// Makes a route write durable in the log, then applies it. `Ok(false)`: it would
+    /// change nothing, and nothing was written.
+    async fn write_route(&self, op: RouteOp) -> Result<bool, StoreError> {
         let written = SystemTime::now();
-        let _serial = self.route_writes.lock().await;
+        let mut serial = self.route_log.lock().await;
         self.ensure_owner()?;
-        let mut next = self.lock_state().clone();
-        if !change(&mut next) {
+        let (routes, revision) = {
+            let state = self.lock_state();
+            (Arc::clone(&state.routes), state.revision + 1)
+        };
+        if !op.changes(&routes) {
             return Ok(false);
         }
-        let file = RoutesFile {
-            format: FORMAT,
-            revision: next.revision + 1,
-            routes: next
-                .routes
-                .iter()
-                .map(|(name, route)| (name.to_string(), Route::clone(route)))
-                .collect(),
-        };
-        let dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || persist(&dir, &file))
-            .await
-            .map_err(|e| StoreError::Storage(format!("persist task failed: {e}")))??;
-        let routes = next.routes;
-        self.apply(written, |state| {
-            state.routes = routes;
-            (true, ())
+        let mut log = serial.take().ok_or_else(|| {
+            StoreError::Storage("the routes log was lost by a failed write task".into())
         })?;
+        let (log, result) = tokio::task::spawn_blocking(move || {
+            let result = log.append(revision, &op, &routes).map(|()| {
+                log.maybe_compact(revision, &routes, &op);
+                op
+            });
+            (log, result)
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("route write task failed: {e}")))?;
+        *serial = Some(log);
+        let op = result?;
+        self.apply(written, |state| (op.apply(&mut state.routes), ()))?;
         Ok(true)
     }
 }
@@ -167,13 +156,19 @@ impl Store for EmbeddedStore {
     }
 
     async fn put_route(&self, name: &str, route: Route) -> Result<(), StoreError> {
-        self.write_routes(|state| state.upsert_route(name, route))
-            .await?;
+        self.write_route(RouteOp::Put {
+            name: name.to_string(),
+            route: Box::new(route),
+        })
+        .await?;
         Ok(())
     }
 
     async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
-        self.write_routes(|state| state.remove_route(name)).await
+        self.write_route(RouteOp::Delete {
+            name: name.to_string(),
+        })
+        .await
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -192,7 +187,7 @@ impl Store for EmbeddedStore {
 
     async fn hand_over(&self) -> Result<Handover, StoreError> {
         // No route write is half done once this is held, and none starts after.
-        let _serial = self.route_writes.lock().await;
+        let _serial = self.route_log.lock().await;
         // Set under the state's lock: a write either landed before (and is in
         // `instances`) or fails.
         let state = self.lock_state();
@@ -215,7 +210,7 @@ impl Store for EmbeddedStore {
         let written = SystemTime::now();
         if self.handed_over.load(Ordering::Acquire) {
             // Taking back what this process handed over (the successor failed).
-            let _serial = self.route_writes.lock().await;
+            let mut serial = self.route_log.lock().await;
             let dir = self.data_dir.clone();
             // A successor that failed may still be exiting, its lock not yet released.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -233,6 +228,22 @@ impl Store for EmbeddedStore {
                 }
             };
             *self.lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+            // The successor may have written routes meanwhile: read them back, and the log
+            // from where it ends now.
+            let dir = self.data_dir.clone();
+            let loaded = tokio::task::spawn_blocking(move || route_log::load(&dir))
+                .await
+                .map_err(|e| StoreError::Storage(format!("loading task failed: {e}")))??;
+            *serial = Some(loaded.log);
+            {
+                let mut state = self.lock_state();
+                if state.routes != loaded.routes {
+                    state.routes = loaded.routes;
+                    state.revision = state.revision.max(loaded.revision) + 1;
+                    state.changed_at = Some(written);
+                    self.publisher.publish(&state);
+                }
+            }
             self.handed_over.store(false, Ordering::Release);
         }
         self.apply(written, |state| {
@@ -266,52 +277,15 @@ fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
     Ok(lock)
 }
 
-fn load(dir: &Path) -> Result<(File, State), StoreError> {
-    fs::create_dir_all(dir).map_err(|e| storage_error(dir, "cannot create data directory", e))?;
+fn load(dir: &Path) -> Result<(File, State, RouteLog), StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| storage_error(dir, "cannot create data directory", e))?;
     let lock = lock_data_dir(dir)?;
-    let path = dir.join(ROUTES_FILE);
-    let mut state = State::default();
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let file: RoutesFile = serde_json::from_slice(&bytes).map_err(|e| {
-                storage_error(
-                    &path,
-                    "corrupt routes file (not replaced; fix or move it)",
-                    e,
-                )
-            })?;
-            if file.format != FORMAT {
-                return Err(storage_error(&path, "unsupported format", file.format));
-            }
-            for (name, mut route) in file.routes {
-                crate::model::validate_id("route name", &name)
-                    .and_then(|()| route.validate())
-                    .map_err(|e| storage_error(&path, &format!("route `{name}` is invalid"), e))?;
-                state.upsert_route(&name, route);
-            }
-            state.revision = file.revision;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(storage_error(&path, "cannot read", e)),
-    }
-    // A temporary file left by a crash mid-write is garbage: the rename never happened.
-    let _ = fs::remove_file(dir.join(format!("{ROUTES_FILE}.tmp")));
-    Ok((lock, state))
-}
-
-fn persist(dir: &Path, file: &RoutesFile) -> Result<(), StoreError> {
-    let path = dir.join(ROUTES_FILE);
-    let tmp = dir.join(format!("{ROUTES_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(file).map_err(|e| storage_error(&path, "encode", e))?;
-    let mut out = File::create(&tmp).map_err(|e| storage_error(&tmp, "create", e))?;
-    out.write_all(&bytes)
-        .map_err(|e| storage_error(&tmp, "write", e))?;
-    out.sync_all()
-        .map_err(|e| storage_error(&tmp, "fsync", e))?;
-    drop(out);
-    fs::rename(&tmp, &path).map_err(|e| storage_error(&path, "rename", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| storage_error(dir, "fsync directory", e))?;
-    Ok(())
+    let loaded = route_log::load(dir)?;
+    let state = State {
+        routes: loaded.routes,
+        revision: loaded.revision,
+        ..State::default()
+    };
+    Ok((lock, state, loaded.log))
 }

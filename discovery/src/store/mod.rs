@@ -10,6 +10,7 @@
 //! DNS read tables compiled from snapshots.
 
 mod embedded;
+mod route_log;
 mod zookeeper;
 
 use std::fmt;
