@@ -309,7 +309,7 @@ fn build_layer(
 ) -> Result<(Digest, Descriptor, bool), LayerError> {
     let cache = &options.cache;
     let entries = tar::collect(layer, src)?;
-    let key = tar::input_key(&entries, options.mtime);
+    let stat_key = tar::stat_key(&entries, options.mtime, std::time::SystemTime::now());
     let compression_id = compression.id();
     let descriptor = |digest: Digest, size: u64| Descriptor {
         media_type: compression.media_type().to_string(),
@@ -318,7 +318,9 @@ fn build_layer(
         platform: None,
         annotations: None,
     };
-    if let Some(diff_id) = cache.layer_diff_id(&key)
+    // Files as they were at the last build: nothing to read.
+    if let Some(key) = &stat_key
+        && let Some(diff_id) = cache.stat_diff_id(key)
         && let Some((digest, size)) = cache.compressed(&compression_id, &diff_id)
     {
         return Ok((diff_id, descriptor(digest, size), false));
@@ -330,21 +332,56 @@ fn build_layer(
             _ => 0,
         })
         .sum();
+    // Otherwise the content decides. If this cache holds layers compressed the same way,
+    // one pass that only hashes finds out (a fresh checkout of unchanged files, say)
+    // before anything is compressed; if it holds none, that pass could find nothing, and
+    // the layer is hashed while it is compressed.
+    let mut hashed = None;
+    if cache.holds_compressed(&compression_id) {
+        let mut hashing = HashingWriter::new(std::io::sink());
+        let mut done = 0u64;
+        tar::write(&entries, options.mtime, &mut hashing, &mut |n| {
+            done += n;
+            progress.status(&format!("{label} (hashing)"), done, Some(total));
+        })?;
+        let (_, diff_id, tar_size) = hashing.finish();
+        if let Some((digest, size)) = cache.compressed(&compression_id, &diff_id) {
+            progress.clear();
+            if let Some(key) = &stat_key {
+                cache.set_stat_diff_id(key, &diff_id)?;
+            }
+            return Ok((diff_id, descriptor(digest, size), false));
+        }
+        hashed = Some((diff_id, tar_size));
+    }
     let blob = cache.blob_writer()?;
-    let compressor = ParallelCompressor::new(blob, compression, options.threads);
-    let mut hashing = HashingWriter::new(compressor);
+    let mut compressor = ParallelCompressor::new(blob, compression, options.threads);
     let mut done = 0u64;
-    tar::write(&entries, options.mtime, &mut hashing, &mut |n| {
+    let mut report = |n| {
         done += n;
         progress.status(label, done, Some(total));
-    })?;
-    let (compressor, diff_id, tar_size) = hashing.finish();
+    };
+    let (compressor, diff_id, tar_size) = match hashed {
+        // `write` checks every file is as it was collected, so this pass writes the bytes
+        // the hashing pass hashed: no need to hash them again.
+        Some((diff_id, tar_size)) => {
+            tar::write(&entries, options.mtime, &mut compressor, &mut report)?;
+            (compressor, diff_id, tar_size)
+        }
+        None => {
+            let mut hashing = HashingWriter::new(compressor);
+            tar::write(&entries, options.mtime, &mut hashing, &mut report)?;
+            hashing.finish()
+        }
+    };
     let blob = compressor.finish().map_err(tar::TarError::Write)?;
     let (digest, size) = blob.commit(None)?;
     progress.clear();
     built.bytes_built += tar_size;
     cache.set_compressed(&compression_id, &diff_id, &digest, size)?;
-    cache.set_layer_diff_id(&key, &diff_id)?;
+    if let Some(key) = &stat_key {
+        cache.set_stat_diff_id(key, &diff_id)?;
+    }
     Ok((diff_id, descriptor(digest, size), true))
 }
 

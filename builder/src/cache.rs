@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <cache>/blobs/sha256/<hex>              compressed layers, configs, manifests, base blobs
-//! <cache>/layers/<input key hex>          diff_id of the tar built from those inputs
+//! <cache>/stat/<stat key hex>            diff_id of the tar built from files with those stamps
 //! <cache>/compressed/<compression id>/<diff_id hex>   "<digest> <size>" of that tar compressed
 //! <cache>/tmp/                            blobs being written (renamed into place when whole)
 //! ```
@@ -66,7 +66,7 @@ pub fn default_dir(explicit: Option<&Path>) -> Option<PathBuf> {
 impl Cache {
     pub fn open(explicit: Option<&Path>) -> Result<Cache, CacheError> {
         let root = default_dir(explicit).ok_or(CacheError::NoDir)?;
-        for sub in ["blobs/sha256", "layers", "compressed", "tmp"] {
+        for sub in ["blobs/sha256", "stat", "compressed", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -116,13 +116,21 @@ impl Cache {
         })
     }
 
-    pub fn layer_diff_id(&self, key: &Digest) -> Option<Digest> {
-        let text = fs::read_to_string(self.root.join("layers").join(key.hex())).ok()?;
+    /// The diff_id recorded for a [`crate::tar::stat_key`].
+    pub fn stat_diff_id(&self, key: &Digest) -> Option<Digest> {
+        let text = fs::read_to_string(self.root.join("stat").join(key.hex())).ok()?;
         Digest::parse(text.trim())
     }
 
-    pub fn set_layer_diff_id(&self, key: &Digest, diff_id: &Digest) -> Result<(), CacheError> {
-        self.write_record(&self.root.join("layers").join(key.hex()), diff_id.as_str())
+    pub fn set_stat_diff_id(&self, key: &Digest, diff_id: &Digest) -> Result<(), CacheError> {
+        self.write_record(&self.root.join("stat").join(key.hex()), diff_id.as_str())
+    }
+
+    /// Whether any layer compressed by `compression_id` is recorded: if none is, no layer
+    /// can be found by its content, and hashing one before building it is wasted.
+    pub fn holds_compressed(&self, compression_id: &str) -> bool {
+        fs::read_dir(self.root.join("compressed").join(compression_id))
+            .is_ok_and(|mut entries| entries.next().is_some())
     }
 
     /// The compressed blob of `diff_id` made by `compression_id`, if it is still here.

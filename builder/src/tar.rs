@@ -16,7 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::LayerPlan;
-use crate::digest::{Digest, HashingReader};
+use crate::digest::Digest;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -24,9 +24,9 @@ pub enum Kind {
     File {
         source: PathBuf,
         size: u64,
-        digest: Digest,
-        /// (mtime, ctime, inode) when it was hashed: a change is noticed while writing.
-        stamp: (i64, i64, u64),
+        /// Its identity and times when collected: a change is noticed while writing, and
+        /// unchanged files make an unchanged [`stat_key`].
+        stamp: Stamp,
         /// (device, inode) of a file with other hard links, to find them.
         linked: Option<(u64, u64)>,
     },
@@ -73,8 +73,24 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TarError + '_ {
     }
 }
 
+/// A file's identity and times. `ctime` changes with any write to the file and cannot be
+/// set back by users, so an equal stamp means the same content (within a clock tick:
+/// see [`stat_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    dev: u64,
+}
+
+/// Files changed this recently are not trusted by their stamp: the kernel's file clock
+/// ticks coarsely, so a second write in the same tick can leave the stamp as it was
+/// (git's "racy clean" problem).
+const RACY_NS: i64 = 2_000_000_000;
+
 /// The entries of `layer` for the source `src`, sorted, with their parent directories.
-/// Reads every file once to hash its content (the cache key is made of these).
+/// Reads no file content: [`write`] does, once per pass.
 pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let meta = fs::metadata(src).map_err(io_err(src))?;
@@ -154,7 +170,6 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
     }
     let mut entries: Vec<Entry> = entries.into_values().collect();
     link_hard_links(&mut entries);
-    hash_files(&mut entries)?;
     Ok(entries)
 }
 
@@ -179,73 +194,6 @@ fn link_hard_links(entries: &mut [Entry]) {
             }
         }
     }
-}
-
-/// A file's index in the entries, and its digest and size (or why it could not be read).
-type Hashed = (usize, Result<(Digest, u64), TarError>);
-
-/// Hashes the content of every file entry (its size is what was read), on a few threads:
-/// with many small files this pass is bound by system calls, not by sha256.
-fn hash_files(entries: &mut [Entry]) -> Result<(), TarError> {
-    let files: Vec<(usize, PathBuf)> = entries
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| match &e.kind {
-            Kind::File { source, .. } => Some((i, source.clone())),
-            _ => None,
-        })
-        .collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(files.len().max(1));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Vec<Hashed>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((index, path)) = files.get(n) else {
-                            return done;
-                        };
-                        let hashed = fs::File::open(path)
-                            .and_then(|file| {
-                                let mut reader = HashingReader::new(file);
-                                io::copy(&mut reader, &mut io::sink())?;
-                                Ok(reader.finish())
-                            })
-                            .map_err(io_err(path));
-                        done.push((*index, hashed));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_default())
-            .collect()
-    });
-    let mut hashed = 0;
-    for (index, result) in results.into_iter().flatten() {
-        let (digest, read) = result?;
-        if let Some(Entry {
-            kind: Kind::File {
-                size, digest: d, ..
-            },
-            ..
-        }) = entries.get_mut(index)
-        {
-            *size = read;
-            *d = digest;
-            hashed += 1;
-        }
-    }
-    if hashed != files.len() {
-        return Err(TarError::Write(io::Error::other("a hashing thread failed")));
-    }
-    Ok(())
 }
 
 fn matches(set: &Option<globset::GlobSet>, rel: &str) -> bool {
@@ -309,12 +257,13 @@ fn walk(
     Ok(added)
 }
 
-fn stamp(meta: &fs::Metadata) -> (i64, i64, u64) {
-    (
-        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-        meta.ino(),
-    )
+fn stamp(meta: &fs::Metadata) -> Stamp {
+    Stamp {
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        ino: meta.ino(),
+        dev: meta.dev(),
+    }
 }
 
 fn file_entry(
@@ -334,11 +283,9 @@ fn file_entry(
             target: target.to_string(),
         }
     } else if file_type.is_file() {
-        // Hashed afterwards, in parallel (`hash_files`); the stamp is from before that.
         Kind::File {
             source: path.to_path_buf(),
             size: meta.len(),
-            digest: Digest::of(b""),
             stamp: stamp(meta),
             linked: (meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
         }
@@ -367,13 +314,33 @@ fn file_entry(
     })
 }
 
-/// The cache key of a layer: everything that decides its tar bytes.
-pub fn input_key(entries: &[Entry], mtime: u64) -> Digest {
-    let mut text = format!("strait-layer-v1 mtime={mtime}\n");
+/// A cache key for the layer from what `collect` saw, without reading any content: every
+/// entry's path, mode, owner and kind, and for files their source, size and [`Stamp`].
+/// Equal keys mean equal tar streams. `None` when a file changed within the last two
+/// seconds before `now` (its stamp cannot be trusted yet): the content decides then.
+pub fn stat_key(entries: &[Entry], mtime: u64, now: std::time::SystemTime) -> Option<Digest> {
+    let now_ns = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())?;
+    let mut text = format!("strait-layer-stat-v1 mtime={mtime}\n");
     for entry in entries {
         let what = match &entry.kind {
             Kind::Dir => "dir".to_string(),
-            Kind::File { size, digest, .. } => format!("file {size} {digest}"),
+            Kind::File {
+                source,
+                size,
+                stamp,
+                ..
+            } => {
+                if stamp.mtime_ns.max(stamp.ctime_ns) > now_ns - RACY_NS {
+                    return None;
+                }
+                format!(
+                    "file {source:?} {size} {} {} {} {}",
+                    stamp.dev, stamp.ino, stamp.mtime_ns, stamp.ctime_ns
+                )
+            }
             Kind::Symlink { target } => format!("symlink {target:?}"),
             Kind::HardLink { target } => format!("hardlink {target:?}"),
             Kind::Whiteout => "whiteout".to_string(),
@@ -383,7 +350,7 @@ pub fn input_key(entries: &[Entry], mtime: u64) -> Digest {
             entry.path, entry.mode, entry.uid, entry.gid
         ));
     }
-    Digest::of(text.as_bytes())
+    Some(Digest::of(text.as_bytes()))
 }
 
 const BLOCK: usize = 512;
@@ -420,7 +387,7 @@ pub fn write<W: Write>(
         if let Kind::File {
             source,
             size,
-            stamp: hashed,
+            stamp: collected,
             ..
         } = &entry.kind
         {
@@ -436,10 +403,10 @@ pub fn write<W: Write>(
                 left -= n as u64;
                 progress(n as u64);
             }
-            // The content was hashed (for the cache key) before; the file must not have
-            // changed since, or the key would name other bytes.
+            // Unchanged since it was collected, or a stat key (and a hash-only pass before
+            // this one) would name other bytes.
             let now = file.metadata().map_err(io_err(source))?;
-            if left != 0 || now.len() != *size || stamp(&now) != *hashed {
+            if left != 0 || now.len() != *size || stamp(&now) != *collected {
                 return Err(TarError::Io {
                     path: source.clone(),
                     error: io::Error::other("the file changed during the build"),

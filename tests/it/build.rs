@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -1167,4 +1168,48 @@ fn delete_whites_out_base_image_files() {
         contradiction.stderr
     );
     assert!(!root.join("image2").exists());
+}
+
+/// An unchanged tree is found by its files' stamps, without reading them; a file written
+/// within the last two seconds is not trusted by its stamp (a same-size rewrite in the
+/// same clock tick would keep it), so its content decides.
+#[test]
+fn unchanged_files_are_found_by_stamp_and_fresh_ones_by_content() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    write(&dir.join("dist/hello"), b"#!/bin/sh\necho hi\n", 0o755);
+    fs::write(
+        dir.join("strait-build.toml"),
+        "base = \"scratch\"\n\n[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n",
+    )
+    .expect("write config");
+    let cache = dir.join("cache");
+    let stat_records = || {
+        fs::read_dir(cache.join("stat"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let oci = dir.join("image");
+    let args = ["--oci-dir", path_str(&oci)];
+
+    // Just written: built, and no stamp recorded.
+    let first = build(dir, &cache, &args, &[]);
+    assert!(first.ok, "{}", first.stderr);
+    assert_eq!(first.line("layers:"), "layers: 1 built, 0 cached");
+    assert_eq!(stat_records(), 0);
+    // The same files, hashed again: found by content, and now their stamps are recorded.
+    std::thread::sleep(Duration::from_millis(2100));
+    let second = build(dir, &cache, &args, &[]);
+    assert_eq!(second.line("layers:"), "layers: 0 built, 1 cached");
+    assert_eq!(second.digest(), first.digest());
+    assert_eq!(stat_records(), 1);
+    let third = build(dir, &cache, &args, &[]);
+    assert_eq!(third.line("layers:"), "layers: 0 built, 1 cached");
+    assert_eq!(third.digest(), first.digest());
+
+    // Rewritten with the same size: the stamp may not show it, the content does.
+    write(&dir.join("dist/hello"), b"#!/bin/sh\necho HI\n", 0o755);
+    let changed = build(dir, &cache, &args, &[]);
+    assert_eq!(changed.line("layers:"), "layers: 1 built, 0 cached");
+    assert_ne!(changed.digest(), first.digest());
 }

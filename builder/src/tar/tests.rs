@@ -80,11 +80,19 @@ fn same_content_same_bytes_whatever_the_mtimes_and_umask() {
     tree(two.path(), 12345, true);
     let a = collect(&layer(one.path(), "/app/"), one.path()).expect("collect");
     let b = collect(&layer(two.path(), "/app/"), two.path()).expect("collect");
-    assert_eq!(input_key(&a, 0), input_key(&b, 0));
     assert_eq!(tar_bytes(&a, 0), tar_bytes(&b, 0));
+    // Stat keys name files, not content: equal for the same files collected again,
+    // different for other files, never given for files changed in the last two seconds.
+    let now = std::time::SystemTime::now();
+    assert_eq!(stat_key(&a, 0, now), None, "just written: not trusted yet");
+    let later = now + std::time::Duration::from_secs(3);
+    let again = collect(&layer(one.path(), "/app/"), one.path()).expect("collect");
+    assert!(stat_key(&a, 0, later).is_some());
+    assert_eq!(stat_key(&a, 0, later), stat_key(&again, 0, later));
+    assert_ne!(stat_key(&a, 0, later), stat_key(&b, 0, later));
     assert_ne!(
-        input_key(&a, 0),
-        input_key(&a, 1),
+        stat_key(&a, 0, later),
+        stat_key(&a, 1, later),
         "the mtime is part of the key"
     );
     expect![[r#"
@@ -96,6 +104,13 @@ fn same_content_same_bytes_whatever_the_mtimes_and_umask() {
         lrwxrwxrwx 0/0 0 1970-01-01 00:00 app/b/link -> ../a.txt
         -rwxr-xr-x 0/0 18 1970-01-01 00:00 app/b/run.sh"#]]
     .assert_eq(&listing(&tar_bytes(&a, 0)));
+    fs::write(one.path().join("a.txt"), b"other, longer").expect("write");
+    let changed = collect(&layer(one.path(), "/app/"), one.path()).expect("collect");
+    assert_ne!(
+        stat_key(&a, 0, later),
+        stat_key(&changed, 0, later),
+        "a write changes the key"
+    );
 }
 
 #[test]
