@@ -362,16 +362,27 @@ fn build_layer(
         progress.status(label, done, Some(total));
     };
     let (compressor, diff_id, tar_size) = match hashed {
-        // `write` checks every file is as it was collected, so this pass writes the bytes
-        // the hashing pass hashed: no need to hash them again.
-        Some((diff_id, tar_size)) => {
+        // `write` checks every file is as it was collected, so with trusted stamps this
+        // pass writes the bytes the hashing pass hashed: no need to hash them again.
+        Some((diff_id, tar_size)) if stat_key.is_some() => {
             tar::write(&entries, options.mtime, &mut compressor, &mut report)?;
             (compressor, diff_id, tar_size)
         }
-        None => {
+        // A file changed in the last two seconds could change again within a clock tick
+        // without its stamp showing it: hash again, and the two passes must agree.
+        _ => {
             let mut hashing = HashingWriter::new(compressor);
             tar::write(&entries, options.mtime, &mut hashing, &mut report)?;
-            hashing.finish()
+            let (compressor, diff_id, tar_size) = hashing.finish();
+            if let Some((first, _)) = &hashed
+                && *first != diff_id
+            {
+                return Err(tar::TarError::Write(std::io::Error::other(
+                    "a file of the layer changed during the build",
+                ))
+                .into());
+            }
+            (compressor, diff_id, tar_size)
         }
     };
     let blob = compressor.finish().map_err(tar::TarError::Write)?;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <cache>/blobs/sha256/<hex>              compressed layers, configs, manifests, base blobs
-//! <cache>/stat/<stat key hex>                diff_id of the tar built from files with those stamps
+//! <cache>/stat/<stat key hex>             diff_id of the tar built from files with those stamps
 //! <cache>/compressed/<compression id>/<diff_id hex>   "<digest> <size>" of that tar compressed
 //! <cache>/tmp/                            blobs being written (renamed into place when whole)
 //! ```

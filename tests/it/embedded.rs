@@ -26,8 +26,12 @@ fn routes_survive_restart_and_instances_do_not() {
     );
     let (_, before) = strait.get("/v1/snapshot");
     strait.kill(); // no clean shutdown: persistence must not depend on one
+    assert!(
+        std::fs::metadata(data.join("routes.log")).is_ok_and(|m| m.len() > 0),
+        "the writes are in the log"
+    );
 
-    let strait = Strait::builder().data_dir(&data).start();
+    let mut strait = Strait::builder().data_dir(&data).start();
     let (_, after) = strait.get("/v1/snapshot");
     assert_eq!(after["routes"], before["routes"], "routes survive a crash");
     assert!(after["routes"]["api"].is_null());
@@ -39,6 +43,20 @@ fn routes_survive_restart_and_instances_do_not() {
     assert!(
         after["revision"].as_u64() >= Some(2),
         "revision does not go back below the persisted one: {after}"
+    );
+    // A clean stop folds the log into routes.json, all a rolled-back older strait reads.
+    strait.stop();
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("routes.json")).expect("routes.json"))
+            .expect("json");
+    assert_eq!(file["routes"]["web"]["host"], "web.example.com", "{file}");
+    assert!(file["routes"]["api"].is_null());
+    assert_eq!(
+        std::fs::metadata(data.join("routes.log"))
+            .expect("log")
+            .len(),
+        0,
+        "emptied"
     );
 }
 

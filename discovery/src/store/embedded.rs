@@ -26,13 +26,19 @@ const LOCK_FILE: &str = "LOCK";
 
 pub struct EmbeddedStore {
     data_dir: PathBuf,
-    state: Mutex<State>,
-    /// The routes log; holding it serialises route writes, so the log and the state
-    /// agree on order. Taken out while a blocking task appends.
-    route_log: tokio::sync::Mutex<Option<RouteLog>>,
-    publisher: Publisher,
+    /// What a route write needs, shared with the blocking task that makes it: a write
+    /// runs to its end (logged and applied, or neither) even if its caller goes away.
+    shared: Arc<Shared>,
     /// The data directory's lock, released by `hand_over`.
     lock: Mutex<Option<File>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The routes log. Held for a whole route write, so writes are serialised and the
+    /// log and the state agree on order.
+    log: Mutex<RouteLog>,
+    publisher: Publisher,
     /// Set by `hand_over`: the successor owns the data directory now.
     handed_over: AtomicBool,
 }
@@ -48,18 +54,37 @@ impl EmbeddedStore {
         publisher.publish(&state);
         Ok(EmbeddedStore {
             data_dir: data_dir.to_path_buf(),
-            state: Mutex::new(state),
-            route_log: tokio::sync::Mutex::new(Some(log)),
-            publisher,
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                log: Mutex::new(log),
+                publisher,
+                handed_over: AtomicBool::new(false),
+            }),
             lock: Mutex::new(Some(lock)),
-            handed_over: AtomicBool::new(false),
         })
     }
 
+    /// A route write, on a blocking thread (it syncs the log); `Ok(false)`: it would
+    /// change nothing, and nothing was written.
+    async fn write_route(&self, op: RouteOp) -> Result<bool, StoreError> {
+        let written = SystemTime::now();
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.write_route(op, written))
+            .await
+            .map_err(|e| StoreError::Storage(format!("route write task failed: {e}")))?
+    }
+}
+
+impl Shared {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // State mutations below are single assignments after all fallible work, so a
         // poisoned lock still guards a consistent value.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_log(&self) -> MutexGuard<'_, RouteLog> {
+        // `RouteLog` notes a failed append itself (`needs_snapshot`).
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn ensure_owner(&self) -> Result<(), StoreError> {
@@ -91,33 +116,20 @@ impl EmbeddedStore {
         Ok(result)
     }
 
-    /// Makes a route write durable in the log, then applies it. `Ok(false)`: it would
-    /// change nothing, and nothing was written.
-    async fn write_route(&self, op: RouteOp) -> Result<bool, StoreError> {
-        let written = SystemTime::now();
-        let mut serial = self.route_log.lock().await;
-        self.ensure_owner()?;
+    /// Makes a route write durable in the log, then applies it. Blocking.
+    fn write_route(&self, op: RouteOp, written: SystemTime) -> Result<bool, StoreError> {
+        let mut log = self.lock_log();
         let (routes, revision) = {
             let state = self.lock_state();
+            self.ensure_owner()?;
+            if !op.changes(&state.routes) {
+                return Ok(false);
+            }
             (Arc::clone(&state.routes), state.revision + 1)
         };
-        if !op.changes(&routes) {
-            return Ok(false);
-        }
-        let mut log = serial.take().ok_or_else(|| {
-            StoreError::Storage("the routes log was lost by a failed write task".into())
-        })?;
-        let (log, result) = tokio::task::spawn_blocking(move || {
-            let result = log.append(revision, &op, &routes).map(|()| {
-                log.maybe_compact(revision, &routes, &op);
-                op
-            });
-            (log, result)
-        })
-        .await
-        .map_err(|e| StoreError::Storage(format!("route write task failed: {e}")))?;
-        *serial = Some(log);
-        let op = result?;
+        log.append(revision, &op, &routes)?;
+        log.maybe_compact(revision, &routes, &op);
+        // Cannot fail: `hand_over` takes the log before it sets `handed_over`.
         self.apply(written, |state| (op.apply(&mut state.routes), ()))?;
         Ok(true)
     }
@@ -127,12 +139,13 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     async fn register(&self, instance: Instance) -> Result<(), StoreError> {
         let written = SystemTime::now();
-        self.apply(written, |state| (state.upsert_instance(instance), ()))
+        self.shared
+            .apply(written, |state| (state.upsert_instance(instance), ()))
     }
 
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, StoreError> {
         let written = SystemTime::now();
-        self.apply(written, |state| {
+        self.shared.apply(written, |state| {
             let removed = state.remove_instance(service, id).is_some();
             (removed, removed)
         })
@@ -140,7 +153,7 @@ impl Store for EmbeddedStore {
 
     async fn set_health(&self, service: &str, id: &str, health: Health) -> Result<(), StoreError> {
         let written = SystemTime::now();
-        self.apply(written, |state| {
+        self.shared.apply(written, |state| {
             let Some(mut instance) = state.snapshot().instance(service, id).cloned() else {
                 return (
                     false,
@@ -172,32 +185,51 @@ impl Store for EmbeddedStore {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        self.publisher.snapshot()
+        self.shared.publisher.snapshot()
     }
 
     fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.publisher.watch()
+        self.shared.publisher.watch()
     }
 
     fn status(&self) -> StoreStatus {
-        self.publisher.status()
+        self.shared.publisher.status()
     }
 
-    async fn shutdown(&self) {}
+    async fn shutdown(&self) {
+        // Folds the log into `routes.json`, as `hand_over` does: a strait started next on
+        // this directory may be an older one that reads only that file.
+        let shared = Arc::clone(&self.shared);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut log = shared.lock_log();
+            let state = shared.lock_state();
+            if !shared.handed_over.load(Ordering::Acquire) {
+                log.fold(state.revision, &state.routes);
+            }
+        })
+        .await;
+    }
 
     async fn hand_over(&self) -> Result<Handover, StoreError> {
-        // No route write is half done once this is held, and none starts after.
-        let _serial = self.route_log.lock().await;
-        // Set under the state's lock: a write either landed before (and is in
-        // `instances`) or fails.
-        let state = self.lock_state();
-        self.handed_over.store(true, Ordering::Release);
-        let instances = state
-            .services
-            .values()
-            .flat_map(|service| service.instances.values().cloned())
-            .collect();
-        drop(state);
+        let shared = Arc::clone(&self.shared);
+        let instances = tokio::task::spawn_blocking(move || {
+            // No route write is half done once the log is held, and none starts after.
+            let mut log = shared.lock_log();
+            // Set under the state's lock: a write either landed before (and is in
+            // `instances`) or fails.
+            let state = shared.lock_state();
+            shared.handed_over.store(true, Ordering::Release);
+            // Everything in `routes.json`, so a successor that reads only that file (an
+            // older strait, rolled back to) misses nothing.
+            log.fold(state.revision, &state.routes);
+            state
+                .services
+                .values()
+                .flat_map(|service| service.instances.values().cloned())
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("hand-over task failed: {e}")))?;
         // Dropping the file releases the lock for the successor.
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
         Ok(Handover {
@@ -208,9 +240,9 @@ impl Store for EmbeddedStore {
 
     async fn adopt(&self, handover: Handover) -> Result<(), StoreError> {
         let written = SystemTime::now();
-        if self.handed_over.load(Ordering::Acquire) {
-            // Taking back what this process handed over (the successor failed).
-            let mut serial = self.route_log.lock().await;
+        if self.shared.handed_over.load(Ordering::Acquire) {
+            // Taking back what this process handed over (the successor failed). Route
+            // writes fail until `handed_over` is cleared below.
             let dir = self.data_dir.clone();
             // A successor that failed may still be exiting, its lock not yet released.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -227,26 +259,29 @@ impl Store for EmbeddedStore {
                     Err(e) => return Err(e),
                 }
             };
-            *self.lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
             // The successor may have written routes meanwhile: read them back, and the log
-            // from where it ends now.
+            // from where it ends now. On failure the lock goes again with `lock`.
             let dir = self.data_dir.clone();
             let loaded = tokio::task::spawn_blocking(move || route_log::load(&dir))
                 .await
                 .map_err(|e| StoreError::Storage(format!("loading task failed: {e}")))??;
-            *serial = Some(loaded.log);
+            *self.lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
+            let shared = &self.shared;
+            *shared.lock_log() = loaded.log;
             {
-                let mut state = self.lock_state();
+                let mut state = shared.lock_state();
+                // Never behind the log's revisions, or later records would be skipped on load.
+                state.revision = state.revision.max(loaded.revision);
                 if state.routes != loaded.routes {
                     state.routes = loaded.routes;
-                    state.revision = state.revision.max(loaded.revision) + 1;
+                    state.revision += 1;
                     state.changed_at = Some(written);
-                    self.publisher.publish(&state);
+                    shared.publisher.publish(&state);
                 }
             }
-            self.handed_over.store(false, Ordering::Release);
+            shared.handed_over.store(false, Ordering::Release);
         }
-        self.apply(written, |state| {
+        self.shared.apply(written, |state| {
             let mut changed = false;
             for instance in handover.instances {
                 changed |= state.upsert_instance(instance);

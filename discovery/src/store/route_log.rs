@@ -163,17 +163,15 @@ pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
     let _ = fs::remove_file(dir.join(format!("{ROUTES_FILE}.tmp")));
 
     let log_path = dir.join(LOG_FILE);
-    let existed = log_path.exists();
     let file = File::options()
         .read(true)
         .append(true)
         .create(true)
         .open(&log_path)
         .map_err(|e| storage_error(&log_path, "cannot open", e))?;
-    if !existed {
-        // The new file's directory entry must be durable before a record in it counts.
-        sync_dir(dir)?;
-    }
+    // The file's directory entry must be durable before a record in it counts (a crash
+    // may have come between its creation and a sync); once per start.
+    sync_dir(dir)?;
     let bytes = fs::read(&log_path).map_err(|e| storage_error(&log_path, "cannot read", e))?;
     let mut routes = Arc::new(routes);
     let mut good = 0usize;
@@ -308,6 +306,17 @@ impl RouteLog {
         op.clone().apply(&mut next);
         if let Err(e) = self.write_snapshot(revision, &next) {
             tracing::warn!(error = %e, "could not fold the routes log into routes.json; appending on");
+        }
+    }
+
+    /// Folds a non-empty log into the snapshot now (shutdown, hand-over). A failure is
+    /// only logged: the log still holds everything.
+    pub fn fold(&mut self, revision: u64, routes: &RouteMap) {
+        if self.len == 0 && !self.needs_snapshot {
+            return;
+        }
+        if let Err(e) = self.write_snapshot(revision, routes) {
+            tracing::warn!(error = %e, "could not fold the routes log into routes.json");
         }
     }
 
