@@ -133,13 +133,15 @@ fn killed_owner_instances_expire() {
                 id,
                 "127.0.0.1:9000",
                 "--ttl",
-                "1s",
+                // Renewed every ttl/3: 2 s leaves room for a CI machine busy with other
+                // tests (1 s expired a renewal once, and the holder exits non-zero then).
+                "2s",
                 "--admin",
                 &admin,
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn strait svc register")
     };
@@ -153,14 +155,14 @@ fn killed_owner_instances_expire() {
             Err(format!("{ids:?}"))
         }
     });
-    // Alive and renewing: still there after several TTLs.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Alive and renewing: still there after two TTLs.
+    std::thread::sleep(Duration::from_millis(4200));
     assert_eq!(strait.instance_ids("web"), ["graceful", "killed"]);
 
     killed.kill().expect("kill");
     killed.wait().expect("wait");
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(8),
         "the killed owner's instance to expire",
         || {
             let ids = strait.instance_ids("web");
@@ -173,8 +175,12 @@ fn killed_owner_instances_expire() {
     );
 
     crate::harness::signal(graceful.id(), "TERM");
-    let status = { graceful }.wait().expect("wait");
-    assert!(status.success(), "svc register exits cleanly on SIGTERM");
+    let output = graceful.wait_with_output().expect("wait");
+    assert!(
+        output.status.success(),
+        "svc register exits cleanly on SIGTERM: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(
         strait.instance_ids("web").is_empty(),
         "revoked at once on SIGTERM"
