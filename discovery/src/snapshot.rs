@@ -125,17 +125,27 @@ impl State {
     }
 
     pub fn upsert_route(&mut self, name: &str, route: Route) -> bool {
-        if self.routes.get(name).map(|r| r.as_ref()) == Some(&route) {
-            return false;
-        }
-        Arc::make_mut(&mut self.routes).insert(Arc::from(name), Arc::new(route));
-        true
+        upsert_route(&mut self.routes, name, route)
     }
 
     pub fn remove_route(&mut self, name: &str) -> bool {
-        if !self.routes.contains_key(name) {
-            return false;
-        }
-        Arc::make_mut(&mut self.routes).remove(name).is_some()
+        remove_route(&mut self.routes, name)
     }
+}
+
+/// Sets route `name`; false (and the map not copied) when it is already so.
+pub fn upsert_route(routes: &mut Arc<RouteMap>, name: &str, route: Route) -> bool {
+    if routes.get(name).map(|r| r.as_ref()) == Some(&route) {
+        return false;
+    }
+    Arc::make_mut(routes).insert(Arc::from(name), Arc::new(route));
+    true
+}
+
+/// Removes route `name`; false (and the map not copied) when there is none.
+pub fn remove_route(routes: &mut Arc<RouteMap>, name: &str) -> bool {
+    if !routes.contains_key(name) {
+        return false;
+    }
+    Arc::make_mut(routes).remove(name).is_some()
 }

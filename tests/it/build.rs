@@ -1207,6 +1207,40 @@ fn unchanged_files_are_found_by_stamp_and_fresh_ones_by_content() {
     assert_eq!(third.line("layers:"), "layers: 0 built, 1 cached");
     assert_eq!(third.digest(), first.digest());
 
+    // That hit read no content: pointed at another layer in the cache, the stamp record
+    // is believed, and the image is the other tree's.
+    let other = tmp.path().join("other");
+    write(&other.join("dist/hello"), b"#!/bin/sh\necho other\n", 0o755);
+    fs::copy(
+        dir.join("strait-build.toml"),
+        other.join("strait-build.toml"),
+    )
+    .expect("copy");
+    let other_image = build(
+        &other,
+        &cache,
+        &["--oci-dir", path_str(&other.join("image"))],
+        &[],
+    );
+    assert!(other_image.ok, "{}", other_image.stderr);
+    let record = fs::read_dir(cache.join("stat"))
+        .expect("stat dir")
+        .next()
+        .expect("one record")
+        .expect("entry")
+        .path();
+    let ours = fs::read_to_string(&record).expect("record");
+    let other_diff_id = fs::read_dir(cache.join("compressed"))
+        .expect("compressed dir")
+        .flat_map(|d| fs::read_dir(d.expect("entry").path()).expect("compressor dir"))
+        .map(|e| format!("sha256:{}", e.expect("entry").file_name().to_string_lossy()))
+        .find(|diff_id| *diff_id != ours.trim())
+        .expect("the other layer's record");
+    fs::write(&record, &other_diff_id).expect("point the record elsewhere");
+    let believed = build(dir, &cache, &args, &[]);
+    assert_eq!(believed.line("layers:"), "layers: 0 built, 1 cached");
+    assert_eq!(believed.digest(), other_image.digest());
+
     // Rewritten with the same size: the stamp may not show it, the content does.
     write(&dir.join("dist/hello"), b"#!/bin/sh\necho HI\n", 0o755);
     let changed = build(dir, &cache, &args, &[]);

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::route_log::{self, RouteLog, RouteOp};
+use super::route_log::{self, RouteLog, RouteOp, storage_error};
 use super::{Handover, Publisher, Store, StoreError, StoreMetrics, StoreStatus};
 use crate::model::{Health, Instance, Route};
 use crate::snapshot::{Snapshot, State};
@@ -201,10 +201,14 @@ impl Store for EmbeddedStore {
         // this directory may be an older one that reads only that file.
         let shared = Arc::clone(&self.shared);
         let _ = tokio::task::spawn_blocking(move || {
+            // The log held, no route write runs; the state is not held while syncing.
             let mut log = shared.lock_log();
-            let state = shared.lock_state();
+            let (revision, routes) = {
+                let state = shared.lock_state();
+                (state.revision, Arc::clone(&state.routes))
+            };
             if !shared.handed_over.load(Ordering::Acquire) {
-                log.fold(state.revision, &state.routes);
+                log.fold(revision, &routes);
             }
         })
         .await;
@@ -217,16 +221,20 @@ impl Store for EmbeddedStore {
             let mut log = shared.lock_log();
             // Set under the state's lock: a write either landed before (and is in
             // `instances`) or fails.
-            let state = shared.lock_state();
-            shared.handed_over.store(true, Ordering::Release);
+            let (revision, routes, instances) = {
+                let state = shared.lock_state();
+                shared.handed_over.store(true, Ordering::Release);
+                let instances = state
+                    .services
+                    .values()
+                    .flat_map(|service| service.instances.values().cloned())
+                    .collect();
+                (state.revision, Arc::clone(&state.routes), instances)
+            };
             // Everything in `routes.json`, so a successor that reads only that file (an
             // older strait, rolled back to) misses nothing.
-            log.fold(state.revision, &state.routes);
-            state
-                .services
-                .values()
-                .flat_map(|service| service.instances.values().cloned())
-                .collect()
+            log.fold(revision, &routes);
+            instances
         })
         .await
         .map_err(|e| StoreError::Storage(format!("hand-over task failed: {e}")))?;
@@ -289,10 +297,6 @@ impl Store for EmbeddedStore {
             (changed, ())
         })
     }
-}
-
-fn storage_error(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(format!("{}: {what}: {e}", path.display()))
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {

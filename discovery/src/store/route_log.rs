@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::model::Route;
-use crate::snapshot::RouteMap;
+use crate::snapshot::{self, RouteMap};
 
 pub const ROUTES_FILE: &str = "routes.json";
 pub const LOG_FILE: &str = "routes.log";
@@ -34,12 +34,13 @@ const FORMAT: u32 = 1;
 /// The log is folded into the snapshot once it is larger than this and than the snapshot.
 const COMPACT_MIN_BYTES: u64 = 4 << 20;
 
+/// `routes.json`. Read as owned routes; written from the live map (same JSON, no copy).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RoutesFile {
+struct RoutesFile<Routes> {
     format: u32,
     revision: u64,
-    routes: BTreeMap<String, Route>,
+    routes: Routes,
 }
 
 /// A route write, as the log records it.
@@ -57,38 +58,12 @@ struct LogRecord<Op> {
     op: Op,
 }
 
-/// The borrowed form of [`RouteOp`], so appending a record clones nothing.
-#[derive(Serialize)]
-#[serde(rename_all = "snake_case")]
-enum RouteOpRef<'a> {
-    Put { name: &'a str, route: &'a Route },
-    Delete { name: &'a str },
-}
-
 impl RouteOp {
-    fn as_ref(&self) -> RouteOpRef<'_> {
-        match self {
-            RouteOp::Put { name, route } => RouteOpRef::Put { name, route },
-            RouteOp::Delete { name } => RouteOpRef::Delete { name },
-        }
-    }
-
     /// Applies the write to `routes`; false when it changes nothing.
     pub fn apply(self, routes: &mut Arc<RouteMap>) -> bool {
         match self {
-            RouteOp::Put { name, route } => {
-                if routes.get(name.as_str()).map(|r| r.as_ref()) == Some(&*route) {
-                    return false;
-                }
-                Arc::make_mut(routes).insert(Arc::from(name.as_str()), Arc::new(*route));
-                true
-            }
-            RouteOp::Delete { name } => {
-                if !routes.contains_key(name.as_str()) {
-                    return false;
-                }
-                Arc::make_mut(routes).remove(name.as_str()).is_some()
-            }
+            RouteOp::Put { name, route } => snapshot::upsert_route(routes, &name, *route),
+            RouteOp::Delete { name } => snapshot::remove_route(routes, &name),
         }
     }
 
@@ -103,7 +78,7 @@ impl RouteOp {
     }
 }
 
-fn storage_error(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
+pub(super) fn storage_error(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("{}: {what}: {e}", path.display()))
 }
 
@@ -138,13 +113,14 @@ pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
     match fs::read(&path) {
         Ok(bytes) => {
             snapshot_len = bytes.len() as u64;
-            let file: RoutesFile = serde_json::from_slice(&bytes).map_err(|e| {
-                storage_error(
-                    &path,
-                    "corrupt routes file (not replaced; fix or move it)",
-                    e,
-                )
-            })?;
+            let file: RoutesFile<BTreeMap<String, Route>> = serde_json::from_slice(&bytes)
+                .map_err(|e| {
+                    storage_error(
+                        &path,
+                        "corrupt routes file (not replaced; fix or move it)",
+                        e,
+                    )
+                })?;
             if file.format != FORMAT {
                 return Err(storage_error(&path, "unsupported format", file.format));
             }
@@ -172,7 +148,10 @@ pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
     // The file's directory entry must be durable before a record in it counts (a crash
     // may have come between its creation and a sync); once per start.
     sync_dir(dir)?;
-    let bytes = fs::read(&log_path).map_err(|e| storage_error(&log_path, "cannot read", e))?;
+    let mut bytes = Vec::new();
+    (&file)
+        .read_to_end(&mut bytes)
+        .map_err(|e| storage_error(&log_path, "cannot read", e))?;
     let mut routes = Arc::new(routes);
     let mut good = 0usize;
     let mut lines = bytes
@@ -271,11 +250,8 @@ impl RouteLog {
             op.clone().apply(&mut next);
             return self.write_snapshot(revision, &next);
         }
-        let json = serde_json::to_vec(&LogRecord {
-            revision,
-            op: op.as_ref(),
-        })
-        .map_err(|e| storage_error(&self.path(), "encode", e))?;
+        let json = serde_json::to_vec(&LogRecord { revision, op })
+            .map_err(|e| storage_error(&self.path(), "encode", e))?;
         let mut line = Vec::with_capacity(json.len() + 10);
         line.extend_from_slice(format!("{:08x} ", crc32fast::hash(&json)).as_bytes());
         line.extend_from_slice(&json);
@@ -325,10 +301,7 @@ impl RouteLog {
         let file = RoutesFile {
             format: FORMAT,
             revision,
-            routes: routes
-                .iter()
-                .map(|(name, route)| (name.to_string(), Route::clone(route)))
-                .collect(),
+            routes,
         };
         self.snapshot_len = persist_snapshot(&self.dir, &file)?;
         // The snapshot holds every record now; one left behind by a crash here is skipped
@@ -354,7 +327,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Replaces `routes.json` atomically; returns its size.
-fn persist_snapshot(dir: &Path, file: &RoutesFile) -> Result<u64, StoreError> {
+fn persist_snapshot(dir: &Path, file: &RoutesFile<&RouteMap>) -> Result<u64, StoreError> {
     let path = dir.join(ROUTES_FILE);
     let tmp = dir.join(format!("{ROUTES_FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(file).map_err(|e| storage_error(&path, "encode", e))?;
@@ -499,15 +472,28 @@ mod tests {
 
     #[test]
     fn records_the_snapshot_already_holds_are_skipped() {
-        // A crash after the snapshot was written and before the log was emptied.
+        // A crash after the snapshot was written and before the log was emptied. The
+        // snapshot names another host than the log's records, so replaying them would show.
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), vec![put("a", "a.test"), put("a", "a2.test")]);
+        let mut routes = RouteMap::new();
+        routes.insert(
+            Arc::from("a"),
+            Arc::new(Route::http("snapshot.test", "web")),
+        );
         let snapshot = RoutesFile {
             format: FORMAT,
             revision: 2,
-            routes: [("a".to_string(), Route::http("a2.test", "web"))].into(),
+            routes: &routes,
         };
         persist_snapshot(dir.path(), &snapshot).expect("snapshot");
+        let loaded = load(dir.path()).expect("load");
+        assert_eq!(loaded.revision, 2);
+        assert_eq!(
+            hosts(&loaded.routes),
+            [("a".into(), "snapshot.test".into())]
+        );
+        drop(loaded);
         write(dir.path(), vec![RouteOp::Delete { name: "a".into() }]);
         let loaded = load(dir.path()).expect("load");
         assert_eq!(loaded.revision, 3);
