@@ -82,13 +82,22 @@ fn dns_query(port: u16) -> Result<(), String> {
 }
 
 fn renew(admin: u16, lease: &str) -> Result<(), String> {
-    let response = ureq::put(&format!("http://127.0.0.1:{admin}/v1/leases/{lease}/renew"))
-        .config()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .send_empty()
-        .map_err(|e| e.to_string())?;
+    let send = || {
+        ureq::put(&format!("http://127.0.0.1:{admin}/v1/leases/{lease}/renew"))
+            .config()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .send_empty()
+    };
+    // The old process closes its idle keep-alive admin connections when it hands over; a
+    // request sent on one just then meets the close unanswered. A renewal is idempotent,
+    // so it is sent again on a new connection, as RFC 9112 §9.3.1 has clients do.
+    let response = match send() {
+        Err(ureq::Error::Io(_)) => send(),
+        other => other,
+    }
+    .map_err(|e| e.to_string())?;
     match response.status().as_u16() {
         200 => Ok(()),
         status => Err(format!("renew answered {status}")),
