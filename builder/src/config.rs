@@ -71,6 +71,10 @@ pub struct LayerFile {
     /// OCI whiteout entries in this layer.
     #[serde(default)]
     pub delete: Vec<Spanned<String>>,
+    /// Store the sources' extended attributes (file capabilities, `user.*`), as PAX
+    /// `SCHILY.xattr.*` records. Off by default: they are host state, not content.
+    #[serde(default)]
+    pub xattrs: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +239,8 @@ pub struct LayerPlan {
     pub globs: Vec<String>,
     /// Paths to whiteout (no leading `/`, no trailing `/`).
     pub delete: Vec<String>,
+    /// Whether the sources' extended attributes go into the layer.
+    pub xattrs: bool,
 }
 
 /// A validated build.
@@ -537,6 +543,7 @@ impl Checker<'_> {
             include: Vec::new(),
             exclude: Vec::new(),
             delete: Vec::new(),
+            xattrs: false,
         };
         self.layer_at(key, &layer, platforms)
     }
@@ -678,6 +685,7 @@ impl Checker<'_> {
             exclude: globs(&layer.exclude, "exclude")?,
             globs: written,
             delete,
+            xattrs: layer.xattrs,
         })
     }
 }

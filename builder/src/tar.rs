@@ -2,13 +2,15 @@
 //! stream written from them ([`write`]).
 //!
 //! Determinism rules: entries sorted by path (parents first), every mtime the same fixed
-//! value, uid/gid 0 unless the layer names an owner, empty uname/gname, no atime, ctime or
-//! xattrs, modes normalised (0644/0755 unless the layer sets one), ustar headers with a
-//! PAX record only when a value does not fit, and nothing else: the same entries always
+//! value, uid/gid 0 unless the layer names an owner, empty uname/gname, no atime or ctime,
+//! no xattrs unless the layer asks (then PAX `SCHILY.xattr.*` records, sorted by name),
+//! modes normalised (0644/0755 unless the layer sets one), ustar headers with a PAX
+//! record only when a value does not fit, and nothing else: the same entries always
 //! make the same bytes. Files hard-linked to each other in the source are one file and
 //! hard links to it in the layer (as docker and umoci store them), the first path in
 //! sorted order holding the content.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -50,6 +52,82 @@ pub struct Entry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Extended attributes (name, value), sorted by name; empty unless the layer asks.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Extended attributes never stored: an SELinux label is the build host's policy, not
+/// the file's (runtimes label containers themselves), as docker and buildkit also skip.
+const HOST_ONLY_XATTRS: &[&str] = &["security.selinux"];
+
+/// The extended attributes of `path` itself (not a symlink's target), sorted by name.
+/// A file system without xattrs has none.
+fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, TarError> {
+    use rustix::io::Errno;
+    let unsupported = |e: Errno| e == Errno::NOTSUP || e == Errno::OPNOTSUPP;
+    let to_tar = |e: Errno| TarError::Io {
+        path: path.to_path_buf(),
+        error: io::Error::from(e),
+    };
+    // Sized by a query first; a list that grows in between (ERANGE) is asked for again.
+    let names = loop {
+        let size = match rustix::fs::llistxattr_query(path) {
+            Ok(size) => size,
+            Err(e) if unsupported(e) => return Ok(Vec::new()),
+            Err(e) => return Err(to_tar(e)),
+        };
+        let mut list = vec![0u8; size];
+        match rustix::fs::llistxattr(path, &mut list[..]) {
+            Ok(n) => {
+                list.truncate(n);
+                break list;
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(to_tar(e)),
+        }
+    };
+    let mut xattrs = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = std::str::from_utf8(name).map_err(|_| TarError::Unsupported {
+            path: path.to_path_buf(),
+            message: "extended attribute names must be UTF-8".into(),
+        })?;
+        if HOST_ONLY_XATTRS.contains(&name) {
+            continue;
+        }
+        let value = loop {
+            let size = match rustix::fs::lgetxattr_query(path, name) {
+                Ok(size) => size,
+                // Removed since it was listed.
+                Err(Errno::NODATA) => break None,
+                Err(e) => return Err(to_tar(e)),
+            };
+            let mut value = vec![0u8; size];
+            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+                Ok(n) => {
+                    value.truncate(n);
+                    break Some(value);
+                }
+                Err(Errno::RANGE) => continue,
+                Err(Errno::NODATA) => break None,
+                Err(e) => return Err(to_tar(e)),
+            }
+        };
+        if let Some(value) = value {
+            xattrs.push((name.to_string(), value));
+        }
+    }
+    xattrs.sort();
+    Ok(xattrs)
+}
+
+/// `read_xattrs` when the layer asks for them.
+fn xattrs_of(layer: &LayerPlan, path: &Path) -> Result<Vec<(String, Vec<u8>)>, TarError> {
+    if layer.xattrs {
+        read_xattrs(path)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,12 +173,13 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
     let meta = fs::metadata(src).map_err(io_err(src))?;
     let dest_is_dir = layer.dest.is_empty() || layer.dest.ends_with('/');
-    let dir_entry = |path: String, mode: u32, uid: u32, gid: u32| Entry {
+    let dir_entry = |path: String, mode: u32, uid: u32, gid: u32, xattrs| Entry {
         path,
         kind: Kind::Dir,
         mode,
         uid,
         gid,
+        xattrs,
     };
     let root_dir = if meta.is_dir() {
         let dest = if dest_is_dir {
@@ -109,9 +188,10 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
             format!("{}/", layer.dest)
         };
         if !dest.is_empty() {
+            let xattrs = xattrs_of(layer, src)?;
             entries.insert(
                 dest.clone(),
-                dir_entry(dest.clone(), layer.dir_mode, layer.uid, layer.gid),
+                dir_entry(dest.clone(), layer.dir_mode, layer.uid, layer.gid, xattrs),
             );
         }
         walk(layer, src, "", &dest, &mut entries)?;
@@ -140,7 +220,7 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
         let key = format!("{parent}/");
         entries
             .entry(key.clone())
-            .or_insert_with(|| dir_entry(key, 0o755, 0, 0));
+            .or_insert_with(|| dir_entry(key, 0o755, 0, 0, Vec::new()));
     }
     for deleted in &layer.delete {
         let (dir, name) = deleted.rsplit_once('/').unwrap_or(("", deleted));
@@ -165,6 +245,7 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
+                xattrs: Vec::new(),
             },
         );
     }
@@ -187,7 +268,9 @@ fn link_hard_links(entries: &mut [Entry]) {
             Some(target) => {
                 entry.kind = Kind::HardLink {
                     target: target.clone(),
-                }
+                };
+                // They are the inode's, stored with the first path.
+                entry.xattrs.clear();
             }
             None => {
                 first.insert(*id, entry.path.clone());
@@ -232,6 +315,7 @@ fn walk(
             let explicitly = matches(&layer.include, &rel_path);
             let inner = walk(layer, &path, &format!("{rel_path}/"), dest, entries)?;
             if inner || explicitly || layer.include.is_none() {
+                let xattrs = xattrs_of(layer, &path)?;
                 entries.insert(
                     key.clone(),
                     Entry {
@@ -240,6 +324,7 @@ fn walk(
                         mode: layer.dir_mode,
                         uid: layer.uid,
                         gid: layer.gid,
+                        xattrs,
                     },
                 );
                 added = true;
@@ -311,6 +396,7 @@ fn file_entry(
         mode,
         uid: layer.uid,
         gid: layer.gid,
+        xattrs: xattrs_of(layer, path)?,
     })
 }
 
@@ -346,9 +432,13 @@ pub fn stat_key(entries: &[Entry], mtime: u64, now: std::time::SystemTime) -> Op
             Kind::Whiteout => "whiteout".to_string(),
         };
         text.push_str(&format!(
-            "{:?} {:o} {}:{} {what}\n",
+            "{:?} {:o} {}:{} {what}",
             entry.path, entry.mode, entry.uid, entry.gid
         ));
+        for (name, value) in &entry.xattrs {
+            text.push_str(&format!(" xattr {name:?}={value:02x?}"));
+        }
+        text.push('\n');
     }
     Some(Digest::of(text.as_bytes()))
 }
@@ -382,6 +472,7 @@ pub fn write<W: Write>(
             entry.uid,
             entry.gid,
             mtime,
+            &entry.xattrs,
         )
         .map_err(TarError::Write)?;
         if let Kind::File {
@@ -450,24 +541,33 @@ fn write_header<W: Write>(
     uid: u32,
     gid: u32,
     mtime: u64,
+    xattrs: &[(String, Vec<u8>)],
 ) -> io::Result<()> {
-    let mut pax: Vec<(&str, String)> = Vec::new();
+    let mut pax: Vec<(Cow<str>, Cow<[u8]>)> = Vec::new();
     let (prefix, name) = split_name(path).unwrap_or_else(|| {
-        pax.push(("path", path.to_string()));
+        pax.push(("path".into(), path.as_bytes().into()));
         ("", truncate(path, 100))
     });
     if link.len() > 100 {
-        pax.push(("linkpath", link.to_string()));
+        pax.push(("linkpath".into(), link.as_bytes().into()));
     }
     let mut header = [0u8; BLOCK];
     if !octal(&mut header[108..116], u64::from(uid)) {
-        pax.push(("uid", uid.to_string()));
+        pax.push(("uid".into(), uid.to_string().into_bytes().into()));
     }
     if !octal(&mut header[116..124], u64::from(gid)) {
-        pax.push(("gid", gid.to_string()));
+        pax.push(("gid".into(), gid.to_string().into_bytes().into()));
     }
     if !octal(&mut header[124..136], size) {
-        pax.push(("size", size.to_string()));
+        pax.push(("size".into(), size.to_string().into_bytes().into()));
+    }
+    for (name, value) in xattrs {
+        // GNU tar's and Go's archive/tar's key; values are raw bytes (the record's length
+        // delimits them, so NULs in a capability set are fine).
+        pax.push((
+            format!("SCHILY.xattr.{name}").into(),
+            value.as_slice().into(),
+        ));
     }
     if !pax.is_empty() {
         let mut records = Vec::new();
@@ -478,7 +578,9 @@ fn write_header<W: Write>(
             if len.to_string().len() + rest != len {
                 len = rest + len.to_string().len();
             }
-            records.extend_from_slice(format!("{len} {key}={value}\n").as_bytes());
+            records.extend_from_slice(format!("{len} {key}=").as_bytes());
+            records.extend_from_slice(value);
+            records.push(b'\n');
         }
         write_header(
             out,
@@ -490,6 +592,7 @@ fn write_header<W: Write>(
             0,
             0,
             mtime,
+            &[],
         )?;
         out.write_all(&records)?;
         pad(out, records.len() as u64)?;

@@ -1022,6 +1022,84 @@ fn hard_links_are_stored_once() {
     }
 }
 
+/// `xattrs = true` keeps the sources' extended attributes: a file capability set with
+/// `setcap` (needs root, as the test suite runs) survives umoci's unpack, and so does a
+/// `user.*` attribute; without the key, neither is stored.
+#[test]
+fn xattrs_when_asked_keep_file_capabilities() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    write(&dir.join("dist/bin/server"), b"#!/bin/sh\n", 0o755);
+    write(&dir.join("dist/notes"), b"notes\n", 0o644);
+    run(
+        "setcap",
+        &[
+            "cap_net_bind_service=+ep",
+            path_str(&dir.join("dist/bin/server")),
+        ],
+    );
+    rustix::fs::setxattr(
+        dir.join("dist/notes"),
+        "user.origin",
+        b"ci\0job",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("setxattr");
+    let config = |xattrs: bool| {
+        let line = if xattrs { "xattrs = true\n" } else { "" };
+        fs::write(
+            dir.join("strait-build.toml"),
+            format!("base = \"scratch\"\n\n[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\n{line}"),
+        )
+        .expect("write config");
+    };
+    let user_origin = |rootfs: &Path| {
+        let mut value = [0u8; 32];
+        rustix::fs::getxattr(rootfs.join("app/notes"), "user.origin", &mut value[..])
+            .ok()
+            .map(|n| value[..n].to_vec())
+    };
+
+    config(true);
+    let with = dir.join("with");
+    let digest = build(
+        dir,
+        &dir.join("cache"),
+        &["--oci-dir", path_str(&with)],
+        &[],
+    )
+    .digest();
+    let rootfs = unpack(&with, "latest", &dir.join("bundle-with"));
+    let caps = run("getcap", &[path_str(&rootfs.join("app/bin/server"))]);
+    assert!(caps.contains("cap_net_bind_service=ep"), "getcap: {caps:?}");
+    assert_eq!(user_origin(&rootfs).as_deref(), Some(&b"ci\0job"[..]));
+    // Reproducible like everything else: the same again from a fresh cache.
+    let again = dir.join("again");
+    let same = build(
+        dir,
+        &dir.join("cache2"),
+        &["--oci-dir", path_str(&again)],
+        &[],
+    )
+    .digest();
+    assert_eq!(digest, same);
+
+    config(false);
+    let without = dir.join("without");
+    let plain = build(
+        dir,
+        &dir.join("cache"),
+        &["--oci-dir", path_str(&without)],
+        &[],
+    )
+    .digest();
+    assert_ne!(digest, plain);
+    let rootfs = unpack(&without, "latest", &dir.join("bundle-without"));
+    let caps = run("getcap", &[path_str(&rootfs.join("app/bin/server"))]);
+    assert!(caps.trim().is_empty(), "getcap: {caps:?}");
+    assert_eq!(user_origin(&rootfs), None);
+}
+
 /// A registry serving TLS with a private CA: `--ca-cert` makes the push go over verified
 /// TLS (loopback included); a CA that did not sign the registry's certificate fails it.
 #[test]

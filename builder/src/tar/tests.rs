@@ -22,6 +22,7 @@ fn layer(src: &Path, dest: &str) -> LayerPlan {
         exclude: None,
         globs: Vec::new(),
         delete: Vec::new(),
+        xattrs: false,
     }
 }
 
@@ -245,4 +246,77 @@ fn deletes_become_whiteouts_with_their_directories() {
         error.to_string().contains("both adds and deletes"),
         "{error}"
     );
+}
+
+#[test]
+fn xattrs_are_stored_only_when_asked() {
+    let src = tempfile::tempdir().expect("tempdir");
+    tree(src.path(), 0, false);
+    let set = |path: &Path, name: &str, value: &[u8]| {
+        rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
+            .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", path.display()));
+    };
+    let file = src.path().join("a.txt");
+    // Binary values with NULs, as file capabilities have; set out of name order.
+    set(&file, "user.zeta", b"z\0z");
+    set(&file, "user.alpha", b"a");
+    set(&src.path().join("b"), "user.dir", b"d");
+
+    let plain = collect(&layer(src.path(), "/app/"), src.path()).expect("collect");
+    assert!(plain.iter().all(|e| e.xattrs.is_empty()), "{plain:?}");
+    let mut asked = layer(src.path(), "/app/");
+    asked.xattrs = true;
+    let entries = collect(&asked, src.path()).expect("collect");
+    let of = |path: &str| {
+        entries
+            .iter()
+            .find(|e| e.path == path)
+            .map(|e| e.xattrs.clone())
+            .unwrap_or_else(|| panic!("no {path}"))
+    };
+    assert_eq!(
+        of("app/a.txt"),
+        [
+            ("user.alpha".to_string(), b"a".to_vec()),
+            ("user.zeta".to_string(), b"z\0z".to_vec())
+        ]
+    );
+    assert_eq!(of("app/b/"), [("user.dir".to_string(), b"d".to_vec())]);
+
+    // GNU tar extracts them again, byte for byte.
+    let bytes = tar_bytes(&entries, 0);
+    let out = tempfile::tempdir().expect("tempdir");
+    let tar_path = out.path().join("l.tar");
+    fs::write(&tar_path, &bytes).expect("write");
+    let status = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "-xf"])
+        .arg(&tar_path)
+        .arg("-C")
+        .arg(out.path())
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    let get = |path: &Path, name: &str| {
+        let mut value = vec![0u8; 64];
+        let n = rustix::fs::lgetxattr(path, name, &mut value[..])
+            .unwrap_or_else(|e| panic!("getxattr {name} on {}: {e}", path.display()));
+        value.truncate(n);
+        value
+    };
+    assert_eq!(get(&out.path().join("app/a.txt"), "user.zeta"), b"z\0z");
+    assert_eq!(get(&out.path().join("app/a.txt"), "user.alpha"), b"a");
+    assert_eq!(get(&out.path().join("app/b"), "user.dir"), b"d");
+
+    // They are content: part of the bytes and of the stat key.
+    assert_ne!(bytes, tar_bytes(&plain, 0));
+    // (Setting one changes the file's ctime too; the key must not lean on that alone.)
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+    let mut edited = entries.clone();
+    let a = edited
+        .iter_mut()
+        .find(|e| e.path == "app/a.txt")
+        .expect("a.txt");
+    a.xattrs[0].1 = b"b".to_vec();
+    assert_ne!(stat_key(&entries, 0, later), stat_key(&edited, 0, later));
+    assert_ne!(bytes, tar_bytes(&edited, 0));
 }
