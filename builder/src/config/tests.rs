@@ -152,7 +152,7 @@ fn errors_name_file_line_column_and_key() {
         (
             "[[layer]]\nsrc = \"dist/\"\ndest = \"/app/\"\nmdoe = 1\n",
             expect![
-                "<dir>/strait-build.toml:4:1: key `layer[0].mdoe`: unknown field `mdoe`, expected one of `src`, `dest`, `mode`, `dir_mode`, `owner`, `include`, `exclude`, `delete` (remove it or check its spelling)"
+                "<dir>/strait-build.toml:4:1: key `layer[0].mdoe`: unknown field `mdoe`, expected one of `src`, `dest`, `mode`, `dir_mode`, `owner`, `include`, `exclude`, `delete`, `xattrs` (remove it or check its spelling)"
             ],
         ),
         (
