@@ -631,7 +631,14 @@ impl Proxy {
                     if stale && replayable && request.retryable_method && self.try_retry(ctx) {
                         continue;
                     }
+                    // No response (reset, closed, timed out): the client would get this
+                    // status from us, so the route's retry policy for it applies, as if the
+                    // upstream had answered it (Envoy treats resets the same way).
                     let status = if timeout { 504 } else { 502 };
+                    if self.retry_on_answer(ctx, request, index, status, replayable) {
+                        bufs.upstream.clear();
+                        continue;
+                    }
                     ctx.end_attempt(&self.metrics);
                     return self.local_error_body(down, bufs, status, pool, false).await;
                 }
@@ -935,7 +942,10 @@ impl Proxy {
                 key,
             };
         }
-        match self.connect(pool, endpoint.addr, &request.route).await {
+        // Boxed: pingora's connect future is ~9 KB, and inline it would make every
+        // request's future that size (copied whole when an HTTP/2 stream's task is
+        // spawned). Connecting is rare on a warm pool and costs far more than a box.
+        match Box::pin(self.connect(pool, endpoint.addr, &request.route)).await {
             Ok(stream) => Upstream::Ready {
                 stream,
                 reused: false,

@@ -80,9 +80,7 @@ impl HttpServerApp for H2App {
             H2Plan::Pingora => self.fallback.process_new_http(session, shutdown).await,
             H2Plan::Local { status, body } => {
                 let sent = body.len();
-                let _ = session
-                    .respond_error_with_body(status, Bytes::from(body))
-                    .await;
+                let _ = Box::pin(session.respond_error_with_body(status, Bytes::from(body))).await;
                 if let Some(log) = &self.proxy.access_log {
                     let req = session.req_header();
                     let fields = LogFields {
@@ -338,8 +336,13 @@ impl Proxy {
                     if stale && replayable && request.retryable_method && self.try_retry(ctx) {
                         continue;
                     }
-                    ctx.end_attempt(&self.metrics);
+                    // As for HTTP/1 clients: the route's retry policy for the status the
+                    // client would get.
                     let status = if timeout { 504 } else { 502 };
+                    if self.retry_on_answer(ctx, request, index, status, replayable) {
+                        continue;
+                    }
+                    ctx.end_attempt(&self.metrics);
                     return local_h2(session, status, pool).await;
                 }
             }
@@ -546,9 +549,9 @@ async fn local_h2(session: &mut ServerSession, status: u16, pool: &crate::pool::
     let message = error_message(status);
     let body = format!("{message} ({})\n", pool.service);
     let bytes = body.len();
-    let _ = session
-        .respond_error_with_body(status, Bytes::from(body))
-        .await;
+    // Boxed, as the connect in `upstream_for` is: pingora's future is ~1.3 KB, and every
+    // stream's future would carry it for a rare error.
+    let _ = Box::pin(session.respond_error_with_body(status, Bytes::from(body))).await;
     ended_h2(status, bytes, Some(message))
 }
 

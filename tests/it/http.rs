@@ -15,7 +15,7 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     served: Arc<AtomicUsize>,
-    /// Status to answer with (200 by default).
+    /// Status to answer with (200 by default; 0 closes the connection unanswered).
     status: Arc<AtomicU16>,
     /// Delay before answering, in ms.
     delay_ms: Arc<AtomicU64>,
@@ -174,6 +174,12 @@ fn serve_connection(
             std::thread::sleep(Duration::from_millis(wait));
         }
         let code = status.load(Ordering::SeqCst);
+        if code == 0 {
+            // A crashing instance: the connection closes with no answer (shut down, as
+            // `connections` holds a clone that would keep it open).
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         let reply = json!({
             "backend": name,
             "method": method,

@@ -303,6 +303,74 @@ fn gateway_errors_retry_idempotent_requests_only() {
     );
 }
 
+/// An instance that takes requests and closes the connection unanswered (crashing on
+/// them): the client would get a 502 from strait, so a route retrying gateway errors
+/// retries idempotent requests elsewhere; without that policy, or for a POST, the 502
+/// reaches the client.
+#[test]
+fn unanswered_requests_retry_like_gateway_errors() {
+    let strait = Strait::builder()
+        .config("[router.outlier]\nconsecutive_failures = 0\n")
+        .start();
+    let good = Backend::start("good");
+    let crashing = Backend::start("crashing");
+    crashing.set_status(0);
+    register(&strait, "web", "good", &good);
+    register(&strait, "web", "crashing", &crashing);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web","retry":{"attempts":2,"on":["gateway-error"]}}"#,
+    );
+    route(
+        &strait,
+        "plain",
+        r#"{"host":"plain.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "good");
+    let mut client = Client::new(strait.http);
+    for i in 0..100 {
+        let response = client.get("web.example.com", "/").expect("request");
+        assert_eq!(response.status, 200, "GET {i}: {}", response.text());
+    }
+    assert!(
+        crashing.served() > 10,
+        "the crashing instance got no requests"
+    );
+    // The same for HTTP/2 clients, one h2c request per curl (curl 7.88 fails any later
+    // request on a reused prior-knowledge connection, to nginx as well).
+    let url = format!("http://{}/h2", strait.http);
+    for i in 0..30 {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--http2-prior-knowledge"])
+            .args([
+                "-H",
+                "Host: web.example.com",
+                "-w",
+                "%{http_version} %{http_code}",
+            ])
+            .arg(&url)
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(text, "2 200", "HTTP/2 GET {i}");
+    }
+    let mut statuses = |method: &str, host: &str| -> Vec<u16> {
+        (0..60)
+            .map(|_| {
+                client
+                    .request(method, host, "/", &[], b"x")
+                    .expect("request")
+                    .status
+            })
+            .collect()
+    };
+    let posts = statuses("POST", "web.example.com");
+    assert!(posts.contains(&502), "POSTs must not be retried: {posts:?}");
+    let plain = statuses("GET", "plain.example.com");
+    assert!(plain.contains(&502), "no retry policy, no retry: {plain:?}");
+}
+
 #[test]
 fn timeouts_refusals_and_errors() {
     let strait = Strait::builder().start();
