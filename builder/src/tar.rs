@@ -56,34 +56,65 @@ pub struct Entry {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
-/// Extended attributes never stored: an SELinux label is the build host's policy, not
-/// the file's (runtimes label containers themselves), as docker and buildkit also skip.
-const HOST_ONLY_XATTRS: &[&str] = &["security.selinux"];
+/// Extended attributes never stored, being the build host's state rather than the
+/// file's: an SELinux label (runtimes label containers themselves; docker and buildkit
+/// skip it too), and overlayfs's own bookkeeping on an overlay's upper directory.
+fn host_only_xattr(name: &str) -> bool {
+    name == "security.selinux"
+        || name.starts_with("trusted.overlay.")
+        || name.starts_with("user.overlay.")
+}
 
-/// The extended attributes of `path` itself (not a symlink's target), sorted by name.
-/// A file system without xattrs has none.
-fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, TarError> {
+/// Whether `read_xattrs` reads a symlink's own attributes or its target's.
+#[derive(Clone, Copy)]
+enum Follow {
+    /// Entries found inside a directory: a symlink is stored as a symlink.
+    No,
+    /// The layer's `src` itself: a symlink there stands for its target, whose content
+    /// is stored.
+    Yes,
+}
+
+/// The extended attributes of `path`, sorted by name. A file system without xattrs has
+/// none.
+fn read_xattrs(path: &Path, follow: Follow) -> Result<Vec<(String, Vec<u8>)>, TarError> {
     use rustix::io::Errno;
     let unsupported = |e: Errno| e == Errno::NOTSUP || e == Errno::OPNOTSUPP;
-    let to_tar = |e: Errno| TarError::Io {
+    let failed = |what: String, e: Errno| TarError::Io {
         path: path.to_path_buf(),
-        error: io::Error::from(e),
+        error: io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}")),
+    };
+    let list_query = |p: &Path| match follow {
+        Follow::No => rustix::fs::llistxattr_query(p),
+        Follow::Yes => rustix::fs::listxattr_query(p),
+    };
+    let list = |p: &Path, buf: &mut [u8]| match follow {
+        Follow::No => rustix::fs::llistxattr(p, buf),
+        Follow::Yes => rustix::fs::listxattr(p, buf),
+    };
+    let get_query = |p: &Path, name: &str| match follow {
+        Follow::No => rustix::fs::lgetxattr_query(p, name),
+        Follow::Yes => rustix::fs::getxattr_query(p, name),
+    };
+    let get = |p: &Path, name: &str, buf: &mut [u8]| match follow {
+        Follow::No => rustix::fs::lgetxattr(p, name, buf),
+        Follow::Yes => rustix::fs::getxattr(p, name, buf),
     };
     // Sized by a query first; a list that grows in between (ERANGE) is asked for again.
     let names = loop {
-        let size = match rustix::fs::llistxattr_query(path) {
+        let size = match list_query(path) {
             Ok(size) => size,
             Err(e) if unsupported(e) => return Ok(Vec::new()),
-            Err(e) => return Err(to_tar(e)),
+            Err(e) => return Err(failed("listing extended attributes".into(), e)),
         };
-        let mut list = vec![0u8; size];
-        match rustix::fs::llistxattr(path, &mut list[..]) {
+        let mut list_buf = vec![0u8; size];
+        match list(path, &mut list_buf[..]) {
             Ok(n) => {
-                list.truncate(n);
-                break list;
+                list_buf.truncate(n);
+                break list_buf;
             }
             Err(Errno::RANGE) => continue,
-            Err(e) => return Err(to_tar(e)),
+            Err(e) => return Err(failed("listing extended attributes".into(), e)),
         }
     };
     let mut xattrs = Vec::new();
@@ -92,25 +123,35 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, TarError> {
             path: path.to_path_buf(),
             message: "extended attribute names must be UTF-8".into(),
         })?;
-        if HOST_ONLY_XATTRS.contains(&name) {
+        if host_only_xattr(name) {
             continue;
         }
+        // A PAX record's key ends at its first `=`.
+        if name.contains('=') {
+            return Err(TarError::Unsupported {
+                path: path.to_path_buf(),
+                message: format!(
+                    "extended attribute {name:?}: a name with `=` cannot be stored in a tar PAX record"
+                ),
+            });
+        }
+        let reading = || format!("reading extended attribute {name}");
         let value = loop {
-            let size = match rustix::fs::lgetxattr_query(path, name) {
+            let size = match get_query(path, name) {
                 Ok(size) => size,
                 // Removed since it was listed.
                 Err(Errno::NODATA) => break None,
-                Err(e) => return Err(to_tar(e)),
+                Err(e) => return Err(failed(reading(), e)),
             };
             let mut value = vec![0u8; size];
-            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+            match get(path, name, &mut value[..]) {
                 Ok(n) => {
                     value.truncate(n);
                     break Some(value);
                 }
                 Err(Errno::RANGE) => continue,
                 Err(Errno::NODATA) => break None,
-                Err(e) => return Err(to_tar(e)),
+                Err(e) => return Err(failed(reading(), e)),
             }
         };
         if let Some(value) = value {
@@ -122,9 +163,13 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, TarError> {
 }
 
 /// `read_xattrs` when the layer asks for them.
-fn xattrs_of(layer: &LayerPlan, path: &Path) -> Result<Vec<(String, Vec<u8>)>, TarError> {
+fn xattrs_of(
+    layer: &LayerPlan,
+    path: &Path,
+    follow: Follow,
+) -> Result<Vec<(String, Vec<u8>)>, TarError> {
     if layer.xattrs {
-        read_xattrs(path)
+        read_xattrs(path, follow)
     } else {
         Ok(Vec::new())
     }
@@ -188,7 +233,7 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
             format!("{}/", layer.dest)
         };
         if !dest.is_empty() {
-            let xattrs = xattrs_of(layer, src)?;
+            let xattrs = xattrs_of(layer, src, Follow::Yes)?;
             entries.insert(
                 dest.clone(),
                 dir_entry(dest.clone(), layer.dir_mode, layer.uid, layer.gid, xattrs),
@@ -209,7 +254,10 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
         } else {
             layer.dest.clone()
         };
-        let entry = file_entry(layer, src, &meta, path.clone())?;
+        let mut entry = file_entry(layer, src, &meta, path.clone())?;
+        // `meta` followed a symlink `src` to its target, whose content is stored: its
+        // attributes go with it.
+        entry.xattrs = xattrs_of(layer, src, Follow::Yes)?;
         entries.insert(path.clone(), entry);
         path
     };
@@ -315,7 +363,7 @@ fn walk(
             let explicitly = matches(&layer.include, &rel_path);
             let inner = walk(layer, &path, &format!("{rel_path}/"), dest, entries)?;
             if inner || explicitly || layer.include.is_none() {
-                let xattrs = xattrs_of(layer, &path)?;
+                let xattrs = xattrs_of(layer, &path, Follow::No)?;
                 entries.insert(
                     key.clone(),
                     Entry {
@@ -396,7 +444,7 @@ fn file_entry(
         mode,
         uid: layer.uid,
         gid: layer.gid,
-        xattrs: xattrs_of(layer, path)?,
+        xattrs: xattrs_of(layer, path, Follow::No)?,
     })
 }
 

@@ -631,11 +631,16 @@ impl Proxy {
                     if stale && replayable && request.retryable_method && self.try_retry(ctx) {
                         continue;
                     }
-                    // No response (reset, closed, timed out): the client would get this
-                    // status from us, so the route's retry policy for it applies, as if the
-                    // upstream had answered it (Envoy treats resets the same way).
+                    // No response (reset, closed): the client would get a 502 from us,
+                    // so the route's retry policy for it applies, as if the upstream had
+                    // answered it (Envoy treats resets the same way). Not for a stale
+                    // pooled connection (an idle close is no failure of the instance), and
+                    // a timeout only with a per-try timeout: `request` bounds the whole wait.
                     let status = if timeout { 504 } else { 502 };
-                    if self.retry_on_answer(ctx, request, index, status, replayable) {
+                    if !stale
+                        && (!timeout || request.route.per_try_timeout.is_some())
+                        && self.retry_on_answer(ctx, request, index, status, replayable)
+                    {
                         bufs.upstream.clear();
                         continue;
                     }

@@ -337,9 +337,13 @@ impl Proxy {
                         continue;
                     }
                     // As for HTTP/1 clients: the route's retry policy for the status the
-                    // client would get.
+                    // client would get (not for a stale pooled connection; a timeout only
+                    // with a per-try timeout).
                     let status = if timeout { 504 } else { 502 };
-                    if self.retry_on_answer(ctx, request, index, status, replayable) {
+                    if !stale
+                        && (!timeout || request.route.per_try_timeout.is_some())
+                        && self.retry_on_answer(ctx, request, index, status, replayable)
+                    {
                         continue;
                     }
                     ctx.end_attempt(&self.metrics);
@@ -456,7 +460,9 @@ fn h2_response(upstream: &[u8], request: &Forward) -> Option<(H2Response, Respon
     let mut storage = [httparse::EMPTY_HEADER; RESPONSE_HEADERS];
     let parsed = parse_response(upstream, &mut storage, request.head_request).ok()??;
     let route = &request.route;
-    let mut header = ResponseHeader::build(parsed.status, Some(parsed.headers.len())).ok()?;
+    // HTTP/2 names are lower case on the wire: no case map to keep (pingora's advice).
+    let mut header =
+        ResponseHeader::build_no_case(parsed.status, Some(parsed.headers.len())).ok()?;
     let bodiless = parsed.status < 200 || parsed.status == 204;
     let mut length_sent = false;
     for h in parsed.headers {
@@ -468,8 +474,11 @@ fn h2_response(upstream: &[u8], request: &Forward) -> Option<(H2Response, Respon
             || route.replaces_response_header(name);
         if !skip {
             // Names and values already passed httparse's checks; one that `http` still
-            // refuses is dropped rather than failing the response.
-            let _ = header.append_header(name.to_string(), h.value);
+            // refuses is dropped rather than failing the response. A `HeaderName` of a
+            // standard header allocates nothing (a `String` per header did).
+            if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                let _ = header.append_header(name, h.value);
+            }
         }
     }
     for (name, value) in &route.response_set {

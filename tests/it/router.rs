@@ -340,6 +340,7 @@ fn unanswered_requests_retry_like_gateway_errors() {
     // The same for HTTP/2 clients, one h2c request per curl (curl 7.88 fails any later
     // request on a reused prior-knowledge connection, to nginx as well).
     let url = format!("http://{}/h2", strait.http);
+    let crashed_before = crashing.served();
     for i in 0..30 {
         let output = std::process::Command::new("curl")
             .args(["-s", "-o", "/dev/null", "--http2-prior-knowledge"])
@@ -355,6 +356,10 @@ fn unanswered_requests_retry_like_gateway_errors() {
         let text = String::from_utf8_lossy(&output.stdout);
         assert_eq!(text, "2 200", "HTTP/2 GET {i}");
     }
+    assert!(
+        crashing.served() > crashed_before,
+        "no HTTP/2 request reached the crashing instance"
+    );
     let mut statuses = |method: &str, host: &str| -> Vec<u16> {
         (0..60)
             .map(|_| {

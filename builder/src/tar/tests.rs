@@ -320,3 +320,30 @@ fn xattrs_are_stored_only_when_asked() {
     assert_ne!(stat_key(&entries, 0, later), stat_key(&edited, 0, later));
     assert_ne!(bytes, tar_bytes(&edited, 0));
 }
+
+#[test]
+fn xattrs_of_a_symlinked_src_are_its_targets_and_bad_names_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("server");
+    fs::write(&target, b"binary").expect("write");
+    rustix::fs::lsetxattr(&target, "user.k", b"v", rustix::fs::XattrFlags::empty())
+        .expect("setxattr");
+    // `src` names a symlink: the target's content is stored, and its attributes with it.
+    let link = dir.path().join("current");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let mut plan = layer(&link, "/app/server");
+    plan.xattrs = true;
+    let entries = collect(&plan, &link).expect("collect");
+    let file = entries
+        .iter()
+        .find(|e| e.path == "app/server")
+        .expect("app/server");
+    assert!(matches!(file.kind, Kind::File { .. }), "{:?}", file.kind);
+    assert_eq!(file.xattrs, [("user.k".to_string(), b"v".to_vec())]);
+
+    // A PAX key ends at its first `=`: such a name is refused, naming it.
+    rustix::fs::lsetxattr(&target, "user.a=b", b"v", rustix::fs::XattrFlags::empty())
+        .expect("setxattr");
+    let error = collect(&plan, &link).expect_err("a name with =");
+    assert!(error.to_string().contains("user.a=b"), "{error}");
+}
