@@ -46,20 +46,33 @@ impl Compression {
         }
     }
 
-    /// Compresses one chunk into a self-contained member/frame.
-    fn compress_chunk(&self, chunk: &[u8]) -> io::Result<Vec<u8>> {
+    /// Compresses one chunk into a self-contained member/frame. `scratch` is the calling
+    /// thread's, kept across chunks: one compressor and one worst-case output buffer per
+    /// thread rather than a fresh (zeroed, page-faulted) megabyte per chunk.
+    fn compress_chunk(&self, chunk: &[u8], scratch: &mut Scratch) -> io::Result<Vec<u8>> {
         match *self {
             Compression::Gzip { level } => {
-                let level = libdeflater::CompressionLvl::new(level as i32)
-                    .map_err(|_| io::Error::other(format!("gzip level {level} out of range")))?;
-                let mut compressor = libdeflater::Compressor::new(level);
-                let mut out = vec![0u8; 10 + compressor.deflate_compress_bound(chunk.len()) + 8];
-                // Header: magic, deflate, no flags, mtime 0, no extra flags, OS unknown.
-                out[..10].copy_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+                let compressor = match &mut scratch.deflate {
+                    Some(compressor) => compressor,
+                    slot @ None => {
+                        let level =
+                            libdeflater::CompressionLvl::new(level as i32).map_err(|_| {
+                                io::Error::other(format!("gzip level {level} out of range"))
+                            })?;
+                        slot.insert(libdeflater::Compressor::new(level))
+                    }
+                };
+                let bound = compressor.deflate_compress_bound(chunk.len());
+                if scratch.out.len() < bound {
+                    scratch.out.resize(bound, 0);
+                }
                 let len = compressor
-                    .deflate_compress(chunk, &mut out[10..])
+                    .deflate_compress(chunk, &mut scratch.out[..bound])
                     .map_err(|e| io::Error::other(format!("deflate failed: {e:?}")))?;
-                out.truncate(10 + len);
+                let mut out = Vec::with_capacity(10 + len + 8);
+                // Header: magic, deflate, no flags, mtime 0, no extra flags, OS unknown.
+                out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+                out.extend_from_slice(&scratch.out[..len]);
                 out.extend_from_slice(&libdeflater::crc32(chunk).to_le_bytes());
                 out.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
                 Ok(out)
@@ -78,8 +91,16 @@ impl Compression {
     }
 }
 
+/// A compression thread's reusable state (one compression setting per compressor).
+#[derive(Default)]
+struct Scratch {
+    deflate: Option<libdeflater::Compressor>,
+    out: Vec<u8>,
+}
+
 type Job = (u64, Vec<u8>);
-type Done = (u64, io::Result<Vec<u8>>);
+/// The compressed chunk, and the input buffer back for reuse.
+type Done = (u64, io::Result<Vec<u8>>, Vec<u8>);
 
 /// A `Write` that compresses in parallel into `out`, in order.
 pub struct ParallelCompressor<W: Write> {
@@ -89,6 +110,8 @@ pub struct ParallelCompressor<W: Write> {
     next_seq: u64,
     next_write: u64,
     pending: BTreeMap<u64, Vec<u8>>,
+    /// Input buffers the threads are done with, for the next chunks.
+    spare: Vec<Vec<u8>>,
     in_flight: usize,
     max_in_flight: usize,
     jobs: Option<SyncSender<Job>>,
@@ -108,14 +131,16 @@ impl<W: Write> ParallelCompressor<W> {
                 let job_rx = Arc::clone(&job_rx);
                 let done_tx = done_tx.clone();
                 std::thread::spawn(move || {
+                    let mut scratch = Scratch::default();
                     loop {
                         let job = match job_rx.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => return,
                         };
-                        let Ok((seq, chunk)) = job else { return };
-                        let result = compression.compress_chunk(&chunk);
-                        if done_tx.send((seq, result)).is_err() {
+                        let Ok((seq, mut chunk)) = job else { return };
+                        let result = compression.compress_chunk(&chunk, &mut scratch);
+                        chunk.clear();
+                        if done_tx.send((seq, result, chunk)).is_err() {
                             return;
                         }
                     }
@@ -129,6 +154,7 @@ impl<W: Write> ParallelCompressor<W> {
             next_seq: 0,
             next_write: 0,
             pending: BTreeMap::new(),
+            spare: Vec::new(),
             in_flight: 0,
             max_in_flight: threads * 3,
             jobs: Some(job_tx),
@@ -147,7 +173,11 @@ impl<W: Write> ParallelCompressor<W> {
     }
 
     fn submit(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK));
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+        let chunk = std::mem::replace(&mut self.buffer, next);
         while self.in_flight >= self.max_in_flight {
             self.receive_one()?;
         }
@@ -164,11 +194,14 @@ impl<W: Write> ParallelCompressor<W> {
     }
 
     fn receive_one(&mut self) -> io::Result<()> {
-        let (seq, result) = self
+        let (seq, result, buffer) = self
             .done
             .recv()
             .map_err(|_| io::Error::other("compression thread died"))?;
         self.in_flight -= 1;
+        if buffer.capacity() >= CHUNK {
+            self.spare.push(buffer);
+        }
         self.pending.insert(seq, result?);
         while let Some(bytes) = self.pending.remove(&self.next_write) {
             self.out.write_all(&bytes)?;
