@@ -22,6 +22,7 @@ pub mod explain;
 pub mod front;
 pub mod h1;
 pub mod health;
+pub mod idle;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

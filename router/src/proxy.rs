@@ -372,7 +372,10 @@ impl ProxyHttp for PingoraProxy {
         let options = &mut peer.options;
         options.connection_timeout = Some(route.connect_timeout);
         options.total_connection_timeout = Some(route.connect_timeout);
+        // pingora applies one timeout to every read, head and body alike: with an idle
+        // timeout, the smaller bounds both.
         let read = route.per_try_timeout.unwrap_or(route.request_timeout);
+        let read = route.idle_timeout.map_or(read, |idle| idle.min(read));
         options.read_timeout = Some(read);
         options.write_timeout = Some(read);
         options.idle_timeout = Some(Duration::from_secs(60));

@@ -666,10 +666,14 @@ impl Proxy {
             }
             bufs.upstream.advance(response.head_len);
             if status == 101 {
-                return self.tunnel(down, buf, up, bufs, client_timeout).await;
+                let idle = request.route.idle_timeout;
+                return self.tunnel(down, buf, up, bufs, client_timeout, idle).await;
             }
             let (framing, dechunk, close) = (response.framing, response.dechunk, response.close);
             let upstream_keep_alive = response.upstream_keep_alive;
+            // Once the head is in, each wait for body bytes is bounded by the route's idle
+            // timeout when it has one.
+            let body_timeout = request.route.idle_timeout.unwrap_or(read_timeout);
             let relayed = self
                 .relay(
                     down,
@@ -677,7 +681,7 @@ impl Proxy {
                     bufs,
                     framing,
                     dechunk,
-                    read_timeout,
+                    body_timeout,
                     client_timeout,
                 )
                 .await;
@@ -904,6 +908,7 @@ impl Proxy {
         mut up: Stream,
         bufs: &mut ConnBuffers,
         client_timeout: Duration,
+        idle: Option<Duration>,
     ) -> Ended {
         bufs.response.extend_from_slice(&bufs.upstream);
         bufs.upstream.clear();
@@ -919,7 +924,17 @@ impl Proxy {
             }
             buf.clear();
         }
-        let copied = tokio::io::copy_bidirectional(down, &mut up).await;
+        let activity = crate::idle::Activity::new();
+        let mut down = crate::idle::Tracked {
+            inner: down,
+            activity: &activity,
+        };
+        let mut up = crate::idle::Tracked {
+            inner: &mut up,
+            activity: &activity,
+        };
+        let relay = tokio::io::copy_bidirectional(&mut down, &mut up);
+        let copied = crate::idle::bounded(&activity, idle, relay).await;
         let sent = copied.map_or(0, |(_, to_client)| usize::try_from(to_client).unwrap_or(0));
         Ended {
             status: 101,

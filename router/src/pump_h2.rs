@@ -366,12 +366,14 @@ impl Proxy {
             {
                 return ended_h2(status, 0, Some("client write failed"));
             }
+            // As for HTTP/1 clients: the route's idle timeout bounds each body wait.
+            let body_timeout = route.idle_timeout.unwrap_or(read_timeout);
             return match relay_h2(
                 session,
                 &mut up,
                 &mut upstream,
                 response.framing,
-                read_timeout,
+                body_timeout,
             )
             .await
             {

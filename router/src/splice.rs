@@ -19,6 +19,8 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::idle::Activity;
+
 /// Bytes moved per `splice` call: the default pipe's capacity (16 pages).
 const CHUNK: usize = 64 * 1024;
 /// The copy buffer; a read that fills it switches the direction to splicing.
@@ -39,11 +41,17 @@ impl Pipe {
 /// Relays both ways until both sides have finished, like `copy_bidirectional`: when one
 /// side ends its sending, the other side's sending is shut down. Returns the bytes moved
 /// each way.
-pub async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+/// `activity`, when given, hears of every read and write that moves bytes (for an idle
+/// timeout; without one no clock is read).
+pub async fn relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    activity: Option<&Activity>,
+) -> io::Result<(u64, u64)> {
+    tokio::try_join!(one_way(a, b, activity), one_way(b, a, activity))
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream, activity: Option<&Activity>) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buffer = [0u8; BUFFER];
     loop {
@@ -59,13 +67,15 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
             finish(to);
             return Ok(total);
         }
+        touch(activity);
         write_all(to, &buffer[..read]).await?;
+        touch(activity);
         total += read as u64;
         if read == BUFFER {
             // A bulk transfer: splice the rest. Without a pipe (out of descriptors),
             // copying goes on.
             if let Ok(pipe) = Pipe::new() {
-                return spliced(from, to, &pipe, total).await;
+                return spliced(from, to, &pipe, total, activity).await;
             }
         }
     }
@@ -84,12 +94,24 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+fn touch(activity: Option<&Activity>) {
+    if let Some(activity) = activity {
+        activity.touch();
+    }
+}
+
 /// The sender finished: pass its FIN on. The peer may be gone already.
 fn finish(to: &TcpStream) {
     let _ = rustix::net::shutdown(to, rustix::net::Shutdown::Write);
 }
 
-async fn spliced(from: &TcpStream, to: &TcpStream, pipe: &Pipe, mut total: u64) -> io::Result<u64> {
+async fn spliced(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    mut total: u64,
+    activity: Option<&Activity>,
+) -> io::Result<u64> {
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
     loop {
         let filled = loop {
@@ -113,6 +135,7 @@ async fn spliced(from: &TcpStream, to: &TcpStream, pipe: &Pipe, mut total: u64) 
             finish(to);
             return Ok(total);
         }
+        touch(activity);
         let mut left = filled;
         while left > 0 {
             to.writable().await?;
@@ -122,7 +145,10 @@ async fn spliced(from: &TcpStream, to: &TcpStream, pipe: &Pipe, mut total: u64) 
                 )?)
             }) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => left -= n,
+                Ok(n) => {
+                    left -= n;
+                    touch(activity);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }

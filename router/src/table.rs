@@ -197,6 +197,9 @@ pub struct CompiledRoute {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub per_try_timeout: Option<Duration>,
+    /// The route's `timeouts.idle`: bounds each wait for response body bytes (instead of
+    /// `request_timeout`) and ends a WebSocket tunnel quiet for that long.
+    pub idle_timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     /// (length of the matched prefix, replacement)
     pub prefix_rewrite: Option<(usize, Box<str>)>,
@@ -489,6 +492,7 @@ fn add_tcp_route(table: &mut Table, name: &Arc<str>, route: &Route, config: &Rou
         route: Arc::clone(name),
         targets: Targets::of(route, &table.pools),
         connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
+        idle_timeout: route.timeouts.idle,
     };
     let routes = table.tcp.entry(listen).or_default();
     let slot = match route.sni.as_deref() {
@@ -599,6 +603,7 @@ fn compile_route(
         connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
         request_timeout: route.timeouts.request.unwrap_or(config.request_timeout),
         per_try_timeout: route.retry.as_ref().and_then(|r| r.per_try_timeout),
+        idle_timeout: route.timeouts.idle,
         retry: route.retry.clone(),
         prefix_rewrite,
         request_set: header_pairs(&route.request_headers.set)?,

@@ -45,6 +45,9 @@ pub struct TcpTarget {
     pub route: Arc<str>,
     pub targets: Targets,
     pub connect_timeout: Duration,
+    /// The route's `timeouts.idle`: a connection with no byte moving either way for
+    /// that long is closed. None: no limit.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl TcpListenerRoutes {
@@ -309,9 +312,12 @@ impl TcpProxy {
             .requests
             .with_label_values(&[&route.route, &pool.service, "tcp"])
             .inc();
+        let activity = crate::idle::Activity::new();
         let result = async {
             upstream.write_all(&hello).await?;
-            crate::splice::relay(&client, &upstream).await
+            let tracked = route.idle_timeout.map(|_| &activity);
+            let relay = crate::splice::relay(&client, &upstream, tracked);
+            crate::idle::bounded(&activity, route.idle_timeout, relay).await
         }
         .await;
         endpoint.state.outstanding.fetch_sub(1, Ordering::Relaxed);

@@ -376,6 +376,61 @@ fn unanswered_requests_retry_like_gateway_errors() {
     assert!(plain.contains(&502), "no retry policy, no retry: {plain:?}");
 }
 
+/// A route's `timeouts.idle` bounds each wait for response body bytes: an instance that
+/// sends a head and part of a body and then stalls is cut off after it, not after the
+/// 60 s request timeout.
+#[test]
+fn idle_timeout_cuts_off_a_stalled_body() {
+    use std::io::{Read, Write};
+    let strait = Strait::builder().start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
+                std::thread::sleep(Duration::from_secs(5));
+            });
+        }
+    });
+    strait.put(
+        "/v1/services/stall/instances/s1",
+        &format!(r#"{{"address":"127.0.0.1","port":{port}}}"#),
+    );
+    route(
+        &strait,
+        "stall",
+        r#"{"host":"stall.example.com","service":"stall","timeouts":{"idle":"300ms"}}"#,
+    );
+    eventually(Duration::from_secs(10), "the route", || {
+        let mut stream = std::net::TcpStream::connect(strait.http).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(4)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: stall.example.com\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let read = stream.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if !text.starts_with("HTTP/1.1 200") {
+            return Err(format!("not the stalled instance yet: {text:?}"));
+        }
+        assert!(read.is_ok(), "the connection was not closed: {read:?}");
+        assert!(text.ends_with("abc"), "{text:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "cut off after {:?}",
+            started.elapsed()
+        );
+        Ok(())
+    });
+}
+
 #[test]
 fn timeouts_refusals_and_errors() {
     let strait = Strait::builder().start();
@@ -925,34 +980,68 @@ fn websocket_upgrade_passes_through() {
     let backend = Backend::start("ws");
     register(&strait, "ws", "ws-1", &backend);
     route(&strait, "ws", r#"{"host":"ws.example.com","service":"ws"}"#);
+    // The same service behind a route with an idle timeout.
+    route(
+        &strait,
+        "ws-idle",
+        r#"{"host":"ws-idle.example.com","service":"ws","timeouts":{"idle":"400ms"}}"#,
+    );
     wait_backend(&strait, "ws.example.com", "/", "ws");
-    let mut stream = std::net::TcpStream::connect(strait.http).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(
-            b"GET /chat HTTP/1.1\r\nHost: ws.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .expect("write");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut status = String::new();
-    reader.read_line(&mut status).expect("status line");
-    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("header");
-        if line == "\r\n" {
-            break;
+    wait_backend(&strait, "ws-idle.example.com", "/", "ws");
+    let upgrade = |host: &str| {
+        let mut stream = std::net::TcpStream::connect(strait.http).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(
+                format!(
+                    "GET /chat HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .expect("write");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status line");
+        assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
         }
-    }
-    for message in ["hello", "over the upgraded connection"] {
+        (stream, reader)
+    };
+    let echo = |stream: &mut std::net::TcpStream, reader: &mut BufReader<_>, message: &str| {
         stream.write_all(message.as_bytes()).expect("send");
         let mut echo = vec![0; message.len()];
         reader.read_exact(&mut echo).expect("echo");
         assert_eq!(echo, message.as_bytes());
+    };
+    let (mut stream, mut reader) = upgrade("ws.example.com");
+    for message in ["hello", "over the upgraded connection"] {
+        echo(&mut stream, &mut reader, message);
     }
+    // Without an idle timeout a quiet tunnel stays open.
+    std::thread::sleep(Duration::from_millis(1000));
+    echo(&mut stream, &mut reader, "still here");
+
+    // With one, traffic keeps it open past the timeout; a quiet stretch ends it.
+    let (mut stream, mut reader) = upgrade("ws-idle.example.com");
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(200));
+        echo(&mut stream, &mut reader, "ping");
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut rest = Vec::new();
+    let read = reader.read_to_end(&mut rest);
+    assert!(
+        matches!(read, Ok(0)),
+        "the idle tunnel is still open: {read:?} {rest:?}"
+    );
 }
 
 #[test]

@@ -80,6 +80,58 @@ fn plain_tcp_route_follows_the_table() {
     );
 }
 
+/// A TCP route's `timeouts.idle`: a connection carrying traffic outlives it; one quiet
+/// for that long is closed.
+#[test]
+fn tcp_route_idle_timeout_closes_quiet_connections() {
+    use std::io::{Read, Write};
+    let strait = Strait::builder().start();
+    let backend = Backend::start("raw");
+    strait.put("/v1/services/raw/instances/r1", &backend.instance());
+    let port = free_port();
+    let (status, body) = strait.put(
+        "/v1/routes/raw",
+        &format!(
+            r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"raw","timeouts":{{"idle":"400ms"}}}}"#
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    eventually(Duration::from_secs(10), "the TCP listener", || {
+        std::net::TcpStream::connect(addr)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let exchange = |stream: &mut std::net::TcpStream| {
+        stream
+            .write_all(b"GET /idle HTTP/1.1\r\nHost: raw\r\n\r\n")
+            .expect("send");
+        let mut buf = [0u8; 4096];
+        let n = stream.read(&mut buf).expect("response");
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    };
+    // Requests every 200 ms keep it open well past 400 ms.
+    for _ in 0..5 {
+        exchange(&mut stream);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut buf = [0u8; 16];
+    let read = stream.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0)),
+        "the idle connection is still open: {read:?}"
+    );
+}
+
 #[test]
 fn tls_passthrough_by_sni() {
     let dir = tempfile::tempdir().expect("tempdir");
