@@ -32,16 +32,21 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    /// When the relay goes idle if nothing moves before; `None` beyond what an `Instant`
+    /// can hold (a timeout of centuries: never).
+    fn deadline(&self, idle: Duration) -> Option<Instant> {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.checked_add(last)?.checked_add(idle)
     }
 
     /// Completes once nothing has moved for `idle`.
     pub async fn idle_for(&self, idle: Duration) {
         loop {
-            let deadline = self.last() + idle;
+            let Some(deadline) = self.deadline(idle) else {
+                return std::future::pending().await;
+            };
             tokio::time::sleep_until(deadline).await;
-            if self.last() + idle <= Instant::now() {
+            if self.deadline(idle).is_some_and(|d| d <= Instant::now()) {
                 return;
             }
         }
@@ -73,10 +78,22 @@ pub async fn bounded<T>(
     }
 }
 
-/// A stream that records each read and write that moves bytes.
+/// A stream that records each read and write that moves bytes, and counts the bytes
+/// written through it.
 pub struct Tracked<'a, S> {
-    pub inner: S,
-    pub activity: &'a Activity,
+    inner: S,
+    activity: &'a Activity,
+    pub written: u64,
+}
+
+impl<'a, S> Tracked<'a, S> {
+    pub fn new(inner: S, activity: &'a Activity) -> Self {
+        Tracked {
+            inner,
+            activity,
+            written: 0,
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
@@ -101,8 +118,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = result
+            && n > 0
+        {
             self.activity.touch();
+            self.written += n as u64;
         }
         result
     }
@@ -141,5 +161,16 @@ mod tests {
         // Without a timeout the relay's own end is the end.
         let done = bounded(&activity, None, async { Ok(7) }).await;
         assert_eq!(done.expect("relay result"), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_beyond_any_instant_never_fires() {
+        let activity = Activity::new();
+        let relay = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(1)
+        };
+        let done = bounded(&activity, Some(Duration::from_secs(u64::MAX)), relay).await;
+        assert_eq!(done.expect("the relay ends first"), 1);
     }
 }

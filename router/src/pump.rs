@@ -631,19 +631,12 @@ impl Proxy {
                     if stale && replayable && request.retryable_method && self.try_retry(ctx) {
                         continue;
                     }
-                    // No response (reset, closed): the client would get a 502 from us,
-                    // so the route's retry policy for it applies, as if the upstream had
-                    // answered it (Envoy treats resets the same way). Not for a stale
-                    // pooled connection (an idle close is no failure of the instance), and
-                    // a timeout only with a per-try timeout: `request` bounds the whole wait.
-                    let status = if timeout { 504 } else { 502 };
-                    if !stale
-                        && (!timeout || request.route.per_try_timeout.is_some())
-                        && self.retry_on_answer(ctx, request, index, status, replayable)
-                    {
+                    // An idle close of a pooled connection is no failure of the instance.
+                    if !stale && self.retry_unanswered(ctx, request, index, timeout, replayable) {
                         bufs.upstream.clear();
                         continue;
                     }
+                    let status = if timeout { 504 } else { 502 };
                     ctx.end_attempt(&self.metrics);
                     return self.local_error_body(down, bufs, status, pool, false).await;
                 }
@@ -667,13 +660,17 @@ impl Proxy {
             bufs.upstream.advance(response.head_len);
             if status == 101 {
                 let idle = request.route.idle_timeout;
-                return self.tunnel(down, buf, up, bufs, client_timeout, idle).await;
+                // Boxed: rare, and inline its state would enlarge every connection's future.
+                return Box::pin(self.tunnel(down, buf, up, bufs, client_timeout, idle)).await;
             }
             let (framing, dechunk, close) = (response.framing, response.dechunk, response.close);
             let upstream_keep_alive = response.upstream_keep_alive;
             // Once the head is in, each wait for body bytes is bounded by the route's idle
             // timeout when it has one.
-            let body_timeout = request.route.idle_timeout.unwrap_or(read_timeout);
+            let body_timeout = request
+                .route
+                .idle_timeout
+                .map_or(read_timeout, |idle| idle.min(read_timeout));
             let relayed = self
                 .relay(
                     down,
@@ -924,24 +921,21 @@ impl Proxy {
             }
             buf.clear();
         }
+        let Some(idle) = idle else {
+            let copied = tokio::io::copy_bidirectional(down, &mut up).await;
+            let sent = copied.map_or(0, |(_, to_client)| usize::try_from(to_client).unwrap_or(0));
+            return ended_tunnel(sent, None);
+        };
         let activity = crate::idle::Activity::new();
-        let mut down = crate::idle::Tracked {
-            inner: down,
-            activity: &activity,
-        };
-        let mut up = crate::idle::Tracked {
-            inner: &mut up,
-            activity: &activity,
-        };
+        let mut down = crate::idle::Tracked::new(down, &activity);
+        let mut up = crate::idle::Tracked::new(&mut up, &activity);
         let relay = tokio::io::copy_bidirectional(&mut down, &mut up);
-        let copied = crate::idle::bounded(&activity, idle, relay).await;
-        let sent = copied.map_or(0, |(_, to_client)| usize::try_from(to_client).unwrap_or(0));
-        Ended {
-            status: 101,
-            bytes_sent: sent,
-            keep_alive: false,
-            error: None,
-        }
+        let result = crate::idle::bounded(&activity, Some(idle), relay).await;
+        let timed_out = result
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        let sent = usize::try_from(down.written).unwrap_or(usize::MAX);
+        ended_tunnel(sent, timed_out.then_some("idle timeout"))
     }
 
     /// A connection to endpoint `index` of the request's pool: an idle one, or a new one.
@@ -982,6 +976,29 @@ impl Proxy {
     /// policy, a method that may be repeated, a body that can be sent again, budget left.
     /// The budget is checked before the attempt ends, so a response that is passed on
     /// keeps counting against its endpoint until it is done.
+    /// An attempt that got no response head (reset, closed, timed out): a failure of the
+    /// instance, and retried under the route's policy for the status the client would
+    /// get (502, or 504), as if the upstream had answered it (Envoy's `gateway-error`
+    /// covers resets the same way). A timeout is retried only with a per-try timeout:
+    /// otherwise `request` bounds the whole wait.
+    pub(crate) fn retry_unanswered(
+        &self,
+        ctx: &mut RequestCtx,
+        request: &Forward,
+        index: usize,
+        timeout: bool,
+        replayable: bool,
+    ) -> bool {
+        if timeout && request.route.per_try_timeout.is_none() {
+            let now = self.clock.now_ms();
+            self.metrics
+                .upstream_failure(&request.pool, index, &self.config.outlier, now, false);
+            return false;
+        }
+        let status = if timeout { 504 } else { 502 };
+        self.retry_on_answer(ctx, request, index, status, replayable)
+    }
+
     pub(crate) fn retry_on_answer(
         &self,
         ctx: &mut RequestCtx,
@@ -1116,6 +1133,15 @@ fn ended(status: u16, keep_alive: bool, error: Option<&'static str>) -> Ended {
         status,
         bytes_sent: 0,
         keep_alive,
+        error,
+    }
+}
+
+fn ended_tunnel(bytes_sent: usize, error: Option<&'static str>) -> Ended {
+    Ended {
+        status: 101,
+        bytes_sent,
+        keep_alive: false,
         error,
     }
 }

@@ -336,16 +336,11 @@ impl Proxy {
                     if stale && replayable && request.retryable_method && self.try_retry(ctx) {
                         continue;
                     }
-                    // As for HTTP/1 clients: the route's retry policy for the status the
-                    // client would get (not for a stale pooled connection; a timeout only
-                    // with a per-try timeout).
-                    let status = if timeout { 504 } else { 502 };
-                    if !stale
-                        && (!timeout || request.route.per_try_timeout.is_some())
-                        && self.retry_on_answer(ctx, request, index, status, replayable)
-                    {
+                    // As for HTTP/1 clients.
+                    if !stale && self.retry_unanswered(ctx, request, index, timeout, replayable) {
                         continue;
                     }
+                    let status = if timeout { 504 } else { 502 };
                     ctx.end_attempt(&self.metrics);
                     return local_h2(session, status, pool).await;
                 }
@@ -367,7 +362,9 @@ impl Proxy {
                 return ended_h2(status, 0, Some("client write failed"));
             }
             // As for HTTP/1 clients: the route's idle timeout bounds each body wait.
-            let body_timeout = route.idle_timeout.unwrap_or(read_timeout);
+            let body_timeout = route
+                .idle_timeout
+                .map_or(read_timeout, |idle| idle.min(read_timeout));
             return match relay_h2(
                 session,
                 &mut up,

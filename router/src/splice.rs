@@ -68,8 +68,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, activity: Option<&Activity>) 
             return Ok(total);
         }
         touch(activity);
-        write_all(to, &buffer[..read]).await?;
-        touch(activity);
+        write_all(to, &buffer[..read], activity).await?;
         total += read as u64;
         if read == BUFFER {
             // A bulk transfer: splice the rest. Without a pipe (out of descriptors),
@@ -81,12 +80,20 @@ async fn one_way(from: &TcpStream, to: &TcpStream, activity: Option<&Activity>) 
     }
 }
 
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(
+    to: &TcpStream,
+    mut bytes: &[u8],
+    activity: Option<&Activity>,
+) -> io::Result<()> {
     while !bytes.is_empty() {
         to.writable().await?;
         match to.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
+            Ok(n) => {
+                bytes = &bytes[n..];
+                // A slow reader taking bytes is not idle.
+                touch(activity);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }

@@ -984,7 +984,7 @@ fn websocket_upgrade_passes_through() {
     route(
         &strait,
         "ws-idle",
-        r#"{"host":"ws-idle.example.com","service":"ws","timeouts":{"idle":"400ms"}}"#,
+        r#"{"host":"ws-idle.example.com","service":"ws","timeouts":{"idle":"1s"}}"#,
     );
     wait_backend(&strait, "ws.example.com", "/", "ws");
     wait_backend(&strait, "ws-idle.example.com", "/", "ws");
@@ -1031,11 +1031,11 @@ fn websocket_upgrade_passes_through() {
 
     // With one, traffic keeps it open past the timeout; a quiet stretch ends it.
     let (mut stream, mut reader) = upgrade("ws-idle.example.com");
-    for _ in 0..4 {
+    for _ in 0..8 {
         std::thread::sleep(Duration::from_millis(200));
         echo(&mut stream, &mut reader, "ping");
     }
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2500));
     let mut rest = Vec::new();
     let read = reader.read_to_end(&mut rest);
     assert!(

@@ -92,7 +92,7 @@ fn tcp_route_idle_timeout_closes_quiet_connections() {
     let (status, body) = strait.put(
         "/v1/routes/raw",
         &format!(
-            r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"raw","timeouts":{{"idle":"400ms"}}}}"#
+            r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"raw","timeouts":{{"idle":"1s"}}}}"#
         ),
     );
     assert_eq!(status, 200, "{body}");
@@ -118,12 +118,12 @@ fn tcp_route_idle_timeout_closes_quiet_connections() {
             String::from_utf8_lossy(&buf[..n])
         );
     };
-    // Requests every 200 ms keep it open well past 400 ms.
-    for _ in 0..5 {
+    // Requests every 200 ms keep it open well past 1 s.
+    for _ in 0..8 {
         exchange(&mut stream);
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_millis(2500));
     let mut buf = [0u8; 16];
     let read = stream.read(&mut buf);
     assert!(
