@@ -263,23 +263,30 @@ fn connect_failures_retry_elsewhere_and_eject() {
     );
 }
 
-#[test]
-fn gateway_errors_retry_idempotent_requests_only() {
-    // Outlier ejection off, so the failing instance stays in the pool for the POSTs.
+/// Service `web` of a good instance and one answering `failing_status` (0: closing
+/// unanswered) behind `web.example.com`, a route that retries gateway errors. Outlier
+/// ejection is off, so the failing instance stays in the pool.
+fn good_and_failing(failing_status: u16) -> (Strait, Backend, Backend) {
     let strait = Strait::builder()
         .config("[router.outlier]\nconsecutive_failures = 0\n")
         .start();
     let good = Backend::start("good");
-    let bad = Backend::start("bad");
-    bad.set_status(503);
+    let failing = Backend::start("failing");
+    failing.set_status(failing_status);
     register(&strait, "web", "good", &good);
-    register(&strait, "web", "bad", &bad);
+    register(&strait, "web", "failing", &failing);
     route(
         &strait,
         "web",
         r#"{"host":"web.example.com","service":"web","retry":{"attempts":2,"on":["gateway-error"]}}"#,
     );
     wait_backend(&strait, "web.example.com", "/", "good");
+    (strait, good, failing)
+}
+
+#[test]
+fn gateway_errors_retry_idempotent_requests_only() {
+    let (strait, _good, _bad) = good_and_failing(503);
     let mut client = Client::new(strait.http);
     for i in 0..100 {
         let response = client.get("web.example.com", "/").expect("request");
@@ -309,25 +316,13 @@ fn gateway_errors_retry_idempotent_requests_only() {
 /// reaches the client.
 #[test]
 fn unanswered_requests_retry_like_gateway_errors() {
-    let strait = Strait::builder()
-        .config("[router.outlier]\nconsecutive_failures = 0\n")
-        .start();
-    let good = Backend::start("good");
-    let crashing = Backend::start("crashing");
-    crashing.set_status(0);
-    register(&strait, "web", "good", &good);
-    register(&strait, "web", "crashing", &crashing);
-    route(
-        &strait,
-        "web",
-        r#"{"host":"web.example.com","service":"web","retry":{"attempts":2,"on":["gateway-error"]}}"#,
-    );
+    let (strait, _good, crashing) = good_and_failing(0);
     route(
         &strait,
         "plain",
         r#"{"host":"plain.example.com","service":"web"}"#,
     );
-    wait_backend(&strait, "web.example.com", "/", "good");
+    wait_backend(&strait, "plain.example.com", "/", "good");
     let mut client = Client::new(strait.http);
     for i in 0..100 {
         let response = client.get("web.example.com", "/").expect("request");
