@@ -971,11 +971,6 @@ impl Proxy {
         }
     }
 
-    /// Accounts the upstream's answer to endpoint `index` (outlier detection) and says
-    /// whether to retry the request elsewhere: a retryable status under the route's
-    /// policy, a method that may be repeated, a body that can be sent again, budget left.
-    /// The budget is checked before the attempt ends, so a response that is passed on
-    /// keeps counting against its endpoint until it is done.
     /// An attempt that got no response head (reset, closed, timed out): a failure of the
     /// instance, and retried under the route's policy for the status the client would
     /// get (502, or 504), as if the upstream had answered it (Envoy's `gateway-error`
@@ -999,6 +994,11 @@ impl Proxy {
         self.retry_on_answer(ctx, request, index, status, replayable)
     }
 
+    /// Accounts the upstream's answer to endpoint `index` (outlier detection) and says
+    /// whether to retry the request elsewhere: a retryable status under the route's
+    /// policy, a method that may be repeated, a body that can be sent again, budget left.
+    /// The budget is checked before the attempt ends, so a response that is passed on
+    /// keeps counting against its endpoint until it is done.
     pub(crate) fn retry_on_answer(
         &self,
         ctx: &mut RequestCtx,
