@@ -254,10 +254,9 @@ pub fn collect(layer: &LayerPlan, src: &Path) -> Result<Vec<Entry>, TarError> {
         } else {
             layer.dest.clone()
         };
-        let mut entry = file_entry(layer, src, &meta, path.clone())?;
         // `meta` followed a symlink `src` to its target, whose content is stored: its
         // attributes go with it.
-        entry.xattrs = xattrs_of(layer, src, Follow::Yes)?;
+        let entry = file_entry(layer, src, &meta, path.clone(), Follow::Yes)?;
         entries.insert(path.clone(), entry);
         path
     };
@@ -383,7 +382,7 @@ fn walk(
             continue;
         }
         let key = format!("{dest}{rel_path}");
-        let entry = file_entry(layer, &path, &meta, key.clone())?;
+        let entry = file_entry(layer, &path, &meta, key.clone(), Follow::No)?;
         entries.insert(key, entry);
         added = true;
     }
@@ -404,6 +403,7 @@ fn file_entry(
     path: &Path,
     meta: &fs::Metadata,
     key: String,
+    follow: Follow,
 ) -> Result<Entry, TarError> {
     let file_type = meta.file_type();
     let kind = if file_type.is_symlink() {
@@ -444,7 +444,7 @@ fn file_entry(
         mode,
         uid: layer.uid,
         gid: layer.gid,
-        xattrs: xattrs_of(layer, path, Follow::No)?,
+        xattrs: xattrs_of(layer, path, follow)?,
     })
 }
 
