@@ -44,18 +44,24 @@ impl Drop for TlsServer {
     }
 }
 
-#[test]
-fn plain_tcp_route_follows_the_table() {
-    let strait = Strait::builder().start();
-    let backend = Backend::start("raw");
+/// Service `raw` (`backend`) behind TCP route `raw` on a free port, with `extra` route
+/// fields (`,"key":value...`); returns the route's address.
+fn raw_tcp_route(strait: &Strait, backend: &Backend, extra: &str) -> std::net::SocketAddr {
     strait.put("/v1/services/raw/instances/r1", &backend.instance());
     let port = free_port();
     let (status, body) = strait.put(
         "/v1/routes/raw",
-        &format!(r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"raw"}}"#),
+        &format!(r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"raw"{extra}}}"#),
     );
     assert_eq!(status, 200, "{body}");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    format!("127.0.0.1:{port}").parse().expect("addr")
+}
+
+#[test]
+fn plain_tcp_route_follows_the_table() {
+    let strait = Strait::builder().start();
+    let backend = Backend::start("raw");
+    let addr = raw_tcp_route(&strait, &backend, "");
     eventually(
         Duration::from_secs(10),
         "TCP route to carry a request",
@@ -87,16 +93,7 @@ fn tcp_route_idle_timeout_closes_quiet_connections() {
     use std::io::{Read, Write};
     let strait = Strait::builder().start();
     let backend = Backend::start("raw");
-    strait.put("/v1/services/raw/instances/r1", &backend.instance());
-    let port = free_port();
-    let (status, body) = strait.put(
-        "/v1/routes/raw",
-        &format!(
-            r#"{{"kind":"tcp","listen":"127.0.0.1:{port}","service":"raw","timeouts":{{"idle":"1s"}}}}"#
-        ),
-    );
-    assert_eq!(status, 200, "{body}");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let addr = raw_tcp_route(&strait, &backend, r#","timeouts":{"idle":"1s"}"#);
     eventually(Duration::from_secs(10), "the TCP listener", || {
         std::net::TcpStream::connect(addr)
             .map(drop)
