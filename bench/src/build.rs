@@ -1,8 +1,8 @@
 //! `build`: a ~200 MB tree made into a one-layer image by `strait build` and by umoci
 //! (`init`, `new`, `insert`: the same layering), each from a cold cache; then the same
 //! plus a push to strait's registry (umoci's image pushed by `skopeo copy`). Participants
-//! alternate each round; every run starts from nothing (fresh cache, fresh layout, fresh
-//! repository), so every layer is built, compressed and uploaded.
+//! alternate each round; every run starts from nothing (fresh cache, fresh layout, a fresh
+//! registry for each push), so every layer is built, compressed and uploaded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -182,17 +182,6 @@ pub fn scenario(quick: bool, dir: &Path, strait: &Path) -> anyhow::Result<Vec<Bu
         bytes as f64 / 1e6
     );
 
-    let port = free_port()?;
-    let _registry = spawn(
-        "strait registry",
-        Command::new(strait)
-            .args(["registry", "serve", "--addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--root")
-            .arg(dir.join("build-registry")),
-    )?;
-    wait_port(port, "strait registry")?;
-
     let rounds = if quick { 1 } else { 5 };
     let participants = ["umoci", "strait"];
     let mut results: BTreeMap<&str, (Vec<f64>, Vec<f64>, u64)> = BTreeMap::new();
@@ -200,8 +189,21 @@ pub fn scenario(quick: bool, dir: &Path, strait: &Path) -> anyhow::Result<Vec<Bu
         for name in participants {
             let work: PathBuf = dir.join(format!("build-{name}-{round}"));
             let (build, layer) = run(name, strait, &work.join("build"), &tree, None)?;
-            let reference = format!("127.0.0.1:{port}/{name}-{round}/app:v1");
+            // A registry of its own per push: with one shared registry, skopeo's blob-info
+            // cache mounts the previous round's layer instead of uploading it.
+            let port = free_port()?;
+            let registry = spawn(
+                "strait registry",
+                Command::new(strait)
+                    .args(["registry", "serve", "--addr"])
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg("--root")
+                    .arg(work.join("registry")),
+            )?;
+            wait_port(port, "strait registry")?;
+            let reference = format!("127.0.0.1:{port}/{name}/app:v1");
             let (build_push, _) = run(name, strait, &work.join("push"), &tree, Some(&reference))?;
+            drop(registry);
             eprintln!("round {round} {name}: build {build:.2}s, build+push {build_push:.2}s");
             let entry = results.entry(name).or_default();
             entry.0.push(build);
