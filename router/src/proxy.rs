@@ -29,6 +29,7 @@ use crate::config::{HashOn, RouterConfig};
 use crate::h1::{has_dot_segment, is_plain_host};
 use crate::metrics::{GaugeGuard, RouterMetrics};
 use crate::pool::{Clock, Pool, Tried, fnv1a};
+use crate::pump::RetryScope;
 use crate::table::{CompiledRoute, Table, routing_host};
 
 /// Custom error for "no eligible endpoint" raised in `upstream_peer`.
@@ -60,6 +61,8 @@ pub struct RequestCtx {
     pub(crate) tried: Tried,
     pub(crate) attempts: u32,
     pub(crate) hash: Option<u64>,
+    /// The current attempt got a response head (pingora's path; the pump knows by itself).
+    answered: bool,
     retrying: bool,
     _active: GaugeGuard,
 }
@@ -73,6 +76,7 @@ impl RequestCtx {
         self.upstream = Some(endpoint.addr);
         self.tried.push(index);
         self.attempts += 1;
+        self.answered = false;
         // The first attempt starts with the request: one clock read fewer.
         self.attempt_started = Some(if self.attempts == 1 {
             self.started
@@ -117,6 +121,7 @@ impl Proxy {
             tried: Tried::default(),
             attempts: 0,
             hash: None,
+            answered: false,
             retrying: false,
             _active: GaugeGuard::new(&self.metrics.active_requests),
         }
@@ -516,6 +521,7 @@ impl ProxyHttp for PingoraProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream.status.as_u16();
+        ctx.answered = true;
         let (Some(pool), Some(route)) = (ctx.pool.clone(), ctx.route.clone()) else {
             return Ok(());
         };
@@ -592,19 +598,52 @@ impl ProxyHttp for PingoraProxy {
         }
         let mut e = e.more_context(format!("peer {peer}"));
         let method: &Method = &session.req_header().method;
-        // A pooled connection the upstream closed under us: nothing was processed, so an
-        // idempotent request may go again.
-        if method.is_idempotent() && !session.as_ref().retry_buffer_truncated() {
-            e.retry.decide_reuse(client_reused);
-        } else {
-            e.set_retry(false);
-        }
-        if e.retry() {
-            let retry = self.try_retry(ctx);
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        let retryable_method = method.is_idempotent()
+            || ctx
+                .route
+                .as_ref()
+                .and_then(|r| r.retry.as_ref())
+                .is_some_and(|r| r.non_idempotent);
+        // Nothing was processed: a pooled connection the upstream had closed under us, or
+        // an HTTP/2 stream it refused (REFUSED_STREAM, or GOAWAY before the stream). Not a
+        // failure of the instance.
+        let refused = matches!(e.retry, pingora::RetryType::Decided(true));
+        let stale = matches!(e.retry, pingora::RetryType::ReusedOnly) && client_reused;
+        if refused || stale {
+            let retry = replayable && (refused || retryable_method) && self.try_retry(ctx);
+            if !retry {
+                ctx.end_attempt(&self.metrics);
+            }
             e.set_retry(retry);
-        } else {
-            ctx.end_attempt(&self.metrics);
+            return e;
         }
+        // Reset, closed or timed out before a response head: as the pump does, a failure
+        // of the instance, retried under the route's policy as the 502 (or 504) the
+        // client would get.
+        let unanswered = !ctx.answered
+            && session.response_written().is_none()
+            && *e.esource() == ErrorSource::Upstream;
+        if unanswered
+            && let (Some(pool), Some(route), Some(index)) =
+                (ctx.pool.clone(), ctx.route.clone(), ctx.endpoint)
+        {
+            let timeout = matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            );
+            let scope = RetryScope {
+                pool: &pool,
+                route: &route,
+                retryable_method,
+            };
+            if self.retry_unanswered(ctx, scope, index, timeout, replayable) {
+                e.set_retry(true);
+                return e;
+            }
+        }
+        e.set_retry(false);
+        ctx.end_attempt(&self.metrics);
         e
     }
 

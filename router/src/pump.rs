@@ -98,6 +98,25 @@ pub struct Forward {
     pub(crate) log: Option<LogFields>,
 }
 
+impl Forward {
+    pub(crate) fn retry_scope(&self) -> RetryScope<'_> {
+        RetryScope {
+            pool: &self.pool,
+            route: &self.route,
+            retryable_method: self.retryable_method,
+        }
+    }
+}
+
+/// What the retry rules need to know of a request, on either proxy path.
+#[derive(Clone, Copy)]
+pub(crate) struct RetryScope<'a> {
+    pub(crate) pool: &'a Pool,
+    pub(crate) route: &'a CompiledRoute,
+    /// Idempotent (or the route allows retrying anything).
+    pub(crate) retryable_method: bool,
+}
+
 pub(crate) struct LogFields {
     pub(crate) method: String,
     /// The client's protocol: `1.0`, `1.1` or `2`.
@@ -632,7 +651,15 @@ impl Proxy {
                         continue;
                     }
                     // An idle close of a pooled connection is no failure of the instance.
-                    if !stale && self.retry_unanswered(ctx, request, index, timeout, replayable) {
+                    if !stale
+                        && self.retry_unanswered(
+                            ctx,
+                            request.retry_scope(),
+                            index,
+                            timeout,
+                            replayable,
+                        )
+                    {
                         bufs.upstream.clear();
                         continue;
                     }
@@ -649,7 +676,7 @@ impl Proxy {
                 return self.local_error_body(down, bufs, 502, pool, false).await;
             };
             let status = response.status;
-            if self.retry_on_answer(ctx, request, index, status, replayable) {
+            if self.retry_on_answer(ctx, request.retry_scope(), index, status, replayable) {
                 bufs.upstream.clear();
                 continue;
             }
@@ -979,7 +1006,7 @@ impl Proxy {
     pub(crate) fn retry_unanswered(
         &self,
         ctx: &mut RequestCtx,
-        request: &Forward,
+        request: RetryScope<'_>,
         index: usize,
         timeout: bool,
         replayable: bool,
@@ -987,7 +1014,7 @@ impl Proxy {
         if timeout && request.route.per_try_timeout.is_none() {
             let now = self.clock.now_ms();
             self.metrics
-                .upstream_failure(&request.pool, index, &self.config.outlier, now, false);
+                .upstream_failure(request.pool, index, &self.config.outlier, now, false);
             return false;
         }
         let status = if timeout { 504 } else { 502 };
@@ -1002,12 +1029,12 @@ impl Proxy {
     pub(crate) fn retry_on_answer(
         &self,
         ctx: &mut RequestCtx,
-        request: &Forward,
+        request: RetryScope<'_>,
         index: usize,
         status: u16,
         replayable: bool,
     ) -> bool {
-        let (pool, route) = (&request.pool, &request.route);
+        let (pool, route) = (request.pool, request.route);
         if status >= 500 {
             let now = self.clock.now_ms();
             self.metrics

@@ -337,7 +337,15 @@ impl Proxy {
                         continue;
                     }
                     // As for HTTP/1 clients.
-                    if !stale && self.retry_unanswered(ctx, request, index, timeout, replayable) {
+                    if !stale
+                        && self.retry_unanswered(
+                            ctx,
+                            request.retry_scope(),
+                            index,
+                            timeout,
+                            replayable,
+                        )
+                    {
                         continue;
                     }
                     let status = if timeout { 504 } else { 502 };
@@ -350,7 +358,7 @@ impl Proxy {
                 return local_h2(session, 502, pool).await;
             };
             let status = response.status;
-            if self.retry_on_answer(ctx, request, index, status, replayable) {
+            if self.retry_on_answer(ctx, request.retry_scope(), index, status, replayable) {
                 continue;
             }
             upstream.advance(head_len);

@@ -1165,6 +1165,161 @@ fn h2c_upstream() {
     });
 }
 
+/// An HTTP/2 service instance that completes the handshake and answers no request: on
+/// each request's HEADERS frame it either closes the connection (a crash mid-request) or,
+/// with `refuse`, resets the stream with REFUSED_STREAM (nothing processed, RFC 9113 §8.7).
+struct H2Crasher {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+}
+
+impl H2Crasher {
+    fn start(refuse: bool) -> H2Crasher {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let counter = Arc::clone(&counter);
+                std::thread::spawn(move || {
+                    // The server preface: an empty SETTINGS frame.
+                    if stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).is_err() {
+                        return;
+                    }
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let mut at = 24; // past the client preface
+                    loop {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        while buf.len() >= at + 9 {
+                            let frame = &buf[at..at + 9];
+                            let length = usize::from(frame[0]) << 16
+                                | usize::from(frame[1]) << 8
+                                | usize::from(frame[2]);
+                            let (kind, flags) = (frame[3], frame[4]);
+                            if buf.len() < at + 9 + length {
+                                break;
+                            }
+                            at += 9 + length;
+                            if kind == 4 && flags & 1 == 0 {
+                                // SETTINGS from the client: acknowledge it.
+                                let _ = stream.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]);
+                            } else if kind == 1 {
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                if !refuse {
+                                    return; // closes the connection, unanswered
+                                }
+                                let mut reset = vec![0, 0, 4, 3, 0];
+                                reset.extend_from_slice(&frame[5..9]); // the stream id
+                                reset.extend_from_slice(&7u32.to_be_bytes()); // REFUSED_STREAM
+                                if stream.write_all(&reset).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        H2Crasher { port, requests }
+    }
+
+    fn served(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Services spoken to over HTTP/2 (pingora's proxy path) retry an unanswered request as
+/// the HTTP/1 path does: as the 502 it would be, under the route's policy.
+#[test]
+fn h2_upstream_unanswered_requests_retry_like_gateway_errors() {
+    let inner = Strait::builder().start();
+    let _backend = serve_web(&inner);
+    let crasher = H2Crasher::start(false);
+    let refuser = H2Crasher::start(true);
+    let outer = Strait::builder()
+        .config(
+            "[router.outlier]\nconsecutive_failures = 0\n\n[router.services.inner]\nprotocol = \"h2c\"\n\n[router.services.refusing]\nprotocol = \"h2c\"\n",
+        )
+        .start();
+    for (service, id, port) in [
+        ("inner", "good", inner.http.port()),
+        ("inner", "crashing", crasher.port),
+        ("refusing", "good", inner.http.port()),
+        ("refusing", "refusing", refuser.port),
+    ] {
+        let (status, body) = outer.put(
+            &format!("/v1/services/{service}/instances/{id}"),
+            &format!(r#"{{"address":"127.0.0.1","port":{port}}}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    route(
+        &outer,
+        "web",
+        r#"{"host":"web.example.com","service":"inner","retry":{"attempts":2,"on":["gateway-error"]}}"#,
+    );
+    route(
+        &outer,
+        "plain",
+        r#"{"host":"plain.example.com","service":"inner"}"#,
+    );
+    wait_backend(&outer, "web.example.com", "/", "web");
+    let mut client = Client::new(outer.http);
+    for i in 0..60 {
+        let response = client.get("web.example.com", "/").expect("request");
+        assert_eq!(response.status, 200, "GET {i}: {}", response.text());
+    }
+    assert!(
+        crasher.served() > 5,
+        "the crashing instance got {} requests",
+        crasher.served()
+    );
+    let mut statuses = |method: &str, host: &str| -> Vec<u16> {
+        (0..40)
+            .map(|_| {
+                client
+                    .request(method, host, "/", &[], b"x")
+                    .expect("request")
+                    .status
+            })
+            .collect()
+    };
+    let posts = statuses("POST", "web.example.com");
+    assert!(posts.contains(&502), "POSTs must not be retried: {posts:?}");
+    let plain = statuses("GET", "plain.example.com");
+    assert!(plain.contains(&502), "no retry policy, no retry: {plain:?}");
+    // A refused stream was not processed: any method goes to another instance, with or
+    // without a retry policy.
+    route(
+        &inner,
+        "refused",
+        r#"{"host":"refused.example.com","service":"web"}"#,
+    );
+    route(
+        &outer,
+        "refused",
+        r#"{"host":"refused.example.com","service":"refusing"}"#,
+    );
+    wait_backend(&outer, "refused.example.com", "/", "web");
+    let refused = statuses("POST", "refused.example.com");
+    assert!(
+        refused.iter().all(|&s| s == 200),
+        "refused streams are retried: {refused:?}"
+    );
+    assert!(
+        refuser.served() > 5,
+        "the refusing instance got {} requests",
+        refuser.served()
+    );
+}
+
 /// `[router.services.<name>.health_check]`: an instance failing the router's own checks
 /// leaves the pool (no request reaches it), `route explain` says why, and it comes back
 /// when it passes again; an unreachable one fails a TCP check the same way.
