@@ -75,15 +75,26 @@ pub fn credentials_for(
     }
 }
 
-/// `--ca-cert` goes, like `--user`, to the registry pushed to (or to any, without
-/// `--push`): a base image from a public registry keeps the public roots.
-fn roots_for(registry: &str, options: &Options) -> Option<crate::registry::Roots> {
-    options.ca_certs.clone().filter(|_| {
-        options
-            .push_registry
-            .as_deref()
-            .is_none_or(|r| r == registry)
-    })
+/// A client for `reference`'s registry. `--ca-cert` goes to every registry (TLS to
+/// loopback ones too); for a base image on another registry than the one pushed to, the
+/// public roots stay trusted as well, so a public base still verifies.
+fn registry_client(
+    reference: &Reference,
+    options: &Options,
+    credentials: Option<crate::registry::Credentials>,
+) -> Registry {
+    let registry = Registry::new(
+        reference,
+        options.insecure,
+        options.ca_certs.clone(),
+        credentials,
+    );
+    let pushed_to = options.push_registry.as_deref() == Some(reference.registry.as_str());
+    if options.ca_certs.is_some() && !pushed_to {
+        registry.with_public_fallback()
+    } else {
+        registry
+    }
 }
 
 pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<Built, Error> {
@@ -115,12 +126,7 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
             source,
         };
         let credentials = credentials_for(&reference.registry, options).map_err(wrap)?;
-        let mut registry = Registry::new(
-            reference,
-            options.insecure,
-            roots_for(&reference.registry, options),
-            credentials,
-        );
+        let mut registry = registry_client(reference, options, credentials);
         registry.add_scope(&reference.repository, "pull");
         for platform in &plan.platforms {
             let base = pull_base(
@@ -430,10 +436,7 @@ fn pull_base(
                     index
                         .manifests
                         .iter()
-                        .filter_map(|m| m
-                            .platform
-                            .as_ref()
-                            .map(|p| format!("{}/{}", p.os, p.architecture)))
+                        .filter_map(|m| m.platform.as_ref().map(platform_name))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -520,16 +523,64 @@ fn fetch_blob(
 }
 
 /// The index entry for `platform`: same os and architecture, and variant when ours names
-/// one; attestation manifests (`unknown/unknown`) never match.
+/// one, compared as containerd normalises them (`arm64` is `arm64/v8`, `arm` is `arm/v7`,
+/// `aarch64` is `arm64`, `x86_64` is `amd64`); an exact variant wins over another one.
+/// Attestation manifests (`unknown/unknown`) never match.
 fn pick_platform<'a>(manifests: &'a [Descriptor], platform: &Platform) -> Option<&'a Descriptor> {
-    let matching = |m: &&Descriptor| {
-        m.platform.as_ref().is_some_and(|p| {
-            p.os == platform.os
-                && p.architecture == platform.architecture
-                && (platform.variant.is_none() || p.variant == platform.variant)
+    let wanted = normal_platform(
+        &platform.os,
+        &platform.architecture,
+        platform.variant.as_deref(),
+    );
+    fn of(m: &Descriptor) -> Option<(&str, &str, &str)> {
+        m.platform
+            .as_ref()
+            .map(|p| normal_platform(&p.os, &p.architecture, p.variant.as_deref()))
+    }
+    manifests
+        .iter()
+        .find(|m| of(m).as_ref() == Some(&wanted))
+        .or_else(|| {
+            // No variant named: any variant of the architecture will do.
+            platform.variant.is_none().then(|| {
+                manifests
+                    .iter()
+                    .find(|m| of(m).is_some_and(|(os, arch, _)| os == wanted.0 && arch == wanted.1))
+            })?
         })
+}
+
+/// (os, architecture, variant) in containerd's normal form: the names Go and the kernel
+/// use for the same machine made one, and each architecture's default variant explicit.
+fn normal_platform<'a>(
+    os: &'a str,
+    architecture: &'a str,
+    variant: Option<&'a str>,
+) -> (&'a str, &'a str, &'a str) {
+    let variant = variant.unwrap_or("");
+    let (architecture, variant) = match (architecture, variant) {
+        ("x86_64" | "x86-64" | "amd64", "v1") => ("amd64", ""),
+        ("x86_64" | "x86-64", v) => ("amd64", v),
+        ("aarch64" | "arm64", "8" | "v8" | "v8.0") => ("arm64", ""),
+        ("aarch64", v) => ("arm64", v),
+        ("armhf", _) => ("arm", "v7"),
+        ("armel", _) => ("arm", "v6"),
+        ("arm", "" | "7") => ("arm", "v7"),
+        ("arm", "5") => ("arm", "v5"),
+        ("arm", "6") => ("arm", "v6"),
+        ("arm", "8") => ("arm", "v8"),
+        ("i386" | "386", v) => ("386", v),
+        (a, v) => (a, v),
     };
-    manifests.iter().find(matching)
+    (os, architecture, variant)
+}
+
+/// `os/architecture[/variant]` of an index entry, for messages.
+fn platform_name(p: &crate::oci::PlatformJson) -> String {
+    match &p.variant {
+        Some(variant) => format!("{}/{}/{variant}", p.os, p.architecture),
+        None => format!("{}/{}", p.os, p.architecture),
+    }
 }
 
 /// Counts of a push.
@@ -551,12 +602,7 @@ pub fn push(
 ) -> Result<PushSummary, RegistryError> {
     let cache = &options.cache;
     let credentials = credentials_for(&target.registry, options)?;
-    let mut registry = Registry::new(
-        target,
-        options.insecure,
-        roots_for(&target.registry, options),
-        credentials,
-    );
+    let mut registry = registry_client(target, options, credentials);
     let repository = &target.repository;
     registry.add_scope(repository, "pull,push");
     for base in built.base_blobs.values() {
@@ -649,4 +695,81 @@ pub fn report(built: &Built, push: Option<&PushSummary>) {
         );
     }
     let _ = writeln!(out, "{}", built.top.digest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::PlatformJson;
+
+    fn entry(os: &str, architecture: &str, variant: Option<&str>, n: u8) -> Descriptor {
+        Descriptor {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: Digest::of(&[n]),
+            size: 1,
+            platform: Some(PlatformJson {
+                architecture: architecture.into(),
+                os: os.into(),
+                variant: variant.map(str::to_string),
+            }),
+            annotations: None,
+        }
+    }
+
+    fn pick(manifests: &[Descriptor], wanted: &str) -> Option<String> {
+        let platform = Platform::parse(wanted).expect("platform");
+        pick_platform(manifests, &platform)
+            .and_then(|m| m.platform.as_ref())
+            .map(platform_name)
+    }
+
+    #[test]
+    fn platforms_match_as_containerd_normalises_them() {
+        let plain = [
+            entry("linux", "amd64", None, 0),
+            entry("linux", "arm64", None, 1),
+        ];
+        assert_eq!(
+            pick(&plain, "linux/arm64/v8").as_deref(),
+            Some("linux/arm64")
+        );
+        assert_eq!(pick(&plain, "linux/arm64").as_deref(), Some("linux/arm64"));
+        assert_eq!(pick(&plain, "linux/arm64/v9"), None);
+        let with_variants = [
+            entry("linux", "arm", Some("v6"), 2),
+            entry("linux", "arm", Some("v7"), 3),
+            entry("linux", "arm64", Some("v8"), 4),
+            entry("unknown", "unknown", None, 5),
+        ];
+        assert_eq!(
+            pick(&with_variants, "linux/arm64").as_deref(),
+            Some("linux/arm64/v8")
+        );
+        // `arm` means v7, not the first arm entry.
+        assert_eq!(
+            pick(&with_variants, "linux/arm").as_deref(),
+            Some("linux/arm/v7")
+        );
+        assert_eq!(
+            pick(&with_variants, "linux/arm/v6").as_deref(),
+            Some("linux/arm/v6")
+        );
+        assert_eq!(pick(&with_variants, "linux/amd64"), None);
+        // Without a v7 entry, an unnamed variant takes what there is.
+        let v6_only = [entry("linux", "arm", Some("v6"), 6)];
+        assert_eq!(pick(&v6_only, "linux/arm").as_deref(), Some("linux/arm/v6"));
+        assert_eq!(pick(&v6_only, "linux/arm/v7"), None);
+        let kernel_names = [
+            entry("linux", "x86_64", None, 7),
+            entry("linux", "aarch64", None, 8),
+        ];
+        assert_eq!(
+            pick(&kernel_names, "linux/amd64").as_deref(),
+            Some("linux/x86_64")
+        );
+        assert_eq!(
+            pick(&kernel_names, "linux/arm64/v8").as_deref(),
+            Some("linux/aarch64")
+        );
+    }
 }

@@ -51,8 +51,9 @@ pub struct BuildArgs {
     /// --ca-cert is given).
     #[arg(long)]
     pub insecure: bool,
-    /// Trust these CA certificates (PEM) for registries instead of the public roots, and
-    /// speak TLS to every registry, loopback ones included (a private registry's CA).
+    /// Trust these CA certificates (PEM) and speak TLS to every registry, loopback ones
+    /// included (a private registry's CA); a base image's registry may also verify
+    /// against the public roots.
     #[arg(long = "ca-cert", value_name = "FILE")]
     pub ca_cert: Vec<PathBuf>,
     /// Target platforms, overriding the file's `platforms` (e.g. `linux/amd64,linux/arm64`).

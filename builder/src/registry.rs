@@ -19,10 +19,12 @@ use crate::reference::Reference;
 pub enum RegistryError {
     #[error("registry {registry}: cannot reach it: {error}")]
     Unreachable { registry: String, error: String },
-    #[error(
-        "registry {registry}: its TLS certificate is not trusted ({error}); a private CA goes in --ca-cert"
-    )]
-    Untrusted { registry: String, error: String },
+    #[error("registry {registry}: its TLS certificate is not trusted ({error}){hint}")]
+    Untrusted {
+        registry: String,
+        error: String,
+        hint: &'static str,
+    },
     #[error("registry {registry}: {what}: {status}{message}")]
     Status {
         registry: String,
@@ -295,8 +297,28 @@ pub enum Body<'a> {
     },
 }
 
+/// An HTTP agent that verifies TLS against `roots`, or else the public roots.
+fn agent(roots: Option<Roots>) -> ureq::Agent {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(roots) = roots {
+        tls = tls.root_certs(ureq::tls::RootCerts::Specific(roots.0));
+    }
+    let config = ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(Duration::from_secs(120)))
+        .user_agent("strait-builder")
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
 pub struct Registry {
     agent: ureq::Agent,
+    /// Whether an untrusted certificate switches `agent` to the public roots once.
+    public_fallback: bool,
+    /// `--ca-cert` was given (for error messages).
+    custom_roots: bool,
     base: String,
     name: String,
     credentials: Option<Credentials>,
@@ -323,25 +345,25 @@ impl Registry {
         } else {
             "https"
         };
-        let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(roots) = roots {
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(roots.0));
-        }
-        let config = ureq::Agent::config_builder()
-            .tls_config(tls.build())
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .user_agent("strait-builder")
-            .build();
         Registry {
-            agent: ureq::Agent::new_with_config(config),
+            custom_roots: roots.is_some(),
+            agent: agent(roots),
+            public_fallback: false,
             base: format!("{scheme}://{}", reference.api_host()),
             name: reference.registry.clone(),
             credentials,
             auth: Auth::None,
             scopes: BTreeSet::new(),
         }
+    }
+
+    /// A registry whose certificate the given roots do not verify is tried once more
+    /// against the public roots, so `--ca-cert` adds to them for this registry (a base
+    /// image from a public registry) rather than replacing them. Each handshake verifies
+    /// fully against one trusted set; nothing is sent before one succeeds.
+    pub fn with_public_fallback(mut self) -> Registry {
+        self.public_fallback = true;
+        self
     }
 
     /// Asks for `repository:<repo>:<actions>` in the next token.
@@ -370,6 +392,11 @@ impl Registry {
             return RegistryError::Untrusted {
                 registry: self.name.clone(),
                 error: error.trim_start_matches("io: ").to_string(),
+                hint: if self.custom_roots {
+                    "; not by the --ca-cert certificates either"
+                } else {
+                    "; a private CA goes in --ca-cert"
+                },
             };
         }
         RegistryError::Unreachable {
@@ -396,7 +423,15 @@ impl Registry {
         let url = self.url(path);
         let mut answered = false;
         loop {
-            let response = self.send_once(method, &url, headers, &mut body)?;
+            let response = match self.send_once(method, &url, headers, &mut body) {
+                Err(RegistryError::Untrusted { .. }) if self.public_fallback => {
+                    // The handshake failed: no byte of the body was read.
+                    self.public_fallback = false;
+                    self.agent = agent(None);
+                    self.send_once(method, &url, headers, &mut body)?
+                }
+                result => result?,
+            };
             if response.status().as_u16() != 401 || answered {
                 if response.status().as_u16() == 401 {
                     return Err(RegistryError::Auth {

@@ -1141,6 +1141,29 @@ fn push_over_tls_to_a_registry_with_a_private_ca() {
     assert!(manifest.status.success(), "{manifest:?}");
     assert_eq!(format!("sha256:{}", sha256_hex(&manifest.stdout)), digest);
 
+    // That image as the base of another, pushed to a second registry under the same CA:
+    // `--ca-cert` covers the base's registry too, not only the one pushed to.
+    let second = Registry::start_with(&dir.join("registry2"), &["--config", path_str(&config)]);
+    let derived = dir.join("derived");
+    write(&derived.join("extra/note.txt"), b"note", 0o644);
+    fs::write(
+        derived.join("strait-build.toml"),
+        format!("base = \"{target}\"\n\n[[layer]]\nsrc = \"extra/\"\ndest = \"/etc/\"\n"),
+    )
+    .expect("write config");
+    let derived_target = format!("{}/derived/app:v1", second.host());
+    let on_private_base = build(
+        &derived,
+        &dir.join("cache-derived"),
+        &["--push", &derived_target, "--ca-cert", path_str(&ca)],
+        &[],
+    );
+    on_private_base.digest();
+    assert_eq!(
+        on_private_base.line("base blobs:"),
+        "base blobs: 3 downloaded, 0 cached"
+    );
+
     let wrong_ca = build(
         dir,
         &cache,
