@@ -825,7 +825,7 @@ impl Registry {
             // Not mountable: fall back to a new upload session, as the spec says.
         }
         let id = format!("{:032x}", rand::random::<u128>());
-        self.storage.upload_create(&id).await?;
+        self.storage.upload_create(&id, repo.as_str()).await?;
         let upload = Arc::new(tokio::sync::Mutex::new(Upload {
             repo: repo.clone(),
             size: 0,
@@ -887,6 +887,11 @@ impl Registry {
             }
             return Ok(upload);
         }
+        // An upload from before a restart: it stays its repository's alone.
+        let owner = self.storage.upload_repo(id).await?.ok_or_else(unknown)?;
+        if owner != repo.as_str() {
+            return Err(unknown());
+        }
         let size = self.storage.upload_size(id).await?.ok_or_else(unknown)?;
         let upload = Arc::new(tokio::sync::Mutex::new(Upload {
             repo: repo.clone(),
@@ -895,7 +900,11 @@ impl Registry {
             started: Instant::now(),
         }));
         let mut uploads = self.lock_uploads();
-        let upload = uploads.entry(id.to_owned()).or_insert(upload);
+        let upload = uploads.entry(id.to_owned()).or_insert_with(|| {
+            // Counted again, as it will be uncounted when it ends.
+            self.metrics.uploads_in_progress.inc();
+            upload
+        });
         Ok(Arc::clone(upload))
     }
 

@@ -49,7 +49,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn blob_delete(&self, digest: &Digest) -> io::Result<bool>;
     async fn blob_list(&self) -> io::Result<Vec<BlobInfo>>;
 
-    async fn upload_create(&self, id: &str) -> io::Result<()>;
+    /// A new, empty upload into repository `repo` (recorded, so that after a restart the
+    /// session still belongs to it alone).
+    async fn upload_create(&self, id: &str, repo: &str) -> io::Result<()>;
+    /// The repository an upload was started in, or `None` when there is no such upload.
+    async fn upload_repo(&self, id: &str) -> io::Result<Option<String>>;
     /// Current length of an upload, or `None` when there is no such upload.
     async fn upload_size(&self, id: &str) -> io::Result<Option<u64>>;
     /// A writer appending to the upload.
@@ -105,7 +109,13 @@ fn invalid_key(key: &str) -> io::Error {
 impl FsStorage {
     /// Opens (creating if needed) a storage root.
     pub fn open(root: &Path) -> io::Result<FsStorage> {
-        for dir in ["blobs/sha256", "uploads", "repositories", "tmp"] {
+        for dir in [
+            "blobs/sha256",
+            "uploads",
+            "upload-owners",
+            "repositories",
+            "tmp",
+        ] {
             std::fs::create_dir_all(root.join(dir))?;
         }
         Ok(FsStorage {
@@ -133,6 +143,16 @@ impl FsStorage {
     fn upload_path(&self, id: &str) -> io::Result<PathBuf> {
         if crate::names::is_upload_id(id) {
             Ok(self.root.join("uploads").join(id))
+        } else {
+            Err(invalid_key(id))
+        }
+    }
+
+    /// Where the repository an upload belongs to is recorded (outside `uploads/`, which
+    /// holds only upload data).
+    fn upload_owner_path(&self, id: &str) -> io::Result<PathBuf> {
+        if crate::names::is_upload_id(id) {
+            Ok(self.root.join("upload-owners").join(id))
         } else {
             Err(invalid_key(id))
         }
@@ -283,9 +303,19 @@ impl Storage for FsStorage {
         .map_err(io::Error::other)?
     }
 
-    async fn upload_create(&self, id: &str) -> io::Result<()> {
+    async fn upload_create(&self, id: &str, repo: &str) -> io::Result<()> {
+        // The owner first: an upload file without one is never resumed.
+        tokio::fs::write(self.upload_owner_path(id)?, repo).await?;
         tokio::fs::File::create_new(self.upload_path(id)?).await?;
         Ok(())
+    }
+
+    async fn upload_repo(&self, id: &str) -> io::Result<Option<String>> {
+        if not_found_as_none(tokio::fs::metadata(self.upload_path(id)?).await)?.is_none() {
+            return Ok(None);
+        }
+        let owner = not_found_as_none(tokio::fs::read(self.upload_owner_path(id)?).await)?;
+        Ok(owner.and_then(|bytes| String::from_utf8(bytes).ok()))
     }
 
     async fn upload_size(&self, id: &str) -> io::Result<Option<u64>> {
@@ -324,9 +354,13 @@ impl Storage for FsStorage {
 
     async fn upload_promote(&self, id: &str, digest: &Digest) -> io::Result<()> {
         let upload = self.upload_path(id)?;
+        let owner = self.upload_owner_path(id)?;
         let blob = self.blob_path(digest);
         let durable = self.durable;
         blocking(move || {
+            // Gone first: an owner file left alone is harmless, an upload without one is
+            // never resumed.
+            not_found_as_none(std::fs::remove_file(&owner))?;
             if blob.exists() {
                 std::fs::remove_file(&upload)?;
                 // Refresh its last use: the caller is about to reference it.
@@ -351,7 +385,8 @@ impl Storage for FsStorage {
     }
 
     async fn upload_delete(&self, id: &str) -> io::Result<()> {
-        not_found_as_none(tokio::fs::remove_file(self.upload_path(id)?).await).map(|_| ())
+        not_found_as_none(tokio::fs::remove_file(self.upload_path(id)?).await)?;
+        not_found_as_none(tokio::fs::remove_file(self.upload_owner_path(id)?).await).map(|_| ())
     }
 
     async fn upload_list(&self) -> io::Result<Vec<(String, SystemTime)>> {
@@ -481,7 +516,7 @@ mod tests {
             assert!(storage.meta_put(key, b"x").await.is_err(), "{key}");
             assert!(storage.meta_get(key).await.is_err(), "{key}");
         }
-        assert!(storage.upload_create("../../x").await.is_err());
+        assert!(storage.upload_create("../../x", "r").await.is_err());
         assert!(!dir.path().parent().expect("parent").join("x").exists());
     }
 
@@ -490,7 +525,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = FsStorage::open(dir.path()).expect("open");
         let id = "0123456789abcdef0123456789abcdef";
-        storage.upload_create(id).await.expect("create");
+        storage.upload_create(id, "r").await.expect("create");
+        assert_eq!(
+            storage.upload_repo(id).await.expect("owner").as_deref(),
+            Some("r")
+        );
         let mut writer = storage.upload_append(id).await.expect("append");
         tokio::io::AsyncWriteExt::write_all(&mut writer, b"hello")
             .await
@@ -503,6 +542,7 @@ mod tests {
         storage.upload_promote(id, &digest).await.expect("promote");
         assert_eq!(storage.blob_size(&digest).await.expect("size"), Some(5));
         assert_eq!(storage.upload_size(id).await.expect("size"), None);
+        assert_eq!(storage.upload_repo(id).await.expect("owner"), None);
         let blobs = storage.blob_list().await.expect("list");
         assert_eq!(blobs.len(), 1);
         assert_eq!(blobs[0].digest, digest);

@@ -642,6 +642,22 @@ fn an_upload_survives_a_crash_but_never_shows_partially() {
     );
     let blob_url = registry.url(&format!("/v2/crash/blobs/{digest}"));
     assert_eq!(send("HEAD", &blob_url, &[], b"").status, 404);
+    // It is still the repository's own: another cannot look at it, append to it or
+    // complete it, after the restart as before.
+    let elsewhere = location.replacen("/v2/crash/", "/v2/hijack/", 1);
+    assert_ne!(elsewhere, location);
+    for (method, url) in [
+        ("GET", elsewhere.clone()),
+        ("PATCH", elsewhere.clone()),
+        ("PUT", format!("{elsewhere}?digest={digest}")),
+    ] {
+        let reply = send(method, &registry.url(&url), &[], &data[1 << 20..]);
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (404, "BLOB_UPLOAD_UNKNOWN"),
+            "{method} from another repository"
+        );
+    }
     // The session resumes where it was (the hash is recomputed from the staged bytes).
     let status = send("GET", &registry.url(&location), &[], b"");
     assert_eq!(
@@ -656,6 +672,11 @@ fn an_upload_survives_a_crash_but_never_shows_partially() {
     );
     assert_eq!(reply.status, 201, "{}", reply.text());
     assert!(send("GET", &blob_url, &[], b"").body == data);
+    let metrics = send("GET", &registry.url("/metrics"), &[], b"").text_full();
+    assert!(
+        metrics.contains("\nstrait_registry_uploads_in_progress 0\n"),
+        "a resumed upload that completed is no longer in progress: {metrics}"
+    );
 }
 
 #[test]
