@@ -41,7 +41,7 @@ pub struct BuildFile {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Target platforms, `os/arch[/variant]`; default `linux/amd64`.
-    pub platforms: Option<Vec<Spanned<String>>>,
+    pub platforms: Option<Spanned<Vec<Spanned<String>>>>,
     /// `gzip` (default) or `zstd`.
     pub compression: Option<Spanned<String>>,
     pub compression_level: Option<Spanned<i32>>,
@@ -313,16 +313,16 @@ impl Checker<'_> {
         let platforms = match &file.platforms {
             _ if self.platforms.is_some() => self.platforms.clone().unwrap_or_default(),
             None => vec![Platform::linux_amd64()],
-            Some(list) if list.is_empty() => {
+            Some(list) if list.get_ref().is_empty() => {
                 return Err(self.error(
-                    None,
+                    Some(list.span()),
                     "platforms",
                     "list at least one platform, e.g. \"linux/amd64\"".into(),
                 ));
             }
             Some(list) => {
                 let mut platforms = Vec::new();
-                for (i, text) in list.iter().enumerate() {
+                for (i, text) in list.get_ref().iter().enumerate() {
                     let platform = Platform::parse(text.get_ref()).ok_or_else(|| {
                         self.error(
                             Some(text.span()),

@@ -194,11 +194,22 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
 /// `SOURCE_DATE_EPOCH` (seconds) or 0.
 fn source_date_epoch() -> Result<u64, Error> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(text) if !text.trim().is_empty() => text.trim().parse().map_err(|_| {
-            Error::Usage(format!(
-                "SOURCE_DATE_EPOCH=`{text}` is not a number of seconds"
-            ))
-        }),
+        Ok(text) if !text.trim().is_empty() => {
+            let seconds: u64 = text.trim().parse().map_err(|_| {
+                Error::Usage(format!(
+                    "SOURCE_DATE_EPOCH=`{text}` is not a number of seconds"
+                ))
+            })?;
+            // The tar header's 11 octal digits: every file gets exactly this time, and
+            // no PAX record is needed for it.
+            if seconds > tar::MAX_MTIME {
+                return Err(Error::Usage(format!(
+                    "SOURCE_DATE_EPOCH={seconds} is after {} (2242-03-16T12:56:31Z), the latest time a tar header holds",
+                    tar::MAX_MTIME
+                )));
+            }
+            Ok(seconds)
+        }
         _ => Ok(0),
     }
 }

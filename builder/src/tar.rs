@@ -566,6 +566,10 @@ fn pad<W: Write>(out: &mut W, size: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The latest mtime a ustar header holds (11 octal digits); `SOURCE_DATE_EPOCH` is
+/// checked against it.
+pub const MAX_MTIME: u64 = 0o777_7777_7777;
+
 fn octal(field: &mut [u8], value: u64) -> bool {
     // `len - 1` digits and a NUL.
     let digits = field.len() - 1;

@@ -342,6 +342,31 @@ fn reproducible_across_copies_and_mtimes_and_one_change_changes_one_layer() {
         &[("SOURCE_DATE_EPOCH", "1700000000")],
     );
     assert_eq!(dated.digest(), dated_again.digest());
+    // The latest time a tar header holds is fine; a second later is refused, not
+    // silently written as 1970.
+    let latest = build(
+        one.path(),
+        &one.path().join("cache"),
+        &[],
+        &[("SOURCE_DATE_EPOCH", "8589934591")],
+    );
+    latest.digest();
+    for (value, message) in [
+        ("8589934592", "the latest time a tar header holds"),
+        ("soon", "is not a number of seconds"),
+    ] {
+        let refused = build(
+            one.path(),
+            &one.path().join("cache"),
+            &[],
+            &[("SOURCE_DATE_EPOCH", value)],
+        );
+        assert!(
+            !refused.ok && refused.stderr.contains(message),
+            "SOURCE_DATE_EPOCH={value}: {}",
+            refused.stderr
+        );
+    }
 
     // One changed file: only its layer changes.
     write(&two.path().join("conf/app.conf"), b"port = 9090\n", 0o644);

@@ -210,6 +210,12 @@ fn errors_name_file_line_column_and_key() {
             ]],
         ),
         (
+            "platforms = []\n[[layer]]\nsrc = \"dist\"\ndest = \"/app\"\n",
+            expect![[
+                r#"<dir>/strait-build.toml:1:13: key `platforms`: list at least one platform, e.g. "linux/amd64""#
+            ]],
+        ),
+        (
             "compression = \"brotli\"\n[[layer]]\nsrc = \"dist\"\ndest = \"/app\"\n",
             expect![[
                 r#"<dir>/strait-build.toml:1:15: key `compression`: `brotli` is not a compression: use "gzip" or "zstd""#
