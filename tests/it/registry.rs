@@ -646,12 +646,13 @@ fn an_upload_survives_a_crash_but_never_shows_partially() {
     // complete it, after the restart as before.
     let elsewhere = location.replacen("/v2/crash/", "/v2/hijack/", 1);
     assert_ne!(elsewhere, location);
-    for (method, url) in [
-        ("GET", elsewhere.clone()),
-        ("PATCH", elsewhere.clone()),
-        ("PUT", format!("{elsewhere}?digest={digest}")),
+    // (Small bodies: the refusal comes before a large one would be read.)
+    for (method, url, body) in [
+        ("GET", elsewhere.clone(), &b""[..]),
+        ("PATCH", elsewhere.clone(), &b"x"[..]),
+        ("PUT", format!("{elsewhere}?digest={digest}"), &b"x"[..]),
     ] {
-        let reply = send(method, &registry.url(&url), &[], &data[1 << 20..]);
+        let reply = send(method, &registry.url(&url), &[], body);
         assert_eq!(
             (reply.status, reply.error_code().as_str()),
             (404, "BLOB_UPLOAD_UNKNOWN"),
