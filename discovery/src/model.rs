@@ -370,20 +370,68 @@ impl HeaderRewrite {
     }
 
     fn validate(&self, field: &str) -> Result<(), ModelError> {
+        let request = field == "request_headers";
         for (name, value) in &self.set {
             validate_header_name(&format!("{field}.set"), name)?;
+            let key = format!("{field}.set.{name}");
+            refuse_framing_header(&key, name)?;
             if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(ModelError::new(key, "must not contain CR, LF or NUL"));
+            }
+            if request && name.eq_ignore_ascii_case("host") && !is_host_value(value) {
                 return Err(ModelError::new(
-                    format!("{field}.set.{name}"),
-                    "must not contain CR, LF or NUL",
+                    key,
+                    format!("{value:?} is not a host name (host or host:port)"),
                 ));
             }
         }
         for name in &self.remove {
-            validate_header_name(&format!("{field}.remove"), name)?;
+            let key = format!("{field}.remove");
+            validate_header_name(&key, name)?;
+            refuse_framing_header(&key, name)?;
+            if request && name.eq_ignore_ascii_case("host") {
+                return Err(ModelError::new(
+                    key,
+                    "`host` cannot be removed: HTTP/1.1 requires it (set it to rewrite it)",
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// Headers that frame a message or manage its connection are the router's to write: a
+/// rewrite of one could desynchronise the next hop (request smuggling, response
+/// splitting), so no route may set or remove them.
+fn refuse_framing_header(key: &str, name: &str) -> Result<(), ModelError> {
+    const FRAMING: [&str; 8] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
+    if FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+        return Err(ModelError::new(
+            key,
+            format!(
+                "`{name}` frames the message or manages the connection; the router writes it, a route cannot rewrite it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `host`, `host:port` or `[v6]:port`, made of the characters host names have.
+fn is_host_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 255
+        && value.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
 }
 
 /// A route: which requests (HTTP) or connections (TCP) go to which service(s).

@@ -66,27 +66,40 @@ pub fn is_plain_host(host: &str) -> bool {
 }
 
 /// Whether a request path has `.` or `..` segments (also percent-encoded): refused, so a
-/// prefix match and rewrite cannot be escaped by a backend that normalizes paths.
+/// prefix match and rewrite cannot be escaped by a backend that normalizes paths. Segments
+/// end at `/` and at what such a backend may take for one: `%2f`, `\` and `%5c`.
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let mut rest = segment.as_bytes();
-        let mut dots = 0;
-        while !rest.is_empty() {
-            if rest[0] == b'.' {
-                rest = &rest[1..];
-            } else if rest.len() >= 3
-                && rest[0] == b'%'
-                && rest[1] == b'2'
-                && rest[2] | 0x20 == b'e'
-            {
-                rest = &rest[3..];
-            } else {
-                return false;
+    let bytes = path.as_bytes();
+    // Dots in the current segment, and whether it held anything else.
+    let (mut dots, mut only_dots) = (0u32, true);
+    let mut i = 0;
+    loop {
+        let (byte, width) = match bytes.get(i) {
+            None => (b'/', 1),
+            Some(b'%') => match bytes.get(i + 1..i + 3) {
+                Some([b'2', c]) if c | 0x20 == b'e' => (b'.', 3),
+                Some([b'2', c]) if c | 0x20 == b'f' => (b'/', 3),
+                Some([b'5', c]) if c | 0x20 == b'c' => (b'/', 3),
+                _ => (b'%', 1),
+            },
+            Some(b'\\') => (b'/', 1),
+            Some(&other) => (other, 1),
+        };
+        match byte {
+            b'/' => {
+                if only_dots && (dots == 1 || dots == 2) {
+                    return true;
+                }
+                if i >= bytes.len() {
+                    return false;
+                }
+                (dots, only_dots) = (0, true);
             }
-            dots += 1;
+            b'.' => dots += 1,
+            _ => only_dots = false,
         }
-        dots == 1 || dots == 2
-    })
+        i += width;
+    }
 }
 
 pub fn is_valid_request_id(value: &[u8]) -> bool {
@@ -250,6 +263,9 @@ pub struct ResponseHead<'a> {
     pub reason: &'a str,
     pub headers: &'a [httparse::Header<'a>],
     pub body: Framing,
+    /// A `Transfer-Encoding` came: it overrides any `Content-Length`, which is then not
+    /// passed on (RFC 9112 6.3: a downstream hop trusting it would be desynchronised).
+    pub transfer_encoded: bool,
     /// The upstream keeps the connection open after this response.
     pub keep_alive: bool,
     /// Bytes of the head, terminator included.
@@ -325,6 +341,7 @@ pub fn parse_response<'a>(
         reason,
         headers,
         body,
+        transfer_encoded: chunked.is_some(),
         keep_alive,
         len,
     }))
@@ -361,12 +378,18 @@ pub fn write_downstream_head(
     for header in response.headers {
         let name = header.name;
         let length = name.eq_ignore_ascii_case("content-length");
-        let skip = (length && (bodiless || std::mem::replace(&mut length_sent, true)))
+        // A 101's `Upgrade` names the protocol switched to: the client needs it (RFC 6455
+        // 4.1), though `Connection: upgrade` names it as hop-by-hop.
+        let switched_to = switching && name.eq_ignore_ascii_case("upgrade");
+        let skip = (length
+            && (bodiless
+                || response.transfer_encoded
+                || std::mem::replace(&mut length_sent, true)))
             || (bodiless && name.eq_ignore_ascii_case("transfer-encoding"))
-            || (is_hop_by_hop(name) && !(switching && name.eq_ignore_ascii_case("upgrade")))
             || (shape.dechunk && name.eq_ignore_ascii_case("transfer-encoding"))
             || route.replaces_response_header(name)
-            || named_by_connection(response.headers, name);
+            || (!switched_to
+                && (is_hop_by_hop(name) || named_by_connection(response.headers, name)));
         if !skip {
             header_line(out, name.as_bytes(), header.value);
         }

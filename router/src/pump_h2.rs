@@ -475,7 +475,8 @@ fn h2_response(upstream: &[u8], request: &Forward) -> Option<(H2Response, Respon
     for h in parsed.headers {
         let name = h.name;
         let length = name.eq_ignore_ascii_case("content-length");
-        let skip = (length && (bodiless || std::mem::replace(&mut length_sent, true)))
+        let skip = (length
+            && (bodiless || parsed.transfer_encoded || std::mem::replace(&mut length_sent, true)))
             || is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("transfer-encoding")
             || route.replaces_response_header(name);

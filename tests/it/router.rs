@@ -145,6 +145,14 @@ fn routes_by_host_path_header_and_method() {
         via("GET", "web.example.com", "/api/%2E%2e/admin", &[]),
         "400 request path has dot segments"
     );
+    // An encoded slash (or a backslash) is a separator to many backends.
+    for path in ["/api/..%2Fadmin", "/api/%2e%2e%2fadmin", "/api/..%5cadmin"] {
+        assert_eq!(
+            via("GET", "web.example.com", path, &[]),
+            "400 request path has dot segments",
+            "{path}"
+        );
+    }
 }
 
 #[test]
@@ -1001,13 +1009,23 @@ fn websocket_upgrade_passes_through() {
         let mut status = String::new();
         reader.read_line(&mut status).expect("status line");
         assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+        let mut head = Vec::new();
         loop {
             let mut line = String::new();
             reader.read_line(&mut line).expect("header");
             if line == "\r\n" {
                 break;
             }
+            head.push(line.trim_end().to_ascii_lowercase());
         }
+        // A client fails the handshake without these (RFC 6455 4.1).
+        for wanted in ["upgrade: websocket", "connection: upgrade"] {
+            assert!(head.iter().any(|l| l == wanted), "{wanted}: {head:?}");
+        }
+        assert!(
+            head.iter().any(|l| l.starts_with("sec-websocket-accept: ")),
+            "{head:?}"
+        );
         (stream, reader)
     };
     let echo = |stream: &mut std::net::TcpStream, reader: &mut BufReader<_>, message: &str| {

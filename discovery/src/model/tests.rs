@@ -67,6 +67,43 @@ fn route_rules() {
         r#"{"kind":"tcp","listen":"127.0.0.1:0","service":"db"}"#,
         expect!["invalid: listen: needs a port between 1 and 65535"],
     );
+    // Framing and connection headers are the router's: a rewrite could smuggle.
+    check_route(
+        r#"{"host":"a.com","service":"web","request_headers":{"set":{"Content-Length":"0"}}}"#,
+        expect![
+            "invalid: request_headers.set.Content-Length: `Content-Length` frames the message or manages the connection; the router writes it, a route cannot rewrite it"
+        ],
+    );
+    check_route(
+        r#"{"host":"a.com","service":"web","response_headers":{"remove":["transfer-encoding"]}}"#,
+        expect![
+            "invalid: response_headers.remove: `transfer-encoding` frames the message or manages the connection; the router writes it, a route cannot rewrite it"
+        ],
+    );
+    check_route(
+        r#"{"host":"a.com","service":"web","response_headers":{"set":{"connection":"close"}}}"#,
+        expect![
+            "invalid: response_headers.set.connection: `connection` frames the message or manages the connection; the router writes it, a route cannot rewrite it"
+        ],
+    );
+    check_route(
+        r#"{"host":"a.com","service":"web","request_headers":{"remove":["Host"]}}"#,
+        expect![
+            "invalid: request_headers.remove: `host` cannot be removed: HTTP/1.1 requires it (set it to rewrite it)"
+        ],
+    );
+    check_route(
+        r#"{"host":"a.com","service":"web","request_headers":{"set":{"host":"a b"}}}"#,
+        expect![[
+            r#"invalid: request_headers.set.host: "a b" is not a host name (host or host:port)"#
+        ]],
+    );
+    check_route(
+        r#"{"host":"a.com","service":"web","request_headers":{"set":{"host":"internal.svc:8080"}}}"#,
+        expect![[
+            r#"ok: {"kind":"http","host":"a.com","service":"web","request_headers":{"set":{"host":"internal.svc:8080"}}}"#
+        ]],
+    );
     check_route(
         r#"{"host":"a.com","service":"web","path":{"regex":"a{1000}{1000}"}}"#,
         expect![[r#"

@@ -211,6 +211,46 @@ fn response_framing() {
 }
 
 #[test]
+fn downstream_head_drops_a_length_beside_transfer_encoding_and_keeps_a_101_upgrade() {
+    let table = table(r#"{"host":"a.com","service":"web"}"#);
+    let route = table
+        .route("a.com", "/", &http::Method::GET, &HeaderMap::new())
+        .expect("routed");
+    let shape = ResponseShape {
+        close: false,
+        keep_alive_10: false,
+        dechunk: false,
+    };
+    let render = |upstream: &str| {
+        let mut storage = [httparse::EMPTY_HEADER; 16];
+        let parsed = parse_response(upstream.as_bytes(), &mut storage, false)
+            .expect("valid")
+            .expect("complete");
+        let mut out = Vec::new();
+        write_downstream_head(&mut out, &parsed, route, shape);
+        String::from_utf8(out).expect("utf-8").replace("\r\n", "\n")
+    };
+    expect![[r#"
+        HTTP/1.1 200 OK
+        Transfer-Encoding: chunked
+
+    "#]]
+    .assert_eq(&render(
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ));
+    expect![[r#"
+        HTTP/1.1 101 Switching Protocols
+        Upgrade: websocket
+        Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+        connection: upgrade
+
+    "#]]
+    .assert_eq(&render(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    ));
+}
+
+#[test]
 fn downstream_head_applies_route_headers_and_shape() {
     let table = table(
         r#"{"host":"a.com","service":"web","response_headers":{"set":{"x-served-by":"strait"},"remove":["x-internal"]}}"#,
@@ -328,16 +368,38 @@ fn arbitrary_chunked_input_never_panics() {
 
 #[test]
 fn dot_segments() {
-    for path in ["/a/../b", "/..", "/a/./b", "/%2e%2E/x", "/.%2e", "/a/%2E"] {
+    for path in [
+        "/a/../b",
+        "/..",
+        "/a/./b",
+        "/%2e%2E/x",
+        "/.%2e",
+        "/a/%2E",
+        // Separators a backend may decode or normalise: %2f, backslash, %5c.
+        "/public/%2e%2e%2fsecret",
+        "/public/..%2Fsecret",
+        "/public/x%2f..%2f..%2fsecret",
+        "/public/..\\secret",
+        "/public/x%5C..%5csecret",
+        "/a%2f.",
+    ] {
         assert!(has_dot_segment(path), "{path}");
     }
     for path in [
+        "",
         "/",
+        "//",
         "/a/b",
         "/...",
         "/a.b/c",
         "/.well-known/x",
         "/%2e%2e%2e",
+        "/a%2fb/c",
+        "/a%2f...%2fb",
+        "/%",
+        "/%2",
+        "/x%2",
+        "/100%",
     ] {
         assert!(!has_dot_segment(path), "{path}");
     }
