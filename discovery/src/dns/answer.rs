@@ -3,11 +3,13 @@
 //! is lowercased into a stack buffer and the response written into a reused `Vec`.
 //! Malformed input gets FORMERR (a bare header, never larger than the query) or nothing.
 
-use super::table::{DnsTable, NameEntry, RecordSet, TYPE_A, TYPE_AAAA, TYPE_SRV};
+use super::table::{DnsTable, NameEntry, RecordSet, TYPE_A, TYPE_AAAA, TYPE_SOA, TYPE_SRV};
 
 const HEADER: usize = 12;
 const TYPE_OPT: u16 = 41;
 const TYPE_ANY: u16 = 255;
+const TYPE_IXFR: u16 = 251;
+const TYPE_AXFR: u16 = 252;
 const CLASS_IN: u16 = 1;
 const CLASS_ANY: u16 = 255;
 /// Payload size strait advertises in its OPT record (the DNS flag day value).
@@ -203,6 +205,10 @@ pub fn respond(
     if !name.ends_with(&table.domain) || !is_label_boundary(name, name.len() - table.domain.len()) {
         return answer(out, Rcode::Refused, None, false, false);
     }
+    // No zone transfers: the zone is the live snapshot, not a file to copy.
+    if qtype == TYPE_AXFR || qtype == TYPE_IXFR {
+        return answer(out, Rcode::Refused, None, false, false);
+    }
     let Some(entry) = table.names.get(name) else {
         return answer(out, Rcode::NxDomain, None, true, false);
     };
@@ -223,9 +229,11 @@ fn select(entry: &NameEntry, qtype: u16) -> Option<&RecordSet> {
         TYPE_A => Some(&entry.a),
         TYPE_AAAA => Some(&entry.aaaa),
         TYPE_SRV => Some(&entry.srv),
+        TYPE_SOA => Some(&entry.soa),
         // RFC 8482: a minimal answer to ANY.
         TYPE_ANY if !entry.a.answers.is_empty() => Some(&entry.a),
-        TYPE_ANY => Some(&entry.aaaa),
+        TYPE_ANY if !entry.aaaa.answers.is_empty() => Some(&entry.aaaa),
+        TYPE_ANY => Some(&entry.soa),
         _ => None,
     }
 }

@@ -48,12 +48,16 @@ impl RecordSet {
     }
 }
 
-/// Everything known about one name.
+/// Everything known about one name. A name with no records at all is an empty
+/// non-terminal (`service.strait` above `web.service.strait`): NODATA, not NXDOMAIN
+/// (RFC 8020).
 #[derive(Debug, Default)]
 pub struct NameEntry {
     pub a: RecordSet,
     pub aaaa: RecordSet,
     pub srv: RecordSet,
+    /// The zone's SOA, at the apex only.
+    pub soa: RecordSet,
 }
 
 /// The compiled DNS table, swapped whole.
@@ -235,7 +239,25 @@ pub fn compile(snapshot: &Snapshot, config: &DnsConfig) -> DnsTable {
             add(name, std::slice::from_ref(instance), &|_| None, service);
         }
     }
+    // One record per address: instances sharing an IP (different ports) would repeat it,
+    // and an RRset has no duplicates (RFC 2181 5).
+    for entry in names.values_mut() {
+        for set in [&mut entry.a, &mut entry.aaaa] {
+            set.answers.sort_unstable();
+            set.answers.dedup();
+        }
+    }
     let domain_wire = wire_name(&domain);
+    // Every name between an owner and the apex exists (empty non-terminals), and so
+    // does the apex.
+    let owners: Vec<Box<[u8]>> = names.keys().cloned().collect();
+    for owner in owners {
+        let mut at = 0;
+        while owner.len() - at > domain_wire.len() {
+            at += 1 + usize::from(owner[at]);
+            names.entry(owner[at..].into()).or_default();
+        }
+    }
     let mut soa_rdata = wire_name(&format!("ns.{domain}"));
     soa_rdata.extend_from_slice(&wire_name(&format!("hostmaster.{domain}")));
     soa_rdata.extend_from_slice(&(snapshot.revision as u32).to_be_bytes()); // serial
@@ -243,6 +265,11 @@ pub fn compile(snapshot: &Snapshot, config: &DnsConfig) -> DnsTable {
         // refresh, retry, expire, minimum (negative caching TTL)
         soa_rdata.extend_from_slice(&value.to_be_bytes());
     }
+    names
+        .entry(domain_wire.clone().into_boxed_slice())
+        .or_default()
+        .soa
+        .answers = vec![record_owned(TYPE_SOA, ttl, &soa_rdata)];
     DnsTable {
         revision: snapshot.revision,
         soa: record(&domain_wire, TYPE_SOA, ttl, &soa_rdata),

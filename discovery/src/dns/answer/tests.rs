@@ -8,8 +8,14 @@ use crate::snapshot::{Service, Snapshot};
 
 fn table() -> DnsTable {
     let mut service = Service::default();
-    for (id, addr) in [("w1", "10.0.0.1"), ("w2", "10.0.0.2"), ("w3", "fd00::3")] {
-        let mut spec = InstanceSpec::new(addr.parse().expect("ip"), 8080);
+    // w4 shares w1's address on another port: one A record for both.
+    for (id, addr, port) in [
+        ("w1", "10.0.0.1", 8080),
+        ("w2", "10.0.0.2", 8080),
+        ("w3", "fd00::3", 8080),
+        ("w4", "10.0.0.1", 8081),
+    ] {
+        let mut spec = InstanceSpec::new(addr.parse().expect("ip"), port);
         spec.tags = vec!["v2".into()];
         spec.ports.insert("grpc".into(), 9090);
         service.instances.insert(
@@ -65,7 +71,11 @@ fn answers_and_codes() {
     let (o, out) = ask(&t, &query("web.service.strait", 1, None), Transport::Udp);
     assert_eq!(o.map(|o| o.rcode), Some(Rcode::NoError));
     assert_eq!(&out[..2], &[0x12, 0x34], "id echoed");
-    assert_eq!(u16::from_be_bytes([out[6], out[7]]), 2, "two A records");
+    assert_eq!(
+        u16::from_be_bytes([out[6], out[7]]),
+        2,
+        "two A records (w1 and w4 share one)"
+    );
     let (o, _) = ask(&t, &query("WEB.Service.STRAIT", 28, None), Transport::Udp);
     assert_eq!(o.map(|o| o.rcode), Some(Rcode::NoError));
     let (o, out) = ask(&t, &query("nope.service.strait", 1, None), Transport::Udp);
@@ -74,6 +84,25 @@ fn answers_and_codes() {
     let (o, out) = ask(&t, &query("web.service.strait", 15, None), Transport::Udp);
     assert_eq!(o.map(|o| o.rcode), Some(Rcode::NoError));
     assert_eq!(u16::from_be_bytes([out[6], out[7]]), 0, "NODATA");
+    // The apex has the SOA; names between an owner and the apex exist, empty (RFC 8020).
+    let (o, out) = ask(&t, &query("strait", 6, None), Transport::Udp);
+    assert_eq!(o.map(|o| o.rcode), Some(Rcode::NoError));
+    assert_eq!(u16::from_be_bytes([out[6], out[7]]), 1, "SOA in the answer");
+    for name in [
+        "strait",
+        "service.strait",
+        "instance.strait",
+        "_tcp.web.service.strait",
+    ] {
+        let (o, out) = ask(&t, &query(name, 1, None), Transport::Udp);
+        assert_eq!(o.map(|o| o.rcode), Some(Rcode::NoError), "{name}");
+        assert_eq!(u16::from_be_bytes([out[6], out[7]]), 0, "{name}: NODATA");
+        assert_eq!(u16::from_be_bytes([out[8], out[9]]), 1, "{name}: SOA");
+    }
+    let (o, _) = ask(&t, &query("x.service.strait", 1, None), Transport::Udp);
+    assert_eq!(o.map(|o| o.rcode), Some(Rcode::NxDomain));
+    let (o, _) = ask(&t, &query("strait", 252, None), Transport::Tcp);
+    assert_eq!(o.map(|o| o.rcode), Some(Rcode::Refused), "no AXFR");
     let (o, _) = ask(&t, &query("example.com", 1, None), Transport::Udp);
     assert_eq!(o.map(|o| o.rcode), Some(Rcode::Refused));
     let (o, _) = ask(&t, &query("xstrait", 1, None), Transport::Udp);
@@ -84,12 +113,8 @@ fn answers_and_codes() {
         Transport::Udp,
     );
     assert_eq!(o.map(|o| o.rcode), Some(Rcode::NoError));
-    assert_eq!(u16::from_be_bytes([out[6], out[7]]), 3, "three SRV");
-    assert_eq!(
-        u16::from_be_bytes([out[10], out[11]]),
-        4,
-        "three glue + OPT"
-    );
+    assert_eq!(u16::from_be_bytes([out[6], out[7]]), 4, "four SRV");
+    assert_eq!(u16::from_be_bytes([out[10], out[11]]), 5, "four glue + OPT");
 }
 
 #[test]
