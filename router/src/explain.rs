@@ -186,6 +186,15 @@ impl Table {
             targets: Vec::new(),
             outcome: String::new(),
         };
+        // What the front refuses before routing, as it does.
+        if method == Method::CONNECT {
+            explanation.outcome = "405: CONNECT is not supported".to_string();
+            return explanation;
+        }
+        if crate::h1::has_dot_segment(path) {
+            explanation.outcome = "400: request path has dot segments (a prefix could be escaped at a backend that normalizes paths)".to_string();
+            return explanation;
+        }
         let Some((host_match, entry)) = self.host_match(&host) else {
             explanation.outcome =
                 format!("404: no route for host {host:?} (no exact, wildcard or `*` host)");

@@ -910,6 +910,23 @@ fn route_explain_says_why() {
         body["outcome"],
         "404: no route for host \"nothing.example.com\" (no exact, wildcard or `*` host)"
     );
+    // What the router refuses before routing, explain refuses too.
+    for (request, outcome) in [
+        (
+            r#"{"url":"http://web.example.com/api/..%2Fadmin"}"#,
+            "400: request path has dot segments",
+        ),
+        (
+            r#"{"url":"http://web.example.com/","method":"CONNECT"}"#,
+            "405: CONNECT is not supported",
+        ),
+    ] {
+        let (status, body) =
+            crate::harness::http(&strait, "POST", "/v1/explain", Some(request), None);
+        assert_eq!(status, 200, "{body}");
+        let text = body["outcome"].as_str().unwrap_or_default();
+        assert!(text.starts_with(outcome), "{request}: {text}");
+    }
     let (status, body) = crate::harness::http(
         &strait,
         "POST",
