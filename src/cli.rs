@@ -450,7 +450,28 @@ fn print_explanation(e: &Value) {
 }
 
 pub fn config_check(file: &Path) -> anyhow::Result<()> {
-    Settings::load(Some(file))?;
-    println!("{}: ok", file.display());
+    let settings = Settings::load(Some(file))?;
+    // What `strait up` reads from other files is read the same way (as `nginx -t` does),
+    // so a file that checks out also starts.
+    let name = file.display();
+    for listener in &settings.router.tls {
+        router::tls::CertStore::load(listener.certificates.clone())
+            .with_context(|| format!("{name}: router.tls listener {}", listener.addr))?;
+    }
+    router::upstream_tls::UpstreamTlsSet::load(&settings.router)
+        .with_context(|| format!("{name}: router.services"))?;
+    if let Some(router::access_log::AccessLogTarget::File(path)) = &settings.router.access_log {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            bail!(
+                "{name}: router.access_log: directory {} does not exist",
+                dir.display()
+            );
+        }
+    }
+    println!("{name}: ok");
     Ok(())
 }

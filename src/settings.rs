@@ -202,6 +202,43 @@ mod tests {
         );
     }
 
+    /// What `strait up` would refuse (or could not work with) fails the check too.
+    #[test]
+    fn values_that_cannot_work() {
+        check(
+            "[router]\nmax_headers = 0\n",
+            expect!["<test>:2:15: key `router.max_headers`: 0 is out of range: 1 to 10000"],
+        );
+        check(
+            "[router]\nthreads = 0\n",
+            expect!["<test>:2:11: key `router.threads`: 0 is out of range: 1 to 1024"],
+        );
+        check(
+            "[router.outlier]\nmax_ejection_percent = 150\n",
+            expect![
+                "<test>:2:24: key `router.outlier.max_ejection_percent`: 150 is out of range: 0 to 100"
+            ],
+        );
+        check(
+            "[dns]\ndomain = \"Bad Domain\"\n",
+            expect![
+                "<test>:2:10: key `dns.domain`: `Bad Domain` is not a domain name (labels of a-z, 0-9 and '-', dot-separated)"
+            ],
+        );
+        check(
+            "[router.services.Web]\nprotocol = \"h2c\"\n",
+            expect![
+                "<test>:1:9: key `router.services`: service `Web`: service: `Web` may contain only lowercase letters a-z, digits and '-'"
+            ],
+        );
+        check(
+            "[router.services.web.health_check]\npath = \"x\"\n",
+            expect![[
+                r#"<test>:1:9: key `router.services`: service `web`: health_check: path "x" must start with / and have no spaces or control characters"#
+            ]],
+        );
+    }
+
     #[test]
     fn bad_duration() {
         check(

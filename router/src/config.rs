@@ -44,6 +44,60 @@ pub enum UpstreamProtocol {
     H2,
 }
 
+/// An integer setting within `min..=max`: a value outside makes the router refuse every
+/// request (0 headers) or cannot work (0 threads), so it is a configuration error.
+fn in_range<'de, D, T>(deserializer: D, min: T, max: T) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + PartialOrd + std::fmt::Display,
+{
+    let value = T::deserialize(deserializer)?;
+    if value < min || value > max {
+        return Err(serde::de::Error::custom(format!(
+            "{value} is out of range: {min} to {max}"
+        )));
+    }
+    Ok(value)
+}
+
+fn threads<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(d, 1, 1024)
+}
+
+fn max_headers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(d, 1, 10_000)
+}
+
+fn max_header_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(d, 1024, 16 << 20)
+}
+
+fn h2_streams<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, 1, 10_000)
+}
+
+fn percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, 0, 100)
+}
+
+/// `[router.services.<name>]`: names as the data model has them, each service's settings
+/// workable (a health check that cannot run is refused here, not at startup).
+fn services<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, ServiceSettings>, D::Error> {
+    let services = BTreeMap::<String, ServiceSettings>::deserialize(deserializer)?;
+    for (name, settings) in &services {
+        discovery::model::validate_service_name(name)
+            .map_err(|e| serde::de::Error::custom(format!("service `{name}`: {e}")))?;
+        if let Some(problem) = settings.health_check.as_ref().and_then(|c| c.problem()) {
+            return Err(serde::de::Error::custom(format!(
+                "service `{name}`: health_check: {problem}"
+            )));
+        }
+    }
+    Ok(services)
+}
+
 /// Per-service router settings (`[router.services.<name>]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,7 +316,7 @@ pub struct OutlierConfig {
     #[serde(default = "default_base_ejection", with = "humantime_serde")]
     pub base_ejection: Duration,
     /// Never eject more than this share of a pool (Envoy's panic threshold idea).
-    #[serde(default = "default_max_ejection_percent")]
+    #[serde(default = "default_max_ejection_percent", deserialize_with = "percent")]
     pub max_ejection_percent: u32,
 }
 
@@ -283,7 +337,7 @@ pub struct RouterConfig {
     #[serde(default = "default_http_addr")]
     pub http_addr: SocketAddr,
     /// Worker threads for the data plane.
-    #[serde(default = "default_threads")]
+    #[serde(default = "default_threads", deserialize_with = "threads")]
     pub threads: usize,
     /// This router's zone: instances in it are preferred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,10 +349,13 @@ pub struct RouterConfig {
     #[serde(default)]
     pub serve_warning: bool,
     /// Request head (request line + headers) size limit; larger heads get 431.
-    #[serde(default = "default_max_header_bytes")]
+    #[serde(
+        default = "default_max_header_bytes",
+        deserialize_with = "max_header_bytes"
+    )]
     pub max_header_bytes: usize,
     /// Header count limit; more get 431.
-    #[serde(default = "default_max_headers")]
+    #[serde(default = "default_max_headers", deserialize_with = "max_headers")]
     pub max_headers: usize,
     /// The whole request head must arrive within this long of its first byte (slowloris).
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
@@ -316,18 +373,22 @@ pub struct RouterConfig {
     #[serde(default = "default_connect_retries")]
     pub connect_retries: u32,
     /// Retries may add at most this percentage of the requests in flight.
-    #[serde(default = "default_retry_budget_percent")]
+    #[serde(default = "default_retry_budget_percent", deserialize_with = "percent")]
     pub retry_budget_percent: u32,
     /// On SIGTERM, wait at most this long for in-flight requests.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// HTTP/2: concurrent streams per connection.
-    #[serde(default = "default_h2_max_streams")]
+    #[serde(default = "default_h2_max_streams", deserialize_with = "h2_streams")]
     pub h2_max_concurrent_streams: u32,
     #[serde(default)]
     pub outlier: OutlierConfig,
     /// Per-service settings, by service name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "services"
+    )]
     pub services: BTreeMap<String, ServiceSettings>,
     /// TLS-terminating listeners.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -33,7 +33,7 @@ pub struct DnsConfig {
     #[serde(default = "default_addr")]
     pub addr: SocketAddr,
     /// The domain strait is authoritative for; everything else is REFUSED.
-    #[serde(default = "default_domain")]
+    #[serde(default = "default_domain", deserialize_with = "domain")]
     pub domain: String,
     /// TTL of answers (and of the SOA's negative caching).
     #[serde(default = "default_ttl", with = "humantime_serde")]
@@ -41,6 +41,27 @@ pub struct DnsConfig {
     /// Answer with `warning` instances too.
     #[serde(default)]
     pub serve_warning: bool,
+}
+
+/// Whether `domain` (dots at either end ignored) is a domain name of DNS labels.
+pub fn is_domain(domain: &str) -> bool {
+    let domain = domain.trim_matches('.');
+    !domain.is_empty()
+        && domain.len() <= 200
+        && domain.split('.').all(|l| {
+            crate::model::validate_dns_label("dns.domain", &l.to_ascii_lowercase()).is_ok()
+        })
+}
+
+fn domain<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let domain = String::deserialize(deserializer)?;
+    if is_domain(&domain) {
+        Ok(domain)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "`{domain}` is not a domain name (labels of a-z, 0-9 and '-', dot-separated)"
+        )))
+    }
 }
 
 impl Default for DnsConfig {

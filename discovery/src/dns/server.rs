@@ -114,13 +114,7 @@ struct Serving {
 
 impl DnsServer {
     pub fn new(config: DnsConfig, registry: &Registry) -> Result<Self, DnsError> {
-        let domain = config.domain.trim_matches('.');
-        let valid = !domain.is_empty()
-            && domain.len() <= 200
-            && domain.split('.').all(|l| {
-                crate::model::validate_dns_label("dns.domain", &l.to_ascii_lowercase()).is_ok()
-            });
-        if !valid {
+        if !super::is_domain(&config.domain) {
             return Err(DnsError::Domain(config.domain.clone()));
         }
         Ok(DnsServer {
