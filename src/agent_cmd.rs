@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use discovery::agent::{Agent, LocalRegistrar, Registrar};
-use discovery::model::Instance;
+use discovery::model::{Health, Instance};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -263,5 +263,18 @@ impl Registrar for RemoteRegistrar {
             && state
                 .registered
                 .contains(&(service.to_owned(), id.to_owned()))
+    }
+
+    async fn stored_health(&self, service: &str, id: &str) -> Result<Option<Health>, String> {
+        let path = format!("/v1/services/{service}/instances/{id}");
+        let result = tokio::task::block_in_place(|| self.client.call(Method::Get, &path));
+        match result {
+            Ok((200, body)) => serde_json::from_value::<Health>(body["health"].clone())
+                .map(Some)
+                .map_err(|e| format!("the instance's health: {e}")),
+            Ok((404, _)) => Ok(None),
+            Ok((status, body)) => Err(format!("HTTP {status}: {body}")),
+            Err(e) => Err(format!("{e:#}")),
+        }
     }
 }

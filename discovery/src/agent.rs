@@ -4,12 +4,15 @@
 //! the normal snapshot path.
 //!
 //! Checks: HTTP (GET a path, expect a status range), TCP (connect), TTL (the app calls
-//! `PUT /v1/agent/checks/{id}/pass`). Each has an interval (with ±10% jitter so checks
-//! do not synchronise), a timeout, and rise/fall counts: a check turns passing after
-//! `rise` successes in a row and critical after `fall` failures in a row. An instance is
-//! passing when all its checks are, critical otherwise; maintenance mode overrides both.
-//! While the store is unreachable checks keep running and the latest state is written
-//! when it is back.
+//! `PUT /v1/agent/checks/{id}/pass`). HTTP and TCP checks have an interval (with ±10%
+//! jitter so checks do not synchronise), a timeout, and rise/fall counts: a check turns
+//! passing after `rise` successes in a row and critical after `fall` failures in a row. A
+//! TTL check passes on each heartbeat and turns critical when `ttl` has gone by without
+//! one, as Consul's do. An instance is passing when all its checks are, critical
+//! otherwise; maintenance mode overrides both. While the store is unreachable checks keep
+//! running and the latest state is written when it is back; and every
+//! [`ANTI_ENTROPY`] the agent compares what the store holds with what it published, and
+//! writes its own state back over any other (Consul's anti-entropy).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +39,13 @@ pub trait Registrar: Send + Sync + 'static {
     /// Whether the store still holds the instance as far as this registrar knows; `false`
     /// makes the agent publish it again (after an outage, a new session, a lost lease).
     fn holds(&self, service: &str, id: &str) -> bool;
+    /// The health the store holds for the instance (`None`: it holds no such instance),
+    /// for the periodic anti-entropy pass; an error skips that pass.
+    async fn stored_health(&self, service: &str, id: &str) -> Result<Option<Health>, String>;
 }
+
+/// How often the agent checks that the store still holds the health it published.
+pub const ANTI_ENTROPY: Duration = Duration::from_secs(5);
 
 /// Registration in this process's own store.
 pub struct LocalRegistrar {
@@ -63,6 +72,14 @@ impl Registrar for LocalRegistrar {
 
     fn holds(&self, service: &str, id: &str) -> bool {
         self.store.snapshot().instance(service, id).is_some()
+    }
+
+    async fn stored_health(&self, service: &str, id: &str) -> Result<Option<Health>, String> {
+        Ok(self
+            .store
+            .snapshot()
+            .instance(service, id)
+            .map(|i| i.spec.health))
     }
 }
 
@@ -402,7 +419,9 @@ impl Agent {
         let Some(check) = locals.get_mut(i).and_then(|l| l.checks.get_mut(c)) else {
             return false;
         };
+        // Passing now (published on the next tick), until `ttl` goes by without another.
         check.last_pass = Some(Instant::now());
+        check.passing = true;
         true
     }
 
@@ -432,15 +451,36 @@ impl Agent {
             .iter()
             .map(|l| vec![Instant::now(); l.checks.len()])
             .collect();
+        // TTL checks are not run: a heartbeat passes them, and time alone fails them.
+        let ttls: Vec<Vec<Option<Duration>>> = self
+            .lock()
+            .iter()
+            .map(|l| {
+                l.definition
+                    .checks
+                    .iter()
+                    .map(|c| match c.kind() {
+                        Ok(CheckKind::Ttl { ttl }) => Some(ttl),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut next_anti_entropy = Instant::now() + ANTI_ENTROPY;
         while current() {
             // Run the checks that are due, concurrently.
             let due: Vec<(usize, usize, ServiceDefinition, CheckDefinition)> = {
-                let locals = self.lock();
+                let mut locals = self.lock();
                 let now = Instant::now();
                 let mut due = Vec::new();
-                for (i, local) in locals.iter().enumerate() {
+                for (i, local) in locals.iter_mut().enumerate() {
                     for (c, check) in local.definition.checks.iter().enumerate() {
-                        if next_run[i][c] <= now {
+                        if let Some(ttl) = ttls[i][c] {
+                            let state = &mut local.checks[c];
+                            state.passing = state
+                                .last_pass
+                                .is_some_and(|t| now.saturating_duration_since(t) <= ttl);
+                        } else if next_run[i][c] <= now {
                             due.push((i, c, local.definition.clone(), check.clone()));
                         }
                     }
@@ -481,6 +521,38 @@ impl Agent {
             }
             if !current() {
                 return;
+            }
+            // Anti-entropy: a health written over ours (or an instance removed) behind the
+            // agent's back is written again.
+            if Instant::now() >= next_anti_entropy {
+                next_anti_entropy = Instant::now() + ANTI_ENTROPY;
+                let published_now: Vec<(usize, String, String, Health)> = self
+                    .lock()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| {
+                        let def = &l.definition;
+                        published[i].map(|h| (i, def.service.clone(), def.id.clone(), h))
+                    })
+                    .collect();
+                for (i, service, id, health) in published_now {
+                    match self.registrar.stored_health(&service, &id).await {
+                        Ok(stored) if stored != Some(health) => {
+                            warn!(
+                                %service,
+                                %id,
+                                stored = stored.map_or("absent", Health::as_str),
+                                health = health.as_str(),
+                                "agent: the store disagrees with the checks; writing them again"
+                            );
+                            published[i] = None;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(%service, %id, error = %e, "agent: cannot read the stored health");
+                        }
+                    }
+                }
             }
             // Publish what changed, and re-publish what the store lost (e.g. after an
             // outage, a new ZooKeeper session or a lost lease). Only the instances that

@@ -120,7 +120,7 @@ fn ttl_check_needs_heartbeats() {
     let file = services_file(
         dir.path(),
         "[[service]]\nservice = \"job\"\nid = \"job-1\"\naddress = \"127.0.0.1\"\nport = 7000\n\n\
-         [[service.check]]\nid = \"job-alive\"\nkind = \"ttl\"\nttl = \"1s\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+         [[service.check]]\nid = \"job-alive\"\nkind = \"ttl\"\nttl = \"1s\"\n",
     );
     let strait = Strait::builder().arg("--services").arg(file).start();
     let health = || {
@@ -136,17 +136,20 @@ fn ttl_check_needs_heartbeats() {
             Err(health())
         }
     });
+    // As Consul's: a heartbeat passes the check at once (not after the default 5 s
+    // interval and rise of 2), and the check fails when `ttl` goes by without one.
     let (status, _) = strait.put("/v1/agent/checks/job-alive/pass", "");
     assert_eq!(status, 200);
-    eventually(Duration::from_secs(5), "passing after a heartbeat", || {
+    eventually(Duration::from_secs(1), "passing after a heartbeat", || {
         if health() == "passing" {
             Ok(())
         } else {
             Err(health())
         }
     });
+    let passed = std::time::Instant::now();
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(3),
         "critical once heartbeats stop",
         || {
             if health() == "critical" {
@@ -156,7 +159,30 @@ fn ttl_check_needs_heartbeats() {
             }
         },
     );
+    assert!(
+        passed.elapsed() >= Duration::from_millis(800),
+        "critical before its ttl: {:?}",
+        passed.elapsed()
+    );
     assert_eq!(strait.put("/v1/agent/checks/nope/pass", "").0, 404);
+
+    // A health written behind the agent's back is written over (anti-entropy).
+    let (status, body) = strait.put(
+        "/v1/services/job/instances/job-1/health",
+        r#"{"health":"passing"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        Duration::from_secs(10),
+        "the agent to restore `critical`",
+        || {
+            if health() == "critical" {
+                Ok(())
+            } else {
+                Err(health())
+            }
+        },
+    );
 }
 
 #[test]
@@ -290,6 +316,22 @@ fn standalone_agent_through_the_admin_api_holds_a_lease() {
     assert_eq!(
         health_of(&strait, "api", "api-1").as_deref(),
         Some("passing")
+    );
+    // Through the admin API too, a health written behind the agent's back is written over.
+    let (status, body) = strait.put(
+        "/v1/services/api/instances/api-1/health",
+        r#"{"health":"critical"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        Duration::from_secs(10),
+        "the agent to restore `passing`",
+        || {
+            let health = health_of(&strait, "api", "api-1");
+            (health.as_deref() == Some("passing"))
+                .then_some(())
+                .ok_or(format!("{health:?}"))
+        },
     );
 
     // Killed: nothing renews the lease, the instance expires.
