@@ -105,10 +105,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         let addr = listener.local_addr()?;
         info!(addr = %addr, "agent API listening on {addr}");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(crate::up::shutdown_signal())
-            .await
-            .context("agent API server failed")?;
+        registry::http::serve(
+            "agent API",
+            listener,
+            app,
+            None,
+            Duration::from_secs(10),
+            crate::up::shutdown_signal(),
+            Duration::from_secs(10),
+        )
+        .await;
         info!("shutting down: deregistering local services");
         agent.shutdown().await;
         if let Some(remote) = remote {

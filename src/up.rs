@@ -219,13 +219,19 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut admin_task = {
             let mut stopped = stopped.clone();
-            tokio::spawn(
-                axum::serve(admin_listener, admin.clone())
-                    .with_graceful_shutdown(async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
-                    })
-                    .into_future(),
-            )
+            // The registry's listener: it bounds the request head (10 s, slowloris) and
+            // the header count, as the router does; axum's own `serve` has no deadline.
+            tokio::spawn(registry::http::serve(
+                "admin API",
+                admin_listener,
+                admin.clone(),
+                None,
+                ADMIN_HEADER_TIMEOUT,
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+                HANDOVER_TIMEOUT,
+            ))
         };
         let registry_task = match (&registry_server, registry_listener.take()) {
             (Some(server), Some(listener)) => {
@@ -243,7 +249,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         let signal = tokio::select! {
             signal = signals.next() => signal,
             ended = &mut admin_task => {
-                ended?.context("admin API server failed")?;
+                ended.context("admin API server failed")?;
                 anyhow::bail!("the admin API server stopped");
             }
         };
@@ -378,6 +384,8 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
 
 /// How long the running process waits for its successor's `ready`.
 const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The admin API's deadline for a whole request head, as the router's `header_timeout`.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The successor's own deadline for being ready: well inside `HANDOVER_TIMEOUT`, so it
 /// never confirms to a process that has given up on it.
 const SUCCESSOR_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);

@@ -1,5 +1,6 @@
-//! The registry's listener: HTTP/1.1 and HTTP/2 (h2c, or ALPN over TLS), with a deadline
-//! for the request head and the TLS handshake, bounded header count, and graceful stop.
+//! The registry's listener (strait's admin API uses it too): HTTP/1.1 and HTTP/2 (h2c, or
+//! ALPN over TLS), with a deadline for the request head and the TLS handshake, bounded
+//! header count, and graceful stop.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,8 +50,9 @@ pub fn tls_config(files: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsErr
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits (up to `drain`) for
-/// requests in flight.
+/// requests in flight. `name` labels its log lines.
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     app: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -81,7 +83,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
-                    warn!(%error, "registry: accept failed");
+                    warn!(%error, "{name}: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -99,7 +101,7 @@ pub async fn serve(
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
-                        debug!(%peer, %error, "registry connection ended with an error");
+                        debug!(%peer, %error, "{name}: connection ended with an error");
                     }
                 });
             }
@@ -111,11 +113,11 @@ pub async fn serve(
                         match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(error)) => {
-                                debug!(%peer, %error, "registry: TLS handshake failed");
+                                debug!(%peer, %error, "{name}: TLS handshake failed");
                                 return;
                             }
                             Err(_) => {
-                                debug!(%peer, "registry: TLS handshake timed out");
+                                debug!(%peer, "{name}: TLS handshake timed out");
                                 return;
                             }
                         };
@@ -123,7 +125,7 @@ pub async fn serve(
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
                     if let Err(error) = watcher.watch(connection).await {
-                        debug!(%peer, %error, "registry connection ended with an error");
+                        debug!(%peer, %error, "{name}: connection ended with an error");
                     }
                 });
             }
@@ -134,6 +136,6 @@ pub async fn serve(
         .await
         .is_err()
     {
-        warn!("registry: requests still in flight after {drain:?}; closing them");
+        warn!("{name}: requests still in flight after {drain:?}; closing them");
     }
 }

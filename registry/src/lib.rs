@@ -144,6 +144,7 @@ impl RegistryServer {
         tokio::spawn(Arc::clone(&self.registry).run_upkeep());
         let app = extra.merge(Arc::clone(&self.registry).router());
         http::serve(
+            "registry",
             listener,
             app,
             self.tls,

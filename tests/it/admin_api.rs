@@ -459,3 +459,30 @@ fn leases_expire_unless_renewed() {
     });
     assert_eq!(strait.put(&format!("/v1/leases/{id}/renew"), "").0, 404);
 }
+
+/// A client that never finishes its request head is cut off (slowloris), as the router
+/// does it: the admin API shares the process's file descriptors with the router.
+#[test]
+fn an_unfinished_request_head_is_cut_off() {
+    use std::io::{Read, Write};
+    let strait = Strait::builder().start();
+    let mut stream = std::net::TcpStream::connect(strait.admin).expect("connect");
+    stream
+        .write_all(b"GET /v1/routes HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    // Closed (possibly after a 408): the read ends rather than timing out.
+    let ended = stream.read_to_end(&mut rest).is_ok();
+    let took = started.elapsed();
+    assert!(
+        ended && took < Duration::from_secs(15),
+        "still open after {took:?}"
+    );
+    assert!(took >= Duration::from_secs(8), "cut off early: {took:?}");
+    // A complete request still works on a new connection.
+    assert_eq!(strait.get("/v1/routes").0, 200);
+}
