@@ -306,6 +306,20 @@ fn read_routes(file: &Path) -> anyhow::Result<BTreeMap<String, discovery::Route>
             .and_then(|()| route.validate())
             .map_err(|e| anyhow!("{}: route `{name}`: {e}", file.display()))?;
     }
+    // Two routes of the file for the same connections: refused before anything is
+    // written (the admin API checks each against the routes already stored).
+    for (i, (name, route)) in routes.iter().enumerate() {
+        if let Some((other, _)) = routes
+            .iter()
+            .skip(i + 1)
+            .find(|(_, other)| route.tcp_overlaps(other))
+        {
+            bail!(
+                "{}: routes `{name}` and `{other}` take the same connections (the same port on an overlapping address, and the same server name)",
+                file.display()
+            );
+        }
+    }
     Ok(routes)
 }
 

@@ -268,6 +268,23 @@ async fn put_route(
     route
         .validate()
         .map_err(|e| ApiError::invalid(format!("route `{name}`: {e}")))?;
+    // A second TCP route for the same connections would be dropped when the table is
+    // built (or fail to bind): refused here, where the operator sees it.
+    if let Some((other, _)) = state
+        .store
+        .snapshot()
+        .routes
+        .iter()
+        .find(|(other, existing)| ***other != *name && route.tcp_overlaps(existing))
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "route `{name}`: route `{other}` already takes these connections (the same port on an overlapping address, and the same server name); change or delete it first"
+            ),
+        ));
+    }
     state.store.put_route(&name, route.clone()).await?;
     Ok(Json(route).into_response())
 }

@@ -696,6 +696,31 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+impl Route {
+    /// Whether this TCP route and `other` would claim the same connections, so both cannot
+    /// be live: one port on overlapping addresses that could not both be bound (equal,
+    /// or a wildcard over the other; `[::]` takes IPv4 too), or one address with the same
+    /// server name (or neither naming one).
+    pub fn tcp_overlaps(&self, other: &Route) -> bool {
+        let (RouteKind::Tcp, RouteKind::Tcp) = (self.kind, other.kind) else {
+            return false;
+        };
+        let (Some(a), Some(b)) = (self.listen, other.listen) else {
+            return false;
+        };
+        if a.port() != b.port() {
+            return false;
+        }
+        if a.ip() == b.ip() {
+            return self.sni == other.sni;
+        }
+        let wildcard_over = |w: IpAddr, x: IpAddr| {
+            w.is_unspecified() && (w.is_ipv6() || w.is_ipv4() == x.is_ipv4())
+        };
+        wildcard_over(a.ip(), b.ip()) || wildcard_over(b.ip(), a.ip())
+    }
+}
+
 fn validate_header_name(field: &str, name: &str) -> Result<(), ModelError> {
     if name.is_empty() || !name.bytes().all(is_token_byte) {
         return Err(ModelError::new(

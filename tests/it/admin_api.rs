@@ -486,3 +486,42 @@ fn an_unfinished_request_head_is_cut_off() {
     // A complete request still works on a new connection.
     assert_eq!(strait.get("/v1/routes").0, 200);
 }
+
+/// A second TCP route for the connections another already takes is refused (409), not
+/// kept in the store and dropped, with a warning, at every table build.
+#[test]
+fn conflicting_tcp_routes_are_refused() {
+    let strait = Strait::builder().start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let tcp = |listen: &str, sni: &str| {
+        format!(r#"{{"kind":"tcp","listen":"{listen}:{port}","service":"db"{sni}}}"#)
+    };
+    let put = |name: &str, body: &str| strait.put(&format!("/v1/routes/{name}"), body);
+    assert_eq!(put("db", &tcp("127.0.0.1", "")).0, 200);
+    // Rewriting the route itself is no conflict.
+    assert_eq!(put("db", &tcp("127.0.0.1", "")).0, 200);
+    for (name, body) in [
+        ("same", tcp("127.0.0.1", "")),
+        ("wildcard", tcp("0.0.0.0", r#","sni":"a.example.com""#)),
+    ] {
+        let (status, reply) = put(name, &body);
+        assert_eq!(status, 409, "{name}: {reply}");
+        assert_eq!(reply["error"], "conflict");
+        assert!(
+            reply["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("route `db` already takes these connections")),
+            "{reply}"
+        );
+    }
+    // Another server name on the same address is another set of connections.
+    assert_eq!(
+        put("named", &tcp("127.0.0.1", r#","sni":"a.example.com""#)).0,
+        200
+    );
+    assert_eq!(strait.get("/v1/routes/same").0, 404);
+}

@@ -154,3 +154,31 @@ fn instance_json_round_trips_and_ignores_unknown_fields_when_stored() {
     let decoded: Instance = serde_json::from_str(newer).expect("tolerant decode");
     assert_eq!(decoded.spec.port, 80);
 }
+
+#[test]
+fn tcp_routes_for_the_same_connections_overlap() {
+    let tcp = |listen: &str, sni: Option<&str>| {
+        let mut route: Route = serde_json::from_value(serde_json::json!({
+            "kind": "tcp", "listen": listen, "service": "db", "sni": sni,
+        }))
+        .expect("route");
+        route.validate().expect("valid");
+        route
+    };
+    let plain = tcp("127.0.0.1:5432", None);
+    assert!(plain.tcp_overlaps(&tcp("127.0.0.1:5432", None)));
+    assert!(plain.tcp_overlaps(&tcp("0.0.0.0:5432", Some("a.example.com"))));
+    assert!(
+        plain.tcp_overlaps(&tcp("[::]:5432", None)),
+        "[::] takes IPv4"
+    );
+    assert!(!plain.tcp_overlaps(&tcp("127.0.0.1:5433", None)));
+    assert!(!plain.tcp_overlaps(&tcp("127.0.0.2:5432", None)));
+    assert!(!plain.tcp_overlaps(&tcp("[::1]:5432", None)));
+    assert!(!plain.tcp_overlaps(&tcp("127.0.0.1:5432", Some("a.example.com"))));
+    let named = tcp("127.0.0.1:443", Some("a.example.com"));
+    assert!(named.tcp_overlaps(&tcp("127.0.0.1:443", Some("a.example.com"))));
+    assert!(!named.tcp_overlaps(&tcp("127.0.0.1:443", Some("b.example.com"))));
+    let http: Route = serde_json::from_str(r#"{"host":"a.com","service":"web"}"#).expect("route");
+    assert!(!plain.tcp_overlaps(&http));
+}
