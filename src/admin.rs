@@ -83,8 +83,45 @@ impl Admin {
                 )
             })
             .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(middleware::from_fn(json_errors))
             .layer(middleware::from_fn_with_state(self, count_requests))
     }
+}
+
+/// Every error is `{"error", "message"}`, also those axum makes itself (a bad query
+/// string, a wrong method, a body over the limit), which come as plain text or empty.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => "invalid",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        _ => "error",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut response = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = allow {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
 }
 
 async fn count_requests(State(admin): State<Admin>, request: Request, next: Next) -> Response {
@@ -132,9 +169,11 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     if let Some(token) = &admin.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        // The scheme is case-insensitive (RFC 9110 11.1), the token is not.
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| {
+            let (scheme, token) = v.as_bytes().split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+        });
         if !given.is_some_and(|given| token_matches(token, given)) {
             let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,

@@ -99,7 +99,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         info!(services = file.services.len(), file = %args.services.display(), "agent: registering local services");
         let agent = Agent::start(file, registrar);
         let app = crate::admin::agent_routes(Some(Arc::clone(&agent)))
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .layer(axum::middleware::from_fn(crate::admin::json_errors));
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;

@@ -194,7 +194,22 @@ pub fn parse_request<'a>(
         Err(httparse::Error::TooManyHeaders) => {
             return Err(reject(431, "too many request headers"));
         }
-        Err(httparse::Error::Version) => return Err(reject(505, "unsupported HTTP version")),
+        Err(httparse::Error::Version) => {
+            // httparse reads a space in the target (`GET /a b HTTP/1.1`) as a bad version:
+            // only a request line of three parts ending in `HTTP/…` is a version problem.
+            let line = head
+                .split(|&b| b == b'\r' || b == b'\n')
+                .next()
+                .unwrap_or(b"");
+            let mut parts = line.split(|&b| b == b' ');
+            let shaped =
+                parts.nth(2).is_some_and(|v| v.starts_with(b"HTTP/")) && parts.next().is_none();
+            return Err(if shaped {
+                reject(505, "unsupported HTTP version")
+            } else {
+                reject(400, "malformed request line")
+            });
+        }
         Err(_) => return Err(reject(400, "malformed request head")),
     }
     let version = request.version.unwrap_or(1);

@@ -350,9 +350,41 @@ fn oversized_body_is_refused() {
         r#"{{"address":"127.0.0.1","port":80,"metadata":{{"k":"{}"}}}}"#,
         "x".repeat(2 << 20)
     );
-    let (status, _) = strait.put("/v1/services/web/instances/w1", &big);
-    assert_eq!(status, 413);
+    let (status, body) = strait.put("/v1/services/web/instances/w1", &big);
+    assert_eq!((status, body["error"].as_str()), (413, Some("too_large")));
     assert!(strait.instance_ids("web").is_empty());
+}
+
+/// Errors axum makes itself come in the API's JSON shape too.
+#[test]
+fn every_error_is_json() {
+    let strait = Strait::builder().start();
+    let (status, body) = http(
+        &strait,
+        "PUT",
+        "/v1/services/web/instances/w1?leese=x",
+        Some(r#"{"address":"127.0.0.1","port":80}"#),
+        None,
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("leese")),
+        "{body}"
+    );
+    let (status, body) = http(&strait, "POST", "/v1/routes/web", Some("{}"), None);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{body}"
+    );
+    let (status, body) = http(&strait, "GET", "/v1/nothing", None, None);
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 }
 
 #[test]
@@ -409,6 +441,22 @@ fn token_protects_the_api() {
     let (status, _) = http(&strait, "GET", "/v1/services", None, Some(token));
     assert_eq!(status, 200);
     assert_eq!(http_text(&strait.url("/metrics"), Some(token)).0, 200);
+    // The scheme's case does not matter (RFC 9110), the token's does.
+    let status_with = |authorization: String| {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(authorization)
+            .arg(strait.url("/v1/services"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(status_with(format!("Authorization: bearer {token}")), "200");
+    assert_eq!(status_with(format!("Authorization: BEARER {token}")), "200");
+    assert_eq!(
+        status_with(format!("Authorization: Bearer {}", token.to_uppercase())),
+        "401"
+    );
     // Probes stay open for orchestrators.
     assert_eq!(http_text(&strait.url("/healthz"), None).0, 200);
     assert_eq!(http_text(&strait.url("/readyz"), None).0, 200);

@@ -77,6 +77,14 @@ fn framing_attacks() {
         expect!["400 obsolete header line folding"],
     );
     check(
+        b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["400 malformed request line"],
+    );
+    check(
+        b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        expect!["505 unsupported HTTP version"],
+    );
+    check(
         b"GET / HTTP/1.1\nHost: a\n\n",
         expect!["400 bare LF in request head"],
     );
