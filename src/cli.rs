@@ -279,6 +279,34 @@ struct RoutesFile {
     route: BTreeMap<String, discovery::Route>,
 }
 
+/// The routes of a JSON routes file, which may be `{"<name>": {...}}`, the TOML file's
+/// shape `{"route": {"<name>": {...}}}`, or what `GET /v1/routes` answers
+/// (`{"revision": N, "routes": {...}}`, so a backup applies as it is); with the path
+/// prefix that locates them, for messages.
+fn json_routes(value: Value) -> (&'static str, Value) {
+    // A map of routes has objects for values; a route itself has strings among them.
+    let map_of_routes = |v: &Value| {
+        v.as_object()
+            .is_some_and(|m| m.values().all(Value::is_object))
+    };
+    if let Value::Object(mut top) = value {
+        if top.keys().all(|k| k == "revision" || k == "routes")
+            && top.get("routes").is_some_and(map_of_routes)
+            && let Some(routes) = top.remove("routes")
+        {
+            return ("routes.", routes);
+        }
+        if top.len() == 1
+            && top.get("route").is_some_and(map_of_routes)
+            && let Some(routes) = top.remove("route")
+        {
+            return ("route.", routes);
+        }
+        return ("", Value::Object(top));
+    }
+    ("", value)
+}
+
 fn read_routes(file: &Path) -> anyhow::Result<BTreeMap<String, discovery::Route>> {
     let mut routes = if file == Path::new("-") {
         let mut text = String::new();
@@ -289,9 +317,17 @@ fn read_routes(file: &Path) -> anyhow::Result<BTreeMap<String, discovery::Route>
     } else if file.extension().is_some_and(|e| e == "json") {
         let text =
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let mut deserializer = serde_json::Deserializer::from_slice(&text);
-        serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|e| anyhow!("{}: at `{}`: {}", file.display(), e.path(), e.inner()))?
+        let value: Value = serde_json::from_slice(&text)
+            .map_err(|e| anyhow!("{}: not JSON: {e}", file.display()))?;
+        let (prefix, routes) = json_routes(value);
+        serde_path_to_error::deserialize(routes).map_err(|e| {
+            anyhow!(
+                "{}: at `{prefix}{}`: {}",
+                file.display(),
+                e.path(),
+                e.inner()
+            )
+        })?
     } else {
         config::load::<RoutesFile>(file)?.route
     };

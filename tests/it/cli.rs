@@ -116,6 +116,43 @@ service = "db"
         "nothing applied from a bad file"
     );
 
+    // A backup (what `GET /v1/routes` answers) applies as it is, into another strait;
+    // so does the TOML file's shape written as JSON.
+    let backup = dir.path().join("backup.json");
+    std::fs::write(&backup, strait.get("/v1/routes").1.to_string()).expect("write");
+    let other = Strait::builder().start();
+    let other_admin = format!("http://{}", other.admin);
+    let (ok, stdout, stderr) = cli(&[
+        "route",
+        "apply",
+        "-f",
+        backup.to_str().expect("utf8"),
+        "--admin",
+        &other_admin,
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert_eq!(
+        other.get("/v1/routes").1["routes"],
+        strait.get("/v1/routes").1["routes"]
+    );
+    let shaped = dir.path().join("shaped.json");
+    std::fs::write(
+        &shaped,
+        r#"{"route":{"extra":{"host":"extra.example.com","service":"extra"}}}"#,
+    )
+    .expect("write");
+    let (ok, stdout, stderr) = cli(&[
+        "route",
+        "apply",
+        "-f",
+        shaped.to_str().expect("utf8"),
+        "--admin",
+        &other_admin,
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "applied route extra\n");
+
     let (ok, _, _) = cli(&["route", "rm", "api", "--admin", &admin]);
     assert!(ok);
     let (ok, _, stderr) = cli(&["route", "rm", "api", "--admin", &admin]);
