@@ -1476,8 +1476,11 @@ fn bad_health_check_settings_are_a_startup_error() {
     let stderr = Strait::builder()
         .config("[router.services.web.health_check]\npath = \"healthz\"\n")
         .start_expecting_failure();
+    // Named by file, line and key, as a config error.
     assert!(
-        stderr.contains("router.services.web.health_check: path \"healthz\" must start with /"),
+        stderr.contains(
+            "strait.toml:1:9: key `router.services`: service `web`: health_check: path \"healthz\" must start with /"
+        ),
         "{stderr}"
     );
 }
