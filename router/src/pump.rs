@@ -80,6 +80,17 @@ pub struct Local {
     started: Instant,
 }
 
+/// The upstream's chunked body was malformed before any byte of the response was sent.
+const BAD_CHUNKS_UNSENT: &str = "bad chunked response (nothing sent)";
+
+fn bad_chunks(head_pending: bool) -> &'static str {
+    if head_pending {
+        BAD_CHUNKS_UNSENT
+    } else {
+        "bad chunked response"
+    }
+}
+
 /// A routed request, ready to go upstream (its head is in `ConnBuffers::request`).
 pub struct Forward {
     pub(crate) head_len: usize,
@@ -710,6 +721,11 @@ impl Proxy {
                 )
                 .await;
             return match relayed {
+                // Nothing reached the client yet: it gets a 502, not a cut-off 200.
+                Err(BAD_CHUNKS_UNSENT) => {
+                    ctx.end_attempt(&self.metrics);
+                    self.local_error_body(down, bufs, 502, pool, false).await
+                }
                 Ok(bytes_sent) => {
                     if upstream_keep_alive && bufs.upstream.is_empty() {
                         upstream_pool::put(key, up);
@@ -828,7 +844,8 @@ impl Proxy {
     }
 
     /// Relays the response body after the head in `bufs.response`; returns the body
-    /// bytes sent. Small responses go out in one write, head and body together.
+    /// bytes sent. Small responses go out in one write, head and body together. A body
+    /// malformed before anything was written is [`BAD_CHUNKS_UNSENT`].
     #[allow(clippy::too_many_arguments)]
     async fn relay(
         &self,
@@ -860,13 +877,13 @@ impl Proxy {
                     let before = out.len();
                     let n = chunked
                         .advance(available, |range| out.extend_from_slice(&available[range]))
-                        .map_err(|_| "bad chunked response")?;
+                        .map_err(|_| bad_chunks(head_pending))?;
                     sent += out.len() - before;
                     n
                 }
                 Framing::Chunked => chunked
                     .advance(available, |_| {})
-                    .map_err(|_| "bad chunked response")?,
+                    .map_err(|_| bad_chunks(head_pending))?,
             };
             remaining -= match framing {
                 Framing::Length(_) => take as u64,

@@ -634,3 +634,20 @@ fn route_to_expecting_any(strait: &Strait, host: &str, backend: &Scripted) {
         },
     );
 }
+
+/// A response whose chunked body is malformed from its first bytes: nothing has reached
+/// the client yet, so it gets a 502 (not an empty reply, logged as a 200).
+#[test]
+fn a_malformed_body_before_any_byte_is_sent_is_a_502() {
+    let strait = Strait::builder().start();
+    let broken = Scripted::start(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n".to_vec(),
+            true,
+        )
+    });
+    route_to_expecting(&strait, "broken.example.com", &broken, 502);
+    let mut client = Client::new(strait.http);
+    let response = client.get("broken.example.com", "/").expect("an answer");
+    assert_eq!(response.status, 502, "{}", response.text());
+}
