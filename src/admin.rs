@@ -110,6 +110,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         _ => "error",
     };
     let message = if text.is_empty() {
