@@ -339,7 +339,7 @@ fn read_routes(file: &Path) -> anyhow::Result<BTreeMap<String, discovery::Route>
     }
     for (name, route) in &mut routes {
         discovery::model::validate_id("route name", name)
-            .and_then(|()| route.validate())
+            .and_then(|()| route.validate_for_write())
             .map_err(|e| anyhow!("{}: route `{name}`: {e}", file.display()))?;
     }
     // Two routes of the file for the same connections: refused before anything is

@@ -266,7 +266,7 @@ async fn put_route(
     validate_id("route name", &name)?;
     let mut route: Route = parse_body(&body)?;
     route
-        .validate()
+        .validate_for_write()
         .map_err(|e| ApiError::invalid(format!("route `{name}`: {e}")))?;
     // A second TCP route for the same connections would be dropped when the table is
     // built (or fail to bind): refused here, where the operator sees it.

@@ -370,14 +370,27 @@ impl HeaderRewrite {
     }
 
     fn validate(&self, field: &str) -> Result<(), ModelError> {
-        let request = field == "request_headers";
         for (name, value) in &self.set {
             validate_header_name(&format!("{field}.set"), name)?;
+            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(ModelError::new(
+                    format!("{field}.set.{name}"),
+                    "must not contain CR, LF or NUL",
+                ));
+            }
+        }
+        for name in &self.remove {
+            validate_header_name(&format!("{field}.remove"), name)?;
+        }
+        Ok(())
+    }
+
+    /// The rules a new rewrite must also pass (see [`Route::validate_for_write`]).
+    fn validate_for_write(&self, field: &str) -> Result<(), ModelError> {
+        let request = field == "request_headers";
+        for (name, value) in &self.set {
             let key = format!("{field}.set.{name}");
             refuse_framing_header(&key, name)?;
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(ModelError::new(key, "must not contain CR, LF or NUL"));
-            }
             if request && name.eq_ignore_ascii_case("host") && !is_host_value(value) {
                 return Err(ModelError::new(
                     key,
@@ -387,7 +400,6 @@ impl HeaderRewrite {
         }
         for name in &self.remove {
             let key = format!("{field}.remove");
-            validate_header_name(&key, name)?;
             refuse_framing_header(&key, name)?;
             if request && name.eq_ignore_ascii_case("host") {
                 return Err(ModelError::new(
@@ -404,6 +416,19 @@ impl HeaderRewrite {
 /// rewrite of one could desynchronise the next hop (request smuggling, response
 /// splitting), so no route may set or remove them.
 fn refuse_framing_header(key: &str, name: &str) -> Result<(), ModelError> {
+    if is_framing_header(name) {
+        return Err(ModelError::new(
+            key,
+            format!(
+                "`{name}` frames the message or manages the connection; the router writes it, a route cannot rewrite it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a header frames a message or manages its connection (the router's to write).
+pub fn is_framing_header(name: &str) -> bool {
     const FRAMING: [&str; 8] = [
         "content-length",
         "transfer-encoding",
@@ -414,15 +439,7 @@ fn refuse_framing_header(key: &str, name: &str) -> Result<(), ModelError> {
         "trailer",
         "upgrade",
     ];
-    if FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
-        return Err(ModelError::new(
-            key,
-            format!(
-                "`{name}` frames the message or manages the connection; the router writes it, a route cannot rewrite it"
-            ),
-        ));
-    }
-    Ok(())
+    FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// `host`, `host:port` or `[v6]:port`, made of the characters host names have.
@@ -697,6 +714,15 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 impl Route {
+    /// [`Route::validate`] plus the rules a route being written must pass and a stored
+    /// one is not held to: a route stored before a rule existed still loads (the store
+    /// opens, and ZooKeeper's copy is not dropped); it cannot be written again unchanged.
+    pub fn validate_for_write(&mut self) -> Result<(), ModelError> {
+        self.validate()?;
+        self.request_headers.validate_for_write("request_headers")?;
+        self.response_headers.validate_for_write("response_headers")
+    }
+
     /// Whether this TCP route and `other` would claim the same connections, so both cannot
     /// be live: one port on overlapping addresses that could not both be bound (equal,
     /// or a wildcard over the other; `[::]` takes IPv4 too), or one address with the same

@@ -530,10 +530,21 @@ fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Whether a stored rewrite of `name` is left out: framing headers are the router's, and
+/// a route stored before the admin API refused them is not allowed to touch them.
+fn framing_rewrite(name: &str) -> bool {
+    let framing = discovery::model::is_framing_header(name);
+    if framing {
+        warn!(header = name, "route rewrite of a framing header ignored (re-write the route without it)");
+    }
+    framing
+}
+
 fn header_pairs(
     set: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     set.iter()
+        .filter(|(name, _)| !framing_rewrite(name))
         .map(|(name, value)| {
             let name =
                 HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
@@ -547,6 +558,7 @@ fn header_pairs(
 fn header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
     names
         .iter()
+        .filter(|name| !framing_rewrite(name) && !name.eq_ignore_ascii_case("host"))
         .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}")))
         .collect()
 }
