@@ -235,15 +235,20 @@ async fn check_pass(
     let Some(agent) = &agent else {
         return no_agent();
     };
-    if agent.pass(&id) {
-        axum::Json(serde_json::json!({"check": id, "status": "passing"})).into_response()
-    } else {
-        ApiError::new(
+    match agent.pass(&id) {
+        Ok(()) => axum::Json(serde_json::json!({"check": id, "status": "passing"})).into_response(),
+        Err(discovery::agent::PassError::Unknown) => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("check `{id}` not found"),
         )
-        .into_response()
+        .into_response(),
+        Err(discovery::agent::PassError::NotTtl) => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("check `{id}` is not a TTL check: only its own results pass it"),
+        )
+        .into_response(),
     }
 }
 

@@ -336,6 +336,15 @@ impl Local {
     }
 }
 
+/// Why a heartbeat was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassError {
+    /// No check has that id.
+    Unknown,
+    /// The check is an HTTP or TCP check: only its own results move it.
+    NotTtl,
+}
+
 /// The running agent.
 pub struct Agent {
     registrar: Arc<dyn Registrar>,
@@ -410,19 +419,26 @@ impl Agent {
         self.locals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `PUT /v1/agent/checks/{id}/pass`: a TTL check's heartbeat. `false` if unknown.
-    pub fn pass(&self, check_id: &str) -> bool {
+    /// `PUT /v1/agent/checks/{id}/pass`: a TTL check's heartbeat. HTTP and TCP checks
+    /// pass by their own results only.
+    pub fn pass(&self, check_id: &str) -> Result<(), PassError> {
         let Some(&(i, c)) = self.check_ids.get(check_id) else {
-            return false;
+            return Err(PassError::Unknown);
         };
         let mut locals = self.lock();
-        let Some(check) = locals.get_mut(i).and_then(|l| l.checks.get_mut(c)) else {
-            return false;
+        let Some(local) = locals.get_mut(i) else {
+            return Err(PassError::Unknown);
+        };
+        if local.definition.checks.get(c).map(|d| d.kind) != Some(CheckType::Ttl) {
+            return Err(PassError::NotTtl);
+        }
+        let Some(check) = local.checks.get_mut(c) else {
+            return Err(PassError::Unknown);
         };
         // Passing now (published on the next tick), until `ttl` goes by without another.
         check.last_pass = Some(Instant::now());
         check.passing = true;
-        true
+        Ok(())
     }
 
     /// Maintenance mode for a local instance (drain). `false` if unknown.

@@ -51,6 +51,13 @@ fn http_check_moves_the_instance_out_of_and_back_into_dns_and_traffic() {
         "/v1/routes/web",
         r#"{"host":"web.example.com","service":"web"}"#,
     );
+    // An HTTP check is moved by its own results only, not by a heartbeat.
+    let (status, body) = strait.put("/v1/agent/checks/web-1:0/pass", "");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
     let mut client = Client::new(strait.http);
     let healthy = |client: &mut Client| -> Result<(), String> {
         let dns = dig_a(&strait, "web.service.strait");
