@@ -322,6 +322,11 @@ struct Local {
     definition: ServiceDefinition,
     checks: Vec<CheckState>,
     maintenance: bool,
+    /// When the health was last written (anti-entropy leaves fresh writes alone: a
+    /// watch-fed snapshot may not show them yet).
+    published_at: Option<Instant>,
+    /// Anti-entropy found the store holding something else: write again.
+    republish: bool,
 }
 
 impl Local {
@@ -400,6 +405,8 @@ impl Agent {
                         })
                         .collect(),
                     maintenance: definition.maintenance,
+                    published_at: None,
+                    republish: false,
                     definition,
                 }
             })
@@ -456,9 +463,71 @@ impl Agent {
         }
     }
 
+    /// Anti-entropy, in its own task so that a slow or unreachable store never delays
+    /// the checks: every [`ANTI_ENTROPY`] it reads back each instance's stored health and
+    /// marks for writing again those where the store holds something else than the
+    /// checks say (or nothing).
+    async fn anti_entropy(self: Arc<Self>, generation: u64) {
+        use std::sync::atomic::Ordering;
+        /// A write younger than this may not show in a watch-fed snapshot yet.
+        const SETTLE: Duration = Duration::from_secs(2);
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(ANTI_ENTROPY).await;
+            if self.generation.load(Ordering::Acquire) != generation {
+                return;
+            }
+            let now = Instant::now();
+            let settled: Vec<(usize, String, String, Health)> = self
+                .lock()
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| {
+                    l.published_at
+                        .is_some_and(|at| now.saturating_duration_since(at) >= SETTLE)
+                })
+                .map(|(i, l)| {
+                    let def = &l.definition;
+                    (i, def.service.clone(), def.id.clone(), l.health())
+                })
+                .collect();
+            for (i, service, id, health) in settled {
+                match self.registrar.stored_health(&service, &id).await {
+                    Ok(stored) => {
+                        if failing {
+                            info!("agent: the store answers again");
+                            failing = false;
+                        }
+                        if stored != Some(health) {
+                            warn!(
+                                %service,
+                                %id,
+                                stored = stored.map_or("absent", Health::as_str),
+                                health = health.as_str(),
+                                "agent: the store disagrees with the checks; writing them again"
+                            );
+                            if let Some(local) = self.lock().get_mut(i) {
+                                local.republish = true;
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        // Once per outage; the next pass tries again.
+                        if !failing {
+                            warn!(%error, "agent: cannot read the stored health; will retry");
+                            failing = true;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs the checks and keeps the store in step with their results.
     async fn run(self: Arc<Self>, generation: u64) {
         use std::sync::atomic::Ordering;
+        tokio::spawn(Arc::clone(&self).anti_entropy(generation));
         let current = || self.generation.load(Ordering::Acquire) == generation;
         let tick = Duration::from_millis(100);
         let mut published: Vec<Option<Health>> = vec![None; self.lock().len()];
@@ -482,7 +551,6 @@ impl Agent {
                     .collect()
             })
             .collect();
-        let mut next_anti_entropy = Instant::now() + ANTI_ENTROPY;
         while current() {
             // Run the checks that are due, concurrently.
             let due: Vec<(usize, usize, ServiceDefinition, CheckDefinition)> = {
@@ -538,38 +606,6 @@ impl Agent {
             if !current() {
                 return;
             }
-            // Anti-entropy: a health written over ours (or an instance removed) behind the
-            // agent's back is written again.
-            if Instant::now() >= next_anti_entropy {
-                next_anti_entropy = Instant::now() + ANTI_ENTROPY;
-                let published_now: Vec<(usize, String, String, Health)> = self
-                    .lock()
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, l)| {
-                        let def = &l.definition;
-                        published[i].map(|h| (i, def.service.clone(), def.id.clone(), h))
-                    })
-                    .collect();
-                for (i, service, id, health) in published_now {
-                    match self.registrar.stored_health(&service, &id).await {
-                        Ok(stored) if stored != Some(health) => {
-                            warn!(
-                                %service,
-                                %id,
-                                stored = stored.map_or("absent", Health::as_str),
-                                health = health.as_str(),
-                                "agent: the store disagrees with the checks; writing them again"
-                            );
-                            published[i] = None;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            warn!(%service, %id, error = %e, "agent: cannot read the stored health");
-                        }
-                    }
-                }
-            }
             // Publish what changed, and re-publish what the store lost (e.g. after an
             // outage, a new ZooKeeper session or a lost lease). Only the instances that
             // need writing are built.
@@ -581,7 +617,7 @@ impl Agent {
                     let health = local.health();
                     let def = &local.definition;
                     let stored = self.registrar.holds(&def.service, &def.id);
-                    (published[i] != Some(health) || !stored)
+                    (published[i] != Some(health) || !stored || local.republish)
                         .then(|| (i, health, def.instance(health).ok()))
                 })
                 .collect();
@@ -594,6 +630,10 @@ impl Agent {
                             info!(service = %service, id = %id, health = health.as_str(), "agent: health published");
                         }
                         published[i] = Some(health);
+                        if let Some(local) = self.lock().get_mut(i) {
+                            local.published_at = Some(Instant::now());
+                            local.republish = false;
+                        }
                     }
                     Err(e) => {
                         warn!(service = %service, id = %id, error = %e, "agent: cannot publish; will retry");
