@@ -887,10 +887,12 @@ impl Registry {
             }
             return Ok(upload);
         }
-        // An upload from before a restart: it stays its repository's alone.
-        let owner = self.storage.upload_repo(id).await?.ok_or_else(unknown)?;
-        if owner != repo.as_str() {
-            return Err(unknown());
+        // An upload from before a restart: it stays its repository's alone. One started
+        // by a strait that kept no record goes to the first repository that asks.
+        match self.storage.upload_repo(id).await?.ok_or_else(unknown)? {
+            Some(owner) if owner == repo.as_str() => {}
+            Some(_) => return Err(unknown()),
+            None => self.storage.upload_claim(id, repo.as_str()).await?,
         }
         let size = self.storage.upload_size(id).await?.ok_or_else(unknown)?;
         let upload = Arc::new(tokio::sync::Mutex::new(Upload {
@@ -899,13 +901,25 @@ impl Registry {
             hasher: None,
             started: Instant::now(),
         }));
-        let mut uploads = self.lock_uploads();
-        let upload = uploads.entry(id.to_owned()).or_insert_with(|| {
-            // Counted again, as it will be uncounted when it ends.
-            self.metrics.uploads_in_progress.inc();
-            upload
-        });
-        Ok(Arc::clone(upload))
+        let (upload, inserted) = match self.lock_uploads().entry(id.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(entry) => (Arc::clone(entry.get()), false),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                // Counted again, as it will be uncounted when it ends.
+                self.metrics.uploads_in_progress.inc();
+                (Arc::clone(entry.insert(upload)), true)
+            }
+        };
+        // Completed or cancelled by another request since it was looked up: the entry
+        // would be left behind for an upload that no longer exists.
+        if inserted && self.storage.upload_size(id).await?.is_none() {
+            let mut uploads = self.lock_uploads();
+            if uploads.get(id).is_some_and(|u| Arc::ptr_eq(u, &upload)) {
+                uploads.remove(id);
+                self.metrics.uploads_in_progress.dec();
+            }
+            return Err(unknown());
+        }
+        Ok(upload)
     }
 
     async fn discard_upload(&self, id: &str) {

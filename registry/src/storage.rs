@@ -52,8 +52,11 @@ pub trait Storage: Send + Sync + 'static {
     /// A new, empty upload into repository `repo` (recorded, so that after a restart the
     /// session still belongs to it alone).
     async fn upload_create(&self, id: &str, repo: &str) -> io::Result<()>;
-    /// The repository an upload was started in, or `None` when there is no such upload.
-    async fn upload_repo(&self, id: &str) -> io::Result<Option<String>>;
+    /// The repository an upload was started in: `None` when there is no such upload,
+    /// `Some(None)` for an upload without a record (started by an older strait).
+    async fn upload_repo(&self, id: &str) -> io::Result<Option<Option<String>>>;
+    /// Records `repo` as the repository of an upload that has none.
+    async fn upload_claim(&self, id: &str, repo: &str) -> io::Result<()>;
     /// Current length of an upload, or `None` when there is no such upload.
     async fn upload_size(&self, id: &str) -> io::Result<Option<u64>>;
     /// A writer appending to the upload.
@@ -304,18 +307,36 @@ impl Storage for FsStorage {
     }
 
     async fn upload_create(&self, id: &str, repo: &str) -> io::Result<()> {
-        // The owner first: an upload file without one is never resumed.
-        tokio::fs::write(self.upload_owner_path(id)?, repo).await?;
-        tokio::fs::File::create_new(self.upload_path(id)?).await?;
+        // The owner first, so that no upload is ever seen without one.
+        self.upload_claim(id, repo).await?;
+        if let Err(e) = tokio::fs::File::create_new(self.upload_path(id)?).await {
+            let _ = tokio::fs::remove_file(self.upload_owner_path(id)?).await;
+            return Err(e);
+        }
         Ok(())
     }
 
-    async fn upload_repo(&self, id: &str) -> io::Result<Option<String>> {
+    async fn upload_repo(&self, id: &str) -> io::Result<Option<Option<String>>> {
         if not_found_as_none(tokio::fs::metadata(self.upload_path(id)?).await)?.is_none() {
             return Ok(None);
         }
         let owner = not_found_as_none(tokio::fs::read(self.upload_owner_path(id)?).await)?;
-        Ok(owner.and_then(|bytes| String::from_utf8(bytes).ok()))
+        Ok(Some(owner.and_then(|bytes| String::from_utf8(bytes).ok())))
+    }
+
+    async fn upload_claim(&self, id: &str, repo: &str) -> io::Result<()> {
+        let path = self.upload_owner_path(id)?;
+        let (repo, durable) = (repo.to_owned(), self.durable);
+        // Synced when blobs are: a synced upload that lost its owner could not resume.
+        blocking(move || {
+            let mut file = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut file, repo.as_bytes())?;
+            if durable {
+                file.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn upload_size(&self, id: &str) -> io::Result<Option<u64>> {
@@ -527,8 +548,8 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef";
         storage.upload_create(id, "r").await.expect("create");
         assert_eq!(
-            storage.upload_repo(id).await.expect("owner").as_deref(),
-            Some("r")
+            storage.upload_repo(id).await.expect("owner"),
+            Some(Some("r".to_string()))
         );
         let mut writer = storage.upload_append(id).await.expect("append");
         tokio::io::AsyncWriteExt::write_all(&mut writer, b"hello")

@@ -623,7 +623,21 @@ fn an_upload_survives_a_crash_but_never_shows_partially() {
     let (image, reply) = push_manifest(&registry, "crash", "kept", &manifest);
     assert_eq!(reply.status, 201);
 
+    // An upload as a strait from before owner records left it: no record.
+    let legacy = send("POST", &registry.url("/v2/crash/blobs/uploads/"), &[], b"")
+        .header("Location")
+        .expect("Location")
+        .to_owned();
+    let legacy_id = legacy.rsplit('/').next().expect("id").to_owned();
+    std::fs::remove_file(tmp.path().join("storage/upload-owners").join(&legacy_id))
+        .expect("remove the owner record");
+
     registry.kill_and_restart();
+    // The first repository to ask claims the legacy upload; it is then its own.
+    assert_eq!(send("GET", &registry.url(&legacy), &[], b"").status, 204);
+    let other = legacy.replacen("/v2/crash/", "/v2/hijack/", 1);
+    assert_eq!(send("GET", &registry.url(&other), &[], b"").status, 404);
+    assert_eq!(send("DELETE", &registry.url(&legacy), &[], b"").status, 204);
     let kept = send("GET", &registry.url("/v2/crash/manifests/kept"), &[], b"");
     assert_eq!(
         (kept.status, sha256(&kept.body)),
