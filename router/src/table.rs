@@ -535,7 +535,10 @@ fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
 fn framing_rewrite(name: &str) -> bool {
     let framing = discovery::model::is_framing_header(name);
     if framing {
-        warn!(header = name, "route rewrite of a framing header ignored (re-write the route without it)");
+        warn!(
+            header = name,
+            "route rewrite of a framing header ignored (re-write the route without it)"
+        );
     }
     framing
 }

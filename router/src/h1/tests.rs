@@ -382,6 +382,11 @@ fn dot_segments() {
         "/public/..\\secret",
         "/public/x%5C..%5csecret",
         "/a%2f.",
+        // Path parameters (Tomcat, Spring) and double encoding.
+        "/public/..;/secret",
+        "/public/..;x/secret",
+        "/public/%252e%252e%252fsecret",
+        "/public/..%252Fsecret",
     ] {
         assert!(has_dot_segment(path), "{path}");
     }
@@ -400,6 +405,10 @@ fn dot_segments() {
         "/%2",
         "/x%2",
         "/100%",
+        "/a;b/c",
+        "/x..;/y",
+        "/%25/%252",
+        "/%252e%252e%252e",
     ] {
         assert!(!has_dot_segment(path), "{path}");
     }
