@@ -365,16 +365,67 @@ pub fn route(args: &AdminArgs, command: RouteCommand) -> anyhow::Result<()> {
         RouteCommand::Apply { file } => {
             // Validate the whole file before the first write, so a bad file changes nothing.
             let routes = read_routes(&file)?;
-            for (name, route) in routes {
-                client
-                    .ok(
+            // TCP routes in the state the file leads to: the stored routes it does not
+            // replace, and its own.
+            let stored = client.ok(Method::Get, "/v1/routes")?;
+            for (name, value) in stored["routes"].as_object().into_iter().flatten() {
+                let Ok(existing) = serde_json::from_value::<discovery::Route>(value.clone()) else {
+                    continue;
+                };
+                if routes.contains_key(name) {
+                    continue;
+                }
+                if let Some((mine, _)) = routes.iter().find(|(_, r)| r.tcp_overlaps(&existing)) {
+                    bail!(
+                        "{}: route `{mine}` would take the connections of the stored route `{name}` (the same port on an overlapping address, and the same server name); nothing applied",
+                        file.display()
+                    );
+                }
+            }
+            // The final state has no conflict, but the order may pass through one (a route
+            // moving to a port another leaves in the same file): such a write is refused
+            // (409) and tried again after the others.
+            let mut pending: Vec<(String, discovery::Route)> = routes.into_iter().collect();
+            loop {
+                let mut deferred = Vec::new();
+                let mut last_conflict = None;
+                let before = pending.len();
+                for (name, route) in pending {
+                    let (status, body) = client.call(
                         Method::Put(serde_json::to_value(&route)?),
                         &format!("/v1/routes/{name}"),
-                    )
-                    .with_context(|| format!("applying route `{name}`"))?;
-                println!("applied route {name}");
+                    )?;
+                    match status {
+                        200..=299 => println!("applied route {name}"),
+                        409 => {
+                            last_conflict = body["message"].as_str().map(str::to_string);
+                            deferred.push((name, route));
+                        }
+                        _ => {
+                            let message = body["message"]
+                                .as_str()
+                                .map_or_else(|| body.to_string(), str::to_string);
+                            bail!("applying route `{name}`: {message} (HTTP {status})");
+                        }
+                    }
+                }
+                if deferred.is_empty() {
+                    return Ok(());
+                }
+                if deferred.len() == before {
+                    // Routes that trade places: each waits for the other.
+                    bail!(
+                        "routes {} each take connections another still holds ({}); apply them in two steps",
+                        deferred
+                            .iter()
+                            .map(|(n, _)| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        last_conflict.unwrap_or_default()
+                    );
+                }
+                pending = deferred;
             }
-            Ok(())
         }
         RouteCommand::Ls => {
             let body = client.ok(Method::Get, "/v1/routes")?;

@@ -116,6 +116,51 @@ service = "db"
         "nothing applied from a bad file"
     );
 
+    // A file that moves TCP routes: `a-db` takes the port `db` leaves. Written in name
+    // order, `a-db` first meets the old `db` (409) and is applied after it.
+    let moves = dir.path().join("moves.toml");
+    std::fs::write(
+        &moves,
+        "[route.a-db]\nkind = \"tcp\"\nlisten = \"127.0.0.1:7000\"\nservice = \"db2\"\n\n\
+         [route.db]\nkind = \"tcp\"\nlisten = \"127.0.0.1:7001\"\nservice = \"db\"\n",
+    )
+    .expect("write");
+    let (ok, stdout, stderr) = cli(&[
+        "route",
+        "apply",
+        "-f",
+        moves.to_str().expect("utf8"),
+        "--admin",
+        &admin,
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "applied route db\napplied route a-db\n");
+    // One that takes a stored route's connections applies nothing.
+    let taken = dir.path().join("taken.toml");
+    std::fs::write(
+        &taken,
+        "[route.new-web]\nhost = \"new.example.com\"\nservice = \"web\"\n\n\
+         [route.z-db]\nkind = \"tcp\"\nlisten = \"0.0.0.0:7001\"\nservice = \"db\"\n",
+    )
+    .expect("write");
+    let (ok, _, stderr) = cli(&[
+        "route",
+        "apply",
+        "-f",
+        taken.to_str().expect("utf8"),
+        "--admin",
+        &admin,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("route `z-db` would take the connections of the stored route `db`"),
+        "{stderr}"
+    );
+    assert_eq!(strait.get("/v1/routes/new-web").0, 404, "nothing applied");
+    for name in ["a-db", "db"] {
+        assert_eq!(strait.delete(&format!("/v1/routes/{name}")).0, 204);
+    }
+
     // A backup (what `GET /v1/routes` answers) applies as it is, into another strait;
     // so does the TOML file's shape written as JSON.
     let backup = dir.path().join("backup.json");
@@ -131,7 +176,10 @@ service = "db"
         &other_admin,
     ]);
     assert!(ok, "{stderr}");
-    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    let stored = strait.get("/v1/routes").1["routes"]
+        .as_object()
+        .map_or(0, |m| m.len());
+    assert_eq!(stdout.lines().count(), stored, "{stdout}");
     assert_eq!(
         other.get("/v1/routes").1["routes"],
         strait.get("/v1/routes").1["routes"]
