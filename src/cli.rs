@@ -382,50 +382,62 @@ pub fn route(args: &AdminArgs, command: RouteCommand) -> anyhow::Result<()> {
                     );
                 }
             }
-            // The final state has no conflict, but the order may pass through one (a route
-            // moving to a port another leaves in the same file): such a write is refused
-            // (409) and tried again after the others.
+            // The final state has no conflict, but an order of writes may pass through one
+            // (a route moving onto a port another of the file's routes leaves): order them
+            // so that none does, from the stored state, before writing anything.
+            let mut state: BTreeMap<String, discovery::Route> = stored["routes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(n, v)| Some((n.clone(), serde_json::from_value(v.clone()).ok()?)))
+                .collect();
             let mut pending: Vec<(String, discovery::Route)> = routes.into_iter().collect();
-            loop {
-                let mut deferred = Vec::new();
-                let mut last_conflict = None;
-                let before = pending.len();
-                for (name, route) in pending {
+            let mut order = Vec::with_capacity(pending.len());
+            while !pending.is_empty() {
+                let free = pending.iter().position(|(name, route)| {
+                    !state
+                        .iter()
+                        .any(|(other, existing)| other != name && route.tcp_overlaps(existing))
+                });
+                let Some(free) = free else {
+                    bail!(
+                        "{}: routes {} trade connections with each other; apply them in two steps (nothing applied)",
+                        file.display(),
+                        pending
+                            .iter()
+                            .map(|(n, _)| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                };
+                let (name, route) = pending.remove(free);
+                state.insert(name.clone(), route.clone());
+                order.push((name, route));
+            }
+            for (name, route) in order {
+                // A 409 here is a store whose snapshot has not caught up with this run's
+                // earlier writes yet (ZooKeeper's is fed by watches): wait for it a little.
+                let mut tries = 0;
+                loop {
                     let (status, body) = client.call(
                         Method::Put(serde_json::to_value(&route)?),
                         &format!("/v1/routes/{name}"),
                     )?;
-                    match status {
-                        200..=299 => println!("applied route {name}"),
-                        409 => {
-                            last_conflict = body["message"].as_str().map(str::to_string);
-                            deferred.push((name, route));
-                        }
-                        _ => {
-                            let message = body["message"]
-                                .as_str()
-                                .map_or_else(|| body.to_string(), str::to_string);
-                            bail!("applying route `{name}`: {message} (HTTP {status})");
-                        }
+                    if (200..300).contains(&status) {
+                        println!("applied route {name}");
+                        break;
                     }
+                    tries += 1;
+                    if status != 409 || tries >= 20 {
+                        let message = body["message"]
+                            .as_str()
+                            .map_or_else(|| body.to_string(), str::to_string);
+                        bail!("applying route `{name}`: {message} (HTTP {status})");
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
                 }
-                if deferred.is_empty() {
-                    return Ok(());
-                }
-                if deferred.len() == before {
-                    // Routes that trade places: each waits for the other.
-                    bail!(
-                        "routes {} each take connections another still holds ({}); apply them in two steps",
-                        deferred
-                            .iter()
-                            .map(|(n, _)| format!("`{n}`"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        last_conflict.unwrap_or_default()
-                    );
-                }
-                pending = deferred;
             }
+            Ok(())
         }
         RouteCommand::Ls => {
             let body = client.ok(Method::Get, "/v1/routes")?;

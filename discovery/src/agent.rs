@@ -11,8 +11,8 @@
 //! one, as Consul's do. An instance is passing when all its checks are, critical
 //! otherwise; maintenance mode overrides both. While the store is unreachable checks keep
 //! running and the latest state is written when it is back; and every
-//! [`ANTI_ENTROPY`] the agent compares what the store holds with what it published, and
-//! writes its own state back over any other (Consul's anti-entropy).
+//! [`ANTI_ENTROPY`] the agent compares what the store holds with what it last wrote, and
+//! writes it again over any other (Consul's anti-entropy).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -322,9 +322,9 @@ struct Local {
     definition: ServiceDefinition,
     checks: Vec<CheckState>,
     maintenance: bool,
-    /// When the health was last written (anti-entropy leaves fresh writes alone: a
-    /// watch-fed snapshot may not show them yet).
-    published_at: Option<Instant>,
+    /// The health last written, and when (anti-entropy compares the store with it, and
+    /// leaves fresh writes alone: a watch-fed snapshot may not show them yet).
+    published: Option<(Health, Instant)>,
     /// Anti-entropy found the store holding something else: write again.
     republish: bool,
 }
@@ -405,7 +405,7 @@ impl Agent {
                         })
                         .collect(),
                     maintenance: definition.maintenance,
-                    published_at: None,
+                    published: None,
                     republish: false,
                     definition,
                 }
@@ -478,20 +478,18 @@ impl Agent {
                 return;
             }
             let now = Instant::now();
-            let settled: Vec<(usize, String, String, Health)> = self
+            let settled: Vec<(usize, String, String, Health, Instant)> = self
                 .lock()
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| {
-                    l.published_at
-                        .is_some_and(|at| now.saturating_duration_since(at) >= SETTLE)
-                })
-                .map(|(i, l)| {
+                .filter_map(|(i, l)| {
+                    let (health, at) = l.published?;
                     let def = &l.definition;
-                    (i, def.service.clone(), def.id.clone(), l.health())
+                    (now.saturating_duration_since(at) >= SETTLE)
+                        .then(|| (i, def.service.clone(), def.id.clone(), health, at))
                 })
                 .collect();
-            for (i, service, id, health) in settled {
+            for (i, service, id, health, at) in settled {
                 match self.registrar.stored_health(&service, &id).await {
                     Ok(stored) => {
                         if failing {
@@ -506,7 +504,10 @@ impl Agent {
                                 health = health.as_str(),
                                 "agent: the store disagrees with the checks; writing them again"
                             );
-                            if let Some(local) = self.lock().get_mut(i) {
+                            // Unless the check loop wrote again meanwhile.
+                            if let Some(local) = self.lock().get_mut(i)
+                                && local.published.is_some_and(|(_, t)| t == at)
+                            {
                                 local.republish = true;
                             }
                         }
@@ -631,7 +632,7 @@ impl Agent {
                         }
                         published[i] = Some(health);
                         if let Some(local) = self.lock().get_mut(i) {
-                            local.published_at = Some(Instant::now());
+                            local.published = Some((health, Instant::now()));
                             local.republish = false;
                         }
                     }
@@ -661,8 +662,10 @@ impl Agent {
         tokio::spawn(Arc::clone(self).run(generation));
     }
 
-    /// Removes this agent's instances (on shutdown).
+    /// Removes this agent's instances (on shutdown). Checking stops first, so the loop
+    /// cannot publish them again.
     pub async fn shutdown(&self) {
+        self.stop();
         let ids: Vec<(String, String)> = self
             .lock()
             .iter()

@@ -892,7 +892,12 @@ impl Registry {
         match self.storage.upload_repo(id).await?.ok_or_else(unknown)? {
             Some(owner) if owner == repo.as_str() => {}
             Some(_) => return Err(unknown()),
-            None => self.storage.upload_claim(id, repo.as_str()).await?,
+            // Only one claim can win: the record is created, never overwritten.
+            None => {
+                if !self.storage.upload_claim(id, repo.as_str()).await? {
+                    return Err(unknown());
+                }
+            }
         }
         let size = self.storage.upload_size(id).await?.ok_or_else(unknown)?;
         let upload = Arc::new(tokio::sync::Mutex::new(Upload {
@@ -909,6 +914,9 @@ impl Registry {
                 (Arc::clone(entry.insert(upload)), true)
             }
         };
+        if !inserted && upload.lock().await.repo != *repo {
+            return Err(unknown());
+        }
         // Completed or cancelled by another request since it was looked up: the entry
         // would be left behind for an upload that no longer exists.
         if inserted && self.storage.upload_size(id).await?.is_none() {
@@ -923,11 +931,13 @@ impl Registry {
     }
 
     async fn discard_upload(&self, id: &str) {
-        if self.lock_uploads().remove(id).is_some() {
-            self.metrics.uploads_in_progress.dec();
-        }
+        // Storage first: a `session` that misses the map entry and looks at storage then
+        // finds the upload gone (its check after inserting relies on this order).
         if let Err(error) = self.storage.upload_delete(id).await {
             warn!(%error, id, "cannot remove an upload");
+        }
+        if self.lock_uploads().remove(id).is_some() {
+            self.metrics.uploads_in_progress.dec();
         }
     }
 

@@ -55,8 +55,9 @@ pub trait Storage: Send + Sync + 'static {
     /// The repository an upload was started in: `None` when there is no such upload,
     /// `Some(None)` for an upload without a record (started by an older strait).
     async fn upload_repo(&self, id: &str) -> io::Result<Option<Option<String>>>;
-    /// Records `repo` as the repository of an upload that has none.
-    async fn upload_claim(&self, id: &str, repo: &str) -> io::Result<()>;
+    /// Records `repo` as the repository of an upload that has none; `false` when another
+    /// record was made first (the record is created, never overwritten).
+    async fn upload_claim(&self, id: &str, repo: &str) -> io::Result<bool>;
     /// Current length of an upload, or `None` when there is no such upload.
     async fn upload_size(&self, id: &str) -> io::Result<Option<u64>>;
     /// A writer appending to the upload.
@@ -308,7 +309,12 @@ impl Storage for FsStorage {
 
     async fn upload_create(&self, id: &str, repo: &str) -> io::Result<()> {
         // The owner first, so that no upload is ever seen without one.
-        self.upload_claim(id, repo).await?;
+        if !self.upload_claim(id, repo).await? {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("upload {id} exists"),
+            ));
+        }
         if let Err(e) = tokio::fs::File::create_new(self.upload_path(id)?).await {
             let _ = tokio::fs::remove_file(self.upload_owner_path(id)?).await;
             return Err(e);
@@ -324,17 +330,26 @@ impl Storage for FsStorage {
         Ok(Some(owner.and_then(|bytes| String::from_utf8(bytes).ok())))
     }
 
-    async fn upload_claim(&self, id: &str, repo: &str) -> io::Result<()> {
+    async fn upload_claim(&self, id: &str, repo: &str) -> io::Result<bool> {
         let path = self.upload_owner_path(id)?;
+        let temp = self.temp_path();
         let (repo, durable) = (repo.to_owned(), self.durable);
-        // Synced when blobs are: a synced upload that lost its owner could not resume.
+        // Written whole to a temporary file, then linked into place: a crash never leaves a
+        // partial record, and `hard_link` fails if a record exists (one claim wins). Synced
+        // when blobs are: a synced upload that lost its record could not resume.
         blocking(move || {
-            let mut file = std::fs::File::create(&path)?;
+            let mut file = std::fs::File::create(&temp)?;
             std::io::Write::write_all(&mut file, repo.as_bytes())?;
             if durable {
                 file.sync_data()?;
             }
-            Ok(())
+            let linked = std::fs::hard_link(&temp, &path);
+            let _ = std::fs::remove_file(&temp);
+            match linked {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
         })
         .await
     }
@@ -379,11 +394,11 @@ impl Storage for FsStorage {
         let blob = self.blob_path(digest);
         let durable = self.durable;
         blocking(move || {
-            // Gone first: an owner file left alone is harmless, an upload without one is
-            // never resumed.
-            not_found_as_none(std::fs::remove_file(&owner))?;
             if blob.exists() {
                 std::fs::remove_file(&upload)?;
+                // The record goes last: a record without an upload is harmless, an upload
+                // without one could be claimed by another repository.
+                not_found_as_none(std::fs::remove_file(&owner))?;
                 // Refresh its last use: the caller is about to reference it.
                 return std::fs::File::options()
                     .write(true)
@@ -400,7 +415,8 @@ impl Storage for FsStorage {
             {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::rename(&upload, &blob)
+            std::fs::rename(&upload, &blob)?;
+            not_found_as_none(std::fs::remove_file(&owner)).map(drop)
         })
         .await
     }

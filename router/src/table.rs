@@ -530,24 +530,34 @@ fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Whether a stored rewrite of `name` is left out: framing headers are the router's, and
-/// a route stored before the admin API refused them is not allowed to touch them.
-fn framing_rewrite(name: &str) -> bool {
+/// Whether a stored rewrite of header `name` by `route` is left out: framing headers are
+/// the router's, and a route stored before the admin API refused them may not touch
+/// them. Said once per route and header, not at every table build.
+fn framing_rewrite(route: &str, name: &str) -> bool {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let framing = discovery::model::is_framing_header(name);
-    if framing {
+    if framing
+        && WARNED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((route.to_string(), name.to_ascii_lowercase()))
+    {
         warn!(
+            route,
             header = name,
-            "route rewrite of a framing header ignored (re-write the route without it)"
+            "route rewrite of a framing header ignored (write the route again without it)"
         );
     }
     framing
 }
 
 fn header_pairs(
+    route: &str,
     set: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     set.iter()
-        .filter(|(name, _)| !framing_rewrite(name))
+        .filter(|(name, _)| !framing_rewrite(route, name))
         .map(|(name, value)| {
             let name =
                 HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
@@ -558,10 +568,10 @@ fn header_pairs(
         .collect()
 }
 
-fn header_names(names: &[String]) -> Result<Vec<HeaderName>, String> {
+fn header_names(route: &str, names: &[String]) -> Result<Vec<HeaderName>, String> {
     names
         .iter()
-        .filter(|name| !framing_rewrite(name) && !name.eq_ignore_ascii_case("host"))
+        .filter(|name| !framing_rewrite(route, name) && !name.eq_ignore_ascii_case("host"))
         .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}")))
         .collect()
 }
@@ -621,10 +631,10 @@ fn compile_route(
         idle_timeout: route.timeouts.idle,
         retry: route.retry.clone(),
         prefix_rewrite,
-        request_set: header_pairs(&route.request_headers.set)?,
-        request_remove: header_names(&route.request_headers.remove)?,
-        response_set: header_pairs(&route.response_headers.set)?,
-        response_remove: header_names(&route.response_headers.remove)?,
+        request_set: header_pairs(name, &route.request_headers.set)?,
+        request_remove: header_names(name, &route.request_headers.remove)?,
+        response_set: header_pairs(name, &route.response_headers.set)?,
+        response_remove: header_names(name, &route.response_headers.remove)?,
         request_duration: OnceLock::new(),
     })
 }

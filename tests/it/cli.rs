@@ -157,6 +157,29 @@ service = "db"
         "{stderr}"
     );
     assert_eq!(strait.get("/v1/routes/new-web").0, 404, "nothing applied");
+    // Two that trade ports cannot be ordered: refused before any write.
+    let swap = dir.path().join("swap.toml");
+    std::fs::write(
+        &swap,
+        "[route.a-db]\nkind = \"tcp\"\nlisten = \"127.0.0.1:7001\"\nservice = \"db2\"\n\n\
+         [route.db]\nkind = \"tcp\"\nlisten = \"127.0.0.1:7000\"\nservice = \"db\"\n\n\
+         [route.b-web]\nhost = \"b.example.com\"\nservice = \"web\"\n",
+    )
+    .expect("write");
+    let (ok, _, stderr) = cli(&[
+        "route",
+        "apply",
+        "-f",
+        swap.to_str().expect("utf8"),
+        "--admin",
+        &admin,
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("trade connections with each other; apply them in two steps"),
+        "{stderr}"
+    );
+    assert_eq!(strait.get("/v1/routes/b-web").0, 404, "nothing applied");
     for name in ["a-db", "db"] {
         assert_eq!(strait.delete(&format!("/v1/routes/{name}")).0, 204);
     }

@@ -84,6 +84,23 @@ fn upstream_head_drops_hop_by_hop_and_adds_forwarding() {
     .assert_eq(&text.replace("\r\n", "\n"));
 }
 
+/// A route stored before framing rewrites were refused still loads, but its rewrites of
+/// framing headers (and a removal of `Host`) are ignored: the body keeps its framing.
+#[test]
+fn stored_framing_rewrites_are_ignored() {
+    let text = upstream_head(
+        r#"{"host":"a.com","service":"web",
+            "request_headers":{"set":{"content-length":"0","x-env":"prod"},"remove":["host","transfer-encoding"]}}"#,
+        "POST / HTTP/1.1\r\nHost: a.com\r\nContent-Length: 5\r\n\r\n",
+        &client_v4(),
+    );
+    let text = text.replace("\r\n", "\n");
+    assert!(text.contains("\nHost: a.com\n"), "{text}");
+    assert!(text.contains("\nContent-Length: 5\n"), "{text}");
+    assert!(!text.contains("content-length: 0"), "{text}");
+    assert!(text.contains("\nx-env: prod\n"), "{text}");
+}
+
 #[test]
 fn upstream_head_rewrites_and_route_headers() {
     let text = upstream_head(
