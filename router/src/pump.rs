@@ -658,19 +658,7 @@ impl Proxy {
                     }
                     // A pooled connection the upstream had closed: nothing was processed.
                     let stale = reused && !timeout && bufs.upstream.is_empty();
-                    if stale && replayable && request.retryable_method && self.try_retry(ctx) {
-                        continue;
-                    }
-                    // An idle close of a pooled connection is no failure of the instance.
-                    if !stale
-                        && self.retry_unanswered(
-                            ctx,
-                            request.retry_scope(),
-                            index,
-                            timeout,
-                            replayable,
-                        )
-                    {
+                    if self.retry_after_no_answer(ctx, request, index, stale, timeout, replayable) {
                         bufs.upstream.clear();
                         continue;
                     }
@@ -1013,6 +1001,25 @@ impl Proxy {
             Err(e) if matches!(e.etype(), ErrorType::ConnectTimedout) => Upstream::Failed(504),
             Err(_) => Upstream::Failed(502),
         }
+    }
+
+    /// Whether to try again after an attempt that got no response head. A pooled
+    /// connection the upstream had closed (`stale`) processed nothing: it goes again for a
+    /// method that may be repeated, and is no failure of the instance (idle connections
+    /// get closed). Anything else is [`Proxy::retry_unanswered`].
+    pub(crate) fn retry_after_no_answer(
+        &self,
+        ctx: &mut RequestCtx,
+        request: &Forward,
+        index: usize,
+        stale: bool,
+        timeout: bool,
+        replayable: bool,
+    ) -> bool {
+        if stale {
+            return replayable && request.retryable_method && self.try_retry(ctx);
+        }
+        self.retry_unanswered(ctx, request.retry_scope(), index, timeout, replayable)
     }
 
     /// An attempt that got no response head (reset, closed, timed out): a failure of the

@@ -333,19 +333,7 @@ impl Proxy {
                 Err(AttemptError::Upstream { timeout, .. }) => {
                     // A pooled connection the upstream had closed: nothing was processed.
                     let stale = reused && !timeout && upstream.is_empty();
-                    if stale && replayable && request.retryable_method && self.try_retry(ctx) {
-                        continue;
-                    }
-                    // As for HTTP/1 clients.
-                    if !stale
-                        && self.retry_unanswered(
-                            ctx,
-                            request.retry_scope(),
-                            index,
-                            timeout,
-                            replayable,
-                        )
-                    {
+                    if self.retry_after_no_answer(ctx, request, index, stale, timeout, replayable) {
                         continue;
                     }
                     let status = if timeout { 504 } else { 502 };

@@ -363,19 +363,27 @@ fn unanswered_requests_retry_like_gateway_errors() {
         crashing.served() > crashed_before,
         "no HTTP/2 request reached the crashing instance"
     );
-    let mut statuses = |method: &str, host: &str| -> Vec<u16> {
-        (0..60)
-            .map(|_| {
-                client
-                    .request(method, host, "/", &[], b"x")
-                    .expect("request")
-                    .status
-            })
-            .collect()
-    };
-    let posts = statuses("POST", "web.example.com");
+    posts_and_routes_without_a_policy_are_not_retried(&mut client, 60);
+}
+
+/// `tries` statuses of `method` requests to `host`.
+fn statuses(client: &mut Client, method: &str, host: &str, tries: usize) -> Vec<u16> {
+    (0..tries)
+        .map(|_| {
+            client
+                .request(method, host, "/", &[], b"x")
+                .expect("request")
+                .status
+        })
+        .collect()
+}
+
+/// With one instance failing: POSTs on `web.example.com` (a route that retries gateway
+/// errors) and GETs on `plain.example.com` (no retry policy) see its 502s.
+fn posts_and_routes_without_a_policy_are_not_retried(client: &mut Client, tries: usize) {
+    let posts = statuses(client, "POST", "web.example.com", tries);
     assert!(posts.contains(&502), "POSTs must not be retried: {posts:?}");
-    let plain = statuses("GET", "plain.example.com");
+    let plain = statuses(client, "GET", "plain.example.com", tries);
     assert!(plain.contains(&502), "no retry policy, no retry: {plain:?}");
 }
 
@@ -1316,20 +1324,7 @@ fn h2_upstream_unanswered_requests_retry_like_gateway_errors() {
         "the crashing instance got {} requests",
         crasher.served()
     );
-    let mut statuses = |method: &str, host: &str| -> Vec<u16> {
-        (0..40)
-            .map(|_| {
-                client
-                    .request(method, host, "/", &[], b"x")
-                    .expect("request")
-                    .status
-            })
-            .collect()
-    };
-    let posts = statuses("POST", "web.example.com");
-    assert!(posts.contains(&502), "POSTs must not be retried: {posts:?}");
-    let plain = statuses("GET", "plain.example.com");
-    assert!(plain.contains(&502), "no retry policy, no retry: {plain:?}");
+    posts_and_routes_without_a_policy_are_not_retried(&mut client, 40);
     // A refused stream was not processed: any method goes to another instance, with or
     // without a retry policy.
     route(
@@ -1343,7 +1338,7 @@ fn h2_upstream_unanswered_requests_retry_like_gateway_errors() {
         r#"{"host":"refused.example.com","service":"refusing"}"#,
     );
     wait_backend(&outer, "refused.example.com", "/", "web");
-    let refused = statuses("POST", "refused.example.com");
+    let refused = statuses(&mut client, "POST", "refused.example.com", 40);
     assert!(
         refused.iter().all(|&s| s == 200),
         "refused streams are retried: {refused:?}"

@@ -227,6 +227,17 @@ fn response_framing() {
     check("SSH-2.0-OpenSSH\r\n\r\n", false, expect!["Malformed"]);
 }
 
+/// The head the client gets for `upstream`'s, with CRLF shown as LF.
+fn downstream_head(upstream: &str, route: &CompiledRoute, shape: ResponseShape) -> String {
+    let mut storage = [httparse::EMPTY_HEADER; 16];
+    let parsed = parse_response(upstream.as_bytes(), &mut storage, false)
+        .expect("valid")
+        .expect("complete");
+    let mut out = Vec::new();
+    write_downstream_head(&mut out, &parsed, route, shape);
+    String::from_utf8(out).expect("utf-8").replace("\r\n", "\n")
+}
+
 #[test]
 fn downstream_head_drops_a_length_beside_transfer_encoding_and_keeps_a_101_upgrade() {
     let table = table(r#"{"host":"a.com","service":"web"}"#);
@@ -238,15 +249,7 @@ fn downstream_head_drops_a_length_beside_transfer_encoding_and_keeps_a_101_upgra
         keep_alive_10: false,
         dechunk: false,
     };
-    let render = |upstream: &str| {
-        let mut storage = [httparse::EMPTY_HEADER; 16];
-        let parsed = parse_response(upstream.as_bytes(), &mut storage, false)
-            .expect("valid")
-            .expect("complete");
-        let mut out = Vec::new();
-        write_downstream_head(&mut out, &parsed, route, shape);
-        String::from_utf8(out).expect("utf-8").replace("\r\n", "\n")
-    };
+    let render = |upstream: &str| downstream_head(upstream, route, shape);
     expect![[r#"
         HTTP/1.1 200 OK
         Transfer-Encoding: chunked
@@ -276,15 +279,7 @@ fn downstream_head_applies_route_headers_and_shape() {
         .route("a.com", "/", &http::Method::GET, &HeaderMap::new())
         .expect("routed");
     let upstream = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Internal: 1\r\nX-Served-By: backend\r\nContent-Type: text/plain\r\n\r\n";
-    let mut storage = [httparse::EMPTY_HEADER; 16];
-    let parsed = parse_response(upstream.as_bytes(), &mut storage, false)
-        .expect("valid")
-        .expect("complete");
-    let render = |shape: ResponseShape| {
-        let mut out = Vec::new();
-        write_downstream_head(&mut out, &parsed, route, shape);
-        String::from_utf8(out).expect("utf-8").replace("\r\n", "\n")
-    };
+    let render = |shape: ResponseShape| downstream_head(upstream, route, shape);
     expect![[r#"
         HTTP/1.1 200 OK
         Transfer-Encoding: chunked
