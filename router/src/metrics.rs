@@ -96,7 +96,7 @@ impl RouterMetrics {
             rejected: IntCounterVec::new(
                 Opts::new(
                     "strait_router_rejected_requests_total",
-                    "Requests refused before routing (malformed, oversize, slow heads)",
+                    "Requests refused before routing (malformed, oversize, slow heads) or matching no route (no_route)",
                 ),
                 &["reason"],
             )?,

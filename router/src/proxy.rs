@@ -334,6 +334,7 @@ impl ProxyHttp for PingoraProxy {
             return respond(session, 400, "request path has dot segments\n".to_string()).await;
         }
         let Some(route) = table.route(host, req.uri.path(), &req.method, &req.headers) else {
+            self.metrics.rejected("no_route");
             let body = format!("no route for host {host:?}\n");
             return respond(session, 404, body).await;
         };

@@ -404,6 +404,7 @@ impl Proxy {
         let host = &*host;
         let table = self.table.load();
         let Some(route) = table.route(host, path, &method, head.headers) else {
+            self.metrics.rejected("no_route");
             return self.local(
                 404,
                 format!("no route for host {host:?}\n"),

@@ -162,6 +162,7 @@ impl Proxy {
         let host = routing_host(authority);
         let table = self.table.load();
         let Some(route) = table.route(&host, path, &req.method, &req.headers) else {
+            self.metrics.rejected("no_route");
             return H2Plan::Local {
                 status: 404,
                 body: format!("no route for host {:?}\n", &*host),

@@ -136,6 +136,14 @@ fn routes_by_host_path_header_and_method() {
         via("GET", "other.org", "/", &[]),
         "404 no route for host \"other.org\""
     );
+    // Counted, as Envoy's `no_route`: a bad DNS or Host rollout shows in the metrics.
+    assert!(
+        strait
+            .metrics_text()
+            .lines()
+            .any(|l| l.starts_with("strait_router_rejected_requests_total{reason=\"no_route\"} ")),
+        "no_route not counted"
+    );
     assert_eq!(
         via("GET", "web.example.com", "/api/../admin", &[]),
         "400 request path has dot segments",
