@@ -143,6 +143,9 @@ impl Router {
             .name("strait-tables".into())
             .spawn(move || {
                 let mut states = PoolStates::with_upstream_tls(upstream_tls);
+                // Propagation is observed once per new revision: a snapshot published
+                // again unchanged (a ZooKeeper reconnect) carries an old write time.
+                let mut observed_revision = None;
                 loop {
                     let snapshot = snapshots.borrow_and_update().clone();
                     let started = Instant::now();
@@ -152,11 +155,13 @@ impl Router {
                     table.store(Arc::new(next));
                     metrics.table_swaps.inc();
                     swaps.send_modify(|n| *n += 1);
-                    if let Some(written) = snapshot.changed_at
+                    if observed_revision != Some(snapshot.revision)
+                        && let Some(written) = snapshot.changed_at
                         && let Ok(elapsed) = SystemTime::now().duration_since(written)
                     {
                         metrics.propagation.observe(elapsed.as_secs_f64());
                     }
+                    observed_revision = Some(snapshot.revision);
                     if futures_lite_block_on(snapshots.changed()).is_err() {
                         return;
                     }

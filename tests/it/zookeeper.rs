@@ -329,6 +329,30 @@ fn propagation_latency_is_reported() {
         quantile(0.5),
         quantile(0.99)
     );
+
+    // The router's "store write -> table live" histogram: a deletion, seconds after the
+    // last write, is not measured as old as that write (it has no write time to read).
+    let router_sum = || {
+        b.metric("strait_router_propagation_seconds_sum")
+            .unwrap_or(0.0)
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let before = router_sum();
+    assert_eq!(a.delete("/v1/services/load/instances/i-0").0, 204);
+    eventually(Duration::from_secs(10), "B to see the deletion", || {
+        let n = b.instance_ids("load").len();
+        if n == N - 1 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let added = router_sum() - before;
+    assert!(
+        added < 1.0,
+        "a deletion measured as {added} s old (the previous write's age)"
+    );
 }
 
 /// `--upgrade` on ZooKeeper: the instances the old process's session owned are re-created

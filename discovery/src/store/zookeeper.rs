@@ -593,6 +593,9 @@ async fn apply_paths(
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    // The write time of this batch's changes only: a deletion has no mtime to read, and
+    // an earlier write's time would make it look as old as that write.
+    state.changed_at = None;
     for (path, read) in join_all(reads).await {
         match (classify(path), read) {
             // Only a deleted service node matters: it takes its instances with it.
