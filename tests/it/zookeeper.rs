@@ -278,6 +278,38 @@ fn session_expiry_recreates_own_instances() {
         a.log_text().contains("starting a new one"),
         "A noticed the expiry"
     );
+
+    // Changes made through B to A's instances outlast A's next session: a drained
+    // instance stays drained, a deleted one stays deleted.
+    assert_eq!(a.put("/v1/services/web/instances/web-2", INSTANCE).0, 200);
+    wait_ids(&b, "web", &["web-1", "web-2"], "B to see web-2");
+    assert_eq!(
+        b.put(
+            "/v1/services/web/instances/web-1/health",
+            r#"{"health":"maintenance"}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(b.delete("/v1/services/web/instances/web-2").0, 204);
+    wait_ids(&a, "web", &["web-1"], "A to see web-2 deleted");
+    eventually(Duration::from_secs(10), "A to see web-1 drained", || {
+        let (_, instance) = a.get("/v1/services/web/instances/web-1");
+        (instance["health"] == "maintenance")
+            .then_some(())
+            .ok_or(instance.to_string())
+    });
+    signal(a.pid(), "STOP");
+    let expired = std::panic::catch_unwind(|| {
+        wait_ids(&b, "web", &[], "A's session to expire again while frozen")
+    });
+    signal(a.pid(), "CONT");
+    assert!(expired.is_ok(), "A's session did not expire");
+    wait_ids(&b, "web", &["web-1"], "A to re-create web-1 only");
+    let (_, instance) = b.get("/v1/services/web/instances/web-1");
+    assert_eq!(instance["health"], "maintenance", "still drained");
+    std::thread::sleep(Duration::from_millis(500));
+    wait_ids(&b, "web", &["web-1"], "web-2 still deleted");
 }
 
 /// Not a timing assertion: counts that every write propagated, and prints the latency

@@ -207,12 +207,20 @@ impl Store for ZkStore {
 
     async fn deregister(&self, service: &str, id: &str) -> Result<bool, StoreError> {
         let client = self.client()?;
+        // Out of `owned` before the delete, so the watch does not take the delete for
+        // another process's; back in if the delete fails.
+        let key = (service.to_string(), id.to_string());
+        let own = lock(&self.shared.owned).remove(&key);
         let removed = match client.delete(&instance_path(service, id), None).await {
             Ok(()) => true,
             Err(zk::Error::NoNode) => false,
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => {
+                if let Some(own) = own {
+                    lock(&self.shared.owned).insert(key, own);
+                }
+                return Err(unavailable(e));
+            }
         };
-        lock(&self.shared.owned).remove(&(service.to_string(), id.to_string()));
         Ok(removed)
     }
 
@@ -605,6 +613,14 @@ async fn apply_paths(
             (Node::Instance(service, id), Some(Read::Data(Ok((data, stat))))) => {
                 match decode_instance(path, service, id, &data) {
                     Some(instance) => {
+                        // One of ours changed by another process (a health set through its
+                        // admin API): a new session re-creates it as it now is.
+                        if let Some(own) =
+                            lock(&shared.owned).get_mut(&(service.to_string(), id.to_string()))
+                            && *own != instance
+                        {
+                            *own = instance.clone();
+                        }
                         if state.upsert_instance(instance) {
                             changed = true;
                             observe_mtime(shared, state, now_ms, stat.mtime);
@@ -625,6 +641,14 @@ async fn apply_paths(
                 }
             }
             (Node::Instance(service, id), Some(Read::Data(Err(zk::Error::NoNode)))) => {
+                // One of ours deleted by another process while our session lives (its own
+                // expiry deletes nothing we see): a new session must not bring it back.
+                if lock(&shared.owned)
+                    .remove(&(service.to_string(), id.to_string()))
+                    .is_some()
+                {
+                    info!(service = %service, id = %id, "own instance deleted through another process; it will not be re-created");
+                }
                 changed |= state.remove_instance(service, id).is_some();
             }
             (Node::Route(name), Some(Read::Data(Err(zk::Error::NoNode)))) => {
