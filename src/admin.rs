@@ -25,6 +25,7 @@ pub struct Admin {
     pub token: Option<Arc<str>>,
     pub router: Arc<router::Router>,
     pub agent: Option<Arc<discovery::agent::Agent>>,
+    pub deploy: Arc<deploy::Controller>,
     requests: IntCounterVec,
 }
 
@@ -37,6 +38,7 @@ impl Admin {
         token: Option<String>,
         router: Arc<router::Router>,
         agent: Option<Arc<discovery::agent::Agent>>,
+        deploy: Arc<deploy::Controller>,
     ) -> anyhow::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
@@ -54,6 +56,7 @@ impl Admin {
             token: token.map(Arc::from),
             router,
             agent,
+            deploy,
             requests,
         })
     }
@@ -68,6 +71,7 @@ impl Admin {
             .route("/v1/explain", axum::routing::post(explain))
             .with_state(self.clone())
             .merge(agent_routes(self.agent.clone()))
+            .merge(deploy::api::router(Arc::clone(&self.deploy)))
             .merge(api)
             .layer(middleware::from_fn_with_state(self.clone(), authenticate));
         axum::Router::new()

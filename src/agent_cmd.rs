@@ -24,8 +24,30 @@ use crate::cli::{AdminClient, Method};
 #[derive(clap::Args)]
 pub struct AgentArgs {
     /// Local services to register and health-check (TOML `[[service]]` file).
+    #[arg(long, required_unless_present = "runtime")]
+    pub services: Option<PathBuf>,
+    /// Run the deployments' containers on this host with this engine (needs `--store`:
+    /// the agent follows the store's deployments).
+    #[arg(long, value_enum)]
+    pub runtime: Option<crate::settings::Runtime>,
+    /// This agent's id among the agents (a DNS label; default: the host name).
     #[arg(long)]
-    pub services: PathBuf,
+    pub id: Option<String>,
+    /// The zone this host is in (default `default`).
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// The address the containers are reached at (they use the host's network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub advertise: std::net::IpAddr,
+    /// Ports handed to containers, `low-high`.
+    #[arg(long, default_value = "20000-29999")]
+    pub ports: crate::settings::PortRange,
+    /// The podman binary.
+    #[arg(long, default_value = "podman")]
+    pub podman: PathBuf,
+    /// SIGTERM to SIGKILL when a container stops.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stop_timeout: Duration,
     /// Register straight into ZooKeeper: `zk://host:port[,host:port]/chroot`. Without it the
     /// agent registers through the admin API given by `--admin`.
     #[arg(long)]
@@ -52,9 +74,30 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.addr
         );
     }
-    let text = std::fs::read_to_string(&args.services)
-        .with_context(|| format!("cannot read {}", args.services.display()))?;
-    let file = discovery::agent::parse(&args.services, &text)?;
+    let file = match &args.services {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            discovery::agent::parse(path, &text)?
+        }
+        None => discovery::agent::AgentFile::default(),
+    };
+    if args.runtime.is_some() && args.store.is_none() {
+        bail!(
+            "an agent that runs containers follows the store's deployments: give --store zk://… \
+             (on an embedded store, run the containers in `strait up --runtime podman` itself)"
+        );
+    }
+    let supervisor_config = crate::settings::AgentConfig {
+        runtime: args.runtime,
+        id: args.id.clone(),
+        zone: args.zone.clone(),
+        advertise: Some(args.advertise),
+        ports: Some(args.ports),
+        podman: Some(args.podman.clone()),
+        stop_timeout: Some(args.stop_timeout),
+        services: None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -96,15 +139,36 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 registrar
             }
         };
-        info!(services = file.services.len(), file = %args.services.display(), "agent: registering local services");
+        if let Some(path) = &args.services {
+            info!(services = file.services.len(), file = %path.display(), "agent: registering local services");
+        }
         let agent = Agent::start(file, registrar);
-        let app = crate::admin::agent_routes(Some(Arc::clone(&agent)))
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-            .layer(axum::middleware::from_fn(crate::admin::json_errors));
+        let metrics = prometheus::Registry::new();
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         let addr = listener.local_addr()?;
+        if let (Some(config), Some(store)) =
+            (supervisor_config.supervisor(addr.port()), store.as_ref())
+        {
+            deploy::Supervisor::start(
+                config,
+                Arc::clone(&agent),
+                deploy::SupervisorMetrics::new(&metrics)?,
+                store.watch(),
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
+        let app = crate::admin::agent_routes(Some(Arc::clone(&agent)))
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { crate::admin::render_metrics(&metrics) }
+                }),
+            )
+            .layer(axum::middleware::from_fn(crate::admin::json_errors));
         info!(addr = %addr, "agent API listening on {addr}");
         registry::http::serve(
             "agent API",

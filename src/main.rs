@@ -7,6 +7,7 @@
 mod admin;
 mod agent_cmd;
 mod cli;
+mod deploy_cmd;
 mod registry_cmd;
 mod settings;
 mod up;
@@ -61,7 +62,23 @@ enum Command {
         #[command(subcommand)]
         command: RouteCommand,
     },
-    /// Run the host-local agent alone: register local services and health-check them.
+    /// Deploy an app from the registry (health-gated rollout with automatic rollback);
+    /// its status, history, rollback, cancel (through the admin API).
+    Deploy {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(flatten)]
+        args: deploy_cmd::DeployArgs,
+    },
+    /// List, show and remove deployed apps (through the admin API).
+    App {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: deploy_cmd::AppCommand,
+    },
+    /// Run the host-local agent alone: register local services and health-check them,
+    /// and (with --runtime podman) run the deployments' containers.
     Agent(agent_cmd::AgentArgs),
     /// Build a reproducible OCI image from a small config, without a daemon.
     Build(builder::BuildArgs),
@@ -112,6 +129,12 @@ pub struct UpArgs {
     /// request. The old process drains and exits.
     #[arg(long)]
     pub upgrade: bool,
+    /// Run deployed containers on this host with this engine. Overrides `agent.runtime`.
+    #[arg(long, value_enum)]
+    pub runtime: Option<settings::Runtime>,
+    /// The zone this host's agent is in. Overrides `agent.zone`.
+    #[arg(long)]
+    pub zone: Option<String>,
 }
 
 #[derive(Args)]
@@ -247,6 +270,8 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Svc { admin, command } => cli::svc(&admin, command),
         Command::Route { admin, command } => cli::route(&admin, command),
+        Command::Deploy { admin, args } => deploy_cmd::deploy(&admin, args),
+        Command::App { admin, command } => deploy_cmd::app(&admin, command),
         Command::Agent(args) => agent_cmd::run(args),
         Command::Build(args) => builder::build_command(args).map_err(anyhow::Error::from),
         Command::Registry { command } => registry_cmd::run(command),

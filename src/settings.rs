@@ -25,13 +25,134 @@ pub struct Settings {
     pub registry: registry::RegistryConfig,
 }
 
-/// The `[agent]` section: local services to register and health-check.
+/// The `[agent]` section: local services to register and health-check, and whether this
+/// host runs deployed containers (see docs/deploy.md).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// A TOML file of `[[service]]` definitions (see docs/agent.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<std::path::PathBuf>,
+    /// `podman`: run the deployments' containers on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// This agent's id among the agents (default: the host name).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "agent_id"
+    )]
+    pub id: Option<String>,
+    /// The zone this host is in (default `default`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "zone"
+    )]
+    pub zone: Option<String>,
+    /// The address containers are reached at (default 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Ports handed to containers, `low-high` (default `20000-29999`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    /// The podman binary (default `podman` on the PATH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub podman: Option<std::path::PathBuf>,
+    /// SIGTERM to SIGKILL when a container stops (default 10s).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub stop_timeout: Option<std::time::Duration>,
+}
+
+/// The container engine an agent drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Podman,
+}
+
+fn agent_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let id = String::deserialize(d)?;
+    deploy::supervisor::validate_agent_id(&id).map_err(serde::de::Error::custom)?;
+    Ok(Some(id))
+}
+
+fn zone<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let zone = String::deserialize(d)?;
+    discovery::model::validate_dns_label("zone", &zone).map_err(serde::de::Error::custom)?;
+    Ok(Some(zone))
+}
+
+/// `low-high`, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a port range like 20000-29999");
+        let (low, high) = s.split_once('-').ok_or_else(bad)?;
+        let (low, high): (u16, u16) = (
+            low.trim().parse().map_err(|_| bad())?,
+            high.trim().parse().map_err(|_| bad())?,
+        );
+        if low == 0 || low > high {
+            return Err(bad());
+        }
+        Ok(PortRange(low, high))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}-{}", self.0, self.1))
+    }
+}
+
+impl AgentConfig {
+    /// The supervisor's settings when this host runs containers. `api_port`: the port of
+    /// the API this agent is reached on (its registration in `strait-agent`).
+    pub fn supervisor(&self, api_port: u16) -> Option<deploy::SupervisorConfig> {
+        self.runtime?;
+        Some(deploy::SupervisorConfig {
+            id: self
+                .id
+                .clone()
+                .unwrap_or_else(deploy::supervisor::default_agent_id),
+            zone: self
+                .zone
+                .clone()
+                .unwrap_or_else(|| discovery::apps::DEFAULT_ZONE.to_string()),
+            advertise: self
+                .advertise
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+            ports: self.ports.map_or((20000, 29999), |r| (r.0, r.1)),
+            podman: self
+                .podman
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from("podman")),
+            stop_timeout: self
+                .stop_timeout
+                .unwrap_or(std::time::Duration::from_secs(10)),
+            api_port: api_port.max(1),
+            registry_credentials: std::env::var("STRAIT_REGISTRY_AUTH")
+                .ok()
+                .filter(|c| !c.is_empty()),
+        })
+    }
 }
 
 /// The `[admin]` section. A non-loopback `addr` requires a `token`.

@@ -38,6 +38,13 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.registry_addr {
         settings.registry.addr = addr;
     }
+    if let Some(runtime) = args.runtime {
+        settings.agent.runtime = Some(runtime);
+    }
+    if let Some(zone) = args.zone {
+        discovery::model::validate_dns_label("--zone", &zone)?;
+        settings.agent.zone = Some(zone);
+    }
     if let Some(addr) = args.https_addr {
         let Some(listener) = settings.router.tls.first_mut() else {
             anyhow::bail!(
@@ -147,9 +154,17 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         Some((udp, tcp)) => dns.start_inherited(udp, tcp)?,
         None => dns.start()?,
     };
-    let agent = match agent_file {
-        Some((path, file)) => {
-            info!(services = file.services.len(), file = %path.display(), "agent: registering local services");
+    // The agent: the file's services, and the containers when this host runs them.
+    let runs_containers = settings.agent.runtime.is_some();
+    let agent = if agent_file.is_some() || runs_containers {
+        {
+            let file = match agent_file {
+                Some((path, file)) => {
+                    info!(services = file.services.len(), file = %path.display(), "agent: registering local services");
+                    file
+                }
+                None => discovery::agent::AgentFile::default(),
+            };
             let adopted = transfer
                 .as_ref()
                 .map_or(&[][..], |t| t.store.instances.as_slice());
@@ -162,7 +177,23 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
                 adopted,
             ))
         }
-        None => None,
+    } else {
+        None
+    };
+    let controller = deploy::Controller::new(
+        Arc::clone(&store),
+        Arc::new(RouterTraffic(Arc::clone(&router))),
+        Arc::new(deploy::resolve::RegistryResolver {
+            credentials: std::env::var("STRAIT_REGISTRY_AUTH")
+                .ok()
+                .filter(|c| !c.is_empty()),
+        }),
+        deploy::ControllerMetrics::new(&registry)?,
+    );
+    let supervisor_metrics = if runs_containers {
+        Some(deploy::SupervisorMetrics::new(&registry)?)
+    } else {
+        None
     };
     let mut registry_listener = match (&registry_server, sockets.registry.take()) {
         (Some(server), Some(inherited)) => Some(server.inherit(inherited)?),
@@ -177,6 +208,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         settings.admin.token.clone(),
         Arc::clone(&router),
         agent.clone(),
+        Arc::clone(&controller),
     )?
     .router();
     let mut admin_listener = match sockets.admin.take() {
@@ -203,6 +235,15 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         tcp_listeners: std::mem::take(&mut sockets.tcp_routes),
     })?;
     let admin_addr = admin_listener.local_addr()?;
+    controller.start_recovery();
+    if let (Some(agent), Some(metrics), Some(config)) = (
+        &agent,
+        supervisor_metrics,
+        settings.agent.supervisor(admin_addr.port()),
+    ) {
+        deploy::Supervisor::start(config, Arc::clone(agent), metrics, store.watch())
+            .map_err(anyhow::Error::msg)?;
+    }
     // Logged last: test harnesses wait for this line.
     info!(addr = %admin_addr, "admin API listening on {admin_addr}");
     if !upgrade {
@@ -380,6 +421,15 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     store.shutdown().await;
     paths.remove_pid();
     Ok(())
+}
+
+/// The router's own counters, for the deployment controller's watch of a new version.
+struct RouterTraffic(Arc<router::Router>);
+
+impl deploy::TrafficStats for RouterTraffic {
+    fn requests(&self, route: &str, service: &str, tag: &str) -> (u64, u64) {
+        self.0.requests_answered(route, service, tag)
+    }
 }
 
 /// How long the running process waits for its successor's `ready`.

@@ -256,12 +256,12 @@ pub fn parse(source: &Path, text: &str) -> Result<AgentFile, AgentError> {
         .map_err(|e| AgentError::Config(e.to_string()))?;
     let mut ids = std::collections::BTreeSet::new();
     for def in &file.services {
-        def.instance(Health::Passing)
-            .map_err(|error| AgentError::Invalid {
-                service: def.service.clone(),
-                id: def.id.clone(),
-                error,
-            })?;
+        validate_definition(def).map_err(|e| match e {
+            AgentError::Config(message) => {
+                AgentError::Config(format!("{}: {message}", source.display()))
+            }
+            invalid => invalid,
+        })?;
         if !ids.insert((def.service.clone(), def.id.clone())) {
             return Err(AgentError::Config(format!(
                 "{}: `{}/{}` is defined twice",
@@ -269,28 +269,6 @@ pub fn parse(source: &Path, text: &str) -> Result<AgentFile, AgentError> {
                 def.service,
                 def.id
             )));
-        }
-        for check in &def.checks {
-            if check.rise == 0
-                || check.fall == 0
-                || check.interval.is_zero()
-                || check.timeout.is_zero()
-            {
-                return Err(AgentError::Config(format!(
-                    "{}: `{}/{}`: check interval, timeout, rise and fall must be greater than 0",
-                    source.display(),
-                    def.service,
-                    def.id
-                )));
-            }
-            check.kind().map_err(|e| {
-                AgentError::Config(format!(
-                    "{}: `{}/{}`: check: {e}",
-                    source.display(),
-                    def.service,
-                    def.id
-                ))
-            })?;
         }
     }
     Ok(file)
@@ -316,12 +294,20 @@ struct CheckState {
     failures: u32,
     /// TTL checks: when the app last said it is alive.
     last_pass: Option<Instant>,
+    /// HTTP and TCP checks: when the next run is due.
+    next_run: Instant,
 }
+
+/// An instance's key: (service, id).
+type Key = (String, String);
 
 struct Local {
     definition: ServiceDefinition,
     checks: Vec<CheckState>,
     maintenance: bool,
+    /// The health the check loop last wrote successfully (`None`: not yet, or the write
+    /// failed and must be retried).
+    written: Option<Health>,
     /// The health last written, and when (anti-entropy compares the store with it, and
     /// leaves fresh writes alone: a watch-fed snapshot may not show them yet).
     published: Option<(Health, Instant)>,
@@ -330,6 +316,30 @@ struct Local {
 }
 
 impl Local {
+    /// A new instance's state. `passing`: its checks start as passed (an adopted instance
+    /// the predecessor published as passing), else they must pass `rise` times first.
+    fn new(definition: ServiceDefinition, passing: bool) -> Local {
+        let now = Instant::now();
+        Local {
+            checks: definition
+                .checks
+                .iter()
+                .map(|check| CheckState {
+                    passing,
+                    successes: if passing { check.rise } else { 0 },
+                    failures: 0,
+                    last_pass: passing.then_some(now),
+                    next_run: now,
+                })
+                .collect(),
+            maintenance: definition.maintenance,
+            written: None,
+            published: None,
+            republish: false,
+            definition,
+        }
+    }
+
     fn health(&self) -> Health {
         if self.maintenance {
             Health::Maintenance
@@ -338,6 +348,17 @@ impl Local {
         } else {
             Health::Critical
         }
+    }
+
+    /// The check `check_id` names: its explicit id, or `<instance id>:<index>`.
+    fn check_index(&self, check_id: &str) -> Option<usize> {
+        self.definition.checks.iter().enumerate().position(|(c, check)| match &check.id {
+            Some(id) => id == check_id,
+            None => check_id
+                .strip_prefix(self.definition.id.as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .is_some_and(|index| index.parse() == Ok(c)),
+        })
     }
 }
 
@@ -353,11 +374,35 @@ pub enum PassError {
 /// The running agent.
 pub struct Agent {
     registrar: Arc<dyn Registrar>,
-    locals: Mutex<Vec<Local>>,
-    /// Check id -> (instance index, check index), for TTL passes.
-    check_ids: BTreeMap<String, (usize, usize)>,
+    locals: Mutex<BTreeMap<Key, Local>>,
+    /// Held while the check loop writes and while an instance is removed, so a removal
+    /// never races a write that would register the instance again.
+    writing: tokio::sync::Mutex<()>,
     /// Bumped by `stop` and `resume`: a check loop of an older generation ends.
     generation: std::sync::atomic::AtomicU64,
+}
+
+/// Checks one definition as `parse` does for a file (errors name the instance).
+pub fn validate_definition(def: &ServiceDefinition) -> Result<(), AgentError> {
+    def.instance(Health::Passing)
+        .map_err(|error| AgentError::Invalid {
+            service: def.service.clone(),
+            id: def.id.clone(),
+            error,
+        })?;
+    for check in &def.checks {
+        if check.rise == 0 || check.fall == 0 || check.interval.is_zero() || check.timeout.is_zero()
+        {
+            return Err(AgentError::Config(format!(
+                "`{}/{}`: check interval, timeout, rise and fall must be greater than 0",
+                def.service, def.id
+            )));
+        }
+        check
+            .kind()
+            .map_err(|e| AgentError::Config(format!("`{}/{}`: check: {e}", def.service, def.id)))?;
+    }
+    Ok(())
 }
 
 impl Agent {
@@ -375,65 +420,89 @@ impl Agent {
         registrar: Arc<dyn Registrar>,
         adopted: &[Instance],
     ) -> Arc<Agent> {
-        let mut check_ids = BTreeMap::new();
         let locals = file
             .services
             .into_iter()
-            .enumerate()
-            .map(|(i, definition)| {
-                for (c, check) in definition.checks.iter().enumerate() {
-                    let id = check
-                        .id
-                        .clone()
-                        .unwrap_or_else(|| format!("{}:{c}", definition.id));
-                    check_ids.insert(id, (i, c));
-                }
+            .map(|definition| {
                 let passing = adopted.iter().any(|instance| {
                     instance.service == definition.service
                         && instance.id == definition.id
                         && instance.spec.health == Health::Passing
                 });
-                Local {
-                    checks: definition
-                        .checks
-                        .iter()
-                        .map(|check| CheckState {
-                            passing,
-                            successes: if passing { check.rise } else { 0 },
-                            failures: 0,
-                            last_pass: passing.then(Instant::now),
-                        })
-                        .collect(),
-                    maintenance: definition.maintenance,
-                    published: None,
-                    republish: false,
-                    definition,
-                }
+                let key = (definition.service.clone(), definition.id.clone());
+                (key, Local::new(definition, passing))
             })
             .collect();
         let agent = Arc::new(Agent {
             registrar,
             locals: Mutex::new(locals),
-            check_ids,
+            writing: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(Arc::clone(&agent).run(0));
         agent
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Local>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Local>> {
         // Updates are single assignments; a poisoned guard is still consistent.
         self.locals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an instance to check and publish (the supervisor's containers), or replaces
+    /// the definition of one already there: its check state and maintenance carry over
+    /// when its checks are the same, so a metadata change does not reset its health.
+    pub fn upsert(&self, definition: ServiceDefinition) -> Result<(), AgentError> {
+        validate_definition(&definition)?;
+        let key = (definition.service.clone(), definition.id.clone());
+        let mut locals = self.lock();
+        match locals.get_mut(&key) {
+            Some(local) if local.definition.checks == definition.checks => {
+                if local.definition != definition {
+                    local.definition = definition;
+                    // Written again with the new definition on the next pass.
+                    local.written = None;
+                }
+            }
+            _ => {
+                locals.insert(key, Local::new(definition, false));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops checking an instance and deregisters it. `false` if it was not the agent's.
+    pub async fn remove(&self, service: &str, id: &str) -> Result<bool, String> {
+        let _writing = self.writing.lock().await;
+        let removed = self
+            .lock()
+            .remove(&(service.to_string(), id.to_string()))
+            .is_some();
+        if removed {
+            self.registrar.deregister(service, id).await?;
+        }
+        Ok(removed)
+    }
+
+    /// The health the agent's checks give an instance now (`None`: not the agent's).
+    pub fn health(&self, service: &str, id: &str) -> Option<Health> {
+        self.lock()
+            .get(&(service.to_string(), id.to_string()))
+            .map(Local::health)
+    }
+
+    /// The agent's instances, as (service, id).
+    pub fn instances(&self) -> Vec<(String, String)> {
+        self.lock().keys().cloned().collect()
     }
 
     /// `PUT /v1/agent/checks/{id}/pass`: a TTL check's heartbeat. HTTP and TCP checks
     /// pass by their own results only.
     pub fn pass(&self, check_id: &str) -> Result<(), PassError> {
-        let Some(&(i, c)) = self.check_ids.get(check_id) else {
-            return Err(PassError::Unknown);
-        };
         let mut locals = self.lock();
-        let Some(local) = locals.get_mut(i) else {
+        let Some((local, c)) = locals
+            .values_mut()
+            .find_map(|local| local.check_index(check_id).map(|c| (local, c)))
+        else {
             return Err(PassError::Unknown);
         };
         if local.definition.checks.get(c).map(|d| d.kind) != Some(CheckType::Ttl) {
@@ -450,11 +519,7 @@ impl Agent {
 
     /// Maintenance mode for a local instance (drain). `false` if unknown.
     pub fn set_maintenance(&self, service: &str, id: &str, enable: bool) -> bool {
-        let mut locals = self.lock();
-        match locals
-            .iter_mut()
-            .find(|l| l.definition.service == service && l.definition.id == id)
-        {
+        match self.lock().get_mut(&(service.to_string(), id.to_string())) {
             Some(local) => {
                 local.maintenance = enable;
                 true
@@ -478,36 +543,36 @@ impl Agent {
                 return;
             }
             let now = Instant::now();
-            let settled: Vec<(usize, String, String, Health, Instant)> = self
+            let settled: Vec<(Key, Health, Instant)> = self
                 .lock()
                 .iter()
-                .enumerate()
-                .filter_map(|(i, l)| {
+                .filter_map(|(key, l)| {
                     let (health, at) = l.published?;
-                    let def = &l.definition;
                     (now.saturating_duration_since(at) >= SETTLE)
-                        .then(|| (i, def.service.clone(), def.id.clone(), health, at))
+                        .then(|| (key.clone(), health, at))
                 })
                 .collect();
-            for (i, service, id, health, at) in settled {
-                match self.registrar.stored_health(&service, &id).await {
+            for (key, health, at) in settled {
+                let (service, id) = &key;
+                match self.registrar.stored_health(service, id).await {
                     Ok(stored) => {
                         if failing {
                             info!("agent: the store answers again");
                             failing = false;
                         }
                         if stored != Some(health) {
-                            warn!(
-                                %service,
-                                %id,
-                                stored = stored.map_or("absent", Health::as_str),
-                                health = health.as_str(),
-                                "agent: the store disagrees with the checks; writing them again"
-                            );
-                            // Unless the check loop wrote again meanwhile.
-                            if let Some(local) = self.lock().get_mut(i)
+                            // Unless the check loop wrote again meanwhile, or the
+                            // instance was removed.
+                            if let Some(local) = self.lock().get_mut(&key)
                                 && local.published.is_some_and(|(_, t)| t == at)
                             {
+                                warn!(
+                                    %service,
+                                    %id,
+                                    stored = stored.map_or("absent", Health::as_str),
+                                    health = health.as_str(),
+                                    "agent: the store disagrees with the checks; writing them again"
+                                );
                                 local.republish = true;
                             }
                         }
@@ -531,59 +596,43 @@ impl Agent {
         tokio::spawn(Arc::clone(&self).anti_entropy(generation));
         let current = || self.generation.load(Ordering::Acquire) == generation;
         let tick = Duration::from_millis(100);
-        let mut published: Vec<Option<Health>> = vec![None; self.lock().len()];
-        let mut next_run: Vec<Vec<Instant>> = self
-            .lock()
-            .iter()
-            .map(|l| vec![Instant::now(); l.checks.len()])
-            .collect();
-        // TTL checks are not run: a heartbeat passes them, and time alone fails them.
-        let ttls: Vec<Vec<Option<Duration>>> = self
-            .lock()
-            .iter()
-            .map(|l| {
-                l.definition
-                    .checks
-                    .iter()
-                    .map(|c| match c.kind() {
-                        Ok(CheckKind::Ttl { ttl }) => Some(ttl),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .collect();
         while current() {
-            // Run the checks that are due, concurrently.
-            let due: Vec<(usize, usize, ServiceDefinition, CheckDefinition)> = {
+            // Run the checks that are due, concurrently. TTL checks are not run: a
+            // heartbeat passes them, and time alone fails them.
+            let due: Vec<(Key, usize, ServiceDefinition, CheckDefinition)> = {
                 let mut locals = self.lock();
                 let now = Instant::now();
                 let mut due = Vec::new();
-                for (i, local) in locals.iter_mut().enumerate() {
+                for (key, local) in locals.iter_mut() {
                     for (c, check) in local.definition.checks.iter().enumerate() {
-                        if let Some(ttl) = ttls[i][c] {
-                            let state = &mut local.checks[c];
+                        let state = &mut local.checks[c];
+                        if let Ok(CheckKind::Ttl { ttl }) = check.kind() {
                             state.passing = state
                                 .last_pass
                                 .is_some_and(|t| now.saturating_duration_since(t) <= ttl);
-                        } else if next_run[i][c] <= now {
-                            due.push((i, c, local.definition.clone(), check.clone()));
+                        } else if state.next_run <= now {
+                            due.push((key.clone(), c, local.definition.clone(), check.clone()));
                         }
                     }
                 }
                 due
             };
             let results =
-                futures::future::join_all(due.iter().map(|(i, c, def, check)| async move {
-                    (*i, *c, run_check(def, check).await)
+                futures::future::join_all(due.into_iter().map(|(key, c, def, check)| async move {
+                    let ok = run_check(&def, &check).await;
+                    (key, c, check, ok)
                 }))
                 .await;
             {
                 let mut locals = self.lock();
-                for (i, c, ok) in results {
-                    let Some(local) = locals.get_mut(i) else {
+                for (key, c, definition, ok) in results {
+                    // Removed, or redefined with other checks, while it ran.
+                    let Some(local) = locals.get_mut(&key) else {
                         continue;
                     };
-                    let definition = &local.definition.checks[c];
+                    if local.definition.checks.get(c) != Some(&definition) {
+                        continue;
+                    }
                     let state = &mut local.checks[c];
                     if ok {
                         state.successes += 1;
@@ -599,48 +648,55 @@ impl Agent {
                         }
                     }
                     let jitter = rand::random_range(0.9..1.1);
-                    next_run[i][c] = Instant::now() + definition.interval.mul_f64(jitter);
+                    state.next_run = Instant::now() + definition.interval.mul_f64(jitter);
                 }
             }
             if !current() {
                 return;
             }
-            // Publish what changed, and re-publish what the store lost (e.g. after an
-            // outage, a new ZooKeeper session or a lost lease). Only the instances that
-            // need writing are built.
-            let pending: Vec<(usize, Health, Option<Instance>)> = self
-                .lock()
-                .iter()
-                .enumerate()
-                .filter_map(|(i, local)| {
-                    let health = local.health();
-                    let def = &local.definition;
-                    let stored = self.registrar.holds(&def.service, &def.id);
-                    (published[i] != Some(health) || !stored || local.republish)
-                        .then(|| (i, health, def.instance(health).ok()))
-                })
-                .collect();
-            for (i, health, instance) in pending {
-                let Some(instance) = instance else { continue };
-                let (service, id) = (instance.service.clone(), instance.id.clone());
-                match self.registrar.register(instance).await {
-                    Ok(()) => {
-                        if published[i] != Some(health) {
-                            info!(service = %service, id = %id, health = health.as_str(), "agent: health published");
-                        }
-                        published[i] = Some(health);
-                        if let Some(local) = self.lock().get_mut(i) {
-                            local.published = Some((health, Instant::now()));
-                            local.republish = false;
-                        }
+            self.publish().await;
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// Publishes what changed, and re-publishes what the store lost (e.g. after an outage,
+    /// a new ZooKeeper session or a lost lease). Only the instances that need writing are
+    /// built.
+    async fn publish(&self) {
+        let _writing = self.writing.lock().await;
+        let pending: Vec<(Key, Health, Option<Instance>)> = self
+            .lock()
+            .iter()
+            .filter_map(|(key, local)| {
+                let health = local.health();
+                let def = &local.definition;
+                let stored = self.registrar.holds(&def.service, &def.id);
+                (local.written != Some(health) || !stored || local.republish)
+                    .then(|| (key.clone(), health, def.instance(health).ok()))
+            })
+            .collect();
+        for (key, health, instance) in pending {
+            let Some(instance) = instance else { continue };
+            let (service, id) = (instance.service.clone(), instance.id.clone());
+            let result = self.registrar.register(instance).await;
+            let mut locals = self.lock();
+            let Some(local) = locals.get_mut(&key) else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    if local.written != Some(health) {
+                        info!(service = %service, id = %id, health = health.as_str(), "agent: health published");
                     }
-                    Err(e) => {
-                        warn!(service = %service, id = %id, error = %e, "agent: cannot publish; will retry");
-                        published[i] = None;
-                    }
+                    local.written = Some(health);
+                    local.published = Some((health, Instant::now()));
+                    local.republish = false;
+                }
+                Err(e) => {
+                    warn!(service = %service, id = %id, error = %e, "agent: cannot publish; will retry");
+                    local.written = None;
                 }
             }
-            tokio::time::sleep(tick).await;
         }
     }
 
@@ -664,11 +720,8 @@ impl Agent {
     /// cannot publish them again.
     pub async fn shutdown(&self) {
         self.stop();
-        let ids: Vec<(String, String)> = self
-            .lock()
-            .iter()
-            .map(|l| (l.definition.service.clone(), l.definition.id.clone()))
-            .collect();
+        let _writing = self.writing.lock().await;
+        let ids: Vec<Key> = self.lock().keys().cloned().collect();
         for (service, id) in ids {
             if let Err(error) = self.registrar.deregister(&service, &id).await {
                 warn!(%service, %id, %error, "agent: cannot deregister at shutdown");

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod apps;
 pub mod dns;
 pub mod lease;
 pub mod model;

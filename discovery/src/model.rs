@@ -293,6 +293,10 @@ pub struct HeaderMatch {
 pub struct WeightedService {
     pub service: String,
     pub weight: u32,
+    /// Only the service's instances with this tag (a subset, as Consul's service-resolver
+    /// and Envoy's subset balancer select them): one version of an app during a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -557,6 +561,9 @@ impl Route {
         let mut total = 0u64;
         for (i, target) in self.split.iter().enumerate() {
             validate_dns_label(&format!("split[{i}].service"), &target.service)?;
+            if let Some(tag) = &target.tag {
+                validate_dns_label(&format!("split[{i}].tag"), tag)?;
+            }
             total += u64::from(target.weight);
         }
         if !self.split.is_empty() && total == 0 {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::apps::{App, Deployment};
 use crate::model::{Health, Instance, Route};
 
 /// The instances of one service, by instance id.
@@ -28,6 +29,10 @@ impl Service {
 
 pub type ServiceMap = BTreeMap<Arc<str>, Arc<Service>>;
 pub type RouteMap = BTreeMap<Arc<str>, Arc<Route>>;
+pub type AppMap = BTreeMap<Arc<str>, Arc<App>>;
+/// One app's deployments by id.
+pub type AppDeployments = BTreeMap<u64, Arc<Deployment>>;
+pub type DeploymentMap = BTreeMap<Arc<str>, Arc<AppDeployments>>;
 
 /// The whole state at one monotonically increasing revision.
 ///
@@ -38,6 +43,9 @@ pub struct Snapshot {
     pub revision: u64,
     pub services: Arc<ServiceMap>,
     pub routes: Arc<RouteMap>,
+    /// Deployable apps (the catalogue) and their deployments (the inventory).
+    pub apps: Arc<AppMap>,
+    pub deployments: Arc<DeploymentMap>,
     /// Wall-clock time of the newest write this snapshot includes, when known, so
     /// consumers can measure write-to-live propagation.
     #[serde(skip)]
@@ -51,6 +59,18 @@ impl Snapshot {
 
     pub fn instance_count(&self) -> usize {
         self.services.values().map(|s| s.instances.len()).sum()
+    }
+
+    /// One app's deployments, oldest first.
+    pub fn deployments_of(&self, app: &str) -> impl DoubleEndedIterator<Item = &Arc<Deployment>> {
+        self.deployments
+            .get(app)
+            .into_iter()
+            .flat_map(|deployments| deployments.values())
+    }
+
+    pub fn deployment(&self, app: &str, id: u64) -> Option<&Arc<Deployment>> {
+        self.deployments.get(app)?.get(&id)
     }
 
     /// Instance counts by health, in `Health::ALL` order.
@@ -69,6 +89,8 @@ pub(crate) struct State {
     pub revision: u64,
     pub services: Arc<ServiceMap>,
     pub routes: Arc<RouteMap>,
+    pub apps: Arc<AppMap>,
+    pub deployments: Arc<DeploymentMap>,
     pub changed_at: Option<std::time::SystemTime>,
 }
 
@@ -78,8 +100,26 @@ impl State {
             revision: self.revision,
             services: Arc::clone(&self.services),
             routes: Arc::clone(&self.routes),
+            apps: Arc::clone(&self.apps),
+            deployments: Arc::clone(&self.deployments),
             changed_at: self.changed_at,
         }
+    }
+
+    pub fn upsert_app(&mut self, app: App) -> bool {
+        upsert_app(&mut self.apps, app)
+    }
+
+    pub fn remove_app(&mut self, name: &str) -> bool {
+        remove_app(&mut self.apps, name)
+    }
+
+    pub fn upsert_deployment(&mut self, deployment: Deployment) -> bool {
+        upsert_deployment(&mut self.deployments, deployment)
+    }
+
+    pub fn remove_deployment(&mut self, app: &str, id: u64) -> bool {
+        remove_deployment(&mut self.deployments, app, id)
     }
 
     /// Inserts or replaces an instance. Returns whether anything changed.
@@ -148,4 +188,51 @@ pub fn remove_route(routes: &mut Arc<RouteMap>, name: &str) -> bool {
         return false;
     }
     Arc::make_mut(routes).remove(name).is_some()
+}
+
+/// Sets app `app.name`; false (and the map not copied) when it is already so.
+pub fn upsert_app(apps: &mut Arc<AppMap>, app: App) -> bool {
+    if apps.get(app.name.as_str()).map(|a| a.as_ref()) == Some(&app) {
+        return false;
+    }
+    Arc::make_mut(apps).insert(Arc::from(app.name.as_str()), Arc::new(app));
+    true
+}
+
+pub fn remove_app(apps: &mut Arc<AppMap>, name: &str) -> bool {
+    if !apps.contains_key(name) {
+        return false;
+    }
+    Arc::make_mut(apps).remove(name).is_some()
+}
+
+/// Sets a deployment; false (and nothing copied) when it is already so.
+pub fn upsert_deployment(deployments: &mut Arc<DeploymentMap>, deployment: Deployment) -> bool {
+    let current = deployments
+        .get(deployment.app.as_str())
+        .and_then(|app| app.get(&deployment.id));
+    if current.map(|d| d.as_ref()) == Some(&deployment) {
+        return false;
+    }
+    let app = Arc::make_mut(deployments)
+        .entry(Arc::from(deployment.app.as_str()))
+        .or_default();
+    Arc::make_mut(app).insert(deployment.id, Arc::new(deployment));
+    true
+}
+
+/// Removes a deployment, and the app's entry once it has none.
+pub fn remove_deployment(deployments: &mut Arc<DeploymentMap>, app: &str, id: u64) -> bool {
+    if !deployments.get(app).is_some_and(|d| d.contains_key(&id)) {
+        return false;
+    }
+    let map = Arc::make_mut(deployments);
+    let Some(entry) = map.get_mut(app) else {
+        return false;
+    };
+    Arc::make_mut(entry).remove(&id);
+    if entry.is_empty() {
+        map.remove(app);
+    }
+    true
 }

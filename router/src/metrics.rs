@@ -4,7 +4,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -38,9 +38,9 @@ impl RouterMetrics {
             requests: IntCounterVec::new(
                 Opts::new(
                     "strait_router_requests_total",
-                    "Requests by route, service and status class",
+                    "Requests by route, service, subset (a split's tag; empty for the whole service) and status class",
                 ),
-                &["route", "service", "class"],
+                &["route", "service", "subset", "class"],
             )?,
             request_duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -201,6 +201,7 @@ impl RouterMetrics {
                     self.requests.with_label_values(&[
                         &*route.name,
                         &*target.service,
+                        target.tag.as_deref().unwrap_or(""),
                         STATUS_CLASSES[class],
                     ])
                 })

@@ -127,6 +127,24 @@ impl Router {
         self.table.load_full()
     }
 
+    /// Requests answered so far through `route` to `service` (`subset`: a split target's
+    /// tag, `""` for the whole service): (all, 5xx). A deployment's controller watches a new
+    /// version with it.
+    pub fn requests_answered(&self, route: &str, service: &str, subset: &str) -> (u64, u64) {
+        let count = |class: &str| {
+            self.metrics
+                .requests
+                .get_metric_with_label_values(&[route, service, subset, class])
+                .map_or(0, |c| c.get())
+        };
+        let errors = count("5xx");
+        let total = crate::metrics::STATUS_CLASSES
+            .iter()
+            .map(|c| count(c))
+            .sum();
+        (total, errors)
+    }
+
     /// Compiles every snapshot the watch yields into a table and swaps it in, on a thread
     /// of its own so a large build never stalls the async control plane. Always builds
     /// from the newest snapshot (the watch coalesces a storm of changes).

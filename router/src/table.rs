@@ -114,19 +114,24 @@ pub struct Targets {
 }
 
 impl Targets {
-    fn of(route: &Route, pools: &HashMap<Arc<str>, Arc<Pool>>) -> Targets {
-        let target = |service: &str| Target {
+    fn of(route: &Route, pools: &TablePools) -> Targets {
+        let target = |service: &str, tag: Option<&str>| Target {
             service: Arc::from(service),
-            pool: pools.get(service).cloned(),
+            tag: tag.map(Arc::from),
+            pool: pools.get(service, tag),
             requests: Default::default(),
         };
         match &route.service {
             Some(service) => Targets {
-                list: vec![target(service)],
+                list: vec![target(service, None)],
                 cumulative: Vec::new(),
             },
             None => Targets {
-                list: route.split.iter().map(|s| target(&s.service)).collect(),
+                list: route
+                    .split
+                    .iter()
+                    .map(|s| target(&s.service, s.tag.as_deref()))
+                    .collect(),
                 cumulative: route
                     .split
                     .iter()
@@ -181,6 +186,8 @@ impl Targets {
 #[derive(Debug)]
 pub struct Target {
     pub service: Arc<str>,
+    /// A split target's subset: only the service's instances with this tag.
+    pub tag: Option<Arc<str>>,
     pub pool: Option<Arc<Pool>>,
     /// This route's request counters for this service, by status class (resolved on
     /// first use: see `RouterMetrics::count_request`).
@@ -285,6 +292,8 @@ pub struct Table {
     wildcard: HashMap<Box<str>, HostEntry>,
     any: Option<HostEntry>,
     pub pools: HashMap<Arc<str>, Arc<Pool>>,
+    /// Pools of the (service, tag) subsets route splits name.
+    pub subsets: HashMap<(Arc<str>, Arc<str>), Arc<Pool>>,
     pub route_count: usize,
     /// TCP routes by listen address.
     pub tcp: std::collections::BTreeMap<std::net::SocketAddr, crate::tcp::TcpListenerRoutes>,
@@ -419,6 +428,74 @@ fn receives_traffic(health: Health, config: &RouterConfig) -> bool {
     health == Health::Passing || (config.serve_warning && health == Health::Warning)
 }
 
+/// The pools route targets are resolved against.
+struct TablePools<'a> {
+    services: &'a HashMap<Arc<str>, Arc<Pool>>,
+    subsets: &'a HashMap<(Arc<str>, Arc<str>), Arc<Pool>>,
+}
+
+impl<'a> TablePools<'a> {
+    fn of(table: &'a Table) -> Self {
+        TablePools {
+            services: &table.pools,
+            subsets: &table.subsets,
+        }
+    }
+
+    fn get(&self, service: &str, tag: Option<&str>) -> Option<Arc<Pool>> {
+        match tag {
+            None => self.services.get(service).cloned(),
+            Some(tag) => self
+                .subsets
+                .get(&(Arc::from(service), Arc::from(tag)))
+                .cloned(),
+        }
+    }
+}
+
+/// A pool for each (service, tag) a route split names: the service's instances with the
+/// tag. Its endpoints share their state (outstanding requests, ejections, checks) with
+/// the service's own pool, so a subset and the whole service see one health. Built anew
+/// with each table: subsets are few (a rollout's two versions).
+fn build_subsets(
+    snapshot: &Snapshot,
+    config: &RouterConfig,
+    upstream_tls: &crate::upstream_tls::UpstreamTlsSet,
+    pools: &HashMap<Arc<str>, Arc<Pool>>,
+) -> HashMap<(Arc<str>, Arc<str>), Arc<Pool>> {
+    let mut subsets = HashMap::new();
+    for route in snapshot.routes.values() {
+        for target in &route.split {
+            let Some(tag) = &target.tag else { continue };
+            let key = (Arc::from(target.service.as_str()), Arc::from(tag.as_str()));
+            if subsets.contains_key(&key) {
+                continue;
+            }
+            let Some((name, service)) = snapshot.services.get_key_value(target.service.as_str())
+            else {
+                continue;
+            };
+            let tagged = discovery::snapshot::Service {
+                instances: service
+                    .instances
+                    .iter()
+                    .filter(|(_, i)| i.spec.tags.iter().any(|t| t == tag))
+                    .map(|(id, i)| (Arc::clone(id), i.clone()))
+                    .collect(),
+            };
+            let pool = build_pool(
+                name,
+                &tagged,
+                config,
+                upstream_tls,
+                pools.get(name.as_ref()).map(|p| &**p),
+            );
+            subsets.insert(key, Arc::new(pool));
+        }
+    }
+    subsets
+}
+
 /// Builds a table from a snapshot, carrying pool state over from `states`.
 pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStates) -> Table {
     let mut pools = HashMap::with_capacity(snapshot.services.len());
@@ -439,10 +516,12 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
         pools.insert(Arc::clone(name), pool);
     }
     states.services = next_states;
+    let subsets = build_subsets(snapshot, config, &states.upstream_tls, &pools);
 
     let mut table = Table {
         revision: snapshot.revision,
         pools,
+        subsets,
         ..Table::default()
     };
     let mut compiled: Vec<(String, Arc<CompiledRoute>)> = Vec::new();
@@ -451,7 +530,7 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
             add_tcp_route(&mut table, name, route, config);
             continue;
         }
-        match compile_route(name, route, config, &table.pools) {
+        match compile_route(name, route, config, &TablePools::of(&table)) {
             Ok(c) => compiled.push((
                 route.host.clone().unwrap_or_else(|| "*".into()),
                 Arc::new(c),
@@ -490,7 +569,7 @@ fn add_tcp_route(table: &mut Table, name: &Arc<str>, route: &Route, config: &Rou
     let Some(listen) = route.listen else { return };
     let target = crate::tcp::TcpTarget {
         route: Arc::clone(name),
-        targets: Targets::of(route, &table.pools),
+        targets: Targets::of(route, &TablePools::of(table)),
         connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
         idle_timeout: route.timeouts.idle,
     };
@@ -580,7 +659,7 @@ fn compile_route(
     name: &str,
     route: &Route,
     config: &RouterConfig,
-    pools: &HashMap<Arc<str>, Arc<Pool>>,
+    pools: &TablePools,
 ) -> Result<CompiledRoute, String> {
     let path = match &route.path {
         None => PathMatcher::Prefix("/".into()),
@@ -676,7 +755,7 @@ pub fn synthetic_snapshot(services: usize, per_service: usize) -> Snapshot {
         revision: 1,
         services: Arc::new(service_map),
         routes: Arc::new(routes),
-        changed_at: None,
+        ..Snapshot::default()
     }
 }
 

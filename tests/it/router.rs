@@ -847,7 +847,7 @@ fn router_metrics_are_exported() {
     let _backend = serve_web(&strait);
     let text = strait.metrics_text();
     for needle in [
-        "strait_router_requests_total{class=\"2xx\",route=\"web\",service=\"web\"}",
+        "strait_router_requests_total{class=\"2xx\",route=\"web\",service=\"web\",subset=\"\"}",
         "strait_router_request_duration_seconds_bucket{route=\"web\"",
         "strait_router_upstream_duration_seconds_bucket{service=\"web\"",
         "strait_router_table_swaps_total",

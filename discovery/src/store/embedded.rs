@@ -8,6 +8,7 @@
 //! `LOCK` keeps two processes off one data directory; on a binary upgrade the old process
 //! releases it and hands its instances to the new one.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +18,10 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use super::records::{self, RecordOp, Records};
 use super::route_log::{self, RouteLog, RouteOp, storage_error};
 use super::{Handover, Publisher, Store, StoreError, StoreMetrics, StoreStatus};
+use crate::apps::{App, Deployment, validate_app_name, validate_lock_name};
 use crate::model::{Health, Instance, Route};
 use crate::snapshot::{Snapshot, State};
 
@@ -31,6 +34,8 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     /// The data directory's lock, released by `hand_over`.
     lock: Mutex<Option<File>>,
+    /// Named locks (apps' rollout locks): this process is the only holder there is.
+    locks: Mutex<HashSet<String>>,
 }
 
 struct Shared {
@@ -38,6 +43,8 @@ struct Shared {
     /// The routes log. Held for a whole route write, so writes are serialised and the
     /// log and the state agree on order.
     log: Mutex<RouteLog>,
+    /// The deploy records' files. Held for a whole record write, as `log` for routes.
+    records: Mutex<Records>,
     publisher: Publisher,
     /// Set by `hand_over`: the successor owns the data directory now.
     handed_over: AtomicBool,
@@ -47,7 +54,7 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the data directory and loads its routes.
     pub async fn open(data_dir: &Path, metrics: StoreMetrics) -> Result<Self, StoreError> {
         let dir = data_dir.to_path_buf();
-        let (lock, state, log) = tokio::task::spawn_blocking(move || load(&dir))
+        let (lock, state, log, records) = tokio::task::spawn_blocking(move || load(&dir))
             .await
             .map_err(|e| StoreError::Storage(format!("loading task failed: {e}")))??;
         let publisher = Publisher::new("embedded", metrics, true);
@@ -57,11 +64,26 @@ impl EmbeddedStore {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 log: Mutex::new(log),
+                records: Mutex::new(records),
                 publisher,
                 handed_over: AtomicBool::new(false),
             }),
             lock: Mutex::new(Some(lock)),
+            locks: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// A deploy record write, on a blocking thread (it syncs its file).
+    async fn write_record(&self, op: RecordOp) -> Result<bool, StoreError> {
+        let written = SystemTime::now();
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.write_record(op, written))
+            .await
+            .map_err(|e| StoreError::Storage(format!("record write task failed: {e}")))?
+    }
+
+    fn lock_locks(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A route write, on a blocking thread (it syncs the log); `Ok(false)`: it would
@@ -80,6 +102,30 @@ impl Shared {
         // State mutations below are single assignments after all fallible work, so a
         // poisoned lock still guards a consistent value.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_records(&self) -> MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a deploy record write durable in its file, then applies it. Blocking.
+    fn write_record(&self, op: RecordOp, written: SystemTime) -> Result<bool, StoreError> {
+        let records = self.lock_records();
+        let changes = {
+            let state = self.lock_state();
+            self.ensure_owner()?;
+            let (mut apps, mut deployments) =
+                (Arc::clone(&state.apps), Arc::clone(&state.deployments));
+            op.clone().apply(&mut apps, &mut deployments)
+        };
+        if !changes {
+            return Ok(false);
+        }
+        records.write(&op)?;
+        self.apply(written, |state| {
+            (op.apply(&mut state.apps, &mut state.deployments), ())
+        })?;
+        Ok(true)
     }
 
     fn lock_log(&self) -> MutexGuard<'_, RouteLog> {
@@ -184,6 +230,46 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn put_app(&self, mut app: App) -> Result<(), StoreError> {
+        app.validate()?;
+        self.write_record(RecordOp::PutApp(Box::new(app))).await?;
+        Ok(())
+    }
+
+    async fn delete_app(&self, name: &str) -> Result<bool, StoreError> {
+        validate_app_name(name)?;
+        self.write_record(RecordOp::DeleteApp(name.to_string()))
+            .await
+    }
+
+    async fn put_deployment(&self, mut deployment: Deployment) -> Result<(), StoreError> {
+        deployment.validate()?;
+        self.write_record(RecordOp::PutDeployment(Box::new(deployment)))
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_deployment(&self, app: &str, id: u64) -> Result<bool, StoreError> {
+        validate_app_name(app)?;
+        self.write_record(RecordOp::DeleteDeployment(app.to_string(), id))
+            .await
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<bool, StoreError> {
+        validate_lock_name(name)?;
+        self.shared.ensure_owner()?;
+        Ok(self.lock_locks().insert(name.to_string()))
+    }
+
+    async fn holds_lock(&self, name: &str) -> bool {
+        !self.shared.handed_over.load(Ordering::Acquire) && self.lock_locks().contains(name)
+    }
+
+    async fn unlock(&self, name: &str) -> Result<(), StoreError> {
+        self.lock_locks().remove(name);
+        Ok(())
+    }
+
     fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.publisher.snapshot()
     }
@@ -217,8 +303,10 @@ impl Store for EmbeddedStore {
     async fn hand_over(&self) -> Result<Handover, StoreError> {
         let shared = Arc::clone(&self.shared);
         let instances = tokio::task::spawn_blocking(move || {
-            // No route write is half done once the log is held, and none starts after.
+            // No route or record write is half done once the log and the records are
+            // held, and none starts after.
             let mut log = shared.lock_log();
+            let _records = shared.lock_records();
             // Set under the state's lock: a write either landed before (and is in
             // `instances`) or fails.
             let (revision, routes, instances) = {
@@ -270,18 +358,26 @@ impl Store for EmbeddedStore {
             // The successor may have written routes meanwhile: read them back, and the log
             // from where it ends now. On failure the lock goes again with `lock`.
             let dir = self.data_dir.clone();
-            let loaded = tokio::task::spawn_blocking(move || route_log::load(&dir))
-                .await
-                .map_err(|e| StoreError::Storage(format!("loading task failed: {e}")))??;
+            let (loaded, records) = tokio::task::spawn_blocking(move || {
+                Ok::<_, StoreError>((route_log::load(&dir)?, records::load(&dir)?))
+            })
+            .await
+            .map_err(|e| StoreError::Storage(format!("loading task failed: {e}")))??;
             *self.lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(lock);
             let shared = &self.shared;
             *shared.lock_log() = loaded.log;
+            *shared.lock_records() = records.records;
             {
                 let mut state = shared.lock_state();
                 // Never behind the log's revisions, or later records would be skipped on load.
                 state.revision = state.revision.max(loaded.revision);
-                if state.routes != loaded.routes {
+                if state.routes != loaded.routes
+                    || state.apps != records.apps
+                    || state.deployments != records.deployments
+                {
                     state.routes = loaded.routes;
+                    state.apps = records.apps;
+                    state.deployments = records.deployments;
                     state.revision += 1;
                     state.changed_at = Some(written);
                     shared.publisher.publish(&state);
@@ -316,15 +412,18 @@ fn lock_data_dir(dir: &Path) -> Result<File, StoreError> {
     Ok(lock)
 }
 
-fn load(dir: &Path) -> Result<(File, State, RouteLog), StoreError> {
+fn load(dir: &Path) -> Result<(File, State, RouteLog, Records), StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| storage_error(dir, "cannot create data directory", e))?;
     let lock = lock_data_dir(dir)?;
     let loaded = route_log::load(dir)?;
+    let records = records::load(dir)?;
     let state = State {
         routes: loaded.routes,
         revision: loaded.revision,
+        apps: records.apps,
+        deployments: records.deployments,
         ..State::default()
     };
-    Ok((lock, state, loaded.log))
+    Ok((lock, state, loaded.log, records.records))
 }

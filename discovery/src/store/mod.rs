@@ -10,6 +10,7 @@
 //! DNS read tables compiled from snapshots.
 
 mod embedded;
+mod records;
 mod route_log;
 mod zookeeper;
 
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 pub use embedded::EmbeddedStore;
 pub use zookeeper::ZkStore;
 
+use crate::apps::{App, Deployment};
 use crate::model::{Health, Instance, ModelError, Route};
 use crate::snapshot::{Snapshot, State};
 
@@ -70,6 +72,21 @@ pub trait Store: Send + Sync + 'static {
     async fn put_route(&self, name: &str, route: Route) -> Result<(), StoreError>;
     /// `Ok(false)` when there was no such route.
     async fn delete_route(&self, name: &str) -> Result<bool, StoreError>;
+    /// Creates or replaces an app's record (persistent).
+    async fn put_app(&self, app: App) -> Result<(), StoreError>;
+    /// `Ok(false)` when there was no such app.
+    async fn delete_app(&self, name: &str) -> Result<bool, StoreError>;
+    /// Creates or replaces a deployment record (persistent).
+    async fn put_deployment(&self, deployment: Deployment) -> Result<(), StoreError>;
+    /// `Ok(false)` when there was no such deployment.
+    async fn delete_deployment(&self, app: &str, id: u64) -> Result<bool, StoreError>;
+    /// Takes the lock `name` for this process: `Ok(false)` when anyone holds it already
+    /// (this process included). It goes with the process (with ZooKeeper, its session).
+    async fn try_lock(&self, name: &str) -> Result<bool, StoreError>;
+    /// Whether this process still holds `name` (a ZooKeeper session that expired lost it).
+    async fn holds_lock(&self, name: &str) -> bool;
+    /// Releases `name` if this process holds it.
+    async fn unlock(&self, name: &str) -> Result<(), StoreError>;
     /// The newest snapshot.
     fn snapshot(&self) -> Arc<Snapshot>;
     /// Snapshots as they change; a slow consumer sees only the newest.

@@ -6,6 +6,10 @@
 //! /services/<service>        container node (ZooKeeper deletes it once empty)
 //! /services/<service>/<id>   ephemeral, JSON `Instance`, owned by the registering session
 //! /routes/<name>             persistent, JSON `Route`
+//! /apps/<app>                persistent, JSON `App`
+//! /deployments/<app>         container node
+//! /deployments/<app>/<id>    persistent, JSON `Deployment`
+//! /locks/<name>              ephemeral, owned by the holder's session (not in snapshots)
 //! ```
 //!
 //! One persistent recursive watch on the chroot delivers every change (no watch per node,
@@ -32,11 +36,15 @@ use tracing::{debug, info, warn};
 use zookeeper_client as zk;
 
 use super::{Handover, Publisher, Store, StoreError, StoreMetrics, StoreStatus};
+use crate::apps::{App, Deployment, validate_app_name, validate_lock_name};
 use crate::model::{Health, Instance, Route};
 use crate::snapshot::{Snapshot, State};
 
 const SERVICES: &str = "/services";
 const ROUTES: &str = "/routes";
+const APPS: &str = "/apps";
+const DEPLOYMENTS: &str = "/deployments";
+const LOCKS: &str = "/locks";
 /// Write retries when a concurrent change (container reaped, version moved) gets in the way.
 const WRITE_ATTEMPTS: usize = 5;
 
@@ -77,6 +85,59 @@ fn instance_path(service: &str, id: &str) -> String {
 
 fn route_path(name: &str) -> String {
     format!("{ROUTES}/{name}")
+}
+
+fn app_path(name: &str) -> String {
+    format!("{APPS}/{name}")
+}
+
+fn deployment_path(app: &str, id: u64) -> String {
+    format!("{DEPLOYMENTS}/{app}/{id}")
+}
+
+fn lock_path(name: &str) -> String {
+    format!("{LOCKS}/{name}")
+}
+
+/// Creates or replaces the persistent node `path`; `parent`: a container node to create
+/// first when missing (ZooKeeper deletes it once empty).
+async fn put_persistent(
+    client: &zk::Client,
+    path: &str,
+    data: &[u8],
+    parent: Option<&str>,
+) -> Result<(), StoreError> {
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let container = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
+    for _ in 0..WRITE_ATTEMPTS {
+        match client.set_data(path, data, None).await {
+            Ok(_) => return Ok(()),
+            Err(zk::Error::NoNode) => match client.create(path, data, &persistent).await {
+                Ok(_) => return Ok(()),
+                Err(zk::Error::NodeExists) => continue,
+                Err(zk::Error::NoNode) if parent.is_some() => {
+                    let parent = parent.unwrap_or_default();
+                    match client.create(parent, &[], &container).await {
+                        Ok(_) | Err(zk::Error::NodeExists) => continue,
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                }
+                Err(e) => return Err(unavailable(e)),
+            },
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "{path}: too many concurrent updates"
+    )))
+}
+
+async fn delete_node(client: &zk::Client, path: &str) -> Result<bool, StoreError> {
+    match client.delete(path, None).await {
+        Ok(()) => Ok(true),
+        Err(zk::Error::NoNode) => Ok(false),
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 impl ZkStore {
@@ -269,30 +330,82 @@ impl Store for ZkStore {
 
     async fn put_route(&self, name: &str, route: Route) -> Result<(), StoreError> {
         let client = self.client()?;
-        let path = route_path(name);
         let data = serde_json::to_vec(&route).map_err(|e| StoreError::Storage(e.to_string()))?;
-        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        for _ in 0..WRITE_ATTEMPTS {
-            match client.set_data(&path, &data, None).await {
-                Ok(_) => return Ok(()),
-                Err(zk::Error::NoNode) => match client.create(&path, &data, &persistent).await {
-                    Ok(_) => return Ok(()),
-                    Err(zk::Error::NodeExists) => continue,
-                    Err(e) => return Err(unavailable(e)),
-                },
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-        Err(StoreError::Unavailable(format!(
-            "{path}: too many concurrent updates"
-        )))
+        put_persistent(&client, &route_path(name), &data, None).await
     }
 
     async fn delete_route(&self, name: &str) -> Result<bool, StoreError> {
         let client = self.client()?;
-        match client.delete(&route_path(name), None).await {
-            Ok(()) => Ok(true),
-            Err(zk::Error::NoNode) => Ok(false),
+        delete_node(&client, &route_path(name)).await
+    }
+
+    async fn put_app(&self, mut app: App) -> Result<(), StoreError> {
+        app.validate()?;
+        let client = self.client()?;
+        let data = serde_json::to_vec(&app).map_err(|e| StoreError::Storage(e.to_string()))?;
+        put_persistent(&client, &app_path(&app.name), &data, None).await
+    }
+
+    async fn delete_app(&self, name: &str) -> Result<bool, StoreError> {
+        validate_app_name(name)?;
+        let client = self.client()?;
+        delete_node(&client, &app_path(name)).await
+    }
+
+    async fn put_deployment(&self, mut deployment: Deployment) -> Result<(), StoreError> {
+        deployment.validate()?;
+        let client = self.client()?;
+        let data =
+            serde_json::to_vec(&deployment).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let parent = format!("{DEPLOYMENTS}/{}", deployment.app);
+        put_persistent(
+            &client,
+            &deployment_path(&deployment.app, deployment.id),
+            &data,
+            Some(&parent),
+        )
+        .await
+    }
+
+    async fn delete_deployment(&self, app: &str, id: u64) -> Result<bool, StoreError> {
+        validate_app_name(app)?;
+        let client = self.client()?;
+        delete_node(&client, &deployment_path(app, id)).await
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<bool, StoreError> {
+        validate_lock_name(name)?;
+        let client = self.client()?;
+        let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        let owner = format!("{}:{}", hostname(), std::process::id());
+        match client.create(&lock_path(name), owner.as_bytes(), &ephemeral).await {
+            Ok(_) => Ok(true),
+            Err(zk::Error::NodeExists) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn holds_lock(&self, name: &str) -> bool {
+        let Ok(client) = self.client() else {
+            return false;
+        };
+        matches!(
+            client.check_stat(&lock_path(name)).await,
+            Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0
+        )
+    }
+
+    async fn unlock(&self, name: &str) -> Result<(), StoreError> {
+        let client = self.client()?;
+        let path = lock_path(name);
+        match client.check_stat(&path).await {
+            Ok(Some(stat)) if stat.ephemeral_owner == client.session_id().0 => {
+                match client.delete(&path, Some(stat.version)).await {
+                    Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+                    Err(e) => Err(unavailable(e)),
+                }
+            }
+            Ok(_) => Ok(()),
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -443,7 +556,7 @@ async fn start_session(
         .await
         .map_err(|_| zk::Error::Timeout)??;
     let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    for dir in [SERVICES, ROUTES] {
+    for dir in [SERVICES, ROUTES, APPS, DEPLOYMENTS, LOCKS] {
         root.mkdir(&format!("{}{dir}", shared.chroot), &persistent)
             .await?;
     }
@@ -563,6 +676,10 @@ enum Node<'a> {
     Service(&'a str),
     Instance(&'a str, &'a str),
     Route(&'a str),
+    App(&'a str),
+    /// An app's container of deployments.
+    Deployments(&'a str),
+    Deployment(&'a str, &'a str),
     Other,
 }
 
@@ -572,6 +689,9 @@ fn classify(path: &str) -> Node<'_> {
         (Some("services"), Some(service), None, None) => Node::Service(service),
         (Some("services"), Some(service), Some(id), None) => Node::Instance(service, id),
         (Some("routes"), Some(name), None, None) => Node::Route(name),
+        (Some("apps"), Some(name), None, None) => Node::App(name),
+        (Some("deployments"), Some(app), None, None) => Node::Deployments(app),
+        (Some("deployments"), Some(app), Some(id), None) => Node::Deployment(app, id),
         _ => Node::Other,
     }
 }
@@ -591,8 +711,12 @@ async fn apply_paths(
 ) -> bool {
     let reads = paths.iter().map(|path| async move {
         let read = match classify(path) {
-            Node::Instance(..) | Node::Route(_) => Some(Read::Data(client.get_data(path).await)),
-            Node::Service(_) => Some(Read::Exists(client.check_stat(path).await)),
+            Node::Instance(..) | Node::Route(_) | Node::App(_) | Node::Deployment(..) => {
+                Some(Read::Data(client.get_data(path).await))
+            }
+            Node::Service(_) | Node::Deployments(_) => {
+                Some(Read::Exists(client.check_stat(path).await))
+            }
             Node::Other => None,
         };
         (path, read)
@@ -653,6 +777,50 @@ async fn apply_paths(
             }
             (Node::Route(name), Some(Read::Data(Err(zk::Error::NoNode)))) => {
                 changed |= state.remove_route(name);
+            }
+            (Node::App(name), Some(Read::Data(Ok((data, stat))))) => {
+                match decode_app(path, name, &data) {
+                    Some(app) => {
+                        if state.upsert_app(app) {
+                            changed = true;
+                            observe_mtime(shared, state, now_ms, stat.mtime);
+                        }
+                    }
+                    None => changed |= state.remove_app(name),
+                }
+            }
+            (Node::App(name), Some(Read::Data(Err(zk::Error::NoNode)))) => {
+                changed |= state.remove_app(name);
+            }
+            (Node::Deployments(app), Some(Read::Exists(Ok(None)))) => {
+                let ids: Vec<u64> = state
+                    .deployments
+                    .get(app)
+                    .map(|d| d.keys().copied().collect())
+                    .unwrap_or_default();
+                for id in ids {
+                    changed |= state.remove_deployment(app, id);
+                }
+            }
+            (Node::Deployment(app, id), Some(Read::Data(Ok((data, stat))))) => {
+                match decode_deployment(path, app, id, &data) {
+                    Some(deployment) => {
+                        if state.upsert_deployment(deployment) {
+                            changed = true;
+                            observe_mtime(shared, state, now_ms, stat.mtime);
+                        }
+                    }
+                    None => {
+                        if let Ok(id) = id.parse() {
+                            changed |= state.remove_deployment(app, id);
+                        }
+                    }
+                }
+            }
+            (Node::Deployment(app, id), Some(Read::Data(Err(zk::Error::NoNode)))) => {
+                if let Ok(id) = id.parse() {
+                    changed |= state.remove_deployment(app, id);
+                }
             }
             (_, Some(Read::Data(Err(e)) | Read::Exists(Err(e)))) => {
                 // The next reconnect resyncs everything; nothing is lost by skipping now.
@@ -716,6 +884,52 @@ fn decode_route(path: &str, name: &str, data: &[u8]) -> Option<Route> {
     Some(route)
 }
 
+fn decode_app(path: &str, name: &str, data: &[u8]) -> Option<App> {
+    let mut app: App = match serde_json::from_slice(data) {
+        Ok(app) => app,
+        Err(e) => {
+            warn!(path, error = %e, "ignoring undecodable app znode");
+            return None;
+        }
+    };
+    if app.name != name {
+        warn!(path, "ignoring app znode whose body names another app");
+        return None;
+    }
+    if let Err(e) = app.validate() {
+        warn!(path, error = %e, "ignoring invalid app znode");
+        return None;
+    }
+    Some(app)
+}
+
+fn decode_deployment(path: &str, app: &str, id: &str, data: &[u8]) -> Option<Deployment> {
+    let mut deployment: Deployment = match serde_json::from_slice(data) {
+        Ok(deployment) => deployment,
+        Err(e) => {
+            warn!(path, error = %e, "ignoring undecodable deployment znode");
+            return None;
+        }
+    };
+    if deployment.app != app || id.parse() != Ok(deployment.id) {
+        warn!(path, "ignoring deployment znode whose body names another deployment");
+        return None;
+    }
+    if let Err(e) = deployment.validate() {
+        warn!(path, error = %e, "ignoring invalid deployment znode");
+        return None;
+    }
+    Some(deployment)
+}
+
+/// This host's name, for lock owners (`host:pid`).
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Reads the whole layout and replaces `state` with it (bumping the revision if it differs).
 async fn resync(client: &zk::Client, state: &mut State) -> Result<(), zk::Error> {
     let services = client.list_children(SERVICES).await?;
@@ -766,7 +980,53 @@ async fn resync(client: &zk::Client, state: &mut State) -> Result<(), zk::Error>
             Err(e) => return Err(e),
         }
     }
-    if next.services != state.services || next.routes != state.routes || state.revision == 0 {
+    let names = client.list_children(APPS).await?;
+    let reads = join_all(names.iter().map(|name| {
+        let path = app_path(name);
+        async move { (client.get_data(&path).await, path) }
+    }))
+    .await;
+    for (name, (result, path)) in names.iter().zip(reads) {
+        match result {
+            Ok((data, _)) => {
+                if let Some(app) = decode_app(&path, name, &data) {
+                    next.upsert_app(app);
+                }
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let apps = client.list_children(DEPLOYMENTS).await?;
+    for app in &apps {
+        let ids = match client.list_children(&format!("{DEPLOYMENTS}/{app}")).await {
+            Ok(ids) => ids,
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => return Err(e),
+        };
+        let reads = join_all(ids.iter().map(|id| {
+            let path = format!("{DEPLOYMENTS}/{app}/{id}");
+            async move { (client.get_data(&path).await, path) }
+        }))
+        .await;
+        for (id, (result, path)) in ids.iter().zip(reads) {
+            match result {
+                Ok((data, _)) => {
+                    if let Some(deployment) = decode_deployment(&path, app, id, &data) {
+                        next.upsert_deployment(deployment);
+                    }
+                }
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if next.services != state.services
+        || next.routes != state.routes
+        || next.apps != state.apps
+        || next.deployments != state.deployments
+        || state.revision == 0
+    {
         // A resync's changes have no single write time.
         next.changed_at = None;
         next.revision = state.revision + 1;

@@ -25,7 +25,7 @@ fn table(route_json: &str) -> Table {
         revision: 1,
         services: Arc::new(services),
         routes: Arc::new(BTreeMap::from([(Arc::from("r"), Arc::new(route))])),
-        changed_at: None,
+        ..Snapshot::default()
     };
     compile(
         &snapshot,

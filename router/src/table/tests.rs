@@ -29,7 +29,7 @@ fn snapshot(routes: &[(&str, &str)]) -> Snapshot {
         revision: 7,
         services: Arc::new(services),
         routes: Arc::new(routes),
-        changed_at: None,
+        ..Snapshot::default()
     }
 }
 
