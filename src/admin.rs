@@ -29,17 +29,20 @@ pub struct Admin {
     requests: IntCounterVec,
 }
 
+/// What the admin API serves from, as `strait up` wires it.
+pub struct AdminParts {
+    pub store: Arc<dyn Store>,
+    pub leases: Arc<Leases>,
+    pub registry: Registry,
+    pub store_metrics: StoreMetrics,
+    pub token: Option<String>,
+    pub router: Arc<router::Router>,
+    pub agent: Option<Arc<discovery::agent::Agent>>,
+    pub deploy: Arc<deploy::Controller>,
+}
+
 impl Admin {
-    pub fn new(
-        store: Arc<dyn Store>,
-        leases: Arc<Leases>,
-        registry: Registry,
-        store_metrics: StoreMetrics,
-        token: Option<String>,
-        router: Arc<router::Router>,
-        agent: Option<Arc<discovery::agent::Agent>>,
-        deploy: Arc<deploy::Controller>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(parts: AdminParts) -> anyhow::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "strait_admin_requests_total",
@@ -47,16 +50,16 @@ impl Admin {
             ),
             &["method", "status"],
         )?;
-        registry.register(Box::new(requests.clone()))?;
+        parts.registry.register(Box::new(requests.clone()))?;
         Ok(Admin {
-            store,
-            leases,
-            registry,
-            store_metrics,
-            token: token.map(Arc::from),
-            router,
-            agent,
-            deploy,
+            store: parts.store,
+            leases: parts.leases,
+            registry: parts.registry,
+            store_metrics: parts.store_metrics,
+            token: parts.token.map(Arc::from),
+            router: parts.router,
+            agent: parts.agent,
+            deploy: parts.deploy,
             requests,
         })
     }

@@ -155,7 +155,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 config,
                 Arc::clone(&agent),
                 deploy::SupervisorMetrics::new(&metrics)?,
-                store.watch(),
+                Arc::clone(store),
             )
             .map_err(anyhow::Error::msg)?;
         }

@@ -9,7 +9,7 @@ use crate::AdminArgs;
 use crate::cli::{AdminClient, Method, parse_key_value};
 
 #[derive(clap::Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(subcommand_negates_reqs = true)]
 pub struct DeployArgs {
     #[command(subcommand)]
     pub command: Option<DeployCommand>,

@@ -200,16 +200,16 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         (Some(server), None) => Some(server.bind().await?),
         (None, _) => None,
     };
-    let admin = Admin::new(
-        Arc::clone(&store),
-        Arc::clone(&leases),
+    let admin = Admin::new(crate::admin::AdminParts {
+        store: Arc::clone(&store),
+        leases: Arc::clone(&leases),
         registry,
         store_metrics,
-        settings.admin.token.clone(),
-        Arc::clone(&router),
-        agent.clone(),
-        Arc::clone(&controller),
-    )?
+        token: settings.admin.token.clone(),
+        router: Arc::clone(&router),
+        agent: agent.clone(),
+        deploy: Arc::clone(&controller),
+    })?
     .router();
     let mut admin_listener = match sockets.admin.take() {
         Some(inherited) => {
@@ -241,7 +241,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         supervisor_metrics,
         settings.agent.supervisor(admin_addr.port()),
     ) {
-        deploy::Supervisor::start(config, Arc::clone(agent), metrics, store.watch())
+        deploy::Supervisor::start(config, Arc::clone(agent), metrics, Arc::clone(&store))
             .map_err(anyhow::Error::msg)?;
     }
     // Logged last: test harnesses wait for this line.

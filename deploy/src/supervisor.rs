@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use discovery::Snapshot;
+use discovery::{Snapshot, Store};
 use discovery::agent::{Agent, CheckDefinition, CheckType, ServiceDefinition};
 use discovery::apps::{
     AGENT_KEY, AGENT_RUNTIME_KEY, AGENT_SERVICE, AppCheck, CONTAINER_STATE_KEY, ContainerGoal,
@@ -33,7 +33,6 @@ use discovery::apps::{
 };
 use discovery::model::{Health, validate_dns_label};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::placement::{self, LiveAgent};
@@ -206,6 +205,8 @@ pub struct Supervisor {
 #[derive(Default)]
 struct SupervisorState {
     slots: HashMap<SlotKey, Slot>,
+    /// Slots with a slow action (a pull and start, a stop) running in a task of its own.
+    busy: HashSet<SlotKey>,
     failures: HashMap<SlotKey, Failure>,
     pulled: HashSet<String>,
     /// Images of finished deployments already removed.
@@ -218,7 +219,7 @@ impl Supervisor {
         config: SupervisorConfig,
         agent: Arc<Agent>,
         metrics: SupervisorMetrics,
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        store: Arc<dyn Store>,
     ) -> Result<Arc<Supervisor>, String> {
         config.validate()?;
         agent
@@ -251,7 +252,7 @@ impl Supervisor {
             zone = %supervisor.config.zone,
             "supervisor: running containers with podman"
         );
-        tokio::spawn(Arc::clone(&supervisor).run(snapshots));
+        tokio::spawn(Arc::clone(&supervisor).run(store));
         Ok(supervisor)
     }
 
@@ -259,11 +260,22 @@ impl Supervisor {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run(self: Arc<Self>, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+    async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
+        let mut snapshots = store.watch();
         let mut podman_failing = false;
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
-            match self.reconcile(&snapshot).await {
+            // Only a snapshot known to be whole and current says what to stop: before the
+            // first sync (or while ZooKeeper is away) every container would look a stray.
+            let status = store.status();
+            if !status.ready || !status.connected {
+                tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(RECONCILE_EVERY) => {}
+                }
+                continue;
+            }
+            match Self::reconcile(&self, &snapshot).await {
                 Ok(()) => {
                     if podman_failing {
                         info!("supervisor: podman answers again");
@@ -289,7 +301,10 @@ impl Supervisor {
     }
 
     /// One pass: make this host's containers what the snapshot wants of it.
-    async fn reconcile(&self, snapshot: &Snapshot) -> Result<(), crate::podman::PodmanError> {
+    async fn reconcile(
+        self: &Arc<Self>,
+        snapshot: &Snapshot,
+    ) -> Result<(), crate::podman::PodmanError> {
         let me = self.config.id.as_str();
         let mut agents = placement::live_agents(snapshot);
         if !agents.iter().any(|a| a.id == me) {
@@ -341,19 +356,27 @@ impl Supervisor {
         }
 
         let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+        let busy = self.lock().busy.clone();
         // Containers this agent has.
         for (key, container) in &have {
+            if busy.contains(key) {
+                *counts.entry("busy").or_default() += 1;
+                continue;
+            }
             if let Some(deployment) = wanted.get(key) {
                 let state = self.keep_running(key, container, deployment).await;
                 *counts.entry(state).or_default() += 1;
             } else if let Some(deployment) = draining.get(key) {
                 *counts.entry("draining").or_default() += 1;
-                self.drain(key, container, deployment).await;
+                if self.drained(key, container, deployment) {
+                    info!(container = %container.name, "supervisor: drained; stopping the container");
+                    self.stop_in_background(key, &container.name, deployment);
+                }
             } else if let Some(deployment) = self.moved_away(snapshot, key) {
                 // Its slot moved to another agent: keep serving until that one's passes.
                 if self.successor_passing(snapshot, &deployment, key.2) {
                     info!(container = %container.name, "supervisor: slot moved to another agent; stopping here");
-                    self.stop(key, &container.name, &deployment).await;
+                    self.stop_in_background(key, &container.name, &deployment);
                 } else {
                     let state = self.keep_running(key, container, &deployment).await;
                     *counts.entry(state).or_default() += 1;
@@ -361,29 +384,22 @@ impl Supervisor {
             } else {
                 info!(container = %container.name, "supervisor: removing a container no deployment wants");
                 let instance = format!("{}-{}-{}-{me}", key.0, key.1, key.2);
-                self.deregister(&key.0, &instance).await;
-                if let Err(e) = self
-                    .podman
-                    .remove(&container.name, self.config.stop_timeout)
-                    .await
-                {
-                    warn!(container = %container.name, error = %e, "supervisor: cannot remove a stray container");
-                }
-                self.lock().slots.remove(key);
+                self.remove_in_background(key, &container.name, &key.0, &instance);
             }
         }
         // Wanted slots without a container.
         for (key, deployment) in &wanted {
-            if have.contains_key(key) {
+            if have.contains_key(key) || busy.contains(key) {
                 continue;
             }
-            let state = self.start_slot(key, deployment).await;
+            let state = self.start_in_background(key, deployment);
             *counts.entry(state).or_default() += 1;
         }
         // Instances left registered for containers that are gone.
         let known: HashSet<String> = have
             .keys()
             .chain(wanted.keys())
+            .chain(busy.iter())
             .map(|(app, id, slot)| format!("{app}-{id}-{slot}-{me}"))
             .collect();
         for (service, id) in self.agent.instances() {
@@ -397,12 +413,15 @@ impl Supervisor {
         }
         {
             let mut state = self.lock();
-            state
-                .slots
-                .retain(|key, _| have.contains_key(key) || wanted.contains_key(key));
+            let SupervisorState { slots, busy, .. } = &mut *state;
+            slots.retain(|key, _| {
+                have.contains_key(key) || wanted.contains_key(key) || busy.contains(key)
+            });
             state.failures.retain(|key, _| wanted.contains_key(key));
         }
-        for name in ["running", "stopped", "draining", "failed", "starting"] {
+        for name in [
+            "running", "stopped", "draining", "failed", "starting", "busy",
+        ] {
             self.metrics
                 .containers
                 .with_label_values(&[name])
@@ -527,8 +546,9 @@ impl Supervisor {
         state_name
     }
 
-    /// A draining deployment's container: in maintenance, then stopped after the drain.
-    async fn drain(&self, key: &SlotKey, container: &Container, deployment: &Deployment) {
+    /// A draining deployment's container: in maintenance until the drain is over (then
+    /// `true`: stop it).
+    fn drained(&self, key: &SlotKey, container: &Container, deployment: &Deployment) -> bool {
         let now = Instant::now();
         let port = container
             .labels
@@ -551,10 +571,87 @@ impl Supervisor {
         let drain = deployment.drain.unwrap_or(deployment.spec.rollout.drain);
         if now.saturating_duration_since(since) < drain {
             self.register(deployment, key.2, port, "draining", true);
+            return false;
+        }
+        true
+    }
+
+    /// Marks a slot busy; `false` if it already is.
+    fn begin_busy(&self, key: &SlotKey) -> bool {
+        self.lock().busy.insert(key.clone())
+    }
+
+    fn end_busy(&self, key: &SlotKey) {
+        self.lock().busy.remove(key);
+    }
+
+    /// `stop`, in a task of its own: a container slow to stop holds up no other.
+    fn stop_in_background(
+        self: &Arc<Self>,
+        key: &SlotKey,
+        container: &str,
+        deployment: &Deployment,
+    ) {
+        if !self.begin_busy(key) {
             return;
         }
-        info!(container = %container.name, "supervisor: drained; stopping the container");
-        self.stop(key, &container.name, deployment).await;
+        let (this, key, container) = (Arc::clone(self), key.clone(), container.to_string());
+        let deployment = deployment.clone();
+        tokio::spawn(async move {
+            this.stop(&key, &container, &deployment).await;
+            this.end_busy(&key);
+        });
+    }
+
+    /// A stray (no deployment wants it): deregistered, stopped and removed, in a task.
+    fn remove_in_background(
+        self: &Arc<Self>,
+        key: &SlotKey,
+        container: &str,
+        service: &str,
+        instance: &str,
+    ) {
+        if !self.begin_busy(key) {
+            return;
+        }
+        let (this, key, container) = (Arc::clone(self), key.clone(), container.to_string());
+        let (service, instance) = (service.to_string(), instance.to_string());
+        tokio::spawn(async move {
+            this.deregister(&service, &instance).await;
+            if let Err(e) = this
+                .podman
+                .remove(&container, this.config.stop_timeout)
+                .await
+            {
+                warn!(%container, error = %e, "supervisor: cannot remove a stray container");
+            }
+            this.lock().slots.remove(&key);
+            this.end_busy(&key);
+        });
+    }
+
+    /// `start_slot`, in a task of its own (a pull can take minutes). Returns the gauge state.
+    fn start_in_background(
+        self: &Arc<Self>,
+        key: &SlotKey,
+        deployment: &Arc<Deployment>,
+    ) -> &'static str {
+        if let Some(failure) = self.lock().failures.get(key)
+            && failure.retry_at > Instant::now()
+        {
+            let (error, port) = (failure.error.clone(), failure.port);
+            self.register_failed(deployment, key.2, port, &error);
+            return "failed";
+        }
+        if !self.begin_busy(key) {
+            return "starting";
+        }
+        let (this, key, deployment) = (Arc::clone(self), key.clone(), Arc::clone(deployment));
+        tokio::spawn(async move {
+            this.start_slot(&key, &deployment).await;
+            this.end_busy(&key);
+        });
+        "starting"
     }
 
     /// Deregisters a slot's instance, then stops and removes its container.
@@ -581,19 +678,7 @@ impl Supervisor {
     /// Pulls and starts a wanted slot's container. Returns its state for the gauge.
     async fn start_slot(&self, key: &SlotKey, deployment: &Deployment) -> &'static str {
         let now = Instant::now();
-        let retry_port = {
-            let state = self.lock();
-            match state.failures.get(key) {
-                Some(failure) if failure.retry_at > now => {
-                    let (error, port) = (failure.error.clone(), failure.port);
-                    drop(state);
-                    self.register_failed(deployment, key.2, port, &error);
-                    return "failed";
-                }
-                Some(failure) => Some(failure.port),
-                None => None,
-            }
-        };
+        let retry_port = self.lock().failures.get(key).map(|f| f.port);
         let Some(port) = retry_port.or_else(|| self.free_port()) else {
             self.record_failure(
                 key,

@@ -352,13 +352,17 @@ impl Local {
 
     /// The check `check_id` names: its explicit id, or `<instance id>:<index>`.
     fn check_index(&self, check_id: &str) -> Option<usize> {
-        self.definition.checks.iter().enumerate().position(|(c, check)| match &check.id {
-            Some(id) => id == check_id,
-            None => check_id
-                .strip_prefix(self.definition.id.as_str())
-                .and_then(|rest| rest.strip_prefix(':'))
-                .is_some_and(|index| index.parse() == Ok(c)),
-        })
+        self.definition
+            .checks
+            .iter()
+            .enumerate()
+            .position(|(c, check)| match &check.id {
+                Some(id) => id == check_id,
+                None => check_id
+                    .strip_prefix(self.definition.id.as_str())
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    .is_some_and(|index| index.parse() == Ok(c)),
+            })
     }
 }
 
@@ -548,8 +552,7 @@ impl Agent {
                 .iter()
                 .filter_map(|(key, l)| {
                     let (health, at) = l.published?;
-                    (now.saturating_duration_since(at) >= SETTLE)
-                        .then(|| (key.clone(), health, at))
+                    (now.saturating_duration_since(at) >= SETTLE).then(|| (key.clone(), health, at))
                 })
                 .collect();
             for (key, health, at) in settled {

@@ -164,11 +164,13 @@ pub struct AppSpec {
 impl AppSpec {
     pub fn validate(&mut self) -> Result<(), ModelError> {
         let image = self.image.trim();
-        if image.is_empty() || image.len() > MAX_IMAGE_LEN || image.contains(char::is_whitespace)
-        {
+        if image.is_empty() || image.len() > MAX_IMAGE_LEN || image.contains(char::is_whitespace) {
             return Err(ModelError::new(
                 "image",
-                format!("`{}` is not an image reference (registry/repository:tag)", self.image),
+                format!(
+                    "`{}` is not an image reference (registry/repository:tag)",
+                    self.image
+                ),
             ));
         }
         self.image = image.to_string();
@@ -179,7 +181,10 @@ impl AppSpec {
             ));
         }
         if self.zones.len() > MAX_ZONES {
-            return Err(ModelError::new("zones", format!("at most {MAX_ZONES} zones")));
+            return Err(ModelError::new(
+                "zones",
+                format!("at most {MAX_ZONES} zones"),
+            ));
         }
         for zone in &self.zones {
             validate_dns_label("zones", zone)?;
@@ -187,7 +192,10 @@ impl AppSpec {
         self.zones.sort();
         self.zones.dedup();
         if self.env.len() > MAX_ENV {
-            return Err(ModelError::new("env", format!("at most {MAX_ENV} variables")));
+            return Err(ModelError::new(
+                "env",
+                format!("at most {MAX_ENV} variables"),
+            ));
         }
         for (key, value) in &self.env {
             validate_env_name(&format!("env.{key}"), key)?;
@@ -213,8 +221,7 @@ impl AppSpec {
                 format!("`{path}` must start with '/' and have no spaces or control characters"),
             ));
         }
-        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.check_interval)
-        {
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.check_interval) {
             return Err(ModelError::new("check_interval", "must be 100ms to 60s"));
         }
         if let Some(host) = &mut self.host {
@@ -335,7 +342,11 @@ pub struct DeployStep {
     pub state: StepState,
     #[serde(with = "humantime_serde")]
     pub started: SystemTime,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ended: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -369,7 +380,11 @@ pub struct Deployment {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
     /// With goal `drain`: how long its instances stay in maintenance before they stop.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub drain: Option<Duration>,
     /// The app's route as it was before this deployment moved it (restored on rollback;
     /// `None`: there was none).
@@ -381,7 +396,11 @@ pub struct Deployment {
     pub created: SystemTime,
     #[serde(with = "humantime_serde")]
     pub updated: SystemTime,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub finished: Option<SystemTime>,
 }
 
@@ -391,18 +410,30 @@ impl Deployment {
         validate_app_name(&self.app)?;
         self.spec.validate()?;
         if self.image.len() > MAX_IMAGE_LEN || !self.image.contains('@') {
-            return Err(ModelError::new("image", "must be pinned by digest (repo@sha256:…)"));
+            return Err(ModelError::new(
+                "image",
+                "must be pinned by digest (repo@sha256:…)",
+            ));
         }
         if !is_sha256_digest(&self.digest) {
-            return Err(ModelError::new("digest", format!("`{}` is not a sha256 digest", self.digest)));
+            return Err(ModelError::new(
+                "digest",
+                format!("`{}` is not a sha256 digest", self.digest),
+            ));
         }
         if self.placement.len() > MAX_ZONES {
-            return Err(ModelError::new("placement", format!("at most {MAX_ZONES} zones")));
+            return Err(ModelError::new(
+                "placement",
+                format!("at most {MAX_ZONES} zones"),
+            ));
         }
         for (zone, count) in &self.placement {
             validate_dns_label("placement", zone)?;
             if *count > MAX_INSTANCES {
-                return Err(ModelError::new(format!("placement.{zone}"), "too many instances"));
+                return Err(ModelError::new(
+                    format!("placement.{zone}"),
+                    "too many instances",
+                ));
             }
         }
         if self.weight > 100 {
@@ -453,7 +484,10 @@ impl Deployment {
 
 fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

@@ -671,7 +671,17 @@ pub struct Process {
 
 impl Process {
     pub fn start(args: &[&str], marker: &'static str) -> Process {
-        let (child, watchdog, addr, log) = spawn_logged(Command::new(STRAIT).args(args), marker);
+        Process::start_with_env(args, marker, &[])
+    }
+
+    /// As `start`, with these environment variables set.
+    pub fn start_with_env(args: &[&str], marker: &'static str, env: &[(&str, String)]) -> Process {
+        let mut command = Command::new(STRAIT);
+        command.args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let (child, watchdog, addr, log) = spawn_logged(&mut command, marker);
         Process {
             child: Some(child),
             watchdog,

@@ -5,6 +5,7 @@ mod agent;
 mod build;
 mod cli;
 mod conformance;
+mod deploy;
 mod dns;
 mod docs;
 mod embedded;

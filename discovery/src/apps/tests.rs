@@ -25,7 +25,9 @@ fn specs_are_validated() {
     check_spec(
         r#"{"image": "r/web:v1", "instances": 2, "zones": ["b", "a", "a"],
             "check": {"http": {"path": "/healthz"}}, "rollout": {"steps": [50, 100]}}"#,
-        expect![[r#"ok: r/web:v1 x2 zones=["a", "b"] check=Http { path: "/healthz" } steps=[50, 100]"#]],
+        expect![[
+            r#"ok: r/web:v1 x2 zones=["a", "b"] check=Http { path: "/healthz" } steps=[50, 100]"#
+        ]],
     );
     check_spec(
         r#"{"image": "r/web:v1", "instances": 0}"#,
@@ -45,7 +47,9 @@ fn specs_are_validated() {
     );
     check_spec(
         r#"{"image": "r/web:v1", "instances": 1, "check": {"http": {"path": "healthz"}}}"#,
-        expect!["check.http.path: `healthz` must start with '/' and have no spaces or control characters"],
+        expect![
+            "check.http.path: `healthz` must start with '/' and have no spaces or control characters"
+        ],
     );
     check_spec(
         r#"{"image": "r/web:v1", "instances": 1, "rollout": {"steps": [50, 10, 100]}}"#,
@@ -61,7 +65,9 @@ fn specs_are_validated() {
     );
     check_spec(
         r#"{"image": "r/web:v1", "instances": 1, "host": "bad host"}"#,
-        expect!["host: `bad host` is not a host name (labels of a-z, 0-9 and '-'; a leading `*.` for any subdomain; no port)"],
+        expect![
+            "host: `bad host` is not a host name (labels of a-z, 0-9 and '-'; a leading `*.` for any subdomain; no port)"
+        ],
     );
     check_spec(
         r#"{"image": "r/web:v1", "instances": 1, "zones": ["EU"]}"#,
@@ -69,7 +75,9 @@ fn specs_are_validated() {
     );
     check_spec(
         r#"{"image": "r/web:v1", "instances": 1, "replicas": 3}"#,
-        expect!["parse: unknown field `replicas`, expected one of `image`, `instances`, `zones`, `env`, `port_env`, `check`, `check_interval`, `host`, `timeout`, `rollout` at line 1 column 48"],
+        expect![
+            "parse: unknown field `replicas`, expected one of `image`, `instances`, `zones`, `env`, `port_env`, `check`, `check_interval`, `host`, `timeout`, `rollout` at line 1 column 48"
+        ],
     );
 }
 

@@ -54,9 +54,10 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the data directory and loads its routes.
     pub async fn open(data_dir: &Path, metrics: StoreMetrics) -> Result<Self, StoreError> {
         let dir = data_dir.to_path_buf();
-        let (lock, state, log, records) = tokio::task::spawn_blocking(move || load(&dir))
-            .await
-            .map_err(|e| StoreError::Storage(format!("loading task failed: {e}")))??;
+        let (lock, state, log, records) =
+            tokio::task::spawn_blocking(move || load(&dir))
+                .await
+                .map_err(|e| StoreError::Storage(format!("loading task failed: {e}")))??;
         let publisher = Publisher::new("embedded", metrics, true);
         publisher.publish(&state);
         Ok(EmbeddedStore {

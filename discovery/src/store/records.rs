@@ -164,7 +164,11 @@ pub fn load(dir: &Path) -> Result<LoadedRecords, StoreError> {
     for (name, path) in json_files(&dir.join(APPS_DIR))? {
         let mut app: App = read_json(&path)?;
         if app.name != name {
-            return Err(storage_error(&path, "invalid record", format!("names app `{}`", app.name)));
+            return Err(storage_error(
+                &path,
+                "invalid record",
+                format!("names app `{}`", app.name),
+            ));
         }
         app.validate()
             .map_err(|e| storage_error(&path, "invalid record", e))?;

@@ -378,7 +378,10 @@ impl Store for ZkStore {
         let client = self.client()?;
         let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
         let owner = format!("{}:{}", hostname(), std::process::id());
-        match client.create(&lock_path(name), owner.as_bytes(), &ephemeral).await {
+        match client
+            .create(&lock_path(name), owner.as_bytes(), &ephemeral)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(zk::Error::NodeExists) => Ok(false),
             Err(e) => Err(unavailable(e)),
@@ -912,7 +915,10 @@ fn decode_deployment(path: &str, app: &str, id: &str, data: &[u8]) -> Option<Dep
         }
     };
     if deployment.app != app || id.parse() != Ok(deployment.id) {
-        warn!(path, "ignoring deployment znode whose body names another deployment");
+        warn!(
+            path,
+            "ignoring deployment znode whose body names another deployment"
+        );
         return None;
     }
     if let Err(e) = deployment.validate() {

@@ -1,0 +1,851 @@
+//! Deployments on the real parts: images built with `strait build` (a static busybox
+//! serving its version), pushed to strait's own registry, run by podman under the agent's
+//! supervisor, routed by the router, with a real load through it.
+//!
+//! podman here runs with `runc` (this VM's hybrid cgroups and missing CAP_SYS_RESOURCE rule
+//! out `crun`) and bounded ulimits, from a `CONTAINERS_CONF` of the test's own; each test
+//! has its own container storage, removed at the end with every container in it.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Process, Strait, ZooKeeper, cli, eventually, http};
+use crate::http::read_response;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A podman set-up of the test's own: config, storage, and cleanup.
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        for tool in ["podman", "runc"] {
+            assert!(
+                Command::new(tool).arg("--version").output().is_ok(),
+                "`{tool}` is missing: install Debian's podman and runc (scripts/test does)"
+            );
+        }
+        assert!(
+            Path::new(BUSYBOX).exists(),
+            "{BUSYBOX} is missing: install Debian's busybox-static (scripts/test does)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            format!(
+                "[engine]\nruntime = \"runc\"\nevents_logger = \"file\"\ntmp_dir = \"{0}/tmp\"\n\
+                 [containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1000:1000\"]\n",
+                dir.path().display()
+            ),
+        )
+        .expect("containers.conf");
+        std::fs::write(
+            dir.path().join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"overlay\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n",
+                dir.path().display()
+            ),
+        )
+        .expect("storage.conf");
+        Podman { dir }
+    }
+
+    fn env(&self) -> [(&'static str, String); 2] {
+        [
+            (
+                "CONTAINERS_CONF",
+                self.dir
+                    .path()
+                    .join("containers.conf")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "CONTAINERS_STORAGE_CONF",
+                self.dir.path().join("storage.conf").display().to_string(),
+            ),
+        ]
+    }
+
+    fn command(&self, args: &[&str]) -> (bool, String) {
+        let output = Command::new("podman")
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("podman");
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    }
+
+    /// Names of the containers in this storage, running or not, with their state.
+    fn containers(&self) -> Vec<(String, String)> {
+        let output = Command::new("podman")
+            .args(["ps", "--all", "--format", "json"])
+            .envs(self.env())
+            .output()
+            .expect("podman");
+        assert!(output.status.success(), "podman ps: {output:?}");
+        let entries: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let mut list: Vec<(String, String)> = entries
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c["Names"][0].as_str()?.to_string(),
+                    c["State"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        list.sort();
+        list
+    }
+
+    fn running(&self) -> Vec<String> {
+        self.containers()
+            .into_iter()
+            .filter(|(_, state)| state == "running")
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.command(&["rm", "--all", "--force", "--time=0"]);
+        let _ = self.command(&["rmi", "--all", "--force"]);
+    }
+}
+
+/// Builds the test image of `version`: busybox httpd on `$PORT` serving `/` (the version)
+/// and `/healthz` (unless `healthy` is false), stopping at once on SIGTERM. Pushed to
+/// `registry` as `shop/web:<version>`; returns the reference.
+fn build_image(registry: SocketAddr, version: &str, healthy: bool) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    std::fs::create_dir_all(root.join("www")).expect("www");
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox");
+    std::fs::write(root.join("www/index.html"), format!("{version}\n")).expect("index");
+    if healthy {
+        std::fs::write(root.join("www/healthz"), "ok\n").expect("healthz");
+    }
+    std::fs::write(
+        dir.path().join("strait-build.toml"),
+        r#"entrypoint = ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; /bin/busybox httpd -f -p $PORT -h /www & wait"]
+[[layer]]
+src = "root/"
+dest = "/"
+"#,
+    )
+    .expect("build file");
+    push(dir.path(), registry, version)
+}
+
+/// An image whose entrypoint exits at once (code 3).
+fn build_crashing_image(registry: SocketAddr, version: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox");
+    std::fs::write(
+        dir.path().join("strait-build.toml"),
+        r#"entrypoint = ["/bin/busybox", "sh", "-c", "echo no config found >&2; exit 3"]
+[[layer]]
+src = "root/"
+dest = "/"
+"#,
+    )
+    .expect("build file");
+    push(dir.path(), registry, version)
+}
+
+fn push(dir: &Path, registry: SocketAddr, version: &str) -> String {
+    let reference = format!("{registry}/shop/web:{version}");
+    let cache = dir.join("cache");
+    let file = dir.join("strait-build.toml");
+    let (ok, out, err) = cli(&[
+        "build",
+        "-f",
+        file.to_str().expect("utf-8"),
+        "--push",
+        &reference,
+        "--cache-dir",
+        cache.to_str().expect("utf-8"),
+        "--quiet",
+    ]);
+    assert!(ok, "strait build {reference}: {out}{err}");
+    reference
+}
+
+fn admin_env(strait: &Strait) -> String {
+    format!("http://{}", strait.admin)
+}
+
+/// `strait deploy …` against `strait`; returns (success, stdout + stderr).
+fn deploy(strait: &Strait, args: &[&str]) -> (bool, String) {
+    let admin = admin_env(strait);
+    let mut all = vec!["deploy", "--admin", admin.as_str()];
+    all.extend_from_slice(args);
+    let (ok, out, err) = cli(&all);
+    (ok, format!("{out}{err}"))
+}
+
+/// A strait with the podman runtime, the registry, and this test's podman set-up.
+fn start_strait(podman: &Podman, data_dir: Option<&Path>, zone: &str) -> Strait {
+    let mut builder = Strait::builder()
+        .arg("--runtime")
+        .arg("podman")
+        .arg("--zone")
+        .arg(zone);
+    for (key, value) in podman.env() {
+        builder = builder.env(key, &value);
+    }
+    if let Some(dir) = data_dir {
+        builder = builder.data_dir(dir);
+    }
+    let strait = builder.start();
+    eventually(Duration::from_secs(10), "the agent to register", || {
+        let (_, body) = strait.get("/v1/services/strait-agent");
+        match body["instances"].as_array().map(Vec::len) {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    strait
+}
+
+/// A bounded load through the router: keep-alive GETs, a few ms apart, never retried.
+/// Counts failures (an I/O error or any status but 200) and the versions it saw.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(router: SocketAddr, host: &str, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failed, seen) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&failed),
+                    Arc::clone(&seen),
+                );
+                let host = host.to_string();
+                std::thread::spawn(move || {
+                    let mut conn: Option<BufReader<TcpStream>> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let result = (|| -> std::io::Result<(u16, String, bool)> {
+                            if conn.is_none() {
+                                let stream = TcpStream::connect(router)?;
+                                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                                conn = Some(BufReader::new(stream));
+                            }
+                            let c = conn.as_mut().expect("connected");
+                            c.get_mut().write_all(
+                                format!("GET / HTTP/1.1\r\nhost: {host}\r\n\r\n").as_bytes(),
+                            )?;
+                            let (response, keep) = read_response(c)?;
+                            Ok((response.status, response.text().trim().to_string(), keep))
+                        })();
+                        match result {
+                            Ok((200, body, keep)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                let mut seen = seen.lock().expect("seen");
+                                if seen.last() != Some(&body) {
+                                    seen.push(body);
+                                }
+                                if !keep {
+                                    conn = None;
+                                }
+                            }
+                            Ok((status, body, _)) => {
+                                failed
+                                    .lock()
+                                    .expect("failed")
+                                    .push(format!("{status} {body}"));
+                                conn = None;
+                            }
+                            Err(e) => {
+                                failed.lock().expect("failed").push(e.to_string());
+                                conn = None;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            seen,
+            threads,
+        }
+    }
+
+    /// Stops the clients; returns (requests answered 200, failures, versions seen in order).
+    fn finish(mut self) -> (u64, Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        let failed = self.failed.lock().expect("failed").clone();
+        let mut seen = self.seen.lock().expect("seen").clone();
+        seen.dedup();
+        (self.ok.load(Ordering::Relaxed), failed, seen)
+    }
+}
+
+/// What the router answers for `host` now.
+fn version_served(router: SocketAddr, host: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(router).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(
+            format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+    let (response, _) = read_response(&mut BufReader::new(stream)).map_err(|e| e.to_string())?;
+    match response.status {
+        200 => Ok(response.text().trim().to_string()),
+        status => Err(format!("{status} {}", response.text())),
+    }
+}
+
+fn deployment(strait: &Strait, app: &str, id: u64) -> Value {
+    let (status, body) = strait.get(&format!("/v1/apps/{app}/deployments/{id}"));
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[test]
+fn deploys_shift_traffic_with_no_failed_request_roll_back_a_bad_version_and_survive_restarts() {
+    let podman = Podman::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut strait = start_strait(&podman, Some(data.path()), "z1");
+    let registry = strait.registry.expect("the registry listens");
+    let v1 = build_image(registry, "v1", true);
+    let v2 = build_image(registry, "v2", true);
+    let v3 = build_image(registry, "v3", false);
+    let host = "web.deploy.test";
+
+    // v1: the app's first deployment creates its route once its instances pass.
+    let (ok, out) = deploy(
+        &strait,
+        &[
+            "web",
+            &v1,
+            "--instances",
+            "2",
+            "--host",
+            host,
+            "--check-path",
+            "/healthz",
+            "--check-interval",
+            "200ms",
+            "--pause",
+            "1s",
+            "--drain",
+            "1s",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{out}\n{}", strait.log_text());
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(version_served(strait.http, host), Ok("v1".into()));
+    assert_eq!(podman.running().len(), 2, "{:?}", podman.containers());
+
+    // v2 under load: not one failed request across the shift.
+    let load = Load::start(strait.http, host, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out) = deploy(&strait, &["web", &v2, "--wait"]);
+    assert!(ok, "{out}\n{}", strait.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    let (answered, failed, seen) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed of {answered}: {failed:?}",
+        failed.len()
+    );
+    assert!(answered > 200, "a real load: {answered} requests");
+    assert_eq!(seen.first().map(String::as_str), Some("v1"), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("v2"), "{seen:?}");
+    for step in [
+        "pin the route",
+        "shift 10%",
+        "shift 50%",
+        "shift 100%",
+        "drain deployment 1",
+    ] {
+        assert!(out.contains(step), "{step}: {out}");
+    }
+    let d2 = deployment(&strait, "web", 2);
+    assert_eq!(d2["state"], "succeeded");
+    assert_eq!(d2["weight"], 100);
+    assert!(
+        d2["image"].as_str().is_some_and(|i| i.contains("@sha256:")),
+        "{d2}"
+    );
+    assert_eq!(deployment(&strait, "web", 1)["goal"], "stop");
+    eventually(Duration::from_secs(15), "v1's containers to stop", || {
+        let running = podman.running();
+        if running.len() == 2 && running.iter().all(|n| n.contains("-web-2-")) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", podman.containers()))
+        }
+    });
+    // The route is the app's service again, not a split.
+    let (_, route) = strait.get("/v1/routes/web");
+    assert_eq!(route["service"], "web", "{route}");
+    assert!(route.get("split").is_none(), "{route}");
+
+    // v3's check never passes: rolled back, v2 serving throughout.
+    let load = Load::start(strait.http, host, 2);
+    let (ok, out) = deploy(&strait, &["web", &v3, "--timeout", "4s", "--wait"]);
+    let (answered, failed, seen) = load.finish();
+    assert!(!ok, "a version that never passes its check fails: {out}");
+    assert!(
+        out.contains("rolled_back") && out.contains("passed their check"),
+        "{out}"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed of {answered}: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(seen, ["v2"], "only v2 answered");
+    let d3 = deployment(&strait, "web", 3);
+    assert_eq!(d3["state"], "rolled_back");
+    assert_eq!(d3["goal"], "stop");
+    assert!(
+        d3["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("0 of 2 instances")),
+        "{d3}"
+    );
+    eventually(Duration::from_secs(20), "v3's containers to go", || {
+        let names: Vec<_> = podman.containers().into_iter().map(|(n, _)| n).collect();
+        if names.iter().any(|n| n.contains("-web-3-")) {
+            Err(format!("{names:?}"))
+        } else {
+            Ok(())
+        }
+    });
+    let (_, route) = strait.get("/v1/routes/web");
+    assert_eq!(route["service"], "web", "restored: {route}");
+
+    // History and status through the CLI.
+    let (ok, out) = deploy(&strait, &["history", "web"]);
+    assert!(ok, "{out}");
+    let states: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(states, ["rolled_back", "succeeded", "succeeded"], "{out}");
+
+    // A container killed: restarted with back-off, its restarts in its metadata.
+    let victim = podman.running().into_iter().next().expect("a container");
+    let (killed, out) = podman.command(&["kill", &victim]);
+    assert!(killed, "{out}");
+    eventually(
+        Duration::from_secs(20),
+        "the killed container to run again",
+        || {
+            let (_, service) = strait.get("/v1/services/web");
+            let instances = service["instances"].as_array().cloned().unwrap_or_default();
+            let restarted = instances.iter().any(|i| i["metadata"]["restarts"] == "1");
+            let passing = instances
+                .iter()
+                .filter(|i| i["health"] == "passing")
+                .count();
+            if restarted && passing == 2 && podman.running().contains(&victim) {
+                Ok(())
+            } else {
+                Err(format!("{service}"))
+            }
+        },
+    );
+    assert!(
+        strait.metric("strait_agent_container_restarts_total{app=\"web\"}") >= Some(1.0),
+        "{}",
+        strait.metrics_text()
+    );
+
+    // The agent (here strait itself) restarts: it adopts the running containers.
+    let before = podman.running();
+    strait.stop();
+    assert_eq!(podman.running(), before, "containers outlive their agent");
+    let strait = start_strait(&podman, Some(data.path()), "z1");
+    eventually(
+        Duration::from_secs(20),
+        "the adopted instances to pass",
+        || {
+            let (_, service) = strait.get("/v1/services/web");
+            let passing = service["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["health"] == "passing")
+                .count();
+            if passing == 2 {
+                Ok(())
+            } else {
+                Err(format!("{service}"))
+            }
+        },
+    );
+    assert_eq!(podman.running(), before, "adopted, not started again");
+    assert!(strait.log_text().contains("adopting a running container"));
+    eventually(Duration::from_secs(10), "v2 to be served again", || {
+        version_served(strait.http, host)
+    });
+    assert_eq!(version_served(strait.http, host), Ok("v2".into()));
+    assert!(
+        strait
+            .metric("strait_deploy_deployments_total{app=\"web\",outcome=\"succeeded\"}")
+            .is_none(),
+        "counted by the process that ran them"
+    );
+
+    // Removing the app stops its containers and its route.
+    let (status, body) = http(&strait, "DELETE", "/v1/apps/web", None, None);
+    assert_eq!(status, 202, "{body}");
+    eventually(Duration::from_secs(30), "the app to be removed", || {
+        let (status, _) = strait.get("/v1/apps/web");
+        let containers = podman.containers();
+        if status == 404 && containers.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{status} {containers:?}"))
+        }
+    });
+    assert_eq!(strait.get("/v1/routes/web").0, 404);
+}
+
+#[test]
+fn deployments_refuse_bad_input_and_end_clearly() {
+    let podman = Podman::new();
+    let strait = start_strait(&podman, None, "z1");
+    let registry = strait.registry.expect("the registry listens");
+    let v1 = build_image(registry, "v1", true);
+    let post = |app: &str, body: &str| {
+        http(
+            &strait,
+            "POST",
+            &format!("/v1/apps/{app}/deployments"),
+            Some(body),
+            None,
+        )
+    };
+
+    let (status, body) = post("Web", &format!(r#"{{"image": "{v1}", "instances": 1}}"#));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid")),
+        "{body}"
+    );
+    let (status, body) = post("web", &format!(r#"{{"image": "{v1}", "instances": 0}}"#));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("instances")),
+        "{body}"
+    );
+    let (status, body) = post("web", r#"{"image": "x"}"#);
+    assert_eq!(status, 400, "first deployment without instances: {body}");
+    let (status, body) = post(
+        "web",
+        &format!(r#"{{"image": "{registry}/shop/web:nope", "instances": 1}}"#),
+    );
+    assert_eq!(status, 422, "a tag that does not exist: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no such manifest")),
+        "{body}"
+    );
+    let (status, body) = post(
+        "web",
+        r#"{"image": "127.0.0.1:1/shop/web:v1", "instances": 1}"#,
+    );
+    assert_eq!(status, 502, "a registry that cannot be reached: {body}");
+    let (status, body) = post(
+        "web",
+        &format!(r#"{{"image": "{v1}", "instances": 1, "zones": ["mars"]}}"#),
+    );
+    assert_eq!(status, 422, "a zone without agents: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("mars")),
+        "{body}"
+    );
+    assert_eq!(
+        strait.get("/v1/apps").1["apps"].as_array().map(Vec::len),
+        Some(0),
+        "nothing refused was recorded"
+    );
+
+    // An entrypoint that exits at once: restarted, then the deployment fails.
+    let crash = build_crashing_image(registry, "crash");
+    let (ok, out) = deploy(
+        &strait,
+        &[
+            "crash",
+            &crash,
+            "--instances",
+            "1",
+            "--max-restarts",
+            "1",
+            "--timeout",
+            "60s",
+            "--wait",
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("failed") && out.contains("exited"), "{out}");
+    let d = deployment(&strait, "crash", 1);
+    assert_eq!(d["state"], "failed", "no earlier version: {d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("exit code 3") && r.contains("no config found")),
+        "the container's own words: {d}"
+    );
+
+    // A second deployment while one runs: 409; cancelling the first rolls it back.
+    let slow = build_image(registry, "slow", false);
+    let (status, body) = post(
+        "web",
+        &format!(
+            r#"{{"image": "{slow}", "instances": 1, "check": {{"http": {{"path": "/healthz"}}}}, "timeout": "60s"}}"#
+        ),
+    );
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = post("web", &format!(r#"{{"image": "{v1}"}}"#));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("deployment 1")),
+        "{body}"
+    );
+    let (status, body) = http(&strait, "DELETE", "/v1/apps/web/deployments/1", None, None);
+    assert_eq!(status, 202, "{body}");
+    eventually(
+        Duration::from_secs(30),
+        "the cancelled deployment to end",
+        || {
+            let d = deployment(&strait, "web", 1);
+            match d["state"].as_str() {
+                Some("failed") => Ok(d),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+    let d = deployment(&strait, "web", 1);
+    assert_eq!(d["reason"], "cancelled", "{d}");
+    let (status, _) = http(&strait, "DELETE", "/v1/apps/web/deployments/1", None, None);
+    assert_eq!(status, 409, "a finished deployment cannot be cancelled");
+    let (status, _) = strait.get("/v1/apps/web/deployments/x");
+    assert_eq!(status, 400);
+    let (status, _) = strait.get("/v1/apps/web/deployments/99");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn without_agents_a_deployment_is_refused() {
+    let strait = Strait::builder().start();
+    let (status, body) = http(
+        &strait,
+        "POST",
+        "/v1/apps/web/deployments",
+        Some(r#"{"image": "127.0.0.1:5000/shop/web:v1", "instances": 1}"#),
+        None,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--runtime podman")),
+        "{body}"
+    );
+}
+
+/// A standalone `strait agent --runtime podman` on ZooKeeper, handing out ports from a
+/// range of its own (`range` picks one of a few per test process).
+fn start_agent(podman: &Podman, zk: &str, id: &str, zone: &str, range: u16) -> Process {
+    let low = 30000 + (std::process::id() % 50) as u16 * 400 + range * 100;
+    let ports = format!("{low}-{}", low + 99);
+    let args = [
+        "agent",
+        "--runtime",
+        "podman",
+        "--store",
+        zk,
+        "--id",
+        id,
+        "--zone",
+        zone,
+        "--session-timeout",
+        "2s",
+        "--addr",
+        "127.0.0.1:0",
+        "--stop-timeout",
+        "2s",
+        "--ports",
+        &ports,
+    ];
+    Process::start_with_env(&args, "agent API listening on ", &podman.env())
+}
+
+#[test]
+fn on_zookeeper_agents_in_two_zones_run_a_deployment_and_one_killed_mid_deployment_rolls_it_back() {
+    let podman = Podman::new();
+    let zk = ZooKeeper::shared();
+    let url = zk.url("deploy-two-zones");
+    // The controller and router: no containers of its own.
+    let strait = Strait::builder().store(&url).start();
+    let registry = strait.registry.expect("the registry listens");
+    let a = start_agent(&podman, &url, "agent-a", "z1", 0);
+    let mut b = start_agent(&podman, &url, "agent-b", "z2", 1);
+    eventually(Duration::from_secs(15), "both agents to register", || {
+        let (_, body) = strait.get("/v1/services/strait-agent");
+        match body["instances"].as_array().map(Vec::len) {
+            Some(2) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let v1 = build_image(registry, "v1", true);
+    let v2 = build_image(registry, "v2", false);
+    let host = "web.zk.test";
+
+    // Two instances over the agents' two zones: one each.
+    let (ok, out) = deploy(
+        &strait,
+        &[
+            "web",
+            &v1,
+            "--instances",
+            "2",
+            "--host",
+            host,
+            "--check-path",
+            "/healthz",
+            "--check-interval",
+            "200ms",
+            "--pause",
+            "1s",
+            "--drain",
+            "1s",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{out}\n{}\n{}", a.log_text(), b.log_text());
+    let d1 = deployment(&strait, "web", 1);
+    assert_eq!(
+        d1["placement"],
+        serde_json::json!({"z1": 1, "z2": 1}),
+        "{d1}"
+    );
+    let agents: Vec<&str> = d1["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["metadata"]["agent"].as_str())
+        .collect();
+    assert_eq!(agents.len(), 2);
+    assert!(
+        agents.contains(&"agent-a") && agents.contains(&"agent-b"),
+        "{agents:?}"
+    );
+    eventually(Duration::from_secs(10), "v1 to be served", || {
+        version_served(strait.http, host)
+    });
+
+    // v2 (whose check never passes, so it waits), and agent B dies in the middle: its
+    // zone has nobody left to run it, and the deployment is rolled back to v1.
+    let (status, body) = http(
+        &strait,
+        "POST",
+        "/v1/apps/web/deployments",
+        Some(&format!(r#"{{"image": "{v2}", "timeout": "90s"}}"#)),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    eventually(Duration::from_secs(20), "v2's containers to start", || {
+        let running = podman.running();
+        if running.iter().filter(|n| n.contains("-web-2-")).count() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{running:?}"))
+        }
+    });
+    b.kill();
+    let d2 = eventually(Duration::from_secs(60), "deployment 2 to end", || {
+        let d = deployment(&strait, "web", 2);
+        match d["state"].as_str() {
+            Some("rolled_back") => Ok(d),
+            other => Err(format!("{other:?}: {d}")),
+        }
+    });
+    assert!(
+        d2["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("zone `z2` has had no live agent")),
+        "{d2}"
+    );
+    assert_eq!(version_served(strait.http, host), Ok("v1".into()));
+
+    // B comes back: it adopts its v1 container and removes its v2 stray.
+    let b = start_agent(&podman, &url, "agent-b", "z2", 1);
+    eventually(Duration::from_secs(30), "B to adopt v1 and drop v2", || {
+        let running = podman.running();
+        let v1_count = running.iter().filter(|n| n.contains("-web-1-")).count();
+        let v2_count = running.iter().filter(|n| n.contains("-web-2-")).count();
+        let (_, service) = strait.get("/v1/services/web");
+        let passing = service["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["health"] == "passing")
+            .count();
+        if v1_count == 2 && v2_count == 0 && passing == 2 {
+            Ok(())
+        } else {
+            Err(format!("{running:?} {service}"))
+        }
+    });
+    assert!(
+        b.log_text().contains("adopting a running container"),
+        "{}",
+        b.log_text()
+    );
+    drop(a);
+}
