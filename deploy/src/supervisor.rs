@@ -25,13 +25,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use discovery::{Snapshot, Store};
 use discovery::agent::{Agent, CheckDefinition, CheckType, ServiceDefinition};
 use discovery::apps::{
     AGENT_KEY, AGENT_RUNTIME_KEY, AGENT_SERVICE, AppCheck, CONTAINER_STATE_KEY, ContainerGoal,
     DEPLOYMENT_KEY, DIGEST_KEY, Deployment, LAST_EXIT_KEY, RESTARTS_KEY, SLOT_KEY, VERSION_KEY,
 };
 use discovery::model::{Health, validate_dns_label};
+use discovery::{Snapshot, Store};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tracing::{info, warn};
 
