@@ -5,6 +5,7 @@
 
 mod alloc;
 mod build;
+mod deploy;
 mod registry;
 mod swap;
 mod table;
@@ -824,6 +825,7 @@ fn main() -> anyhow::Result<()> {
             "dns",
             "registry",
             "build",
+            "deploy",
             "alloc",
         ],
         "http-close" => vec!["http-close"],
@@ -838,8 +840,9 @@ fn main() -> anyhow::Result<()> {
         "dns" => vec!["dns"],
         "registry" => vec!["registry"],
         "build" => vec!["build"],
+        "deploy" => vec!["deploy"],
         other => bail!(
-            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, tcp, swap, table, dns, registry, build, alloc or all"
+            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, tcp, swap, table, dns, registry, build, deploy, alloc or all"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -848,6 +851,12 @@ fn main() -> anyhow::Result<()> {
         if scenario == "build" {
             let rows = build::scenario(cli.quick, dir.path(), &build_strait()?)?;
             build::print(&rows);
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
+        if scenario == "deploy" {
+            let rows = deploy::scenario(cli.quick, dir.path(), &build_strait()?)?;
+            deploy::print(&rows);
             report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
             continue;
         }

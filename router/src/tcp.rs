@@ -310,7 +310,12 @@ impl TcpProxy {
         endpoint.state.outstanding.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .requests
-            .with_label_values(&[&route.route, &pool.service, "tcp"])
+            .with_label_values(&[
+                &route.route,
+                &pool.service,
+                target.tag.as_deref().unwrap_or(""),
+                "tcp",
+            ])
             .inc();
         let activity = crate::idle::Activity::new();
         let result = async {
