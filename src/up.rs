@@ -236,14 +236,17 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     })?;
     let admin_addr = admin_listener.local_addr()?;
     controller.start_recovery();
-    if let (Some(agent), Some(metrics), Some(config)) = (
+    let supervisor = match (
         &agent,
         supervisor_metrics,
         settings.agent.supervisor(admin_addr.port()),
     ) {
-        deploy::Supervisor::start(config, Arc::clone(agent), metrics, Arc::clone(&store))
-            .map_err(anyhow::Error::msg)?;
-    }
+        (Some(agent), Some(metrics), Some(config)) => Some(
+            deploy::Supervisor::start(config, Arc::clone(agent), metrics, Arc::clone(&store))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
     // Logged last: test harnesses wait for this line.
     info!(addr = %admin_addr, "admin API listening on {admin_addr}");
     if !upgrade {
@@ -318,6 +321,9 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         if let Some(agent) = &agent {
             agent.stop();
         }
+        if let Some(supervisor) = &supervisor {
+            supervisor.pause();
+        }
         reaper.abort();
         let _ = (&mut reaper).await;
         let sockets = upgrade::Sockets {
@@ -386,6 +392,9 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
         if let Some(agent) = &agent {
             agent.resume();
+        }
+        if let Some(supervisor) = &supervisor {
+            supervisor.resume();
         }
         if let Some((udp, tcp)) = sockets.dns
             && let Err(e) = dns.start_inherited(udp, tcp)

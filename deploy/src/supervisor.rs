@@ -200,6 +200,9 @@ pub struct Supervisor {
     podman: Podman,
     metrics: SupervisorMetrics,
     state: Mutex<SupervisorState>,
+    /// Set during a binary upgrade's hand-over: the successor's supervisor takes over
+    /// the same containers, so this one must not touch them.
+    paused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -246,6 +249,7 @@ impl Supervisor {
             agent,
             metrics,
             state: Mutex::new(SupervisorState::default()),
+            paused: std::sync::atomic::AtomicBool::new(false),
         });
         info!(
             agent = %supervisor.config.id,
@@ -260,6 +264,19 @@ impl Supervisor {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stops acting on containers (a binary upgrade hands them to the successor; the
+    /// agent stops publishing at the same time).
+    pub fn pause(&self) {
+        self.paused
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Acts again after `pause` (an upgrade that did not happen).
+    pub fn resume(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
     async fn run(self: Arc<Self>, store: Arc<dyn Store>) {
         let mut snapshots = store.watch();
         let mut podman_failing = false;
@@ -268,7 +285,8 @@ impl Supervisor {
             // Only a snapshot known to be whole and current says what to stop: before the
             // first sync (or while ZooKeeper is away) every container would look a stray.
             let status = store.status();
-            if !status.ready || !status.connected {
+            let paused = self.paused.load(std::sync::atomic::Ordering::Acquire);
+            if !status.ready || !status.connected || paused {
                 tokio::select! {
                     changed = snapshots.changed() => if changed.is_err() { return },
                     () = tokio::time::sleep(RECONCILE_EVERY) => {}

@@ -384,6 +384,9 @@ pub struct Agent {
     writing: tokio::sync::Mutex<()>,
     /// Bumped by `stop` and `resume`: a check loop of an older generation ends.
     generation: std::sync::atomic::AtomicU64,
+    /// Instances a predecessor (binary upgrade) published as passing and that are not
+    /// defined yet: one added later (a container the supervisor adopts) starts passing.
+    adopted_passing: Mutex<std::collections::BTreeSet<Key>>,
 }
 
 /// Checks one definition as `parse` does for a file (errors name the instance).
@@ -424,7 +427,7 @@ impl Agent {
         registrar: Arc<dyn Registrar>,
         adopted: &[Instance],
     ) -> Arc<Agent> {
-        let locals = file
+        let locals: BTreeMap<Key, Local> = file
             .services
             .into_iter()
             .map(|definition| {
@@ -437,11 +440,18 @@ impl Agent {
                 (key, Local::new(definition, passing))
             })
             .collect();
+        let adopted_passing = adopted
+            .iter()
+            .filter(|i| i.spec.health == Health::Passing)
+            .map(|i| (i.service.clone(), i.id.clone()))
+            .filter(|key| !locals.contains_key(key))
+            .collect();
         let agent = Arc::new(Agent {
             registrar,
             locals: Mutex::new(locals),
             writing: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
+            adopted_passing: Mutex::new(adopted_passing),
         });
         tokio::spawn(Arc::clone(&agent).run(0));
         agent
@@ -468,7 +478,12 @@ impl Agent {
                 }
             }
             _ => {
-                locals.insert(key, Local::new(definition, false));
+                let passing = self
+                    .adopted_passing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                locals.insert(key, Local::new(definition, passing));
             }
         }
         Ok(())
