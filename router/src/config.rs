@@ -184,7 +184,7 @@ impl HealthCheckConfig {
             ));
         }
         if let Some(host) = &self.host
-            && !crate::h1::is_plain_host(host)
+            && !crate::wire::is_plain_host(host)
         {
             return Some(format!("host {host:?} is not a host name"));
         }

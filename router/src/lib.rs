@@ -35,6 +35,7 @@ pub mod tcp;
 pub mod tls;
 pub mod upstream_pool;
 pub mod upstream_tls;
+pub mod wire;
 
 pub use config::RouterConfig;
 pub use service::{Router, RouterError, RouterHandle, StartOptions};

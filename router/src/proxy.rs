@@ -26,11 +26,11 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use tracing::warn;
 
 use crate::config::{HashOn, RouterConfig};
-use crate::h1::{has_dot_segment, is_plain_host};
 use crate::metrics::{GaugeGuard, RouterMetrics};
 use crate::pool::{Clock, Pool, Tried, fnv1a};
 use crate::pump::RetryScope;
-use crate::table::{CompiledRoute, Table, routing_host};
+use crate::table::{CompiledRoute, Table};
+use crate::wire::{has_dot_segment, is_plain_host, is_valid_request_id, routing_host};
 
 /// Custom error for "no eligible endpoint" raised in `upstream_peer`.
 const NO_ENDPOINT: ErrorType = ErrorType::HTTPStatus(503);
@@ -464,7 +464,7 @@ impl ProxyHttp for PingoraProxy {
         let incoming_id = upstream
             .headers
             .get("x-request-id")
-            .filter(|v| crate::h1::is_valid_request_id(v.as_bytes()))
+            .filter(|v| is_valid_request_id(v.as_bytes()))
             .cloned();
         let request_id = match incoming_id {
             Some(id) => id,

@@ -29,15 +29,17 @@ use pingora::{ErrorType, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::HashOn;
-use crate::front::{Framing, HeadLimits, Rejection, RequestHead, STACK_HEADERS, parse_request};
 use crate::h1::{
-    Chunked, ClientInfo, RESPONSE_HEADERS, ResponseShape, has_dot_segment, parse_response,
-    write_downstream_head, write_local_response, write_upstream_head,
+    ClientInfo, ResponseShape, write_downstream_head, write_local_response, write_upstream_head,
 };
 use crate::pool::{Pool, fnv1a};
 use crate::proxy::{Proxy, RequestCtx};
-use crate::table::{CompiledRoute, routing_host};
+use crate::table::CompiledRoute;
 use crate::upstream_pool::{self, PoolKey};
+use crate::wire::{
+    BadChunk, Chunked, Framing, HeadLimits, RESPONSE_HEADERS, Rejection, RequestHead,
+    STACK_HEADERS, has_dot_segment, parse_request, parse_response, routing_host,
+};
 
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -245,7 +247,7 @@ pub(crate) fn upstream_error(e: std::io::Error) -> AttemptError {
 }
 
 /// The length of a request body that is all in `buf` already (`None`: more is to come).
-fn whole_body(framing: Framing, buf: &[u8]) -> Result<Option<usize>, crate::h1::BadChunk> {
+fn whole_body(framing: Framing, buf: &[u8]) -> Result<Option<usize>, BadChunk> {
     Ok(match framing {
         Framing::None | Framing::UntilClose => Some(0),
         Framing::Length(n) => usize::try_from(n).ok().filter(|&n| n <= buf.len()),

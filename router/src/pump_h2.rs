@@ -21,18 +21,17 @@ use pingora::protocols::http::v2::server::H2Options;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
-use crate::front::{Framing, RequestHead};
-use crate::h1::{
-    Chunked, ClientInfo, RESPONSE_HEADERS, has_dot_segment, is_hop_by_hop, parse_response,
-    write_upstream_head,
-};
+use crate::h1::{ClientInfo, write_upstream_head};
 use crate::proxy::{PingoraProxy, Proxy, RequestCtx};
 use crate::pump::{
     AttemptError, Ended, Forward, HeadState, LogFields, Upstream, classify_response, entry,
     error_message, hash_key, read_more, upstream_error, write_flush,
 };
-use crate::table::routing_host;
 use crate::upstream_pool;
+use crate::wire::{
+    Chunked, Framing, RESPONSE_HEADERS, RequestHead, has_dot_segment, is_hop_by_hop,
+    parse_response, routing_host,
+};
 
 /// pingora's HTTP app for HTTP/2 connections.
 pub struct H2App {

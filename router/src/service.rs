@@ -21,13 +21,14 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::config::RouterConfig;
-use crate::front::{Front, HeadLimits};
+use crate::front::Front;
 use crate::metrics::RouterMetrics;
 use crate::pool::{Clock, PoolStates};
 use crate::proxy::{PingoraProxy, Proxy};
 use crate::table::{Table, compile};
 use crate::tcp::TcpListeners;
 use crate::upstream_tls::UpstreamTlsSet;
+use crate::wire::HeadLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {

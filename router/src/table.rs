@@ -15,12 +15,13 @@ use std::time::Duration;
 use discovery::model::{Health, PathMatch, RetryOn, RetryPolicy, RouteKind};
 use discovery::{Route, Snapshot};
 use http::Method;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use prometheus::{Histogram, IntCounter};
 use tracing::warn;
 
 use crate::config::RouterConfig;
 use crate::pool::{Endpoint, Pool, PoolStates};
+use crate::wire::HeaderLookup;
 
 #[derive(Debug)]
 pub(crate) enum PathMatcher {
@@ -66,27 +67,6 @@ pub(crate) struct HeaderMatcher {
     pub(crate) name: HeaderName,
     pub(crate) value: ValueMatcher,
     pub(crate) invert: bool,
-}
-
-/// Request headers as route conditions see them: the first value of a header. Both a
-/// `HeaderMap` (pingora's path, `route explain`) and a parsed head's headers (the pump,
-/// no copy) answer it.
-pub trait HeaderLookup {
-    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
-}
-
-impl HeaderLookup for HeaderMap {
-    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.get(name).map(HeaderValue::as_bytes)
-    }
-}
-
-impl HeaderLookup for [httparse::Header<'_>] {
-    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
-            .map(|h| h.value)
-    }
 }
 
 impl HeaderMatcher {
@@ -288,28 +268,6 @@ pub struct Table {
     pub route_count: usize,
     /// TCP routes by listen address.
     pub tcp: std::collections::BTreeMap<std::net::SocketAddr, crate::tcp::TcpListenerRoutes>,
-}
-
-/// Strips the port and a trailing dot; `None` for an empty host.
-pub fn normalize_host(host: &str) -> &str {
-    let host = if host.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop the port.
-        host.find(']').map_or(host, |end| &host[..=end])
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    host.strip_suffix('.').unwrap_or(host)
-}
-
-/// The host a request is routed by: without port or trailing dot, lowercase (copied only
-/// when it has uppercase letters).
-pub fn routing_host(host: &str) -> std::borrow::Cow<'_, str> {
-    let host = normalize_host(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    }
 }
 
 impl Table {

@@ -7,6 +7,7 @@ use expect_test::expect;
 use http::{HeaderMap, Method};
 
 use super::*;
+use crate::wire::normalize_host;
 
 fn snapshot(routes: &[(&str, &str)]) -> Snapshot {
     let mut services = BTreeMap::new();
