@@ -961,11 +961,11 @@ impl Proxy {
             let sent = copied.map_or(0, |(_, to_client)| usize::try_from(to_client).unwrap_or(0));
             return ended_tunnel(sent, None);
         };
-        let activity = crate::idle::Activity::new();
-        let mut down = crate::idle::Tracked::new(down, &activity);
-        let mut up = crate::idle::Tracked::new(&mut up, &activity);
+        let activity = crate::io::idle::Activity::new();
+        let mut down = crate::io::idle::Tracked::new(down, &activity);
+        let mut up = crate::io::idle::Tracked::new(&mut up, &activity);
         let relay = tokio::io::copy_bidirectional(&mut down, &mut up);
-        let result = crate::idle::bounded(&activity, Some(idle), relay).await;
+        let result = crate::io::idle::bounded(&activity, Some(idle), relay).await;
         let timed_out = result
             .as_ref()
             .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut);

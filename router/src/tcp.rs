@@ -243,12 +243,12 @@ impl TcpProxy {
             .requests
             .with_label_values(&[&route.route, &pool.service, "tcp"])
             .inc();
-        let activity = crate::idle::Activity::new();
+        let activity = crate::io::idle::Activity::new();
         let result = async {
             upstream.write_all(&hello).await?;
             let tracked = route.idle_timeout.map(|_| &activity);
-            let relay = crate::splice::relay(&client, &upstream, tracked);
-            crate::idle::bounded(&activity, route.idle_timeout, relay).await
+            let relay = crate::io::splice::relay(&client, &upstream, tracked);
+            crate::io::idle::bounded(&activity, route.idle_timeout, relay).await
         }
         .await;
         endpoint.state.outstanding.fetch_sub(1, Ordering::Relaxed);
