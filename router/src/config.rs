@@ -395,7 +395,7 @@ pub struct RouterConfig {
     pub tls: Vec<TlsListener>,
     /// JSON-lines access log: `stdout`, `stderr` or a file path. Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<crate::access_log::AccessLogTarget>,
+    pub access_log: Option<AccessLogTarget>,
 }
 
 impl Default for RouterConfig {
@@ -420,6 +420,35 @@ impl Default for RouterConfig {
             services: BTreeMap::new(),
             tls: Vec::new(),
             access_log: None,
+        }
+    }
+}
+
+/// Where access log lines go: `stdout`, `stderr`, or a file path (appended to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum AccessLogTarget {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+impl From<String> for AccessLogTarget {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "stdout" | "-" => AccessLogTarget::Stdout,
+            "stderr" => AccessLogTarget::Stderr,
+            _ => AccessLogTarget::File(PathBuf::from(s)),
+        }
+    }
+}
+
+impl From<AccessLogTarget> for String {
+    fn from(t: AccessLogTarget) -> String {
+        match t {
+            AccessLogTarget::Stdout => "stdout".into(),
+            AccessLogTarget::Stderr => "stderr".into(),
+            AccessLogTarget::File(p) => p.display().to_string(),
         }
     }
 }
