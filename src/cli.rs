@@ -571,7 +571,7 @@ pub fn config_check(file: &Path) -> anyhow::Result<()> {
         router::tls::CertStore::load(listener.certificates.clone())
             .with_context(|| format!("{name}: router.tls listener {}", listener.addr))?;
     }
-    router::upstream_tls::UpstreamTlsSet::load(&settings.router)
+    router::tls::UpstreamTlsSet::load(&settings.router)
         .with_context(|| format!("{name}: router.services"))?;
     if let Some(router::config::AccessLogTarget::File(path)) = &settings.router.access_log {
         let dir = match path.parent() {

@@ -110,7 +110,7 @@ pub struct ServiceSettings {
     /// `http1` (default), `h2c` (cleartext) or `h2` (over TLS).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// Connect to the service's instances over TLS (see [`crate::upstream_tls`]).
+    /// Connect to the service's instances over TLS (see [`crate::tls::upstream`]).
     #[serde(default)]
     pub tls: bool,
     /// TLS: the server name sent (SNI) and verified. Without it, the instance's IP

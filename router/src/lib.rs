@@ -10,8 +10,7 @@
 //!   pool in [`upstream_pool`], wire pieces in [`h1`]).
 //! * [`proxy`]: the shared request state and pingora's `ProxyHttp` for HTTP/2.
 //! * [`health`]: active health checks, when services ask for them.
-//! * [`tls`]: certificates by SNI, hot-reloaded.
-//! * [`upstream_tls`]: TLS to upstream services (per-service roots, SNI, client certs).
+//! * [`tls`]: certificates by SNI, hot-reloaded; TLS to upstream services.
 //! * [`service`]: wiring: the table-follower thread and the pingora server.
 
 #![forbid(unsafe_code)]
@@ -33,7 +32,6 @@ pub mod table;
 pub mod tcp;
 pub mod tls;
 pub mod upstream_pool;
-pub mod upstream_tls;
 pub mod wire;
 
 pub use config::RouterConfig;

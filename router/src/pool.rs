@@ -122,7 +122,7 @@ pub struct Pool {
     /// ALPN `h2` over TLS.
     pub http2: bool,
     /// Connect over TLS with these settings (`None`: cleartext).
-    pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// This service's upstream duration histogram (resolved on first use).
     pub(crate) upstream_duration: std::sync::OnceLock<prometheus::Histogram>,
     /// Active health checks of this service's instances, if configured.
@@ -538,12 +538,12 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
 #[derive(Default)]
 pub struct PoolStates {
     pub(crate) services: HashMap<Arc<str>, (Arc<discovery::snapshot::Service>, Arc<Pool>)>,
-    pub(crate) upstream_tls: crate::upstream_tls::UpstreamTlsSet,
+    pub(crate) upstream_tls: crate::tls::UpstreamTlsSet,
 }
 
 impl PoolStates {
-    /// Pools built with these services' upstream TLS (see [`crate::upstream_tls`]).
-    pub fn with_upstream_tls(upstream_tls: crate::upstream_tls::UpstreamTlsSet) -> Self {
+    /// Pools built with these services' upstream TLS (see [`crate::tls::upstream`]).
+    pub fn with_upstream_tls(upstream_tls: crate::tls::UpstreamTlsSet) -> Self {
         PoolStates {
             services: HashMap::new(),
             upstream_tls,

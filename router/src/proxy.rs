@@ -371,10 +371,7 @@ impl ProxyHttp for PingoraProxy {
         };
         let endpoint = &pool.endpoints[index];
         ctx.begin_attempt(endpoint, index);
-        let mut peer = match &pool.tls {
-            Some(tls) => tls.peer(endpoint.addr),
-            None => HttpPeer::new(endpoint.addr, false, String::new()),
-        };
+        let mut peer = crate::tls::peer(pool.tls.as_deref(), endpoint.addr);
         let options = &mut peer.options;
         options.connection_timeout = Some(route.connect_timeout);
         options.total_connection_timeout = Some(route.connect_timeout);

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::Method;
-use pingora::prelude::HttpPeer;
 use pingora::protocols::Stream;
 use pingora::{ErrorType, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -1084,10 +1083,7 @@ impl Proxy {
         addr: std::net::SocketAddr,
         route: &CompiledRoute,
     ) -> Result<Stream> {
-        let mut peer = match &pool.tls {
-            Some(tls) => tls.peer(addr),
-            None => HttpPeer::new(addr, false, String::new()),
-        };
+        let mut peer = crate::tls::peer(pool.tls.as_deref(), addr);
         peer.options.connection_timeout = Some(route.connect_timeout);
         peer.options.total_connection_timeout = Some(route.connect_timeout);
         self.connector.new_stream(&peer).await

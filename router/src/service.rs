@@ -27,7 +27,7 @@ use crate::pool::{Clock, PoolStates};
 use crate::proxy::{PingoraProxy, Proxy};
 use crate::table::{Table, compile};
 use crate::tcp::TcpListeners;
-use crate::upstream_tls::UpstreamTlsSet;
+use crate::tls::UpstreamTlsSet;
 use crate::wire::HeadLimits;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum RouterError {
     #[error("{0}")]
     AccessLog(std::io::Error),
     #[error("upstream TLS: {0}")]
-    UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
+    UpstreamTls(#[from] crate::tls::UpstreamTlsError),
     #[error("router.services.{service}.health_check: {message}")]
     HealthCheck { service: String, message: String },
     #[error("TLS listener {addr}: {error}")]

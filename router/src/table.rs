@@ -315,7 +315,7 @@ fn build_pool(
     name: &Arc<str>,
     service: &discovery::snapshot::Service,
     config: &RouterConfig,
-    upstream_tls: &crate::upstream_tls::UpstreamTlsSet,
+    upstream_tls: &crate::tls::UpstreamTlsSet,
     previous: Option<&Pool>,
 ) -> Pool {
     let settings = config.services.get(&**name).cloned().unwrap_or_default();
