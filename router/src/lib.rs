@@ -31,7 +31,6 @@ pub mod service;
 pub mod table;
 pub mod tcp;
 pub mod tls;
-pub mod upstream_pool;
 pub mod wire;
 
 pub use config::RouterConfig;

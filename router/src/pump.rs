@@ -31,10 +31,10 @@ use crate::config::HashOn;
 use crate::h1::{
     ClientInfo, ResponseShape, write_downstream_head, write_local_response, write_upstream_head,
 };
+use crate::pool::connections::{self, PoolKey};
 use crate::pool::{Pool, fnv1a};
 use crate::proxy::{Proxy, RequestCtx};
 use crate::table::CompiledRoute;
-use crate::upstream_pool::{self, PoolKey};
 use crate::wire::{
     BadChunk, Chunked, Framing, HeadLimits, RESPONSE_HEADERS, Rejection, RequestHead,
     STACK_HEADERS, has_dot_segment, parse_request, parse_response, routing_host,
@@ -718,7 +718,7 @@ impl Proxy {
                 }
                 Ok(bytes_sent) => {
                     if upstream_keep_alive && bufs.upstream.is_empty() {
-                        upstream_pool::put(key, up);
+                        connections::put(key, up);
                     }
                     bufs.upstream.clear();
                     Ended {
@@ -983,7 +983,7 @@ impl Proxy {
         let pool = &request.pool;
         let endpoint = &pool.endpoints[index];
         let key = PoolKey::new(endpoint.addr, pool.tls.as_ref());
-        if let Some(stream) = upstream_pool::take(&key) {
+        if let Some(stream) = connections::take(&key) {
             return Upstream::Ready {
                 stream,
                 reused: true,

@@ -22,12 +22,12 @@ use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
 use crate::h1::{ClientInfo, write_upstream_head};
+use crate::pool::connections;
 use crate::proxy::{PingoraProxy, Proxy, RequestCtx};
 use crate::pump::{
     AttemptError, Ended, Forward, HeadState, LogFields, Upstream, classify_response, entry,
     error_message, hash_key, read_more, upstream_error, write_flush,
 };
-use crate::upstream_pool;
 use crate::wire::{
     Chunked, Framing, RESPONSE_HEADERS, RequestHead, has_dot_segment, is_hop_by_hop,
     parse_response, routing_host,
@@ -372,7 +372,7 @@ impl Proxy {
             {
                 Ok(sent) => {
                     if response.upstream_keep_alive && upstream.is_empty() {
-                        upstream_pool::put(key, up);
+                        connections::put(key, up);
                     }
                     ended_h2(status, sent, None)
                 }

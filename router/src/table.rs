@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use discovery::model::{Health, PathMatch, RetryOn, RetryPolicy, RouteKind};
+use discovery::model::{PathMatch, RetryOn, RetryPolicy, RouteKind};
 use discovery::{Route, Snapshot};
 use http::Method;
 use http::header::{HeaderName, HeaderValue};
@@ -20,7 +20,7 @@ use prometheus::{Histogram, IntCounter};
 use tracing::warn;
 
 use crate::config::RouterConfig;
-use crate::pool::{Endpoint, Pool, PoolStates};
+use crate::pool::{Pool, PoolStates};
 use crate::wire::HeaderLookup;
 
 #[derive(Debug)]
@@ -310,93 +310,9 @@ impl Table {
     }
 }
 
-/// Builds one service's pool, inheriting endpoint and pool state from `previous`.
-fn build_pool(
-    name: &Arc<str>,
-    service: &discovery::snapshot::Service,
-    config: &RouterConfig,
-    upstream_tls: &crate::tls::UpstreamTlsSet,
-    previous: Option<&Pool>,
-) -> Pool {
-    let settings = config.services.get(&**name).cloned().unwrap_or_default();
-    let tls = upstream_tls.get(name).cloned();
-    // Never fall back to cleartext: a TLS service whose settings were not loaded (a table
-    // compiled without `PoolStates::with_upstream_tls`) gets no traffic at all.
-    let tls_missing = settings.tls && tls.is_none();
-    let inherited = previous.map(Pool::endpoint_states).unwrap_or_default();
-    let endpoints: Vec<Endpoint> = service
-        .instances
-        .values()
-        .filter(|i| !tls_missing && receives_traffic(i.spec.health, config))
-        .map(|i| {
-            let addr = i.socket_addr();
-            let state = inherited
-                .get(&(i.id.as_str(), addr))
-                .map(|s| Arc::clone(s))
-                .unwrap_or_default();
-            Endpoint {
-                id: Arc::from(i.id.as_str()),
-                addr,
-                zone: i.spec.zone.as_deref().map(Arc::from),
-                weight: u32::from(i.spec.weight),
-                state,
-            }
-        })
-        .collect();
-    let shared = previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default();
-    let mut pool = Pool::new(
-        Arc::clone(name),
-        endpoints,
-        settings.balancer,
-        settings.hash_on,
-        config.zone.as_deref(),
-        config.min_local_endpoints,
-        shared,
-    );
-    pool.http2 = settings.protocol != crate::config::UpstreamProtocol::Http1;
-    pool.excluded = service
-        .instances
-        .values()
-        .filter(|i| tls_missing || !receives_traffic(i.spec.health, config))
-        .map(|i| {
-            let reason = if tls_missing {
-                "upstream TLS settings not loaded".to_string()
-            } else {
-                format!("health is {}", i.spec.health.as_str())
-            };
-            (Arc::from(i.id.as_str()), reason)
-        })
-        .collect();
-    pool.tls = tls;
-    pool.health_check = settings.health_check.clone().map(Arc::new);
-    pool
-}
-
-/// Only passing instances get traffic (and warning ones where configured).
-fn receives_traffic(health: Health, config: &RouterConfig) -> bool {
-    health == Health::Passing || (config.serve_warning && health == Health::Warning)
-}
-
 /// Builds a table from a snapshot, carrying pool state over from `states`.
 pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStates) -> Table {
-    let mut pools = HashMap::with_capacity(snapshot.services.len());
-    let mut next_states = HashMap::with_capacity(snapshot.services.len());
-    for (name, service) in snapshot.services.iter() {
-        let previous = states.services.get(name);
-        let pool = match previous {
-            Some((built_from, pool)) if Arc::ptr_eq(built_from, service) => Arc::clone(pool),
-            _ => Arc::new(build_pool(
-                name,
-                service,
-                config,
-                &states.upstream_tls,
-                previous.map(|(_, p)| &**p),
-            )),
-        };
-        next_states.insert(Arc::clone(name), (Arc::clone(service), Arc::clone(&pool)));
-        pools.insert(Arc::clone(name), pool);
-    }
-    states.services = next_states;
+    let pools = states.pools(snapshot, config);
 
     let mut table = Table {
         revision: snapshot.revision,
