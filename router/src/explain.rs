@@ -6,7 +6,8 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 
 use crate::pool::Pool;
-use crate::table::{CompiledRoute, HostMatch, PathMatcher, Table, ValueMatcher};
+use crate::table::route::{PathMatcher, ValueMatcher};
+use crate::table::{CompiledRoute, HostMatch, Table};
 use crate::wire::{has_dot_segment, normalize_host};
 
 #[derive(Debug, Serialize)]

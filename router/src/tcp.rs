@@ -22,58 +22,13 @@ use tracing::{debug, info, warn};
 use crate::config::RouterConfig;
 use crate::metrics::{GaugeGuard, RouterMetrics};
 use crate::pool::{Clock, Pool, Tried};
-use crate::table::{Table, Targets};
+use crate::table::{Table, TcpTarget};
 use crate::wire::client_hello::{Incomplete, client_hello_sni};
 
 /// How long a client may take to send its ClientHello when SNI routing is in use.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest ClientHello record strait reads to find the server name.
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
-
-/// The TCP routes of one listen address.
-#[derive(Debug, Default)]
-pub struct TcpListenerRoutes {
-    /// By exact SNI name.
-    pub by_sni: HashMap<Box<str>, TcpTarget>,
-    /// By `*.suffix` SNI (key: `.suffix`).
-    pub by_sni_suffix: HashMap<Box<str>, TcpTarget>,
-    /// Connections without SNI routing, or whose SNI matches nothing.
-    pub default: Option<TcpTarget>,
-}
-
-#[derive(Debug)]
-pub struct TcpTarget {
-    pub route: Arc<str>,
-    pub targets: Targets,
-    pub connect_timeout: Duration,
-    /// The route's `timeouts.idle`: a connection with no byte moving either way for
-    /// that long is closed. None: no limit.
-    pub idle_timeout: Option<Duration>,
-}
-
-impl TcpListenerRoutes {
-    fn needs_sni(&self) -> bool {
-        !self.by_sni.is_empty() || !self.by_sni_suffix.is_empty()
-    }
-
-    fn lookup(&self, sni: Option<&str>) -> Option<&TcpTarget> {
-        if let Some(name) = sni {
-            if let Some(target) = self.by_sni.get(name) {
-                return Some(target);
-            }
-            let mut rest = name;
-            let mut offset = 0;
-            while let Some(dot) = rest.find('.') {
-                if let Some(target) = self.by_sni_suffix.get(&name[offset + dot..]) {
-                    return Some(target);
-                }
-                offset += dot + 1;
-                rest = &name[offset..];
-            }
-        }
-        self.default.as_ref()
-    }
-}
 
 /// Follows the routing table, keeping one accept loop per TCP route address.
 pub struct TcpProxy {
