@@ -23,7 +23,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::h1::ClientInfo;
+use crate::heads::ClientInfo;
 use crate::io::prefixed::Prefixed;
 use crate::metrics::RouterMetrics;
 use crate::pump::{ConnBuffers, Plan};

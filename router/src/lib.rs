@@ -19,7 +19,7 @@ pub mod access_log;
 pub mod config;
 pub mod explain;
 pub mod front;
-pub mod h1;
+pub mod heads;
 pub mod health;
 pub mod io;
 pub mod metrics;

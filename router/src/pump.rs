@@ -28,7 +28,7 @@ use pingora::{ErrorType, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::HashOn;
-use crate::h1::{
+use crate::heads::{
     ClientInfo, ResponseShape, write_downstream_head, write_local_response, write_upstream_head,
 };
 use crate::pool::connections::{self, PoolKey};

@@ -21,7 +21,7 @@ use pingora::protocols::http::v2::server::H2Options;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
-use crate::h1::{ClientInfo, write_upstream_head};
+use crate::heads::{ClientInfo, write_upstream_head};
 use crate::pool::connections;
 use crate::proxy::{PingoraProxy, Proxy, RequestCtx};
 use crate::pump::{

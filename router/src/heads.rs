@@ -1,7 +1,8 @@
-//! HTTP/1.1 wire pieces of the request pump ([`crate::pump`]): the upstream request head
-//! and downstream response head writers, response head parsing, and a chunked-body
-//! tracker. Synchronous and allocation-free: heads are written into a per-connection
-//! `Vec<u8>` that is reused for every request.
+//! The HTTP/1.1 head writers: the request head sent upstream (hop-by-hop headers dropped,
+//! forwarding headers, request id, the route's rewrites), the response head sent to an
+//! HTTP/1 client, and the router's own short responses. Used by the HTTP/1 pump and by
+//! HTTP/2 clients of HTTP/1 services. Synchronous and allocation-free: heads are written
+//! into a per-connection `Vec<u8>` that is reused for every request.
 
 use std::io::Write;
 use std::net::IpAddr;
