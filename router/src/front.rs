@@ -1,15 +1,19 @@
-//! The front door for plain-HTTP/1.1 connections: reads each request head itself, under a
-//! whole-head deadline and size/count limits, validates its framing strictly, and only
-//! then hands the connection (head bytes pushed back in front of the stream) to pingora.
+//! The front door every connection enters (pingora's `ServerApp`): HTTP/2 connections
+//! (ALPN h2, h2c prior knowledge) go to pingora's HTTP/2 server and the stream path
+//! ([`crate::paths::pump_h2`]); for HTTP/1 it reads each request head itself, under a
+//! whole-head deadline and size/count limits, and hands it to the pump
+//! ([`crate::paths::pump`]), which validates and routes it. Requests to services spoken
+//! to over HTTP/2 go to pingora's proxy, the head pushed back in front of the stream.
 //!
-//! Why not leave it to pingora: pingora's only head timeout is per read (a slowloris
+//! Why not leave heads to pingora: pingora's only head timeout is per read (a slowloris
 //! client dripping a byte every few seconds is never cut off), its limits are 1 MiB and
 //! 256 headers and not configurable, and on `Content-Length` + `Transfer-Encoding` it
 //! drops `Content-Length` rather than refusing the request. An edge must refuse.
 //!
-//! Phase order per connection: [TLS/ALPN or h2c preface -> pingora's HTTP/2] else loop
-//! { wait for first byte (idle timeout) -> read head (deadline, size) -> validate -> pingora
-//! proxies one request -> connection back if reusable }.
+//! Phase order per connection: [TLS/ALPN h2 or h2c preface -> pingora's HTTP/2] else loop
+//! { wait for first byte (idle timeout) -> read head (deadline, size) -> the pump plans it
+//! (validate, route) -> forward it, answer it, or pingora proxies it -> next request if
+//! the connection is reusable }.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +30,8 @@ use tokio::time::Instant;
 use crate::heads::ClientInfo;
 use crate::io::prefixed::Prefixed;
 use crate::metrics::RouterMetrics;
-use crate::pump::{ConnBuffers, Plan};
+use crate::paths::pump::{ConnBuffers, Plan, Pump};
+use crate::paths::pump_h2::H2App;
 use crate::wire::request::reject;
 use crate::wire::{HeadLimits, Rejection, head_end};
 
@@ -108,13 +113,13 @@ async fn respond_and_close(stream: &mut Stream, rejection: Rejection) {
 }
 
 /// The front door: reads and checks each request head, then hands the request to the
-/// pump ([`crate::pump`]), or to pingora's proxy (`app`) for HTTP/2 (clients, and
-/// services spoken to over HTTP/2).
+/// pump, or to pingora's proxy (`app`) for services spoken to over HTTP/2; HTTP/2
+/// connections go to `h2`.
 pub struct Front<A> {
     pub app: Arc<A>,
     /// HTTP/2 connections (ALPN h2, h2c prior knowledge).
-    pub h2: Arc<crate::pump_h2::H2App>,
-    pub proxy: Arc<crate::proxy::Proxy>,
+    pub h2: Arc<H2App>,
+    pub pump: Pump,
     pub limits: HeadLimits,
     pub h2c: bool,
     pub metrics: RouterMetrics,
@@ -171,7 +176,7 @@ where
             let end = head_end(&buf).unwrap_or(buf.len());
             let closing = *shutdown.borrow();
             let keep_alive = match self
-                .proxy
+                .pump
                 .plan(&buf[..end], &self.limits, &client, &mut bufs)
             {
                 Plan::Reject(rejection) => {
@@ -180,12 +185,12 @@ where
                     return None;
                 }
                 Plan::Local(local) => {
-                    self.proxy
+                    self.pump
                         .answer_locally(&mut stream, &mut buf, local, &mut bufs, client.ip, closing)
                         .await
                 }
                 Plan::Forward(request) => {
-                    self.proxy
+                    self.pump
                         .forward(&mut stream, &mut buf, request, &mut bufs, &client, closing)
                         .await
                 }
