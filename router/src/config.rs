@@ -130,7 +130,7 @@ pub struct ServiceSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
     /// Active health checks of the service's instances by the router (see
-    /// [`crate::health`]); off when unset.
+    /// [`crate::paths::health`]); off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
 }

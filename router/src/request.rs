@@ -1,13 +1,13 @@
 //! The request core: what every HTTP path shares (the HTTP/1 pump, HTTP/2 streams to
 //! HTTP/1 services, pingora's proxy for HTTP/2 services), written once.
 //!
-//! Phase order of a request, on any path: [`Proxy::route`] (the routing prologue: load
+//! Phase order of a request, on any path: `Proxy::route` (the routing prologue: load
 //! the table once, find the route, pick the target and its pool, compute the hash key;
-//! 400/404/503 refused here) -> [`RequestCtx::start`] -> per attempt
-//! [`RequestCtx::begin_attempt`] (an endpoint picked by the path) .. the retry rules
-//! ([`Proxy::connect_failed`], [`Proxy::retry_on_answer`], [`Proxy::retry_unanswered`],
-//! [`Proxy::retry_after_no_answer`]), which account the attempt and end it ->
-//! [`RequestCtx::finish`] (counters).
+//! 400/404/503 refused here) -> `RequestCtx::start` -> per attempt
+//! `RequestCtx::begin_attempt` (an endpoint picked by the path) .. the retry rules
+//! (`Proxy::connect_failed`, `Proxy::retry_on_answer`, `Proxy::retry_unanswered`,
+//! `Proxy::retry_after_no_answer`), which account the attempt and end it ->
+//! `RequestCtx::finish` (counters).
 //!
 //! No locks, no awaits on discovery, no allocation: the table is an `Arc` loaded once per
 //! request, and what the request routed with stays in its [`RequestCtx`], so retries use

@@ -8,7 +8,7 @@
 //! request on the connection's own task:
 //!
 //! [`Pump::plan`] (sync: parse and validate the head, the routing prologue
-//! [`Proxy::route`], write the upstream head into a reused buffer) -> [`Pump::forward`]
+//! `Proxy::route`, write the upstream head into a reused buffer) -> [`Pump::forward`]
 //! (attempts: pick an endpoint, take an idle connection or connect, send, read the
 //! response head; retry on connect failure, a stale pooled connection, or a retryable
 //! status; then relay the response with its framing, and pool the upstream connection).

@@ -1,6 +1,6 @@
 //! HTTP/2 clients of HTTP/1 services: pingora's HTTP/2 server (connection, streams, flow
 //! control, the rapid-reset limits) hands each stream to [`H2App`], which routes it with
-//! the request core's prologue ([`Proxy::route`]) and talks to the upstream the way the
+//! the request core's prologue (`Proxy::route`) and talks to the upstream the way the
 //! HTTP/1 pump does ([`super::upstream`]): the same upstream head writer, per-thread
 //! connection pool, attempts, retries and accounting. Only the client side
 //! differs: the request comes as pingora's `RequestHeader` and body frames, the response

@@ -53,7 +53,7 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     last_ejection: AtomicU64,
-    /// Taken out by the router's active health checks ([`crate::health`]).
+    /// Taken out by the router's active health checks ([`crate::paths::health`]).
     pub failing_checks: std::sync::atomic::AtomicBool,
     /// Active checks: consecutive passes and failures, the next check (ms on the
     /// router's clock), and whether one is running.
