@@ -7,6 +7,13 @@
 //! specificity: exact path, then regex, then prefix (longest first); at equal path
 //! specificity, routes with method or header conditions come first; then by name.
 //! Prefixes match whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+//!
+//! [`route`] holds the compiled HTTP route (matchers, targets, policies); [`tcp`] the TCP
+//! routes of each listen address. Pools come from [`crate::pool`], built before the
+//! routes that point at them.
+
+pub mod route;
+pub mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -17,16 +24,13 @@ use discovery::{Route, Snapshot};
 use http::Method;
 use tracing::warn;
 
-use crate::config::RouterConfig;
-use crate::pool::{Pool, PoolStates};
-use crate::wire::HeaderLookup;
-
-pub mod route;
-pub mod tcp;
-
 use route::compile_route;
 pub use route::{CompiledRoute, Target, Targets};
 pub use tcp::{TcpListenerRoutes, TcpTarget};
+
+use crate::config::RouterConfig;
+use crate::pool::{Pool, PoolStates};
+use crate::wire::HeaderLookup;
 
 #[derive(Debug, Default)]
 pub(crate) struct HostEntry {

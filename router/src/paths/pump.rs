@@ -70,6 +70,7 @@ pub enum Plan {
     Forward(Forward),
 }
 
+/// A request the router answers itself (a bad path, no route, no healthy instance).
 pub struct Local {
     pub status: u16,
     pub body: String,

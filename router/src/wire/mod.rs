@@ -1,7 +1,8 @@
-//! The wire: HTTP/1 request and response heads, body framing, header and host checks,
-//! and the TLS ClientHello's server name. Synchronous, strict, never panicking on any
-//! input, and allocation-free. The bottom layer of the router: it imports nothing of the
-//! crate, so every layer above can use it and it can be fuzzed alone (`fuzz/`).
+//! The wire: HTTP/1 request and response heads, body framing, header, host and path
+//! checks, and the TLS ClientHello's server name. Synchronous, strict and never panicking
+//! on any input; heads are parsed in place, borrowing the read buffer. The bottom layer
+//! of the router: it imports nothing of the crate, so every layer above can use it and it
+//! can be fuzzed alone (`fuzz/`).
 
 pub mod client_hello;
 pub mod framing;
