@@ -27,7 +27,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::heads::ClientInfo;
+use crate::heads::{ClientInfo, write_local_response};
 use crate::io::prefixed::Prefixed;
 use crate::metrics::RouterMetrics;
 use crate::paths::pump::{ConnBuffers, Plan, Pump};
@@ -90,31 +90,20 @@ async fn read_head(
 }
 
 async fn respond_and_close(stream: &mut Stream, rejection: Rejection) {
-    let reason_phrase = match rejection.status {
-        400 => "Bad Request",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    };
-    let response = format!(
-        "HTTP/1.1 {} {reason_phrase}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}\n",
-        rejection.status,
-        rejection.reason.len() + 1,
-        rejection.reason
-    );
+    let mut response = Vec::with_capacity(128);
+    let body = format!("{}\n", rejection.reason);
+    write_local_response(&mut response, rejection.status, body.as_bytes(), true);
     let write = async {
-        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.write_all(&response).await;
         let _ = stream.flush().await;
         let _ = stream.shutdown().await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
-/// The front door: reads and checks each request head, then hands the request to the
-/// pump, or to pingora's proxy (`app`) for services spoken to over HTTP/2; HTTP/2
-/// connections go to `h2`.
+/// The front door: reads each request head under its limits and hands it to the pump, or
+/// to pingora's proxy (`app`) for services spoken to over HTTP/2; HTTP/2 connections go
+/// to `h2`.
 pub struct Front<A> {
     pub app: Arc<A>,
     /// HTTP/2 connections (ALPN h2, h2c prior knowledge).

@@ -239,11 +239,14 @@ pub fn write_local_response(out: &mut Vec<u8>, status: u16, body: &[u8], close: 
     let reason = match status {
         400 => "Bad Request",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
         499 => "Client Closed Request",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
         _ => "Error",
     };
     let _ = write!(

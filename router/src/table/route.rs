@@ -197,11 +197,6 @@ impl CompiledRoute {
             && self.headers.iter().all(|h| h.matches(headers))
     }
 
-    /// Picks the target for one request (weighted for a split).
-    pub fn pick_target(&self) -> &Target {
-        self.targets.pick()
-    }
-
     /// Whether the route removes or sets response header `name` (either way, the
     /// upstream's own value is not passed on).
     pub fn replaces_response_header(&self, name: &str) -> bool {
