@@ -571,9 +571,9 @@ pub fn config_check(file: &Path) -> anyhow::Result<()> {
         router::tls::CertStore::load(listener.certificates.clone())
             .with_context(|| format!("{name}: router.tls listener {}", listener.addr))?;
     }
-    router::upstream_tls::UpstreamTlsSet::load(&settings.router)
+    router::tls::UpstreamTlsSet::load(&settings.router)
         .with_context(|| format!("{name}: router.services"))?;
-    if let Some(router::access_log::AccessLogTarget::File(path)) = &settings.router.access_log {
+    if let Some(router::config::AccessLogTarget::File(path)) = &settings.router.access_log {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),

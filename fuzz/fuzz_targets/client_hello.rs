@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = router::tcp::client_hello_sni(data);
+    let _ = router::wire::client_hello::client_hello_sni(data);
 });

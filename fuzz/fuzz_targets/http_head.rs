@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use router::front::{HeadLimits, validate_head};
+use router::wire::{HeadLimits, validate_head};
 
 fuzz_target!(|data: &[u8]| {
     let limits = HeadLimits {

@@ -6,45 +6,17 @@
 
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::SystemTime;
 
 use prometheus::IntCounter;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::warn;
 
+use crate::config::AccessLogTarget;
+
 const QUEUE: usize = 16 * 1024;
-
-/// Where access log lines go: `stdout`, `stderr`, or a file path (appended to).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "String", into = "String")]
-pub enum AccessLogTarget {
-    Stdout,
-    Stderr,
-    File(PathBuf),
-}
-
-impl From<String> for AccessLogTarget {
-    fn from(s: String) -> Self {
-        match s.as_str() {
-            "stdout" | "-" => AccessLogTarget::Stdout,
-            "stderr" => AccessLogTarget::Stderr,
-            _ => AccessLogTarget::File(PathBuf::from(s)),
-        }
-    }
-}
-
-impl From<AccessLogTarget> for String {
-    fn from(t: AccessLogTarget) -> String {
-        match t {
-            AccessLogTarget::Stdout => "stdout".into(),
-            AccessLogTarget::Stderr => "stderr".into(),
-            AccessLogTarget::File(p) => p.display().to_string(),
-        }
-    }
-}
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]

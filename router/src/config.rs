@@ -110,7 +110,7 @@ pub struct ServiceSettings {
     /// `http1` (default), `h2c` (cleartext) or `h2` (over TLS).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
-    /// Connect to the service's instances over TLS (see [`crate::upstream_tls`]).
+    /// Connect to the service's instances over TLS (see [`crate::tls::upstream`]).
     #[serde(default)]
     pub tls: bool,
     /// TLS: the server name sent (SNI) and verified. Without it, the instance's IP
@@ -130,7 +130,7 @@ pub struct ServiceSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
     /// Active health checks of the service's instances by the router (see
-    /// [`crate::health`]); off when unset.
+    /// [`crate::paths::health`]); off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
 }
@@ -184,7 +184,7 @@ impl HealthCheckConfig {
             ));
         }
         if let Some(host) = &self.host
-            && !crate::h1::is_plain_host(host)
+            && !crate::wire::is_plain_host(host)
         {
             return Some(format!("host {host:?} is not a host name"));
         }
@@ -395,7 +395,7 @@ pub struct RouterConfig {
     pub tls: Vec<TlsListener>,
     /// JSON-lines access log: `stdout`, `stderr` or a file path. Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<crate::access_log::AccessLogTarget>,
+    pub access_log: Option<AccessLogTarget>,
 }
 
 impl Default for RouterConfig {
@@ -420,6 +420,35 @@ impl Default for RouterConfig {
             services: BTreeMap::new(),
             tls: Vec::new(),
             access_log: None,
+        }
+    }
+}
+
+/// Where access log lines go: `stdout`, `stderr`, or a file path (appended to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum AccessLogTarget {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+impl From<String> for AccessLogTarget {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "stdout" | "-" => AccessLogTarget::Stdout,
+            "stderr" => AccessLogTarget::Stderr,
+            _ => AccessLogTarget::File(PathBuf::from(s)),
+        }
+    }
+}
+
+impl From<AccessLogTarget> for String {
+    fn from(t: AccessLogTarget) -> String {
+        match t {
+            AccessLogTarget::Stdout => "stdout".into(),
+            AccessLogTarget::Stderr => "stderr".into(),
+            AccessLogTarget::File(p) => p.display().to_string(),
         }
     }
 }

@@ -6,7 +6,9 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 
 use crate::pool::Pool;
-use crate::table::{CompiledRoute, HostMatch, PathMatcher, Table, ValueMatcher, normalize_host};
+use crate::table::route::{PathMatcher, ValueMatcher};
+use crate::table::{CompiledRoute, HostMatch, Table};
+use crate::wire::{has_dot_segment, normalize_host};
 
 #[derive(Debug, Serialize)]
 pub struct Explanation {
@@ -191,7 +193,7 @@ impl Table {
             explanation.outcome = "405: CONNECT is not supported".to_string();
             return explanation;
         }
-        if crate::h1::has_dot_segment(path) {
+        if has_dot_segment(path) {
             explanation.outcome = "400: request path has dot segments (a prefix could be escaped at a backend that normalizes paths)".to_string();
             return explanation;
         }

@@ -21,13 +21,17 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::config::RouterConfig;
-use crate::front::{Front, HeadLimits};
+use crate::front::Front;
 use crate::metrics::RouterMetrics;
+use crate::paths::pingora_proxy::PingoraProxy;
+use crate::paths::pump::Pump;
+use crate::paths::pump_h2::H2App;
+use crate::paths::tcp::{TcpListeners, TcpProxy};
 use crate::pool::{Clock, PoolStates};
-use crate::proxy::{PingoraProxy, Proxy};
+use crate::request::Proxy;
 use crate::table::{Table, compile};
-use crate::tcp::TcpListeners;
-use crate::upstream_tls::UpstreamTlsSet;
+use crate::tls::UpstreamTlsSet;
+use crate::wire::HeadLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -45,7 +49,7 @@ pub enum RouterError {
     #[error("{0}")]
     AccessLog(std::io::Error),
     #[error("upstream TLS: {0}")]
-    UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
+    UpstreamTls(#[from] crate::tls::UpstreamTlsError),
     #[error("router.services.{service}.health_check: {message}")]
     HealthCheck { service: String, message: String },
     #[error("TLS listener {addr}: {error}")]
@@ -257,7 +261,7 @@ impl Router {
         let app = Arc::new(app);
         let mut h2_server_options = pingora::apps::HttpServerOptions::default();
         h2_server_options.h2c = true;
-        let h2_app = Arc::new(crate::pump_h2::H2App {
+        let h2_app = Arc::new(H2App {
             proxy: Arc::clone(&proxy),
             fallback: Arc::clone(&app),
             h2_options: h2,
@@ -266,7 +270,7 @@ impl Router {
         let front = Front {
             app,
             h2: h2_app,
-            proxy,
+            pump: Pump::new(proxy),
             limits: HeadLimits {
                 max_bytes: self.config.max_header_bytes,
                 max_headers: self.config.max_headers,
@@ -353,7 +357,7 @@ impl Router {
         {
             return Ok(());
         }
-        let checker = Arc::new(crate::health::HealthChecker {
+        let checker = Arc::new(crate::paths::health::HealthChecker {
             table: Arc::clone(&self.table),
             connector: pingora::connectors::TransportConnector::new(None),
             metrics: self.metrics.clone(),
@@ -372,7 +376,7 @@ impl Router {
 
     /// TCP routes run on a runtime of their own, beside pingora's.
     fn start_tcp(&self) -> Result<(), RouterError> {
-        let proxy = Arc::new(crate::tcp::TcpProxy {
+        let proxy = Arc::new(TcpProxy {
             table: Arc::clone(&self.table),
             config: Arc::clone(&self.config),
             metrics: self.metrics.clone(),

@@ -7,267 +7,30 @@
 //! specificity: exact path, then regex, then prefix (longest first); at equal path
 //! specificity, routes with method or header conditions come first; then by name.
 //! Prefixes match whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+//!
+//! [`route`] holds the compiled HTTP route (matchers, targets, policies); [`tcp`] the TCP
+//! routes of each listen address. Pools come from [`crate::pool`], built before the
+//! routes that point at them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+pub mod route;
+pub mod tcp;
 
-use discovery::model::{Health, PathMatch, RetryOn, RetryPolicy, RouteKind};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use discovery::model::{PathMatch, RouteKind};
 use discovery::{Route, Snapshot};
 use http::Method;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use prometheus::{Histogram, IntCounter};
 use tracing::warn;
 
+pub use route::{CompiledRoute, Target, Targets};
+use route::{TablePools, compile_route};
+pub use tcp::{TcpListenerRoutes, TcpTarget};
+
 use crate::config::RouterConfig;
-use crate::pool::{Endpoint, Pool, PoolStates};
-
-#[derive(Debug)]
-pub(crate) enum PathMatcher {
-    Exact(Box<str>),
-    Prefix(Box<str>),
-    Regex(regex::Regex),
-}
-
-impl PathMatcher {
-    pub(crate) fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatcher::Exact(p) => path == &**p,
-            PathMatcher::Prefix(p) => {
-                path.starts_with(&**p)
-                    && (p.ends_with('/')
-                        || path.len() == p.len()
-                        || path.as_bytes()[p.len()] == b'/')
-            }
-            PathMatcher::Regex(r) => r.is_match(path),
-        }
-    }
-
-    /// Sort key: lower sorts first.
-    fn rank(&self) -> (u8, usize) {
-        match self {
-            PathMatcher::Exact(_) => (0, 0),
-            PathMatcher::Regex(_) => (1, 0),
-            PathMatcher::Prefix(p) => (2, usize::MAX - p.len()),
-        }
-    }
-}
-
-#[derive(Debug)]
-pub(crate) enum ValueMatcher {
-    Exact(Box<[u8]>),
-    Prefix(Box<[u8]>),
-    Regex(regex::Regex),
-    Present(bool),
-}
-
-#[derive(Debug)]
-pub(crate) struct HeaderMatcher {
-    pub(crate) name: HeaderName,
-    pub(crate) value: ValueMatcher,
-    pub(crate) invert: bool,
-}
-
-/// Request headers as route conditions see them: the first value of a header. Both a
-/// `HeaderMap` (pingora's path, `route explain`) and a parsed head's headers (the pump,
-/// no copy) answer it.
-pub trait HeaderLookup {
-    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
-}
-
-impl HeaderLookup for HeaderMap {
-    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.get(name).map(HeaderValue::as_bytes)
-    }
-}
-
-impl HeaderLookup for [httparse::Header<'_>] {
-    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
-            .map(|h| h.value)
-    }
-}
-
-impl HeaderMatcher {
-    pub(crate) fn matches(&self, headers: &(impl HeaderLookup + ?Sized)) -> bool {
-        let value = headers.first(&self.name);
-        let hit = match (&self.value, value) {
-            (ValueMatcher::Present(present), v) => v.is_some() == *present,
-            (_, None) => false,
-            (ValueMatcher::Exact(e), Some(v)) => v == &**e,
-            (ValueMatcher::Prefix(p), Some(v)) => v.starts_with(p),
-            (ValueMatcher::Regex(r), Some(v)) => {
-                std::str::from_utf8(v).is_ok_and(|s| r.is_match(s))
-            }
-        };
-        hit != self.invert
-    }
-}
-
-/// The services a route sends to: one, or a weighted split.
-#[derive(Debug)]
-pub struct Targets {
-    pub list: Vec<Target>,
-    /// Cumulative split weights, parallel to `list` (empty for a single service).
-    cumulative: Vec<u64>,
-}
-
-impl Targets {
-    fn of(route: &Route, pools: &TablePools) -> Targets {
-        let target = |service: &str, tag: Option<&str>| Target {
-            service: Arc::from(service),
-            tag: tag.map(Arc::from),
-            pool: pools.get(service, tag),
-            requests: Default::default(),
-        };
-        match &route.service {
-            Some(service) => Targets {
-                list: vec![target(service, None)],
-                cumulative: Vec::new(),
-            },
-            None => Targets {
-                list: route
-                    .split
-                    .iter()
-                    .map(|s| target(&s.service, s.tag.as_deref()))
-                    .collect(),
-                cumulative: route
-                    .split
-                    .iter()
-                    .scan(0u64, |sum, s| {
-                        *sum += u64::from(s.weight);
-                        Some(*sum)
-                    })
-                    .collect(),
-            },
-        }
-    }
-
-    /// Picks the target for one request or connection (weighted for a split).
-    pub fn pick(&self) -> &Target {
-        &self.list[self.pick_index()]
-    }
-
-    /// The index in `list` of the target picked for one request.
-    pub fn pick_index(&self) -> usize {
-        if self.list.len() > 1
-            && let Some(&total) = self.cumulative.last()
-            && total > 0
-        {
-            let draw = rand::random_range(0..total);
-            let at = self.cumulative.partition_point(|&w| w <= draw);
-            if at < self.list.len() {
-                return at;
-            }
-        }
-        0
-    }
-
-    /// Each target's share of the traffic, in percent.
-    pub fn shares(&self) -> impl Iterator<Item = (&Target, f64)> {
-        let total = self.cumulative.last().copied().unwrap_or(0);
-        let mut previous = 0;
-        self.list.iter().enumerate().map(move |(i, target)| {
-            let share = match self.cumulative.get(i) {
-                Some(&c) if total > 0 => {
-                    let share = (c - previous) as f64 * 100.0 / total as f64;
-                    previous = c;
-                    share
-                }
-                _ => 100.0,
-            };
-            (target, share)
-        })
-    }
-}
-
-/// A service a route sends to, with its pool (None: no eligible instance right now).
-#[derive(Debug)]
-pub struct Target {
-    pub service: Arc<str>,
-    /// A split target's subset: only the service's instances with this tag.
-    pub tag: Option<Arc<str>>,
-    pub pool: Option<Arc<Pool>>,
-    /// This route's request counters for this service, by status class (resolved on
-    /// first use: see `RouterMetrics::count_request`).
-    pub(crate) requests: [OnceLock<IntCounter>; 5],
-}
-
-#[derive(Debug)]
-pub struct CompiledRoute {
-    pub name: Arc<str>,
-    pub(crate) path: PathMatcher,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) headers: Vec<HeaderMatcher>,
-    pub targets: Targets,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    pub per_try_timeout: Option<Duration>,
-    /// The route's `timeouts.idle`: bounds each wait for response body bytes (instead of
-    /// `request_timeout`) and ends a WebSocket tunnel quiet for that long.
-    pub idle_timeout: Option<Duration>,
-    pub retry: Option<RetryPolicy>,
-    /// (length of the matched prefix, replacement)
-    pub prefix_rewrite: Option<(usize, Box<str>)>,
-    pub request_set: Vec<(HeaderName, HeaderValue)>,
-    pub request_remove: Vec<HeaderName>,
-    pub response_set: Vec<(HeaderName, HeaderValue)>,
-    pub response_remove: Vec<HeaderName>,
-    /// This route's request duration histogram (resolved on first use).
-    pub(crate) request_duration: OnceLock<Histogram>,
-}
-
-impl CompiledRoute {
-    fn matches(&self, path: &str, method: &Method, headers: &(impl HeaderLookup + ?Sized)) -> bool {
-        self.path.matches(path)
-            && (self.methods.is_empty() || self.methods.contains(method))
-            && self.headers.iter().all(|h| h.matches(headers))
-    }
-
-    /// Picks the target for one request (weighted for a split).
-    pub fn pick_target(&self) -> &Target {
-        self.targets.pick()
-    }
-
-    /// Whether the route removes or sets response header `name` (either way, the
-    /// upstream's own value is not passed on).
-    pub fn replaces_response_header(&self, name: &str) -> bool {
-        self.response_remove
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n.as_str()))
-            || self
-                .response_set
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()))
-    }
-
-    /// The same for request headers.
-    pub fn replaces_request_header(&self, name: &str) -> bool {
-        self.request_remove
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n.as_str()))
-            || self
-                .request_set
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()))
-    }
-
-    /// The index (in `targets.list`) of the target picked for one request.
-    pub fn pick_target_index(&self) -> usize {
-        self.targets.pick_index()
-    }
-
-    pub fn retries_on(&self, status: u16) -> bool {
-        self.retry.as_ref().is_some_and(|r| {
-            r.on.iter().any(|on| match on {
-                RetryOn::ConnectFailure => false,
-                RetryOn::GatewayError => matches!(status, 502..=504),
-                RetryOn::ServerError => (500..=599).contains(&status),
-            })
-        })
-    }
-}
+use crate::pool::{Pool, PoolStates};
+use crate::wire::HeaderLookup;
 
 #[derive(Debug, Default)]
 pub(crate) struct HostEntry {
@@ -296,29 +59,7 @@ pub struct Table {
     pub subsets: HashMap<(Arc<str>, Arc<str>), Arc<Pool>>,
     pub route_count: usize,
     /// TCP routes by listen address.
-    pub tcp: std::collections::BTreeMap<std::net::SocketAddr, crate::tcp::TcpListenerRoutes>,
-}
-
-/// Strips the port and a trailing dot; `None` for an empty host.
-pub fn normalize_host(host: &str) -> &str {
-    let host = if host.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop the port.
-        host.find(']').map_or(host, |end| &host[..=end])
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    host.strip_suffix('.').unwrap_or(host)
-}
-
-/// The host a request is routed by: without port or trailing dot, lowercase (copied only
-/// when it has uppercase letters).
-pub fn routing_host(host: &str) -> std::borrow::Cow<'_, str> {
-    let host = normalize_host(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(host)
-    }
+    pub tcp: BTreeMap<SocketAddr, TcpListenerRoutes>,
 }
 
 impl Table {
@@ -361,162 +102,10 @@ impl Table {
     }
 }
 
-/// Builds one service's pool, inheriting endpoint and pool state from `previous`.
-fn build_pool(
-    name: &Arc<str>,
-    service: &discovery::snapshot::Service,
-    config: &RouterConfig,
-    upstream_tls: &crate::upstream_tls::UpstreamTlsSet,
-    previous: Option<&Pool>,
-) -> Pool {
-    let settings = config.services.get(&**name).cloned().unwrap_or_default();
-    let tls = upstream_tls.get(name).cloned();
-    // Never fall back to cleartext: a TLS service whose settings were not loaded (a table
-    // compiled without `PoolStates::with_upstream_tls`) gets no traffic at all.
-    let tls_missing = settings.tls && tls.is_none();
-    let inherited = previous.map(Pool::endpoint_states).unwrap_or_default();
-    let endpoints: Vec<Endpoint> = service
-        .instances
-        .values()
-        .filter(|i| !tls_missing && receives_traffic(i.spec.health, config))
-        .map(|i| {
-            let addr = i.socket_addr();
-            let state = inherited
-                .get(&(i.id.as_str(), addr))
-                .map(|s| Arc::clone(s))
-                .unwrap_or_default();
-            Endpoint {
-                id: Arc::from(i.id.as_str()),
-                addr,
-                zone: i.spec.zone.as_deref().map(Arc::from),
-                weight: u32::from(i.spec.weight),
-                state,
-            }
-        })
-        .collect();
-    let shared = previous.map(|p| Arc::clone(&p.shared)).unwrap_or_default();
-    let mut pool = Pool::new(
-        Arc::clone(name),
-        endpoints,
-        settings.balancer,
-        settings.hash_on,
-        config.zone.as_deref(),
-        config.min_local_endpoints,
-        shared,
-    );
-    pool.http2 = settings.protocol != crate::config::UpstreamProtocol::Http1;
-    pool.excluded = service
-        .instances
-        .values()
-        .filter(|i| tls_missing || !receives_traffic(i.spec.health, config))
-        .map(|i| {
-            let reason = if tls_missing {
-                "upstream TLS settings not loaded".to_string()
-            } else {
-                format!("health is {}", i.spec.health.as_str())
-            };
-            (Arc::from(i.id.as_str()), reason)
-        })
-        .collect();
-    pool.tls = tls;
-    pool.health_check = settings.health_check.clone().map(Arc::new);
-    pool
-}
-
-/// Only passing instances get traffic (and warning ones where configured).
-fn receives_traffic(health: Health, config: &RouterConfig) -> bool {
-    health == Health::Passing || (config.serve_warning && health == Health::Warning)
-}
-
-/// The pools route targets are resolved against.
-struct TablePools<'a> {
-    services: &'a HashMap<Arc<str>, Arc<Pool>>,
-    subsets: &'a HashMap<(Arc<str>, Arc<str>), Arc<Pool>>,
-}
-
-impl<'a> TablePools<'a> {
-    fn of(table: &'a Table) -> Self {
-        TablePools {
-            services: &table.pools,
-            subsets: &table.subsets,
-        }
-    }
-
-    fn get(&self, service: &str, tag: Option<&str>) -> Option<Arc<Pool>> {
-        match tag {
-            None => self.services.get(service).cloned(),
-            Some(tag) => self
-                .subsets
-                .get(&(Arc::from(service), Arc::from(tag)))
-                .cloned(),
-        }
-    }
-}
-
-/// A pool for each (service, tag) a route split names: the service's instances with the
-/// tag. Its endpoints share their state (outstanding requests, ejections, checks) with
-/// the service's own pool, so a subset and the whole service see one health. Built anew
-/// with each table: subsets are few (a rollout's two versions).
-fn build_subsets(
-    snapshot: &Snapshot,
-    config: &RouterConfig,
-    upstream_tls: &crate::upstream_tls::UpstreamTlsSet,
-    pools: &HashMap<Arc<str>, Arc<Pool>>,
-) -> HashMap<(Arc<str>, Arc<str>), Arc<Pool>> {
-    let mut subsets = HashMap::new();
-    for route in snapshot.routes.values() {
-        for target in &route.split {
-            let Some(tag) = &target.tag else { continue };
-            let key = (Arc::from(target.service.as_str()), Arc::from(tag.as_str()));
-            if subsets.contains_key(&key) {
-                continue;
-            }
-            let Some((name, service)) = snapshot.services.get_key_value(target.service.as_str())
-            else {
-                continue;
-            };
-            let tagged = discovery::snapshot::Service {
-                instances: service
-                    .instances
-                    .iter()
-                    .filter(|(_, i)| i.spec.tags.iter().any(|t| t == tag))
-                    .map(|(id, i)| (Arc::clone(id), i.clone()))
-                    .collect(),
-            };
-            let pool = build_pool(
-                name,
-                &tagged,
-                config,
-                upstream_tls,
-                pools.get(name.as_ref()).map(|p| &**p),
-            );
-            subsets.insert(key, Arc::new(pool));
-        }
-    }
-    subsets
-}
-
 /// Builds a table from a snapshot, carrying pool state over from `states`.
 pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStates) -> Table {
-    let mut pools = HashMap::with_capacity(snapshot.services.len());
-    let mut next_states = HashMap::with_capacity(snapshot.services.len());
-    for (name, service) in snapshot.services.iter() {
-        let previous = states.services.get(name);
-        let pool = match previous {
-            Some((built_from, pool)) if Arc::ptr_eq(built_from, service) => Arc::clone(pool),
-            _ => Arc::new(build_pool(
-                name,
-                service,
-                config,
-                &states.upstream_tls,
-                previous.map(|(_, p)| &**p),
-            )),
-        };
-        next_states.insert(Arc::clone(name), (Arc::clone(service), Arc::clone(&pool)));
-        pools.insert(Arc::clone(name), pool);
-    }
-    states.services = next_states;
-    let subsets = build_subsets(snapshot, config, &states.upstream_tls, &pools);
+    let pools = states.pools(snapshot, config);
+    let subsets = states.subsets(snapshot, config, &pools);
 
     let mut table = Table {
         revision: snapshot.revision,
@@ -530,7 +119,11 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
             add_tcp_route(&mut table, name, route, config);
             continue;
         }
-        match compile_route(name, route, config, &TablePools::of(&table)) {
+        let pools = TablePools {
+            services: &table.pools,
+            subsets: &table.subsets,
+        };
+        match compile_route(name, route, config, &pools) {
             Ok(c) => compiled.push((
                 route.host.clone().unwrap_or_else(|| "*".into()),
                 Arc::new(c),
@@ -566,156 +159,14 @@ pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStat
 }
 
 fn add_tcp_route(table: &mut Table, name: &Arc<str>, route: &Route, config: &RouterConfig) {
-    let Some(listen) = route.listen else { return };
-    let target = crate::tcp::TcpTarget {
-        route: Arc::clone(name),
-        targets: Targets::of(route, &TablePools::of(table)),
-        connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
-        idle_timeout: route.timeouts.idle,
-    };
-    let routes = table.tcp.entry(listen).or_default();
-    let slot = match route.sni.as_deref() {
-        None => &mut routes.default,
-        Some(sni) => {
-            let map = if let Some(suffix) = sni.strip_prefix('*') {
-                routes.by_sni_suffix.entry(suffix.into())
-            } else {
-                routes.by_sni.entry(sni.into())
-            };
-            match map {
-                std::collections::hash_map::Entry::Occupied(existing) => {
-                    warn!(route = %name, other = %existing.get().route, "two TCP routes for one listen address and server name; keeping the first");
-                    return;
-                }
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(target);
-                    return;
-                }
-            }
-        }
-    };
-    match slot {
-        Some(existing) => {
-            warn!(route = %name, other = %existing.route, "two default TCP routes for one listen address; keeping the first");
-        }
-        None => *slot = Some(target),
+    if let Some(listen) = route.listen {
+        let pools = TablePools {
+            services: &table.pools,
+            subsets: &table.subsets,
+        };
+        let routes = table.tcp.entry(listen).or_default();
+        routes.add(name, route, &pools, config);
     }
-}
-
-fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(1 << 20)
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-/// Whether a stored rewrite of header `name` by `route` is left out: framing headers are
-/// the router's, and a route stored before the admin API refused them may not touch
-/// them. Said once per route and header, not at every table build.
-fn framing_rewrite(route: &str, name: &str) -> bool {
-    static WARNED: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let framing = discovery::model::is_framing_header(name);
-    if framing
-        && WARNED
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((route.to_string(), name.to_ascii_lowercase()))
-    {
-        warn!(
-            route,
-            header = name,
-            "route rewrite of a framing header ignored (write the route again without it)"
-        );
-    }
-    framing
-}
-
-fn header_pairs(
-    route: &str,
-    set: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-    set.iter()
-        .filter(|(name, _)| !framing_rewrite(route, name))
-        .map(|(name, value)| {
-            let name =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-            let value =
-                HeaderValue::from_bytes(value.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-            Ok((name, value))
-        })
-        .collect()
-}
-
-fn header_names(route: &str, names: &[String]) -> Result<Vec<HeaderName>, String> {
-    names
-        .iter()
-        .filter(|name| !framing_rewrite(route, name) && !name.eq_ignore_ascii_case("host"))
-        .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}")))
-        .collect()
-}
-
-fn compile_route(
-    name: &str,
-    route: &Route,
-    config: &RouterConfig,
-    pools: &TablePools,
-) -> Result<CompiledRoute, String> {
-    let path = match &route.path {
-        None => PathMatcher::Prefix("/".into()),
-        Some(PathMatch::Exact(p)) => PathMatcher::Exact(p.as_str().into()),
-        Some(PathMatch::Prefix(p)) => PathMatcher::Prefix(p.as_str().into()),
-        Some(PathMatch::Regex(r)) => PathMatcher::Regex(compile_regex(r)?),
-    };
-    let methods = route
-        .methods
-        .iter()
-        .map(|m| Method::from_bytes(m.as_bytes()).map_err(|e| format!("method {m}: {e}")))
-        .collect::<Result<_, _>>()?;
-    let headers = route
-        .headers
-        .iter()
-        .map(|h| {
-            let value = if let Some(e) = &h.exact {
-                ValueMatcher::Exact(e.as_bytes().into())
-            } else if let Some(p) = &h.prefix {
-                ValueMatcher::Prefix(p.as_bytes().into())
-            } else if let Some(r) = &h.regex {
-                ValueMatcher::Regex(compile_regex(r)?)
-            } else {
-                ValueMatcher::Present(h.present.unwrap_or(true))
-            };
-            Ok(HeaderMatcher {
-                name: HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|e| format!("header {}: {e}", h.name))?,
-                value,
-                invert: h.invert,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let targets = Targets::of(route, pools);
-    let prefix_rewrite = match (&route.prefix_rewrite, &route.path) {
-        (Some(rewrite), Some(PathMatch::Prefix(p))) => Some((p.len(), rewrite.as_str().into())),
-        _ => None,
-    };
-    Ok(CompiledRoute {
-        name: Arc::from(name),
-        path,
-        methods,
-        headers,
-        targets,
-        connect_timeout: route.timeouts.connect.unwrap_or(config.connect_timeout),
-        request_timeout: route.timeouts.request.unwrap_or(config.request_timeout),
-        per_try_timeout: route.retry.as_ref().and_then(|r| r.per_try_timeout),
-        idle_timeout: route.timeouts.idle,
-        retry: route.retry.clone(),
-        prefix_rewrite,
-        request_set: header_pairs(name, &route.request_headers.set)?,
-        request_remove: header_names(name, &route.request_headers.remove)?,
-        response_set: header_pairs(name, &route.response_headers.set)?,
-        response_remove: header_names(name, &route.response_headers.remove)?,
-        request_duration: OnceLock::new(),
-    })
 }
 
 /// A large synthetic snapshot for benchmarks: `services` services of `per_service`

@@ -15,6 +15,7 @@ mod pump;
 mod registry;
 mod router;
 mod tcp;
+mod tidy;
 mod tls;
 mod upgrade;
 mod upstream_tls;

@@ -7,6 +7,7 @@ use expect_test::expect;
 use http::{HeaderMap, Method};
 
 use super::*;
+use crate::wire::normalize_host;
 
 fn snapshot(routes: &[(&str, &str)]) -> Snapshot {
     let mut services = BTreeMap::new();
@@ -203,5 +204,52 @@ fn a_changed_service_inherits_endpoint_state() {
     assert!(
         Arc::ptr_eq(&first.pools["api"], &second.pools["api"]),
         "unchanged services keep their pool"
+    );
+}
+
+/// A split target with a tag selects the service's instances with that tag, and its
+/// endpoints share state with the service's own pool.
+#[test]
+fn split_targets_select_subsets_by_tag() {
+    let mut snap = snapshot(&[(
+        "web",
+        r#"{"host":"web.test","split":[{"service":"web","tag":"d1","weight":90},{"service":"web","tag":"d2","weight":10}]}"#,
+    )]);
+    let mut service = Service::default();
+    for (id, port, tag) in [
+        ("old-1", 9001, "d1"),
+        ("old-2", 9002, "d1"),
+        ("new-1", 9003, "d2"),
+    ] {
+        let mut spec = InstanceSpec::new([127, 0, 0, 1].into(), port);
+        spec.tags = vec![tag.into()];
+        service.instances.insert(
+            Arc::from(id),
+            Instance::new("web", id, spec).expect("valid"),
+        );
+    }
+    Arc::make_mut(&mut snap.services).insert(Arc::from("web"), Arc::new(service));
+    let table = compile(&snap, &RouterConfig::default(), &mut PoolStates::default());
+    let route = table
+        .route("web.test", "/", &Method::GET, &HeaderMap::new())
+        .expect("routed");
+    let ids = |i: usize| -> Vec<String> {
+        let target = &route.targets.list[i];
+        let pool = target.pool.as_ref().expect("a pool");
+        pool.endpoints.iter().map(|e| e.id.to_string()).collect()
+    };
+    assert_eq!(route.targets.list[0].tag.as_deref(), Some("d1"));
+    assert_eq!(ids(0), ["old-1", "old-2"]);
+    assert_eq!(ids(1), ["new-1"]);
+    let whole = &table.pools["web"];
+    let new_in_subset = &route.targets.list[1].pool.as_ref().expect("pool").endpoints[0];
+    let new_in_whole = whole
+        .endpoints
+        .iter()
+        .find(|e| &*e.id == "new-1")
+        .expect("in the whole pool");
+    assert!(
+        Arc::ptr_eq(&new_in_subset.state, &new_in_whole.state),
+        "one endpoint state"
     );
 }

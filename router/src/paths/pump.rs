@@ -7,42 +7,44 @@
 //! server, and replaces `HttpProxy` for HTTP/1 upstreams with one straight pass per
 //! request on the connection's own task:
 //!
-//! [`Proxy::plan`] (sync: parse and validate the head, route on the live table, pick the
-//! service, write the upstream head into a reused buffer) -> [`Proxy::forward`] (attempts:
-//! pick an endpoint, take an idle connection or connect, send, read the response head;
-//! retry on connect failure, a stale pooled connection, or a retryable status; then relay
-//! the response with its framing, and pool the upstream connection).
+//! [`Pump::plan`] (sync: parse and validate the head, the routing prologue
+//! `Proxy::route`, write the upstream head into a reused buffer) -> [`Pump::forward`]
+//! (attempts: pick an endpoint, take an idle connection or connect, send, read the
+//! response head; retry on connect failure, a stale pooled connection, or a retryable
+//! status; then relay the response with its framing, and pool the upstream connection).
 //!
-//! Routing, balancing, retries, outlier accounting and metrics are the same code the
-//! pingora path uses ([`crate::proxy`]); HTTP/2 clients and HTTP/2 upstreams go that way.
+//! Routing, balancing, retries, outlier accounting and metrics are the request core's
+//! ([`crate::request`]), shared with the other paths; requests to HTTP/2 services go to
+//! pingora's proxy ([`super::pingora_proxy`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::Method;
-use pingora::prelude::HttpPeer;
 use pingora::protocols::Stream;
-use pingora::{ErrorType, Result};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::config::HashOn;
-use crate::front::{Framing, HeadLimits, Rejection, RequestHead, STACK_HEADERS, parse_request};
-use crate::h1::{
-    Chunked, ClientInfo, RESPONSE_HEADERS, ResponseShape, has_dot_segment, parse_response,
-    write_downstream_head, write_local_response, write_upstream_head,
+use super::upstream::{
+    AttemptError, Ended, Forward, HeadState, LogFields, RELAY_CHUNK, Upstream, classify_response,
+    entry, read_head_more, read_more, upstream_error, write_flush,
 };
-use crate::pool::{Pool, fnv1a};
-use crate::proxy::{Proxy, RequestCtx};
-use crate::table::{CompiledRoute, routing_host};
-use crate::upstream_pool::{self, PoolKey};
+use crate::heads::{
+    ClientInfo, ResponseShape, write_downstream_head, write_local_response, write_upstream_head,
+};
+use crate::pool::Pool;
+use crate::pool::connections;
+use crate::request::{Proxy, RequestCtx, error_message, retryable_method};
+use crate::table::CompiledRoute;
+use crate::wire::{
+    BadChunk, Chunked, Framing, HeadLimits, RESPONSE_HEADERS, Rejection, RequestHead,
+    STACK_HEADERS, parse_request, parse_response,
+};
 
-/// Largest upstream response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Upstream read buffer: grown to this while relaying a large body.
-pub(crate) const RELAY_CHUNK: usize = 16 * 1024;
+/// The HTTP/1 pump over the shared [`Proxy`] state; the front door calls it for each
+/// request head of an HTTP/1 connection.
+pub struct Pump {
+    proxy: Arc<Proxy>,
+}
 
 /// Buffers of one client connection, reused for each of its requests.
 #[derive(Default)]
@@ -68,14 +70,15 @@ pub enum Plan {
     Forward(Forward),
 }
 
+/// A request the router answers itself (a bad path, no route, no healthy instance).
 pub struct Local {
     pub status: u16,
     pub body: String,
     pub head_len: usize,
     pub framing: Framing,
     pub keep_alive: bool,
-    /// For the request counter and the log: the route and the target index.
-    pub counted: Option<(Arc<CompiledRoute>, usize)>,
+    /// For the log: the route and the target index (a 503).
+    pub route: Option<(Arc<CompiledRoute>, usize)>,
     log: Option<LogFields>,
     started: Instant,
 }
@@ -91,112 +94,6 @@ fn bad_chunks(head_pending: bool) -> &'static str {
     }
 }
 
-/// A routed request, ready to go upstream (its head is in `ConnBuffers::request`).
-pub struct Forward {
-    pub(crate) head_len: usize,
-    pub(crate) route: Arc<CompiledRoute>,
-    pub(crate) target: usize,
-    pub(crate) pool: Arc<Pool>,
-    pub(crate) hash: Option<u64>,
-    pub(crate) body: Framing,
-    pub(crate) keep_alive: bool,
-    pub(crate) http10: bool,
-    pub(crate) upgrade: bool,
-    pub(crate) head_request: bool,
-    /// Idempotent (or the route allows retrying anything).
-    pub(crate) retryable_method: bool,
-    pub(crate) expect_continue: bool,
-    pub(crate) log: Option<LogFields>,
-}
-
-impl Forward {
-    pub(crate) fn retry_scope(&self) -> RetryScope<'_> {
-        RetryScope {
-            pool: &self.pool,
-            route: &self.route,
-            retryable_method: self.retryable_method,
-        }
-    }
-}
-
-/// What the retry rules need to know of a request, on either proxy path.
-#[derive(Clone, Copy)]
-pub(crate) struct RetryScope<'a> {
-    pub(crate) pool: &'a Pool,
-    pub(crate) route: &'a CompiledRoute,
-    /// Idempotent (or the route allows retrying anything).
-    pub(crate) retryable_method: bool,
-}
-
-pub(crate) struct LogFields {
-    pub(crate) method: String,
-    /// The client's protocol: `1.0`, `1.1` or `2`.
-    pub(crate) http: &'static str,
-    pub(crate) host: String,
-    pub(crate) path: String,
-    pub(crate) request_id: Option<String>,
-}
-
-impl LogFields {
-    pub(crate) fn of(head: &RequestHead<'_>, http: &'static str) -> LogFields {
-        LogFields {
-            method: head.method.to_string(),
-            http,
-            host: head.host.to_string(),
-            path: head.origin_target().to_string(),
-            request_id: None,
-        }
-    }
-}
-
-/// How an exchange ended, for metrics and the log.
-pub(crate) struct Ended {
-    pub(crate) status: u16,
-    pub(crate) bytes_sent: usize,
-    pub(crate) keep_alive: bool,
-    pub(crate) error: Option<&'static str>,
-}
-
-/// Looks headers up among a parsed head's, for route header conditions.
-pub(crate) fn hash_key(
-    hash_on: &HashOn,
-    head: &RequestHead<'_>,
-    client: &ClientInfo,
-) -> Option<u64> {
-    match hash_on {
-        HashOn::Header(name) => head.header(name).map(|v| fnv1a(&[v])),
-        HashOn::Cookie(name) => head
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-            .flat_map(|h| h.value.split(|&b| b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let (key, value) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
-                (key == name.as_bytes()).then(|| fnv1a(&[&value[1..]]))
-            }),
-        HashOn::ClientIp => client.ip.map(|_| fnv1a(&[client.ip_text.as_bytes()])),
-    }
-}
-
-impl Proxy {
-    fn local(&self, status: u16, body: String, head: &RequestHead<'_>, head_len: usize) -> Plan {
-        Plan::Local(Local {
-            status,
-            body,
-            head_len,
-            framing: head.body,
-            keep_alive: head.keep_alive,
-            counted: None,
-            log: self
-                .access_log
-                .as_ref()
-                .map(|_| LogFields::of(head, http_version(head))),
-            started: Instant::now(),
-        })
-    }
-}
-
 fn http_version(head: &RequestHead<'_>) -> &'static str {
     if head.minor_version == 0 {
         "1.0"
@@ -205,47 +102,8 @@ fn http_version(head: &RequestHead<'_>) -> &'static str {
     }
 }
 
-pub(crate) enum AttemptError {
-    /// Nothing usable came back: 502, or 504 when it timed out. `alert`: the upstream's
-    /// TLS refused the connection after the handshake (e.g. our client certificate).
-    Upstream { timeout: bool, alert: bool },
-    /// The client went away or sent a bad body.
-    Client(u16),
-}
-
-/// Reads more of an upstream response head into `buf`, by `deadline`; a close before
-/// the head is whole is an upstream failure.
-pub(crate) async fn read_head_more<S: AsyncRead + Unpin>(
-    up: &mut S,
-    buf: &mut BytesMut,
-    deadline: tokio::time::Instant,
-) -> Result<(), AttemptError> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(4096);
-    }
-    match tokio::time::timeout_at(deadline, up.read_buf(buf)).await {
-        Err(_) => Err(AttemptError::Upstream {
-            timeout: true,
-            alert: false,
-        }),
-        Ok(Ok(0)) => Err(AttemptError::Upstream {
-            timeout: false,
-            alert: false,
-        }),
-        Ok(Err(e)) => Err(upstream_error(e)),
-        Ok(Ok(_)) => Ok(()),
-    }
-}
-
-pub(crate) fn upstream_error(e: std::io::Error) -> AttemptError {
-    AttemptError::Upstream {
-        timeout: e.kind() == std::io::ErrorKind::TimedOut,
-        alert: e.to_string().contains("received fatal alert"),
-    }
-}
-
 /// The length of a request body that is all in `buf` already (`None`: more is to come).
-fn whole_body(framing: Framing, buf: &[u8]) -> Result<Option<usize>, crate::h1::BadChunk> {
+fn whole_body(framing: Framing, buf: &[u8]) -> Result<Option<usize>, BadChunk> {
     Ok(match framing {
         Framing::None | Framing::UntilClose => Some(0),
         Framing::Length(n) => usize::try_from(n).ok().filter(|&n| n <= buf.len()),
@@ -255,31 +113,6 @@ fn whole_body(framing: Framing, buf: &[u8]) -> Result<Option<usize>, crate::h1::
             chunked.is_done().then_some(n)
         }
     })
-}
-
-/// Where a response head being read stands.
-pub(crate) enum HeadState {
-    Partial,
-    /// A 1xx (not 101) head of this many bytes, to pass on; another head follows.
-    Interim(usize),
-    Final,
-    Bad,
-}
-
-pub(crate) fn classify_response(buf: &[u8], head_request: bool) -> HeadState {
-    if buf.is_empty() {
-        return HeadState::Partial;
-    }
-    let mut storage = [httparse::EMPTY_HEADER; RESPONSE_HEADERS];
-    match parse_response(buf, &mut storage, head_request) {
-        Ok(None) if buf.len() > MAX_RESPONSE_HEAD => HeadState::Bad,
-        Ok(None) => HeadState::Partial,
-        Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
-            HeadState::Interim(head.len)
-        }
-        Ok(Some(_)) => HeadState::Final,
-        Err(_) => HeadState::Bad,
-    }
 }
 
 /// The final response head, as relayed.
@@ -310,7 +143,7 @@ fn prepare_response(
         dechunk,
     };
     out.clear();
-    write_downstream_head(out, &parsed, &request.route, shape);
+    write_downstream_head(out, &parsed, &request.routed.route, shape);
     Some(Response {
         status: parsed.status,
         framing: parsed.body,
@@ -321,48 +154,28 @@ fn prepare_response(
     })
 }
 
-/// Runs `io` with a time limit. The timer is only armed when `io` cannot finish at once
-/// (most writes can): arming one costs a clock read and a timer-wheel entry.
-async fn with_timeout<T>(
-    limit: Duration,
-    io: impl Future<Output = std::io::Result<T>>,
-) -> std::io::Result<T> {
-    let mut io = std::pin::pin!(io);
-    if let Poll::Ready(result) = std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx))).await
-    {
-        return result;
+impl Pump {
+    pub fn new(proxy: Arc<Proxy>) -> Pump {
+        Pump { proxy }
     }
-    match tokio::time::timeout(limit, io).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+
+    fn local(&self, status: u16, body: String, head: &RequestHead<'_>, head_len: usize) -> Plan {
+        Plan::Local(Local {
+            status,
+            body,
+            head_len,
+            framing: head.body,
+            keep_alive: head.keep_alive,
+            route: None,
+            log: self
+                .proxy
+                .access_log
+                .as_ref()
+                .map(|_| LogFields::of(head, http_version(head))),
+            started: Instant::now(),
+        })
     }
-}
 
-pub(crate) async fn write_flush<S: AsyncWrite + Unpin + ?Sized>(
-    stream: &mut S,
-    data: &[u8],
-    limit: Duration,
-) -> std::io::Result<()> {
-    with_timeout(limit, async {
-        stream.write_all(data).await?;
-        stream.flush().await
-    })
-    .await
-}
-
-/// Reads more into `buf` (at least `RELAY_CHUNK` free); Ok(0) at the end of the stream.
-pub(crate) async fn read_more<S: AsyncRead + Unpin + ?Sized>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    limit: Duration,
-) -> std::io::Result<usize> {
-    if buf.capacity() - buf.len() < RELAY_CHUNK / 4 {
-        buf.reserve(RELAY_CHUNK);
-    }
-    with_timeout(limit, stream.read_buf(buf)).await
-}
-
-impl Proxy {
     /// Parses, validates and routes one request head, and writes the upstream request
     /// head into `bufs`. Synchronous: nothing here waits.
     pub fn plan(
@@ -391,62 +204,42 @@ impl Proxy {
                 reason: "malformed request head",
             });
         };
-        let path = head.path();
-        if has_dot_segment(path) {
-            return self.local(
-                400,
-                "request path has dot segments\n".into(),
-                &head,
-                head_len,
-            );
-        }
-        let host = routing_host(head.host);
-        let host = &*host;
-        let table = self.table.load();
-        let Some(route) = table.route(host, path, &method, head.headers) else {
-            self.metrics.rejected("no_route");
-            return self.local(
-                404,
-                format!("no route for host {host:?}\n"),
-                &head,
-                head_len,
-            );
-        };
-        let target_index = route.pick_target_index();
-        let target = &route.targets.list[target_index];
-        let Some(pool) = target.pool.as_ref().filter(|p| !p.is_empty()) else {
-            let body = format!("no healthy instance of service {:?}\n", &*target.service);
-            let mut plan = self.local(503, body, &head, head_len);
-            if let Plan::Local(local) = &mut plan {
-                local.counted = Some((Arc::clone(route), target_index));
-            }
-            return plan;
-        };
-        if pool.http2 {
+        let routed =
+            match self
+                .proxy
+                .route(head.host, head.path(), &method, head.headers, client.ip)
+            {
+                Ok(routed) => routed,
+                Err(refused) => {
+                    let mut plan = self.local(refused.status, refused.body, &head, head_len);
+                    if let Plan::Local(local) = &mut plan {
+                        local.route = refused.route;
+                    }
+                    return plan;
+                }
+            };
+        if routed.pool.http2 {
             return Plan::Pingora;
         }
-        let hash = pool.hash_on().and_then(|h| hash_key(h, &head, client));
         let http10 = head.minor_version == 0;
         let expect_continue = head.expect_continue && !http10;
         bufs.request.clear();
+        let route = &routed.route;
         let id = write_upstream_head(&mut bufs.request, &head, route, client, expect_continue);
-        let log = self.access_log.as_ref().map(|_| LogFields {
+        let log = self.proxy.access_log.as_ref().map(|_| LogFields {
             request_id: Some(String::from_utf8_lossy(&bufs.request[id]).into_owned()),
             ..LogFields::of(&head, http_version(&head))
         });
+        let retryable_method = retryable_method(&method, route);
         Plan::Forward(Forward {
+            routed,
             head_len,
-            route: Arc::clone(route),
-            target: target_index,
-            pool: Arc::clone(pool),
-            hash,
             body: head.body,
             keep_alive: head.keep_alive,
             http10,
             upgrade: head.upgrade.is_some(),
             head_request: method == Method::HEAD,
-            retryable_method: method.is_idempotent()
-                || route.retry.as_ref().is_some_and(|r| r.non_idempotent),
+            retryable_method,
             expect_continue,
             log,
         })
@@ -476,12 +269,8 @@ impl Proxy {
             local.body.as_bytes(),
             !keep_alive,
         );
-        if let Some((route, target)) = &local.counted {
-            self.metrics
-                .count_request(route, *target, local.status, Duration::ZERO);
-        }
-        if let (Some(log), Some(fields)) = (&self.access_log, local.log) {
-            let (route, service) = match &local.counted {
+        if let (Some(log), Some(fields)) = (&self.proxy.access_log, local.log) {
+            let (route, service) = match &local.route {
                 Some((route, target)) => (
                     Some(Arc::clone(&route.name)),
                     route
@@ -502,7 +291,7 @@ impl Proxy {
                 local.body.len(),
             ));
         }
-        let written = write_flush(down, &bufs.response, self.config.idle_timeout).await;
+        let written = write_flush(down, &bufs.response, self.proxy.config.idle_timeout).await;
         keep_alive && written.is_ok()
     }
 
@@ -517,47 +306,14 @@ impl Proxy {
         client: &ClientInfo,
         closing: bool,
     ) -> bool {
-        let mut ctx = self.request_ctx();
-        request.pool.shared.active.fetch_add(1, Ordering::Relaxed);
-        ctx.route = Some(Arc::clone(&request.route));
-        ctx.pool = Some(Arc::clone(&request.pool));
-        ctx.target = request.target;
-        ctx.hash = request.hash;
+        let mut ctx = self.proxy.request_ctx();
+        ctx.start(request.routed.clone());
         buf.advance(request.head_len.min(buf.len()));
         let ended = self
             .exchange(down, buf, &request, bufs, &mut ctx, closing)
             .await;
-        self.finish(&mut ctx, request, client, &ended);
+        request.finish(&self.proxy, &mut ctx, client, &ended);
         ended.keep_alive
-    }
-
-    pub(crate) fn finish(
-        &self,
-        ctx: &mut RequestCtx,
-        request: Forward,
-        client: &ClientInfo,
-        ended: &Ended,
-    ) {
-        ctx.end_attempt(&self.metrics);
-        request.pool.shared.active.fetch_sub(1, Ordering::Relaxed);
-        let elapsed = ctx.started.elapsed();
-        self.metrics
-            .count_request(&request.route, request.target, ended.status, elapsed);
-        if let (Some(log), Some(fields)) = (&self.access_log, request.log) {
-            let mut entry = entry(
-                fields,
-                elapsed,
-                client.ip,
-                ended.status,
-                Some(Arc::clone(&request.route.name)),
-                Some(Arc::clone(&request.pool.service)),
-                ended.bytes_sent,
-            );
-            entry.upstream = ctx.upstream;
-            entry.attempts = ctx.attempts;
-            entry.error = ended.error.map(str::to_string);
-            log.log(entry);
-        }
     }
 
     /// The attempts of one request and the relay of its response.
@@ -570,10 +326,10 @@ impl Proxy {
         ctx: &mut RequestCtx,
         closing: bool,
     ) -> Ended {
-        let route = &request.route;
-        let pool = &request.pool;
+        let route = &request.routed.route;
+        let pool = &request.routed.pool;
         let read_timeout = route.per_try_timeout.unwrap_or(route.request_timeout);
-        let client_timeout = self.config.idle_timeout;
+        let client_timeout = self.proxy.config.idle_timeout;
         // A body that came whole with the head goes out with it, and can be sent again.
         let Ok(whole_body) = whole_body(request.body, buf) else {
             return self.local_error(down, bufs, 400, "bad chunked body").await;
@@ -593,7 +349,7 @@ impl Proxy {
         }
         let replayable = whole_body.is_some();
         loop {
-            let now = self.clock.now_ms();
+            let now = self.proxy.clock.now_ms();
             let Some(index) = pool.pick(now, &ctx.tried, ctx.hash) else {
                 return self
                     .local_error_body(
@@ -607,7 +363,7 @@ impl Proxy {
             };
             let endpoint = &pool.endpoints[index];
             ctx.begin_attempt(endpoint, index);
-            let (mut up, reused, key) = match self.upstream_for(ctx, request, index).await {
+            let (mut up, reused, key) = match request.upstream(&self.proxy, ctx, index).await {
                 Upstream::Ready {
                     stream,
                     reused,
@@ -640,7 +396,7 @@ impl Proxy {
             {
                 Ok(()) => {}
                 Err(AttemptError::Client(400)) => {
-                    ctx.end_attempt(&self.metrics);
+                    ctx.end_attempt(&self.proxy.metrics);
                     return self.local_error(down, bufs, 400, "bad chunked body").await;
                 }
                 Err(AttemptError::Client(status)) => {
@@ -649,22 +405,29 @@ impl Proxy {
                 Err(AttemptError::Upstream { timeout, alert }) => {
                     if alert && pool.tls.is_some() {
                         // A TLS 1.3 server refusing our certificate says so only now.
-                        self.count_tls_failure(
+                        self.proxy.count_tls_failure(
                             pool,
                             index,
                             "alert",
                             &"received fatal alert",
-                            self.clock.now_ms(),
+                            self.proxy.clock.now_ms(),
                         );
                     }
                     // A pooled connection the upstream had closed: nothing was processed.
                     let stale = reused && !timeout && bufs.upstream.is_empty();
-                    if self.retry_after_no_answer(ctx, request, index, stale, timeout, replayable) {
+                    if self.proxy.retry_after_no_answer(
+                        ctx,
+                        request.retry_scope(),
+                        index,
+                        stale,
+                        timeout,
+                        replayable,
+                    ) {
                         bufs.upstream.clear();
                         continue;
                     }
                     let status = if timeout { 504 } else { 502 };
-                    ctx.end_attempt(&self.metrics);
+                    ctx.end_attempt(&self.proxy.metrics);
                     return self.local_error_body(down, bufs, status, pool, false).await;
                 }
             }
@@ -672,21 +435,24 @@ impl Proxy {
             let Some(response) =
                 prepare_response(&bufs.upstream, &mut bufs.response, request, closing)
             else {
-                ctx.end_attempt(&self.metrics);
+                ctx.end_attempt(&self.proxy.metrics);
                 return self.local_error_body(down, bufs, 502, pool, false).await;
             };
             let status = response.status;
-            if self.retry_on_answer(ctx, request.retry_scope(), index, status, replayable) {
+            if self
+                .proxy
+                .retry_on_answer(ctx, request.retry_scope(), index, status, replayable)
+            {
                 bufs.upstream.clear();
                 continue;
             }
             if status == 101 && !request.upgrade {
-                ctx.end_attempt(&self.metrics);
+                ctx.end_attempt(&self.proxy.metrics);
                 return self.local_error_body(down, bufs, 502, pool, false).await;
             }
             bufs.upstream.advance(response.head_len);
             if status == 101 {
-                let idle = request.route.idle_timeout;
+                let idle = request.routed.route.idle_timeout;
                 // Boxed: rare, and inline its state would enlarge every connection's future.
                 return Box::pin(self.tunnel(down, buf, up, bufs, client_timeout, idle)).await;
             }
@@ -694,8 +460,7 @@ impl Proxy {
             let upstream_keep_alive = response.upstream_keep_alive;
             // Once the head is in, each wait for body bytes is bounded by the route's idle
             // timeout when it has one.
-            let body_timeout = request
-                .route
+            let body_timeout = route
                 .idle_timeout
                 .map_or(read_timeout, |idle| idle.min(read_timeout));
             let relayed = self
@@ -712,12 +477,12 @@ impl Proxy {
             return match relayed {
                 // Nothing reached the client yet: it gets a 502, not a cut-off 200.
                 Err(BAD_CHUNKS_UNSENT) => {
-                    ctx.end_attempt(&self.metrics);
+                    ctx.end_attempt(&self.proxy.metrics);
                     self.local_error_body(down, bufs, 502, pool, false).await
                 }
                 Ok(bytes_sent) => {
                     if upstream_keep_alive && bufs.upstream.is_empty() {
-                        upstream_pool::put(key, up);
+                        connections::put(key, up);
                     }
                     bufs.upstream.clear();
                     Ended {
@@ -771,7 +536,7 @@ impl Proxy {
                     let interim = bufs.upstream.split_to(len);
                     // An HTTP/1.0 client knows no interim responses.
                     if !request.http10 {
-                        write_flush(down, &interim, self.config.idle_timeout)
+                        write_flush(down, &interim, self.proxy.config.idle_timeout)
                             .await
                             .map_err(|_| AttemptError::Client(499))?;
                     }
@@ -792,7 +557,7 @@ impl Proxy {
         framing: Framing,
         upstream_timeout: Duration,
     ) -> Result<(), AttemptError> {
-        let client_timeout = self.config.idle_timeout;
+        let client_timeout = self.proxy.config.idle_timeout;
         let mut remaining = match framing {
             Framing::Length(n) => n,
             _ => 0,
@@ -959,136 +724,16 @@ impl Proxy {
             let sent = copied.map_or(0, |(_, to_client)| usize::try_from(to_client).unwrap_or(0));
             return ended_tunnel(sent, None);
         };
-        let activity = crate::idle::Activity::new();
-        let mut down = crate::idle::Tracked::new(down, &activity);
-        let mut up = crate::idle::Tracked::new(&mut up, &activity);
+        let activity = crate::io::idle::Activity::new();
+        let mut down = crate::io::idle::Tracked::new(down, &activity);
+        let mut up = crate::io::idle::Tracked::new(&mut up, &activity);
         let relay = tokio::io::copy_bidirectional(&mut down, &mut up);
-        let result = crate::idle::bounded(&activity, Some(idle), relay).await;
+        let result = crate::io::idle::bounded(&activity, Some(idle), relay).await;
         let timed_out = result
             .as_ref()
             .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
         let sent = usize::try_from(down.written).unwrap_or(usize::MAX);
         ended_tunnel(sent, timed_out.then_some("idle timeout"))
-    }
-
-    /// A connection to endpoint `index` of the request's pool: an idle one, or a new one.
-    /// A failed connect is accounted, and retried elsewhere when the rules allow.
-    pub(crate) async fn upstream_for(
-        &self,
-        ctx: &mut RequestCtx,
-        request: &Forward,
-        index: usize,
-    ) -> Upstream {
-        let pool = &request.pool;
-        let endpoint = &pool.endpoints[index];
-        let key = PoolKey::new(endpoint.addr, pool.tls.as_ref());
-        if let Some(stream) = upstream_pool::take(&key) {
-            return Upstream::Ready {
-                stream,
-                reused: true,
-                key,
-            };
-        }
-        // Boxed: pingora's connect future is ~9 KB, and inline it would make every
-        // request's future that size (copied whole when an HTTP/2 stream's task is
-        // spawned). Connecting is rare on a warm pool and costs far more than a box.
-        match Box::pin(self.connect(pool, endpoint.addr, &request.route)).await {
-            Ok(stream) => Upstream::Ready {
-                stream,
-                reused: false,
-                key,
-            },
-            Err(e) if self.connect_failed(ctx, &e) => Upstream::Retry,
-            Err(e) if matches!(e.etype(), ErrorType::ConnectTimedout) => Upstream::Failed(504),
-            Err(_) => Upstream::Failed(502),
-        }
-    }
-
-    /// Whether to try again after an attempt that got no response head. A pooled
-    /// connection the upstream had closed (`stale`) processed nothing: it goes again for a
-    /// method that may be repeated, and is no failure of the instance (idle connections
-    /// get closed). Anything else is [`Proxy::retry_unanswered`].
-    pub(crate) fn retry_after_no_answer(
-        &self,
-        ctx: &mut RequestCtx,
-        request: &Forward,
-        index: usize,
-        stale: bool,
-        timeout: bool,
-        replayable: bool,
-    ) -> bool {
-        if stale {
-            return replayable && request.retryable_method && self.try_retry(ctx);
-        }
-        self.retry_unanswered(ctx, request.retry_scope(), index, timeout, replayable)
-    }
-
-    /// An attempt that got no response head (reset, closed, timed out): a failure of the
-    /// instance, and retried under the route's policy for the status the client would
-    /// get (502, or 504), as if the upstream had answered it (Envoy's `gateway-error`
-    /// covers resets the same way). A timeout is retried only with a per-try timeout:
-    /// otherwise `request` bounds the whole wait.
-    pub(crate) fn retry_unanswered(
-        &self,
-        ctx: &mut RequestCtx,
-        request: RetryScope<'_>,
-        index: usize,
-        timeout: bool,
-        replayable: bool,
-    ) -> bool {
-        if timeout && request.route.per_try_timeout.is_none() {
-            let now = self.clock.now_ms();
-            self.metrics
-                .upstream_failure(request.pool, index, &self.config.outlier, now, false);
-            return false;
-        }
-        let status = if timeout { 504 } else { 502 };
-        self.retry_on_answer(ctx, request, index, status, replayable)
-    }
-
-    /// Accounts the upstream's answer to endpoint `index` (outlier detection) and says
-    /// whether to retry the request elsewhere: a retryable status under the route's
-    /// policy, a method that may be repeated, a body that can be sent again, budget left.
-    /// The budget is checked before the attempt ends, so a response that is passed on
-    /// keeps counting against its endpoint until it is done.
-    pub(crate) fn retry_on_answer(
-        &self,
-        ctx: &mut RequestCtx,
-        request: RetryScope<'_>,
-        index: usize,
-        status: u16,
-        replayable: bool,
-    ) -> bool {
-        let (pool, route) = (request.pool, request.route);
-        if status >= 500 {
-            let now = self.clock.now_ms();
-            self.metrics
-                .upstream_failure(pool, index, &self.config.outlier, now, false);
-        } else {
-            pool.record_success(index);
-        }
-        let max_attempts = 1 + route.retry.as_ref().map_or(0, |r| r.attempts);
-        route.retries_on(status)
-            && ctx.attempts < max_attempts
-            && request.retryable_method
-            && replayable
-            && self.retry_allowed(pool)
-            && self.try_retry(ctx)
-    }
-
-    pub(crate) async fn connect(
-        &self,
-        pool: &Pool,
-        addr: std::net::SocketAddr,
-        route: &CompiledRoute,
-    ) -> Result<Stream> {
-        let mut peer = match &pool.tls {
-            Some(tls) => tls.peer(addr),
-            None => HttpPeer::new(addr, false, String::new()),
-        };
-        peer.options.connection_timeout = Some(route.connect_timeout);
-        peer.options.total_connection_timeout = Some(route.connect_timeout);
-        self.connector.new_stream(&peer).await
     }
 
     /// A router-made error response naming the service (502, 503, 504).
@@ -1104,7 +749,7 @@ impl Proxy {
         bufs.response.clear();
         let body = format!("{message} ({})\n", pool.service);
         write_local_response(&mut bufs.response, status, body.as_bytes(), !keep_alive);
-        let written = write_flush(down, &bufs.response, self.config.idle_timeout).await;
+        let written = write_flush(down, &bufs.response, self.proxy.config.idle_timeout).await;
         Ended {
             status,
             bytes_sent: body.len(),
@@ -1123,60 +768,8 @@ impl Proxy {
         bufs.response.clear();
         let body = format!("{reason}\n");
         write_local_response(&mut bufs.response, status, body.as_bytes(), true);
-        let _ = write_flush(down, &bufs.response, self.config.idle_timeout).await;
+        let _ = write_flush(down, &bufs.response, self.proxy.config.idle_timeout).await;
         ended(status, false, Some(reason))
-    }
-}
-
-/// An upstream connection for an attempt, or what to do instead.
-pub(crate) enum Upstream {
-    Ready {
-        stream: Stream,
-        reused: bool,
-        key: PoolKey,
-    },
-    /// The connect failed; try another instance.
-    Retry,
-    /// The connect failed for good: answer with this status.
-    Failed(u16),
-}
-
-/// The short reason in a router-made gateway error.
-pub(crate) fn error_message(status: u16) -> &'static str {
-    match status {
-        503 => "no healthy instance available",
-        504 => "upstream timed out",
-        502 => "upstream unavailable",
-        _ => "proxy error",
-    }
-}
-
-/// An access log entry; the caller adds what only an upstream exchange knows.
-pub(crate) fn entry(
-    fields: LogFields,
-    elapsed: Duration,
-    client: Option<std::net::IpAddr>,
-    status: u16,
-    route: Option<Arc<str>>,
-    service: Option<Arc<str>>,
-    bytes_sent: usize,
-) -> crate::access_log::Entry {
-    crate::access_log::Entry {
-        time_ms: crate::access_log::unix_ms(std::time::SystemTime::now() - elapsed),
-        client,
-        method: fields.method,
-        http: fields.http,
-        host: fields.host,
-        path: fields.path,
-        status,
-        duration_ms: elapsed.as_secs_f64() * 1000.0,
-        route,
-        service,
-        upstream: None,
-        attempts: 0,
-        request_id: fields.request_id,
-        bytes_sent,
-        error: None,
     }
 }
 

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::connectors::TransportConnector;
-use pingora::prelude::HttpPeer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -26,7 +25,7 @@ use crate::config::{HealthCheckConfig, HealthCheckKind};
 use crate::metrics::RouterMetrics;
 use crate::pool::{Clock, EndpointState, Pool};
 use crate::table::Table;
-use crate::upstream_tls::UpstreamTls;
+use crate::tls::UpstreamTls;
 
 /// How often the checker looks for instances due for a check.
 const TICK: Duration = Duration::from_millis(100);
@@ -99,10 +98,7 @@ impl HealthChecker {
 
     /// Connects (with TLS for a TLS service) and, for an HTTP check, asks for the path.
     async fn probe(&self, probe: &Probe) -> Result<(), String> {
-        let mut peer = match &probe.tls {
-            Some(tls) => tls.peer(probe.addr),
-            None => HttpPeer::new(probe.addr, false, String::new()),
-        };
+        let mut peer = crate::tls::peer(probe.tls.as_deref(), probe.addr);
         peer.options.connection_timeout = Some(probe.check.timeout);
         peer.options.total_connection_timeout = Some(probe.check.timeout);
         let mut stream = self

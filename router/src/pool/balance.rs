@@ -1,12 +1,11 @@
-//! Upstream pools: the eligible instances of one service, how to pick among them, and
-//! the runtime state (outstanding requests, failures, ejections, round-robin position)
-//! that must survive table swaps.
+//! A service's pool: its eligible instances, how to pick among them, and the runtime
+//! state (outstanding requests, failures, ejections, round-robin position) that must
+//! survive table swaps.
 //!
 //! A `Pool` is rebuilt with every table, but its `EndpointState`s and `PoolShared` are
-//! `Arc`s handed over from the previous table by [`PoolStates`], so a swap never resets
+//! `Arc`s handed over from the previous table by [`super::PoolStates`], so a swap never resets
 //! health or balance. Picking is lock-free: atomics and a thread-local RNG.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -54,7 +53,7 @@ pub struct EndpointState {
     ejected_until: AtomicU64,
     ejections: AtomicU32,
     last_ejection: AtomicU64,
-    /// Taken out by the router's active health checks ([`crate::health`]).
+    /// Taken out by the router's active health checks ([`crate::paths::health`]).
     pub failing_checks: std::sync::atomic::AtomicBool,
     /// Active checks: consecutive passes and failures, the next check (ms on the
     /// router's clock), and whether one is running.
@@ -122,7 +121,7 @@ pub struct Pool {
     /// ALPN `h2` over TLS.
     pub http2: bool,
     /// Connect over TLS with these settings (`None`: cleartext).
-    pub tls: Option<Arc<crate::upstream_tls::UpstreamTls>>,
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
     /// This service's upstream duration histogram (resolved on first use).
     pub(crate) upstream_duration: std::sync::OnceLock<prometheus::Histogram>,
     /// Active health checks of this service's instances, if configured.
@@ -526,39 +525,6 @@ pub fn fnv1a(parts: &[&[u8]]) -> u64 {
         }
     }
     hash
-}
-
-/// What one table hands the next: per service, the snapshot's `Service` it was built
-/// from and the pool built. A service whose `Arc<Service>` is unchanged keeps its pool as
-/// is (so a change to one service costs one pool, not all); a changed one gets a new pool
-/// that inherits the state of endpoints with the same id and address, and the pool-wide
-/// state. Services that left the snapshot are dropped, so a re-registered instance starts
-/// fresh.
-/// It also carries the services' upstream TLS, loaded once at startup.
-#[derive(Default)]
-pub struct PoolStates {
-    pub(crate) services: HashMap<Arc<str>, (Arc<discovery::snapshot::Service>, Arc<Pool>)>,
-    pub(crate) upstream_tls: crate::upstream_tls::UpstreamTlsSet,
-}
-
-impl PoolStates {
-    /// Pools built with these services' upstream TLS (see [`crate::upstream_tls`]).
-    pub fn with_upstream_tls(upstream_tls: crate::upstream_tls::UpstreamTlsSet) -> Self {
-        PoolStates {
-            services: HashMap::new(),
-            upstream_tls,
-        }
-    }
-}
-
-impl Pool {
-    /// The state of the endpoint with this id and address, if this pool has one.
-    pub(crate) fn endpoint_states(&self) -> HashMap<(&str, SocketAddr), &Arc<EndpointState>> {
-        self.endpoints
-            .iter()
-            .map(|e| ((&*e.id, e.addr), &e.state))
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use futures::FutureExt;
 use pingora::protocols::Stream;
 use tokio::io::AsyncReadExt;
 
-use crate::upstream_tls::UpstreamTls;
+use crate::tls::UpstreamTls;
 
 /// Idle connections kept per upstream address, per thread; the oldest goes first.
 const MAX_IDLE_PER_KEY: usize = 256;

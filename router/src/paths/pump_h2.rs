@@ -1,18 +1,19 @@
 //! HTTP/2 clients of HTTP/1 services: pingora's HTTP/2 server (connection, streams, flow
-//! control, the rapid-reset limits) hands each stream to [`H2App`], which routes it and
-//! talks to the upstream the way the HTTP/1 pump does: the same upstream head writer,
-//! per-thread connection pool, attempts, retries and accounting. Only the client side
+//! control, the rapid-reset limits) hands each stream to [`H2App`], which routes it with
+//! the request core's prologue (`Proxy::route`) and talks to the upstream the way the
+//! HTTP/1 pump does ([`super::upstream`]): the same upstream head writer, per-thread
+//! connection pool, attempts, retries and accounting. Only the client side
 //! differs: the request comes as pingora's `RequestHeader` and body frames, the response
 //! goes back as a `ResponseHeader` and data frames (a chunked upstream body de-chunked).
 //! Streams for services spoken to over HTTP/2 (gRPC) go to pingora's `HttpProxy`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::HOST;
+use http::HeaderMap;
+use http::header::{HOST, HeaderName};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
@@ -21,18 +22,17 @@ use pingora::protocols::http::v2::server::H2Options;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
-use crate::front::{Framing, RequestHead};
-use crate::h1::{
-    Chunked, ClientInfo, RESPONSE_HEADERS, has_dot_segment, is_hop_by_hop, parse_response,
-    write_upstream_head,
-};
-use crate::proxy::{PingoraProxy, Proxy, RequestCtx};
-use crate::pump::{
+use super::pingora_proxy::PingoraProxy;
+use super::upstream::{
     AttemptError, Ended, Forward, HeadState, LogFields, Upstream, classify_response, entry,
-    error_message, hash_key, read_more, upstream_error, write_flush,
+    read_head_more, read_more, upstream_error, write_flush,
 };
-use crate::table::routing_host;
-use crate::upstream_pool;
+use crate::heads::{ClientInfo, write_upstream_head};
+use crate::pool::{Pool, connections};
+use crate::request::{Proxy, RequestCtx, error_message, retryable_method};
+use crate::wire::{
+    Chunked, Framing, HeaderLookup, RESPONSE_HEADERS, RequestHead, is_hop_by_hop, parse_response,
+};
 
 /// pingora's HTTP app for HTTP/2 connections.
 pub struct H2App {
@@ -56,6 +56,24 @@ struct H2Response {
     upstream_keep_alive: bool,
 }
 
+/// An HTTP/2 request's headers as the routing prologue reads them: route conditions see
+/// them as sent; the hash key sees them as the upstream head carries them (`host` from
+/// `:authority`, the cookie crumbs joined).
+struct H2Headers<'a, 'h> {
+    sent: &'a HeaderMap,
+    upstream: &'a [httparse::Header<'h>],
+}
+
+impl HeaderLookup for H2Headers<'_, '_> {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.sent.first(name)
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.upstream.all(name)
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for H2App {
     async fn process_new_http(
@@ -76,7 +94,7 @@ impl HttpServerApp for H2App {
         session.set_write_timeout(Some(self.proxy.config.idle_timeout));
         let started = std::time::Instant::now();
         let mut request_head = Vec::new();
-        match self.proxy.plan_h2(&mut session, &client, &mut request_head) {
+        match self.plan(&mut session, &client, &mut request_head) {
             H2Plan::Pingora => self.fallback.process_new_http(session, shutdown).await,
             H2Plan::Local { status, body } => {
                 let sent = body.len();
@@ -110,8 +128,7 @@ impl HttpServerApp for H2App {
                 None
             }
             H2Plan::Forward(forward) => {
-                self.proxy
-                    .forward_h2(&mut session, forward, request_head, &client)
+                self.forward(&mut session, forward, request_head, &client)
                     .await;
                 None
             }
@@ -136,14 +153,9 @@ fn client_info(session: &ServerSession) -> ClientInfo {
     ClientInfo::new(ip, tls)
 }
 
-impl Proxy {
+impl H2App {
     /// Routes an HTTP/2 request and writes its upstream HTTP/1.1 head into `out`.
-    fn plan_h2(
-        &self,
-        session: &mut ServerSession,
-        client: &ClientInfo,
-        out: &mut Vec<u8>,
-    ) -> H2Plan {
+    fn plan(&self, session: &mut ServerSession, client: &ClientInfo, out: &mut Vec<u8>) -> H2Plan {
         let no_body = session.is_body_empty();
         let req = session.req_header();
         let authority = req
@@ -152,35 +164,6 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
-        let path = req.uri.path();
-        if has_dot_segment(path) {
-            return H2Plan::Local {
-                status: 400,
-                body: "request path has dot segments\n".into(),
-            };
-        }
-        let host = routing_host(authority);
-        let table = self.table.load();
-        let Some(route) = table.route(&host, path, &req.method, &req.headers) else {
-            self.metrics.rejected("no_route");
-            return H2Plan::Local {
-                status: 404,
-                body: format!("no route for host {:?}\n", &*host),
-            };
-        };
-        let target_index = route.pick_target_index();
-        let target = &route.targets.list[target_index];
-        let Some(pool) = target.pool.as_ref().filter(|p| !p.is_empty()) else {
-            self.metrics
-                .count_request(route, target_index, 503, Duration::ZERO);
-            return H2Plan::Local {
-                status: 503,
-                body: format!("no healthy instance of service {:?}\n", &*target.service),
-            };
-        };
-        if pool.http2 {
-            return H2Plan::Pingora;
-        }
         // The head as an HTTP/1.1 client would have sent it: `Host` from `:authority`,
         // the cookie crumbs of HTTP/2 joined into one header (RFC 9113 8.2.3).
         let mut cookie = Vec::new();
@@ -212,6 +195,26 @@ impl Proxy {
                 value: &cookie,
             });
         }
+        let lookup = H2Headers {
+            sent: &req.headers,
+            upstream: &headers,
+        };
+        let routed =
+            match self
+                .proxy
+                .route(authority, req.uri.path(), &req.method, &lookup, client.ip)
+            {
+                Ok(routed) => routed,
+                Err(refused) => {
+                    return H2Plan::Local {
+                        status: refused.status,
+                        body: refused.body,
+                    };
+                }
+            };
+        if routed.pool.http2 {
+            return H2Plan::Pingora;
+        }
         let length = req
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -235,7 +238,7 @@ impl Proxy {
             upgrade: None,
             expect_continue: false,
         };
-        let hash = pool.hash_on().and_then(|h| hash_key(h, &head, client));
+        let route = &routed.route;
         out.clear();
         let id = write_upstream_head(out, &head, route, client, false);
         if body == Framing::Chunked {
@@ -244,64 +247,57 @@ impl Proxy {
             out.truncate(end);
             out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
         }
-        let log = self.access_log.as_ref().map(|_| LogFields {
+        let log = self.proxy.access_log.as_ref().map(|_| LogFields {
             request_id: Some(String::from_utf8_lossy(&out[id]).into_owned()),
             ..LogFields::of(&head, "2")
         });
+        let retryable_method = retryable_method(&req.method, route);
         H2Plan::Forward(Forward {
+            routed,
             head_len: 0,
-            route: Arc::clone(route),
-            target: target_index,
-            pool: Arc::clone(pool),
-            hash,
             body,
             keep_alive: true,
             http10: false,
             upgrade: false,
             head_request: req.method == http::Method::HEAD,
-            retryable_method: req.method.is_idempotent()
-                || route.retry.as_ref().is_some_and(|r| r.non_idempotent),
+            retryable_method,
             expect_continue: false,
             log,
         })
     }
 
-    async fn forward_h2(
+    async fn forward(
         &self,
         session: &mut ServerSession,
         request: Forward,
         head: Vec<u8>,
         client: &ClientInfo,
     ) {
-        let mut ctx = self.request_ctx();
-        request.pool.shared.active.fetch_add(1, Ordering::Relaxed);
-        ctx.route = Some(Arc::clone(&request.route));
-        ctx.pool = Some(Arc::clone(&request.pool));
-        ctx.target = request.target;
-        ctx.hash = request.hash;
-        let ended = self.exchange_h2(session, &request, head, &mut ctx).await;
-        self.finish(&mut ctx, request, client, &ended);
+        let mut ctx = self.proxy.request_ctx();
+        ctx.start(request.routed.clone());
+        let ended = self.exchange(session, &request, head, &mut ctx).await;
+        request.finish(&self.proxy, &mut ctx, client, &ended);
     }
 
-    async fn exchange_h2(
+    async fn exchange(
         &self,
         session: &mut ServerSession,
         request: &Forward,
         head: Vec<u8>,
         ctx: &mut RequestCtx,
     ) -> Ended {
-        let route = &request.route;
-        let pool = &request.pool;
+        let route = &request.routed.route;
+        let pool = &request.routed.pool;
         let read_timeout = route.per_try_timeout.unwrap_or(route.request_timeout);
         let replayable = request.body == Framing::None;
         let mut upstream = BytesMut::with_capacity(4096);
         loop {
-            let Some(index) = pool.pick(self.clock.now_ms(), &ctx.tried, ctx.hash) else {
+            let Some(index) = pool.pick(self.proxy.clock.now_ms(), &ctx.tried, ctx.hash) else {
                 return local_h2(session, 503, pool).await;
             };
             let endpoint = &pool.endpoints[index];
             ctx.begin_attempt(endpoint, index);
-            let (mut up, reused, key) = match self.upstream_for(ctx, request, index).await {
+            let (mut up, reused, key) = match request.upstream(&self.proxy, ctx, index).await {
                 Upstream::Ready {
                     stream,
                     reused,
@@ -312,7 +308,7 @@ impl Proxy {
             };
             upstream.clear();
             match self
-                .attempt_h2(
+                .attempt(
                     session,
                     &mut up,
                     request,
@@ -334,20 +330,30 @@ impl Proxy {
                 Err(AttemptError::Upstream { timeout, .. }) => {
                     // A pooled connection the upstream had closed: nothing was processed.
                     let stale = reused && !timeout && upstream.is_empty();
-                    if self.retry_after_no_answer(ctx, request, index, stale, timeout, replayable) {
+                    if self.proxy.retry_after_no_answer(
+                        ctx,
+                        request.retry_scope(),
+                        index,
+                        stale,
+                        timeout,
+                        replayable,
+                    ) {
                         continue;
                     }
                     let status = if timeout { 504 } else { 502 };
-                    ctx.end_attempt(&self.metrics);
+                    ctx.end_attempt(&self.proxy.metrics);
                     return local_h2(session, status, pool).await;
                 }
             }
             let Some((response, header, head_len)) = h2_response(&upstream, request) else {
-                ctx.end_attempt(&self.metrics);
+                ctx.end_attempt(&self.proxy.metrics);
                 return local_h2(session, 502, pool).await;
             };
             let status = response.status;
-            if self.retry_on_answer(ctx, request.retry_scope(), index, status, replayable) {
+            if self
+                .proxy
+                .retry_on_answer(ctx, request.retry_scope(), index, status, replayable)
+            {
                 continue;
             }
             upstream.advance(head_len);
@@ -373,7 +379,7 @@ impl Proxy {
             {
                 Ok(sent) => {
                     if response.upstream_keep_alive && upstream.is_empty() {
-                        upstream_pool::put(key, up);
+                        connections::put(key, up);
                     }
                     ended_h2(status, sent, None)
                 }
@@ -385,7 +391,7 @@ impl Proxy {
     /// Sends the head and the body (chunked when its length is unknown), and reads the
     /// final response head into `upstream` (interim responses are dropped: pingora's
     /// HTTP/2 side sends none).
-    async fn attempt_h2(
+    async fn attempt(
         &self,
         session: &mut ServerSession,
         up: &mut Stream,
@@ -445,7 +451,7 @@ impl Proxy {
                 }
                 HeadState::Partial => {}
             }
-            crate::pump::read_head_more(up, upstream, deadline).await?;
+            read_head_more(up, upstream, deadline).await?;
         }
     }
 }
@@ -455,7 +461,7 @@ impl Proxy {
 fn h2_response(upstream: &[u8], request: &Forward) -> Option<(H2Response, ResponseHeader, usize)> {
     let mut storage = [httparse::EMPTY_HEADER; RESPONSE_HEADERS];
     let parsed = parse_response(upstream, &mut storage, request.head_request).ok()??;
-    let route = &request.route;
+    let route = &request.routed.route;
     // HTTP/2 names are lower case on the wire: no case map to keep (pingora's advice).
     let mut header =
         ResponseHeader::build_no_case(parsed.status, Some(parsed.headers.len())).ok()?;
@@ -551,7 +557,7 @@ async fn relay_h2(
     }
 }
 
-async fn local_h2(session: &mut ServerSession, status: u16, pool: &crate::pool::Pool) -> Ended {
+async fn local_h2(session: &mut ServerSession, status: u16, pool: &Pool) -> Ended {
     let message = error_message(status);
     let body = format!("{message} ({})\n", pool.service);
     let bytes = body.len();
@@ -569,3 +575,6 @@ fn ended_h2(status: u16, bytes_sent: usize, error: Option<&'static str>) -> Ende
         error,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,14 +3,14 @@ use std::sync::Arc;
 
 use discovery::model::{Instance, InstanceSpec};
 use discovery::snapshot::{Service, Snapshot};
-use expect_test::{Expect, expect};
+use expect_test::expect;
 use http::HeaderMap;
 
 use super::*;
 use crate::config::RouterConfig;
-use crate::front::parse_request;
 use crate::pool::PoolStates;
 use crate::table::{Table, compile};
+use crate::wire::{parse_request, parse_response};
 
 /// A table with one route (`route_json`) to a service `web` with one instance.
 fn table(route_json: &str) -> Table {
@@ -156,77 +156,6 @@ fn upstream_head_passes_websocket_upgrades_but_not_h2c() {
     );
 }
 
-fn response(text: &str, head_request: bool) -> String {
-    let mut storage = [httparse::EMPTY_HEADER; 16];
-    match parse_response(text.as_bytes(), &mut storage, head_request) {
-        Ok(Some(r)) => format!(
-            "{} {:?} keep-alive={} len={}",
-            r.status, r.body, r.keep_alive, r.len
-        ),
-        Ok(None) => "partial".into(),
-        Err(e) => format!("{e:?}"),
-    }
-}
-
-#[test]
-fn response_framing() {
-    let check = |text: &str, head: bool, expected: Expect| {
-        expected.assert_eq(&response(text, head));
-    };
-    check(
-        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-        false,
-        expect!["200 Length(5) keep-alive=true len=38"],
-    );
-    check(
-        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-        true,
-        expect!["200 None keep-alive=true len=38"],
-    );
-    check(
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        false,
-        expect!["200 Chunked keep-alive=true len=47"],
-    );
-    check(
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-        false,
-        expect!["200 Chunked keep-alive=false len=66"],
-    );
-    check(
-        "HTTP/1.1 200 OK\r\n\r\n",
-        false,
-        expect!["200 UntilClose keep-alive=false len=19"],
-    );
-    check(
-        "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
-        false,
-        expect!["200 Length(1) keep-alive=false len=38"],
-    );
-    check(
-        "HTTP/1.1 204 No Content\r\n\r\n",
-        false,
-        expect!["204 None keep-alive=true len=27"],
-    );
-    check(
-        "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-        false,
-        expect!["304 None keep-alive=true len=48"],
-    );
-    check(
-        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-        false,
-        expect!["Length"],
-    );
-    check(
-        "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-        false,
-        expect!["Length"],
-    );
-    check("HTTP/1.1 200 OK\r\nContent-Le", false, expect!["partial"]);
-    check("SSH-2.0-OpenSSH\r\n\r\n", false, expect!["Malformed"]);
-}
-
 /// The head the client gets for `upstream`'s, with CRLF shown as LF.
 fn downstream_head(upstream: &str, route: &CompiledRoute, shape: ResponseShape) -> String {
     let mut storage = [httparse::EMPTY_HEADER; 16];
@@ -304,124 +233,4 @@ fn downstream_head_applies_route_headers_and_shape() {
         keep_alive_10: false,
         dechunk: true,
     }));
-}
-
-/// Runs `input` through a tracker in pieces of `step` bytes; returns the data and the
-/// bytes consumed, or the error.
-fn dechunk(input: &[u8], step: usize) -> Result<(Vec<u8>, usize), BadChunk> {
-    let mut chunked = Chunked::new();
-    let mut data = Vec::new();
-    let mut consumed = 0;
-    for piece in input.chunks(step) {
-        let n = chunked.advance(piece, |r| data.extend_from_slice(&piece[r]))?;
-        consumed += n;
-        if chunked.is_done() {
-            break;
-        }
-    }
-    Ok((data, consumed))
-}
-
-#[test]
-fn chunked_bodies_end_where_they_should_in_any_split() {
-    let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\nNEXT";
-    for step in 1..=body.len() {
-        let (data, consumed) = dechunk(body, step).expect("valid");
-        assert_eq!(data, b"hello world", "step {step}");
-        assert_eq!(
-            consumed,
-            body.len() - 4,
-            "step {step}: stops before the next message"
-        );
-    }
-}
-
-#[test]
-fn chunked_framing_errors() {
-    let check = |input: &[u8], expected: Expect| {
-        let actual = match dechunk(input, input.len()) {
-            Ok((_, n)) => format!("ok {n}"),
-            Err(BadChunk(reason)) => reason.to_string(),
-        };
-        expected.assert_eq(&actual);
-    };
-    check(b"0\r\n\r\n", expect!["ok 5"]);
-    check(b"x\r\n", expect!["invalid chunk size"]);
-    check(b"\r\n", expect!["invalid chunk size"]);
-    check(b"5\nhello\r\n", expect!["invalid chunk size"]);
-    check(
-        b"3\r\nhello\r\n",
-        expect!["chunk data longer than its size"],
-    );
-    check(b"10000000000000000\r\n", expect!["chunk size too large"]);
-    check(b"0\r\nX: y\n\r\n", expect!["invalid trailer"]);
-    check(b"0\r\n\rX", expect!["bare CR after last chunk"]);
-    let long_extension = [b"1;".as_slice(), &[b'a'; 5000]].concat();
-    check(&long_extension, expect!["chunk extension too long"]);
-}
-
-#[test]
-fn arbitrary_chunked_input_never_panics() {
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..2000 {
-        let len = (seed % 64) as usize;
-        let bytes: Vec<u8> = (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let alphabet = b"0123456789abcdefABCDEF;\r\n \tXYZ:";
-                alphabet[(seed % alphabet.len() as u64) as usize]
-            })
-            .collect();
-        let _ = dechunk(&bytes, 1 + (seed % 7) as usize);
-    }
-}
-
-#[test]
-fn dot_segments() {
-    for path in [
-        "/a/../b",
-        "/..",
-        "/a/./b",
-        "/%2e%2E/x",
-        "/.%2e",
-        "/a/%2E",
-        // Separators a backend may decode or normalise: %2f, backslash, %5c.
-        "/public/%2e%2e%2fsecret",
-        "/public/..%2Fsecret",
-        "/public/x%2f..%2f..%2fsecret",
-        "/public/..\\secret",
-        "/public/x%5C..%5csecret",
-        "/a%2f.",
-        // Path parameters (Tomcat, Spring) and double encoding.
-        "/public/..;/secret",
-        "/public/..;x/secret",
-        "/public/%252e%252e%252fsecret",
-        "/public/..%252Fsecret",
-    ] {
-        assert!(has_dot_segment(path), "{path}");
-    }
-    for path in [
-        "",
-        "/",
-        "//",
-        "/a/b",
-        "/...",
-        "/a.b/c",
-        "/.well-known/x",
-        "/%2e%2e%2e",
-        "/a%2fb/c",
-        "/a%2f...%2fb",
-        "/%",
-        "/%2",
-        "/x%2",
-        "/100%",
-        "/a;b/c",
-        "/x..;/y",
-        "/%25/%252",
-        "/%252e%252e%252e",
-    ] {
-        assert!(!has_dot_segment(path), "{path}");
-    }
 }

@@ -22,127 +22,13 @@ use tracing::{debug, info, warn};
 use crate::config::RouterConfig;
 use crate::metrics::{GaugeGuard, RouterMetrics};
 use crate::pool::{Clock, Pool, Tried};
-use crate::table::{Table, Targets};
+use crate::table::{Table, TcpTarget};
+use crate::wire::client_hello::{Incomplete, client_hello_sni};
 
 /// How long a client may take to send its ClientHello when SNI routing is in use.
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest ClientHello record strait reads to find the server name.
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
-
-/// The TCP routes of one listen address.
-#[derive(Debug, Default)]
-pub struct TcpListenerRoutes {
-    /// By exact SNI name.
-    pub by_sni: HashMap<Box<str>, TcpTarget>,
-    /// By `*.suffix` SNI (key: `.suffix`).
-    pub by_sni_suffix: HashMap<Box<str>, TcpTarget>,
-    /// Connections without SNI routing, or whose SNI matches nothing.
-    pub default: Option<TcpTarget>,
-}
-
-#[derive(Debug)]
-pub struct TcpTarget {
-    pub route: Arc<str>,
-    pub targets: Targets,
-    pub connect_timeout: Duration,
-    /// The route's `timeouts.idle`: a connection with no byte moving either way for
-    /// that long is closed. None: no limit.
-    pub idle_timeout: Option<Duration>,
-}
-
-impl TcpListenerRoutes {
-    fn needs_sni(&self) -> bool {
-        !self.by_sni.is_empty() || !self.by_sni_suffix.is_empty()
-    }
-
-    fn lookup(&self, sni: Option<&str>) -> Option<&TcpTarget> {
-        if let Some(name) = sni {
-            if let Some(target) = self.by_sni.get(name) {
-                return Some(target);
-            }
-            let mut rest = name;
-            let mut offset = 0;
-            while let Some(dot) = rest.find('.') {
-                if let Some(target) = self.by_sni_suffix.get(&name[offset + dot..]) {
-                    return Some(target);
-                }
-                offset += dot + 1;
-                rest = &name[offset..];
-            }
-        }
-        self.default.as_ref()
-    }
-}
-
-/// The ClientHello record is not complete yet: read more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Incomplete;
-
-/// Extracts the SNI host name from a TLS ClientHello record, if `buf` holds one.
-/// `Err(Incomplete)` when more bytes are needed. Never panics on any input.
-pub fn client_hello_sni(buf: &[u8]) -> Result<Option<String>, Incomplete> {
-    fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if buf.len() < n {
-            return None;
-        }
-        let (head, tail) = buf.split_at(n);
-        *buf = tail;
-        Some(head)
-    }
-    fn u16_at(bytes: &[u8]) -> usize {
-        usize::from(bytes[0]) << 8 | usize::from(bytes[1])
-    }
-    if buf.len() < 5 {
-        return Err(Incomplete);
-    }
-    if buf[0] != 22 {
-        return Ok(None); // not a TLS handshake record
-    }
-    let record_len = u16_at(&buf[3..5]);
-    if buf.len() < 5 + record_len {
-        return Err(Incomplete);
-    }
-    let parse = || -> Option<Option<String>> {
-        let mut p = &buf[5..5 + record_len];
-        let header = take(&mut p, 4)?;
-        if header[0] != 1 {
-            return Some(None); // not a ClientHello
-        }
-        take(&mut p, 2 + 32)?; // version, random
-        let session_len = usize::from(take(&mut p, 1)?[0]);
-        take(&mut p, session_len)?;
-        let suites_len = u16_at(take(&mut p, 2)?);
-        take(&mut p, suites_len)?;
-        let compression_len = usize::from(take(&mut p, 1)?[0]);
-        take(&mut p, compression_len)?;
-        if p.is_empty() {
-            return Some(None);
-        }
-        let extensions_len = u16_at(take(&mut p, 2)?);
-        let mut extensions = take(&mut p, extensions_len)?;
-        while extensions.len() >= 4 {
-            let kind = u16_at(take(&mut extensions, 2)?);
-            let len = u16_at(take(&mut extensions, 2)?);
-            let mut data = take(&mut extensions, len)?;
-            if kind != 0 {
-                continue;
-            }
-            let list_len = u16_at(take(&mut data, 2)?);
-            let mut list = take(&mut data, list_len)?;
-            while list.len() >= 3 {
-                let name_type = take(&mut list, 1)?[0];
-                let name_len = u16_at(take(&mut list, 2)?);
-                let name = take(&mut list, name_len)?;
-                if name_type == 0 {
-                    let name = std::str::from_utf8(name).ok()?;
-                    return Some(Some(name.trim_end_matches('.').to_ascii_lowercase()));
-                }
-            }
-        }
-        Some(None)
-    };
-    Ok(parse().flatten())
-}
 
 /// Follows the routing table, keeping one accept loop per TCP route address.
 pub struct TcpProxy {
@@ -317,12 +203,12 @@ impl TcpProxy {
                 "tcp",
             ])
             .inc();
-        let activity = crate::idle::Activity::new();
+        let activity = crate::io::idle::Activity::new();
         let result = async {
             upstream.write_all(&hello).await?;
             let tracked = route.idle_timeout.map(|_| &activity);
-            let relay = crate::splice::relay(&client, &upstream, tracked);
-            crate::idle::bounded(&activity, route.idle_timeout, relay).await
+            let relay = crate::io::splice::relay(&client, &upstream, tracked);
+            crate::io::idle::bounded(&activity, route.idle_timeout, relay).await
         }
         .await;
         endpoint.state.outstanding.fetch_sub(1, Ordering::Relaxed);
@@ -390,6 +276,3 @@ async fn read_client_hello(
         .await
         .unwrap_or(Ok(None))
 }
-
-#[cfg(test)]
-mod tests;

@@ -72,6 +72,15 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
+/// The pingora peer for an instance at `addr`: over TLS with its service's settings, or in
+/// cleartext.
+pub fn peer(tls: Option<&UpstreamTls>, addr: std::net::SocketAddr) -> HttpPeer {
+    match tls {
+        Some(tls) => tls.peer(addr),
+        None => HttpPeer::new(addr, false, String::new()),
+    }
+}
+
 impl UpstreamTls {
     /// A TLS peer for `addr` with these settings (hot path: no I/O, a few `Arc` clones).
     pub fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {

@@ -19,7 +19,7 @@ use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::idle::Activity;
+use super::idle::Activity;
 
 /// Bytes moved per `splice` call: the default pipe's capacity (16 pages).
 const CHUNK: usize = 64 * 1024;
