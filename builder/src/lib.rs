@@ -5,7 +5,7 @@
 //! - `tar`: layer entries and the deterministic tar stream.
 //! - `compress`: chunked, parallel, deterministic gzip/zstd.
 //! - `cache`: content-addressed blobs and the input -> diff_id -> blob maps.
-//! - `oci`: manifests, indexes, the image config.
+//! - `image`: the image config, and the one serialisation of manifests and indexes.
 //! - `registry`: the Distribution API client (pull the base, push the result).
 //! - `layout`: the OCI layout output, written atomically.
 //! - `build`: the steps in order.
@@ -17,20 +17,22 @@ pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod digest;
+mod error;
+pub mod image;
 pub mod layout;
-pub mod oci;
 mod progress;
-pub mod reference;
 pub mod registry;
 pub mod tar;
 
 use std::path::PathBuf;
 
 pub use build::{Built, Options, PushSummary};
+pub use error::Error;
+
+use oci::Reference;
 
 use crate::config::Platform;
-use crate::reference::Reference;
-use crate::registry::{Credentials, RegistryError};
+use crate::registry::Credentials;
 
 /// `strait build` arguments.
 #[derive(clap::Args, Debug)]
@@ -78,40 +80,6 @@ pub struct BuildArgs {
     pub quiet: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Config(#[from] ::config::ConfigError),
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
-    Reference(#[from] reference::ReferenceError),
-    #[error(transparent)]
-    Cache(#[from] cache::CacheError),
-    #[error("layer `{layer}`: {error}")]
-    Layer {
-        layer: String,
-        #[source]
-        error: tar::TarError,
-    },
-    #[error("base image {reference}: {source}")]
-    Base {
-        reference: String,
-        #[source]
-        source: RegistryError,
-    },
-    #[error("pushing {reference}: {source}")]
-    Push {
-        reference: String,
-        #[source]
-        source: RegistryError,
-    },
-    #[error("OCI layout: {0}")]
-    Layout(#[from] layout::LayoutError),
-    #[error("encoding JSON: {0}")]
-    Json(#[source] serde_json::Error),
-}
-
 /// Runs `strait build`.
 pub fn build_command(args: BuildArgs) -> Result<(), Error> {
     let target = args.push.as_deref().map(Reference::parse).transpose()?;
@@ -122,7 +90,7 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             "--push {target}: push to a tag, not a digest"
         )));
     }
-    if !reference::is_valid_tag(&args.tag) {
+    if !oci::names::is_tag(&args.tag) {
         return Err(Error::Usage(format!(
             "--tag `{}` is not a valid tag",
             args.tag
@@ -179,7 +147,7 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
                 reference: target.to_string(),
                 source,
             })?;
-        progress.line(&format!("pushed {target}@{}", built.top.digest));
+        progress.line(&format!("pushed {target}@{}", built.top.digest()));
         summary = Some(pushed);
     }
     // After the push, so a failed push leaves no layout behind either.

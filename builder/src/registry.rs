@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
+use oci::Reference;
 use ureq::http::Response;
 
 use crate::cache::{BlobWriter, CacheError};
 use crate::digest::Digest;
-use crate::reference::Reference;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -638,7 +638,7 @@ impl Registry {
             .read_to_vec()
             .map_err(|e| self.unreachable(e))?;
         let digest = Digest::of(&bytes);
-        if let Some(expected) = Digest::parse(reference)
+        if let Ok(expected) = Digest::parse(reference)
             && expected != digest
         {
             return Err(self.protocol(format!(
@@ -912,17 +912,18 @@ pub fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
     (scheme.to_string(), params)
 }
 
+/// What a query value keeps as it is: RFC 3986's unreserved characters, and `/` (a
+/// repository name's separator, legal in a query).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
 /// Percent-encodes a query value.
 fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, QUERY_VALUE).to_string()
 }
 
 #[cfg(test)]
@@ -1003,5 +1004,10 @@ mod tests {
     fn query_encoding() {
         assert_eq!(encode("sha256:ab"), "sha256%3Aab");
         assert_eq!(encode("a/b"), "a/b");
+        assert_eq!(
+            encode("repository:a/b:pull,push"),
+            "repository%3Aa/b%3Apull%2Cpush"
+        );
+        assert_eq!(encode("x y~é"), "x%20y~%C3%A9");
     }
 }
