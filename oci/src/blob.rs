@@ -16,7 +16,7 @@ pub struct Blob {
 impl Blob {
     pub fn new(media_type: MediaType, digest: Digest, size: u64) -> Blob {
         Blob {
-            descriptor: Descriptor::new(media_type, size, digest.spec().clone()),
+            descriptor: Descriptor::new(media_type, size, digest.to_spec()),
             digest,
         }
     }

@@ -6,10 +6,10 @@ use std::fmt;
 use sha2::Digest as _;
 
 /// A validated `sha256:<64 lowercase hex>` digest. Its hex part is safe as a file name.
-///
-/// It holds an `oci_spec::image::Digest` whose algorithm is sha256 (see [`Digest::spec`]).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Digest(oci_spec::image::Digest);
+/// Small (one pointer and a length): the registry makes one per request, and errors
+/// carry two.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(Box<str>);
 
 /// Why text is not a [`Digest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Digest {
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| Digest::checked(format!("{PREFIX}{hex}")))
+        valid.then(|| Digest(format!("{PREFIX}{hex}").into()))
     }
 
     /// The digest of `bytes`.
@@ -63,32 +63,28 @@ impl Digest {
 
     /// The digest of what `hasher` was fed.
     pub fn from_hasher(hasher: sha2::Sha256) -> Digest {
-        Digest::checked(format!("{PREFIX}{}", hex::encode(hasher.finalize())))
-    }
-
-    /// `text` is `sha256:` and 64 lowercase hex digits, which oci-spec's grammar (a
-    /// superset of ours) accepts, so this never fails; `tests::spec_accepts_every_sha256`
-    /// holds oci-spec to it.
-    fn checked(text: String) -> Digest {
-        match oci_spec::image::Digest::try_from(text) {
-            Ok(digest) => Digest(digest),
-            Err(error) => unreachable!("oci-spec refuses a sha256 digest: {error}"),
-        }
+        Digest(format!("{PREFIX}{}", hex::encode(hasher.finalize())).into())
     }
 
     /// The 64 hex digits.
     pub fn hex(&self) -> &str {
-        self.0.digest()
+        &self.0[PREFIX.len()..]
     }
 
     /// `sha256:<hex>`.
     pub fn as_str(&self) -> &str {
-        self.0.as_ref()
+        &self.0
     }
 
     /// The same digest as oci-spec's type, for its descriptors.
-    pub fn spec(&self) -> &oci_spec::image::Digest {
-        &self.0
+    pub fn to_spec(&self) -> oci_spec::image::Digest {
+        // `sha256:` and 64 lowercase hex digits, which oci-spec's grammar (a superset of
+        // ours) accepts, so this never fails; `tests::spec_accepts_every_sha256` holds
+        // oci-spec to it.
+        match oci_spec::image::Digest::try_from(self.as_str()) {
+            Ok(digest) => digest,
+            Err(error) => unreachable!("oci-spec refuses the sha256 digest {self}: {error}"),
+        }
     }
 }
 
@@ -97,29 +93,12 @@ impl TryFrom<&oci_spec::image::Digest> for Digest {
     type Error = DigestError;
 
     fn try_from(digest: &oci_spec::image::Digest) -> Result<Digest, DigestError> {
-        // oci-spec has checked a sha256 digest's 64 lowercase hex digits.
         match digest.algorithm() {
-            oci_spec::image::DigestAlgorithm::Sha256 => Ok(Digest(digest.clone())),
+            oci_spec::image::DigestAlgorithm::Sha256 => {
+                Digest::from_hex(digest.digest()).ok_or(DigestError::Malformed)
+            }
             _ => Err(DigestError::Unsupported),
         }
-    }
-}
-
-impl From<Digest> for oci_spec::image::Digest {
-    fn from(digest: Digest) -> Self {
-        digest.0
-    }
-}
-
-impl PartialOrd for Digest {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Digest {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -176,18 +155,16 @@ mod tests {
         let d = Digest::of(b"x");
         assert_eq!(d.hex().len(), 64);
         assert_eq!(Digest::from_hex(d.hex()), Some(d.clone()));
-        assert_eq!(Digest::try_from(d.spec()), Ok(d));
+        assert_eq!(Digest::try_from(&d.to_spec()), Ok(d));
     }
 
     #[test]
     fn spec_accepts_every_sha256() {
-        // Every hex digit in every position, through the one constructor that assumes it.
+        // Every hex digit in every position, through the one conversion that assumes it.
         for digit in "0123456789abcdef".chars() {
             let hex: String = std::iter::repeat_n(digit, 64).collect();
-            assert_eq!(
-                Digest::from_hex(&hex).map(|d| d.hex().to_string()),
-                Some(hex)
-            );
+            let digest = Digest::from_hex(&hex).expect("hex");
+            assert_eq!(digest.to_spec().digest(), hex);
         }
     }
 

@@ -7,10 +7,11 @@
 //!
 //! - [`Digest`]: sha256 only, 64 lowercase hex digits. Both crates name files by a
 //!   digest's hex, so a digest is a path component and must be stricter than the image
-//!   spec's grammar (which `oci_spec::image::Digest` follows: any registered or
-//!   unregistered algorithm). It wraps `oci_spec::image::Digest`, so putting one in a
-//!   descriptor costs nothing, and it tells a malformed digest from one of another
-//!   algorithm (the registry answers them differently).
+//!   spec's grammar, which `oci_spec::image::Digest` follows (any algorithm). Ours tells a
+//!   malformed digest from one of another algorithm (the registry answers them
+//!   differently), orders (the builder keeps sorted maps of blobs), and is one pointer
+//!   and a length (the registry makes one per request); [`Digest::to_spec`] gives
+//!   oci-spec's for a descriptor.
 //! - [`Blob`]: an oci-spec descriptor with its digest checked to be a [`Digest`].
 //! - [`names`]: the repository-name component and tag grammars.
 //! - [`Reference`]: image references as docker writes them. `oci_spec::distribution::Reference`
