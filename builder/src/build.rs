@@ -15,7 +15,7 @@ use crate::digest::{Digest, HashingWriter};
 use crate::error::Error;
 use crate::image::{self, NewLayer};
 use crate::progress::{Progress, mib};
-use crate::registry::{Credentials, Registry, RegistryError, docker_credentials};
+use crate::registry::{Access, Registry, RegistryError};
 use crate::tar;
 
 /// How to build, beyond the plan.
@@ -23,12 +23,8 @@ pub struct Options {
     pub cache: Cache,
     pub mtime: u64,
     pub threads: usize,
-    pub insecure: bool,
-    /// `--ca-cert`: the only roots TLS to registries trusts (loopback ones included).
-    pub ca_certs: Option<crate::registry::Roots>,
-    pub credentials: Option<Credentials>,
-    /// The registry of `--push`, which `credentials` are for.
-    pub push_registry: Option<String>,
+    /// How to reach the base image's registry and the one pushed to.
+    pub access: Access,
 }
 
 /// A finished image, all of whose blobs are in the cache.
@@ -57,46 +53,6 @@ struct BaseImage {
     layers: Vec<Blob>,
 }
 
-/// `--user` credentials go only to the registry pushed to (or to any, without `--push`);
-/// otherwise docker's config for that registry (its helper, store or `auths`).
-pub fn credentials_for(
-    registry: &str,
-    options: &Options,
-) -> Result<Option<Credentials>, RegistryError> {
-    let explicit = options.credentials.as_ref().filter(|_| {
-        options
-            .push_registry
-            .as_deref()
-            .is_none_or(|r| r == registry)
-    });
-    match explicit {
-        Some(credentials) => Ok(Some(credentials.clone())),
-        None => docker_credentials(registry),
-    }
-}
-
-/// A client for `reference`'s registry. `--ca-cert` goes to every registry (TLS to
-/// loopback ones too); for a base image on another registry than the one pushed to, the
-/// public roots stay trusted as well, so a public base still verifies.
-fn registry_client(
-    reference: &Reference,
-    options: &Options,
-    credentials: Option<crate::registry::Credentials>,
-) -> Registry {
-    let registry = Registry::new(
-        reference,
-        options.insecure,
-        options.ca_certs.clone(),
-        credentials,
-    );
-    let pushed_to = options.push_registry.as_deref() == Some(reference.registry.as_str());
-    if options.ca_certs.is_some() && !pushed_to {
-        registry.with_public_fallback()
-    } else {
-        registry
-    }
-}
-
 pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<Built, Error> {
     let cache = &options.cache;
     let mut built = Built {
@@ -119,8 +75,7 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
             reference: reference.to_string(),
             source,
         };
-        let credentials = credentials_for(&reference.registry, options).map_err(wrap)?;
-        let mut registry = registry_client(reference, options, credentials);
+        let mut registry = options.access.client(reference).map_err(wrap)?;
         registry.add_scope(&reference.repository, "pull");
         for platform in &plan.platforms {
             let base = pull_base(
@@ -582,8 +537,7 @@ pub fn push(
     progress: &mut Progress,
 ) -> Result<PushSummary, RegistryError> {
     let cache = &options.cache;
-    let credentials = credentials_for(&target.registry, options)?;
-    let mut registry = registry_client(target, options, credentials);
+    let mut registry = options.access.client(target)?;
     let repository = &target.repository;
     registry.add_scope(repository, "pull,push");
     for base in built.base_blobs.values() {

@@ -25,6 +25,12 @@ pub enum Error {
         #[source]
         source: RegistryError,
     },
+    #[error("resolving {reference}: {source}")]
+    Resolve {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
     #[error("pushing {reference}: {source}")]
     Push {
         reference: String,

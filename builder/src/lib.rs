@@ -32,7 +32,7 @@ pub use error::Error;
 use oci::Reference;
 
 use crate::config::Platform;
-use crate::registry::Credentials;
+use crate::registry::{Access, Credentials, Resolved};
 
 /// `strait build` arguments.
 #[derive(clap::Args, Debug)]
@@ -107,12 +107,6 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let credentials = match &args.user {
-        Some(text) => Some(Credentials::parse(text).ok_or_else(|| {
-            Error::Usage("--user / STRAIT_REGISTRY_AUTH must be USER:PASSWORD".into())
-        })?),
-        None => None,
-    };
     let plan = config::load(&args.file, (!platforms.is_empty()).then_some(platforms))?;
     let options = Options {
         cache: cache::Cache::open(args.cache_dir.as_deref())?,
@@ -121,14 +115,12 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             .jobs
             .unwrap_or_else(compress::ParallelCompressor::<std::io::Sink>::default_threads)
             .max(1),
-        insecure: args.insecure,
-        ca_certs: if args.ca_cert.is_empty() {
-            None
-        } else {
-            Some(registry::Roots::load(&args.ca_cert).map_err(Error::Usage)?)
-        },
-        credentials,
-        push_registry: target.as_ref().map(|t| t.registry.clone()),
+        access: access(
+            args.insecure,
+            &args.ca_cert,
+            args.user.as_deref(),
+            target.as_ref().map(|t| t.registry.as_str()),
+        )?,
     };
     let mut progress = progress::Progress::new(args.quiet);
     let built = build::build(&plan, &options, &mut progress)?;
@@ -157,6 +149,56 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
     }
     build::report(&built, summary.as_ref());
     Ok(())
+}
+
+/// How to reach registries, from what `strait build` is given: `--insecure`, the
+/// `--ca-cert` files, and `--user` (`USER:PASSWORD`, else docker's config), which goes
+/// to `credentials_for` only when that is given (the registry `--push` names).
+pub fn access(
+    insecure: bool,
+    ca_cert: &[PathBuf],
+    user: Option<&str>,
+    credentials_for: Option<&str>,
+) -> Result<Access, Error> {
+    let credentials = match user {
+        Some(text) => Some(Credentials::parse(text).ok_or_else(|| {
+            Error::Usage("--user / STRAIT_REGISTRY_AUTH must be USER:PASSWORD".into())
+        })?),
+        None => None,
+    };
+    Ok(Access {
+        insecure,
+        ca_certs: if ca_cert.is_empty() {
+            None
+        } else {
+            Some(registry::Roots::load(ca_cert).map_err(Error::Usage)?)
+        },
+        credentials,
+        credentials_for: credentials_for.map(str::to_string),
+    })
+}
+
+/// Resolves an image reference (`[registry/]repository[:tag][@digest]`, with docker's
+/// defaults: `docker.io`, `library/`, tag `latest`) to the digest and media type of the
+/// manifest (or index) it names, asking its registry as `strait build --push` would:
+/// plain HTTP to loopback registries unless `access` has CA certificates, Basic or the
+/// Bearer token flow, OCI and docker manifest types accepted. Returns the parsed
+/// reference too. Blocking; nothing is downloaded beyond the manifest, and that only
+/// when the registry does not say the digest on a HEAD.
+///
+/// ```no_run
+/// let access = builder::access(false, &[], None, None)?;
+/// let (reference, resolved) = builder::resolve("127.0.0.1:5000/app:v1", &access)?;
+/// println!("{reference}@{} ({})", resolved.digest, resolved.media_type);
+/// # Ok::<(), builder::Error>(())
+/// ```
+pub fn resolve(reference: &str, access: &Access) -> Result<(Reference, Resolved), Error> {
+    let reference = Reference::parse(reference)?;
+    let resolved = registry::resolve(&reference, access).map_err(|source| Error::Resolve {
+        reference: reference.to_string(),
+        source,
+    })?;
+    Ok((reference, resolved))
 }
 
 /// `SOURCE_DATE_EPOCH` (seconds) or 0.

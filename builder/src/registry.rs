@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use oci::Reference;
+use oci::{MediaType, Reference};
 use ureq::http::Response;
 
 use crate::cache::{BlobWriter, CacheError};
@@ -277,6 +277,68 @@ impl Roots {
         }
         Ok(Roots(std::sync::Arc::new(certificates)))
     }
+}
+
+/// How to reach registries: what `strait build` is told about them.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// `--insecure`: plain HTTP to non-loopback registries too.
+    pub insecure: bool,
+    /// `--ca-cert`: roots TLS to registries trusts (and TLS to loopback ones too).
+    pub ca_certs: Option<Roots>,
+    /// `--user`.
+    pub credentials: Option<Credentials>,
+    /// The only registry `credentials` go to (the one `--push` names); `None`: any.
+    pub credentials_for: Option<String>,
+}
+
+impl Access {
+    /// `credentials` for `registry` if they are for it, otherwise docker's config for that
+    /// registry (its helper, store or `auths`).
+    pub fn credentials(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
+        let explicit = self.credentials.as_ref().filter(|_| {
+            self.credentials_for
+                .as_deref()
+                .is_none_or(|r| r == registry)
+        });
+        match explicit {
+            Some(credentials) => Ok(Some(credentials.clone())),
+            None => docker_credentials(registry),
+        }
+    }
+
+    /// A client for `reference`'s registry. `--ca-cert` goes to every registry (TLS to
+    /// loopback ones too); for a registry other than the one credentials are for (a base
+    /// image's), the public roots stay trusted as well, so a public base still verifies.
+    pub fn client(&self, reference: &Reference) -> Result<Registry, RegistryError> {
+        let credentials = self.credentials(&reference.registry)?;
+        let registry = Registry::new(reference, self.insecure, self.ca_certs.clone(), credentials);
+        let own = self.credentials_for.as_deref() == Some(reference.registry.as_str());
+        Ok(if self.ca_certs.is_some() && !own {
+            registry.with_public_fallback()
+        } else {
+            registry
+        })
+    }
+}
+
+/// What a reference names on its registry: a manifest or an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub digest: Digest,
+    /// As the registry says (`Content-Type`); for an index, its manifests are not read.
+    pub media_type: MediaType,
+}
+
+/// The digest and media type of the manifest `reference` names, asked of its registry
+/// as `strait build` asks (the same TLS, credentials and token flow; OCI and docker
+/// manifest types accepted). A tag is resolved by a HEAD; a registry that does not say
+/// the digest there is asked for the manifest itself, which is then hashed. A digest
+/// reference is checked to exist (and, when fetched, to match).
+pub fn resolve(reference: &Reference, access: &Access) -> Result<Resolved, RegistryError> {
+    let mut registry = access.client(reference)?;
+    registry.add_scope(&reference.repository, "pull");
+    registry.resolve_manifest(&reference.repository, &reference.reference())
 }
 
 #[derive(Debug, Clone)]
@@ -625,12 +687,7 @@ impl Registry {
                 self.status_error(format!("manifest {repository}:{reference}"), &mut response)
             );
         }
-        let media_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
-            .unwrap_or_default();
+        let media_type = content_type(&response);
         let bytes = response
             .body_mut()
             .with_config()
@@ -646,6 +703,41 @@ impl Registry {
             )));
         }
         Ok((bytes, media_type, digest))
+    }
+
+    /// The digest and media type of a manifest, by a HEAD if the registry says the
+    /// digest there, else by fetching it.
+    pub fn resolve_manifest(
+        &mut self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Resolved, RegistryError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let mut response = self.send("HEAD", &path, &[("accept", MANIFEST_ACCEPT)], Body::Empty)?;
+        if !response.status().is_success() {
+            return Err(
+                self.status_error(format!("manifest {repository}:{reference}"), &mut response)
+            );
+        }
+        let said = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v.trim()).ok());
+        let pinned = Digest::parse(reference).ok();
+        match said {
+            Some(digest) if pinned.as_ref().is_none_or(|p| *p == digest) => Ok(Resolved {
+                digest,
+                media_type: MediaType::from(content_type(&response).as_str()),
+            }),
+            _ => {
+                let (_, media_type, digest) = self.get_manifest(repository, reference)?;
+                Ok(Resolved {
+                    digest,
+                    media_type: MediaType::from(media_type.as_str()),
+                })
+            }
+        }
     }
 
     pub fn blob_exists(
@@ -822,6 +914,16 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// A response's media type, without parameters; empty when it names none.
+fn content_type(response: &Response<ureq::Body>) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+        .unwrap_or_default()
 }
 
 struct CountingReader<'a, R> {
