@@ -6,9 +6,13 @@
 //! - `compress`: chunked, parallel, deterministic gzip/zstd.
 //! - `cache`: content-addressed blobs and the input -> diff_id -> blob maps.
 //! - `image`: the image config, and the one serialisation of manifests and indexes.
-//! - `registry`: the Distribution API client (pull the base, push the result).
+//! - `registry`: the Distribution API client (pull the base, push the result, resolve a
+//!   reference to a digest: [`resolve`]).
 //! - `layout`: the OCI layout output, written atomically.
 //! - `build`: the steps in order.
+//! - `error`: what `strait build` reports.
+//!
+//! The OCI types (descriptors, manifests, digests, references) are the `oci` crate's.
 
 #![forbid(unsafe_code)]
 

@@ -828,37 +828,14 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let location = match location {
             Some(location) => location,
-            None => {
-                let mut response = self.send(
-                    "POST",
-                    &format!("/v2/{repository}/blobs/uploads/"),
-                    &[],
-                    Body::Empty,
-                )?;
-                if response.status().as_u16() != 202 {
-                    return Err(
-                        self.status_error(format!("start upload of {digest}"), &mut response)
-                    );
-                }
-                self.location(&response)?
-            }
+            None => self.start_upload(repository, digest)?,
         };
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let target = format!("{location}{separator}digest={}", encode(digest.as_str()));
-        let mut response = self.send(
-            "PUT",
-            &target,
-            &[],
-            Body::File {
-                path,
-                size,
-                progress,
-            },
-        )?;
-        if response.status().as_u16() != 201 {
-            return Err(self.status_error(format!("upload {digest}"), &mut response));
-        }
-        Ok(())
+        let body = Body::File {
+            path,
+            size,
+            progress,
+        };
+        self.finish_upload(&location, digest, &[], body)
     }
 
     /// Uploads a small blob (a config) from memory.
@@ -868,24 +845,32 @@ impl Registry {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<(), RegistryError> {
-        let mut response = self.send(
-            "POST",
-            &format!("/v2/{repository}/blobs/uploads/"),
-            &[],
-            Body::Empty,
-        )?;
+        let location = self.start_upload(repository, digest)?;
+        let headers = [("content-type", "application/octet-stream")];
+        self.finish_upload(&location, digest, &headers, Body::Bytes(bytes))
+    }
+
+    /// Opens an upload session; its location.
+    fn start_upload(&mut self, repository: &str, digest: &Digest) -> Result<String, RegistryError> {
+        let path = format!("/v2/{repository}/blobs/uploads/");
+        let mut response = self.send("POST", &path, &[], Body::Empty)?;
         if response.status().as_u16() != 202 {
             return Err(self.status_error(format!("start upload of {digest}"), &mut response));
         }
-        let location = self.location(&response)?;
+        self.location(&response)
+    }
+
+    /// Sends the whole blob to an upload session and completes it.
+    fn finish_upload(
+        &mut self,
+        location: &str,
+        digest: &Digest,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+    ) -> Result<(), RegistryError> {
         let separator = if location.contains('?') { '&' } else { '?' };
         let target = format!("{location}{separator}digest={}", encode(digest.as_str()));
-        let mut response = self.send(
-            "PUT",
-            &target,
-            &[("content-type", "application/octet-stream")],
-            Body::Bytes(bytes),
-        )?;
+        let mut response = self.send("PUT", &target, headers, body)?;
         if response.status().as_u16() != 201 {
             return Err(self.status_error(format!("upload {digest}"), &mut response));
         }
