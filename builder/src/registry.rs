@@ -924,7 +924,9 @@ impl<R: Read> Read for CountingReader<'_, R> {
     }
 }
 
-/// `: <first error message>` from an OCI error body, or the start of a text body.
+/// `: <first error message>` from an OCI error body, or the start of a text body. Read as
+/// plain JSON, not as oci-spec's `ErrorResponse`, which refuses codes outside the spec's
+/// list; registries send others (`UNKNOWN`, strait's own 500s among them).
 fn error_message(response: &mut Response<ureq::Body>) -> String {
     let Ok(text) = response
         .body_mut()
