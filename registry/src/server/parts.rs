@@ -1,18 +1,20 @@
 //! What every resource of the API uses: request inputs checked (repository names,
 //! digests, lengths), the storage keys of a repository's links, and the response shapes.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use futures::StreamExt;
 use serde::Deserialize;
-use std::time::Duration;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::names::{Digest, DigestError, RepoName};
 
 pub(super) type ApiResult = Result<Response, ApiError>;
 
+/// The query parameters the endpoints read (each its own).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Params {
