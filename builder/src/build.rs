@@ -5,17 +5,17 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use oci::{Blob, ImageIndex, ImageManifest, MediaType, Reference};
 use serde_json::Value;
 
-use crate::Error;
 use crate::cache::Cache;
 use crate::compress::{Compression, ParallelCompressor};
 use crate::config::{Base, LayerPlan, Plan, Platform};
 use crate::digest::{Digest, HashingWriter};
-use crate::oci::{self, Descriptor, Index, Manifest, NewLayer};
+use crate::error::Error;
+use crate::image::{self, NewLayer};
 use crate::progress::{Progress, mib};
-use crate::reference::Reference;
-use crate::registry::{Credentials, Registry, RegistryError, docker_credentials};
+use crate::registry::{Access, Registry, RegistryError};
 use crate::tar;
 
 /// How to build, beyond the plan.
@@ -23,25 +23,21 @@ pub struct Options {
     pub cache: Cache,
     pub mtime: u64,
     pub threads: usize,
-    pub insecure: bool,
-    /// `--ca-cert`: the only roots TLS to registries trusts (loopback ones included).
-    pub ca_certs: Option<crate::registry::Roots>,
-    pub credentials: Option<Credentials>,
-    /// The registry of `--push`, which `credentials` are for.
-    pub push_registry: Option<String>,
+    /// How to reach the base image's registry and the one pushed to.
+    pub access: Access,
 }
 
 /// A finished image, all of whose blobs are in the cache.
 pub struct Built {
     /// The manifest (one platform) or the index (several).
-    pub top: Descriptor,
+    pub top: Blob,
     /// Every blob the image needs, in push order: layers, configs, then per-platform
     /// manifests (when there is an index), without duplicates.
     pub blobs: Vec<Digest>,
     /// Blobs that came from the base image, with the repository they came from.
     pub base_blobs: BTreeMap<Digest, Reference>,
     /// Per-platform manifests under an index (pushed by digest before the index).
-    pub manifests: Vec<Descriptor>,
+    pub manifests: Vec<Blob>,
     pub layers_built: usize,
     pub layers_cached: usize,
     pub base_downloaded: usize,
@@ -54,59 +50,13 @@ pub struct Built {
 /// A base image for one platform: its config and layer descriptors.
 struct BaseImage {
     config: Value,
-    layers: Vec<Descriptor>,
-}
-
-/// `--user` credentials go only to the registry pushed to (or to any, without `--push`);
-/// otherwise docker's config for that registry (its helper, store or `auths`).
-pub fn credentials_for(
-    registry: &str,
-    options: &Options,
-) -> Result<Option<Credentials>, RegistryError> {
-    let explicit = options.credentials.as_ref().filter(|_| {
-        options
-            .push_registry
-            .as_deref()
-            .is_none_or(|r| r == registry)
-    });
-    match explicit {
-        Some(credentials) => Ok(Some(credentials.clone())),
-        None => docker_credentials(registry),
-    }
-}
-
-/// A client for `reference`'s registry. `--ca-cert` goes to every registry (TLS to
-/// loopback ones too); for a base image on another registry than the one pushed to, the
-/// public roots stay trusted as well, so a public base still verifies.
-fn registry_client(
-    reference: &Reference,
-    options: &Options,
-    credentials: Option<crate::registry::Credentials>,
-) -> Registry {
-    let registry = Registry::new(
-        reference,
-        options.insecure,
-        options.ca_certs.clone(),
-        credentials,
-    );
-    let pushed_to = options.push_registry.as_deref() == Some(reference.registry.as_str());
-    if options.ca_certs.is_some() && !pushed_to {
-        registry.with_public_fallback()
-    } else {
-        registry
-    }
+    layers: Vec<Blob>,
 }
 
 pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<Built, Error> {
     let cache = &options.cache;
     let mut built = Built {
-        top: Descriptor {
-            media_type: String::new(),
-            digest: Digest::of(b""),
-            size: 0,
-            platform: None,
-            annotations: None,
-        },
+        top: Blob::new(MediaType::Other(String::new()), Digest::of(b""), 0),
         blobs: Vec::new(),
         base_blobs: BTreeMap::new(),
         manifests: Vec::new(),
@@ -125,8 +75,7 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
             reference: reference.to_string(),
             source,
         };
-        let credentials = credentials_for(&reference.registry, options).map_err(wrap)?;
-        let mut registry = registry_client(reference, options, credentials);
+        let mut registry = options.access.client(reference).map_err(wrap)?;
         registry.add_scope(&reference.repository, "pull");
         for platform in &plan.platforms {
             let base = pull_base(
@@ -141,7 +90,7 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
             for layer in &base.layers {
                 built
                     .base_blobs
-                    .insert(layer.digest.clone(), reference.clone());
+                    .insert(layer.digest().clone(), reference.clone());
             }
             bases.insert(platform.clone(), base);
         }
@@ -150,7 +99,7 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
     // Our layers; one build per distinct source (platforms share a layer when `src` names
     // no placeholder).
     let started = Instant::now();
-    let mut layer_results: BTreeMap<(usize, PathBuf), (Digest, Descriptor)> = BTreeMap::new();
+    let mut layer_results: BTreeMap<(usize, PathBuf), (Digest, Blob)> = BTreeMap::new();
     let count = plan.layers.len();
     for (index, layer) in plan.layers.iter().enumerate() {
         let sources: BTreeSet<&PathBuf> = layer.src.values().collect();
@@ -161,7 +110,7 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
                 layer.src_text,
                 layer.dest_text
             );
-            let (diff_id, descriptor, fresh) = build_layer(
+            let (diff_id, blob, fresh) = build_layer(
                 layer,
                 src,
                 &label,
@@ -185,10 +134,10 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
             progress.line(&format!(
                 "{label}: {} {} ({})",
                 if fresh { "built" } else { "cached" },
-                descriptor.digest,
-                mib(descriptor.size)
+                blob.digest(),
+                mib(blob.size())
             ));
-            layer_results.insert((index, src.clone()), (diff_id, descriptor));
+            layer_results.insert((index, src.clone()), (diff_id, blob));
         }
     }
     built.build_seconds = started.elapsed().as_secs_f64();
@@ -197,84 +146,62 @@ pub fn build(plan: &Plan, options: &Options, progress: &mut Progress) -> Result<
     let mut manifests = Vec::new();
     for platform in &plan.platforms {
         let base = bases.get(platform);
-        let mut layers: Vec<Descriptor> = base.map(|b| b.layers.clone()).unwrap_or_default();
+        let mut layers: Vec<Blob> = base.map(|b| b.layers.clone()).unwrap_or_default();
         let mut new_layers = Vec::new();
         for (index, layer) in plan.layers.iter().enumerate() {
             let Some(src) = layer.src.get(platform) else {
                 continue;
             };
-            let Some((diff_id, descriptor)) = layer_results.get(&(index, src.clone())) else {
+            let Some((diff_id, blob)) = layer_results.get(&(index, src.clone())) else {
                 continue;
             };
-            layers.push(descriptor.clone());
+            layers.push(blob.clone());
             new_layers.push(NewLayer {
                 diff_id: diff_id.clone(),
                 created_by: format!("strait build: {} -> {}", layer.src_text, layer.dest_text),
             });
         }
-        let config = oci::image_config(
+        let config = image::image_config(
             base.map(|b| &b.config),
             &plan.image,
             platform,
             &new_layers,
             options.mtime,
         );
-        let config_bytes = oci::canonical_json(&config).map_err(Error::Json)?;
+        let config_bytes = image::canonical_json(&config).map_err(Error::Json)?;
         let (config_digest, config_size) = cache.put_blob(&config_bytes)?;
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(oci::MEDIA_MANIFEST.to_string()),
-            config: Descriptor {
-                media_type: oci::MEDIA_CONFIG.to_string(),
-                digest: config_digest.clone(),
-                size: config_size,
-                platform: None,
-                annotations: None,
-            },
-            layers: layers.clone(),
-            annotations: None,
-        };
-        let manifest_bytes = oci::canonical_json(&manifest).map_err(Error::Json)?;
+        let manifest = image::manifest(
+            Blob::new(MediaType::ImageConfig, config_digest.clone(), config_size).into_descriptor(),
+            layers.iter().map(|l| l.descriptor().clone()).collect(),
+        )
+        .map_err(Error::Spec)?;
+        let manifest_bytes = image::canonical_json(&manifest).map_err(Error::Json)?;
         let (digest, size) = cache.put_blob(&manifest_bytes)?;
         for layer in &layers {
-            push_unique(&mut built.blobs, &layer.digest);
+            push_unique(&mut built.blobs, layer.digest());
         }
         push_unique(&mut built.blobs, &config_digest);
-        manifests.push(Descriptor {
-            media_type: oci::MEDIA_MANIFEST.to_string(),
-            digest,
-            size,
-            platform: Some(platform.into()),
-            annotations: None,
-        });
+        manifests.push(
+            Blob::new(MediaType::ImageManifest, digest, size)
+                .with_platform(Some(platform.to_spec())),
+        );
     }
 
     if let [single] = manifests.as_slice() {
-        let mut top = single.clone();
-        top.platform = None;
-        push_unique(&mut built.blobs, &top.digest);
+        let top = single.clone().with_platform(None);
+        push_unique(&mut built.blobs, top.digest());
         built.top = top;
     } else {
-        let index = Index {
-            schema_version: 2,
-            media_type: Some(oci::MEDIA_INDEX.to_string()),
-            manifests: manifests.clone(),
-            annotations: None,
-        };
-        let bytes = oci::canonical_json(&index).map_err(Error::Json)?;
+        let index = image::index(manifests.iter().map(|m| m.descriptor().clone()).collect())
+            .map_err(Error::Spec)?;
+        let bytes = image::canonical_json(&index).map_err(Error::Json)?;
         let (digest, size) = cache.put_blob(&bytes)?;
         for m in &manifests {
-            push_unique(&mut built.blobs, &m.digest);
+            push_unique(&mut built.blobs, m.digest());
         }
         push_unique(&mut built.blobs, &digest);
         built.manifests = manifests;
-        built.top = Descriptor {
-            media_type: oci::MEDIA_INDEX.to_string(),
-            digest,
-            size,
-            platform: None,
-            annotations: None,
-        };
+        built.top = Blob::new(MediaType::ImageIndex, digest, size);
     }
     Ok(built)
 }
@@ -302,8 +229,8 @@ impl From<crate::cache::CacheError> for LayerError {
     }
 }
 
-/// Builds (or finds in the cache) one layer. Returns its diff_id, descriptor and whether
-/// it was built now.
+/// Builds (or finds in the cache) one layer. Returns its diff_id, blob and whether it was
+/// built now.
 fn build_layer(
     layer: &LayerPlan,
     src: &std::path::Path,
@@ -312,18 +239,12 @@ fn build_layer(
     options: &Options,
     progress: &mut Progress,
     built: &mut Built,
-) -> Result<(Digest, Descriptor, bool), LayerError> {
+) -> Result<(Digest, Blob, bool), LayerError> {
     let cache = &options.cache;
     let entries = tar::collect(layer, src)?;
     let stat_key = tar::stat_key(&entries, options.mtime, std::time::SystemTime::now());
     let compression_id = compression.id();
-    let descriptor = |digest: Digest, size: u64| Descriptor {
-        media_type: compression.media_type().to_string(),
-        digest,
-        size,
-        platform: None,
-        annotations: None,
-    };
+    let descriptor = |digest: Digest, size: u64| Blob::new(compression.media_type(), digest, size);
     // Files as they were at the last build: nothing to read.
     if let Some(key) = &stat_key
         && let Some(diff_id) = cache.stat_diff_id(key)
@@ -422,56 +343,75 @@ fn pull_base(
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or(media_type);
-    let manifest_bytes = if media_type == oci::MEDIA_INDEX
-        || media_type == oci::DOCKER_LIST
+    let media_type = MediaType::from(media_type.as_str());
+    let manifest_bytes = if oci::media::ManifestKind::of(&media_type)
+        == Some(oci::media::ManifestKind::Index)
         || json.get("manifests").is_some()
     {
-        let index: Index = serde_json::from_value(json)
+        let index: ImageIndex = serde_json::from_value(json)
             .map_err(|e| protocol(registry, format!("bad image index: {e}")))?;
-        let chosen = pick_platform(&index.manifests, platform).ok_or_else(|| {
+        let entries = index
+            .manifests()
+            .iter()
+            .map(|entry| sha256(entry, registry, "bad image index"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chosen = pick_platform(&entries, platform).ok_or_else(|| {
             protocol(
                 registry,
                 format!(
                     "{reference} has no image for {platform} (it has {})",
-                    index
-                        .manifests
+                    entries
                         .iter()
-                        .filter_map(|m| m.platform.as_ref().map(platform_name))
+                        .filter_map(|m| m.descriptor().platform().as_ref())
+                        .map(oci::platform::name)
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
             )
         })?;
-        fetch_manifest(registry, cache, repository, chosen.digest.as_str())?.0
+        fetch_manifest(registry, cache, repository, chosen.digest().as_str())?.0
     } else {
         bytes
     };
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| protocol(registry, format!("bad image manifest: {e}")))?;
-    let config_digest = manifest.config.digest.clone();
-    fetch_blob(
-        registry,
-        cache,
-        repository,
-        &manifest.config,
-        progress,
-        built,
-    )?;
+    let config = sha256(manifest.config(), registry, "bad image manifest")?;
+    let base_layers = manifest
+        .layers()
+        .iter()
+        .map(|layer| sha256(layer, registry, "bad image manifest"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config_digest = config.digest().clone();
+    fetch_blob(registry, cache, repository, &config, progress, built)?;
     let config_bytes = cache.read_blob(&config_digest)?;
     let config: Value = serde_json::from_slice(&config_bytes)
         .map_err(|e| protocol(registry, format!("bad image config {config_digest}: {e}")))?;
     let mut layers = Vec::new();
-    for layer in &manifest.layers {
-        fetch_blob(registry, cache, repository, layer, progress, built)?;
-        layers.push(Descriptor {
-            media_type: oci::oci_media_type(&layer.media_type).to_string(),
-            digest: layer.digest.clone(),
-            size: layer.size,
-            platform: None,
-            annotations: None,
-        });
+    for layer in base_layers {
+        fetch_blob(registry, cache, repository, &layer, progress, built)?;
+        // Only what a layer's descriptor must say: media type (docker's as OCI's, the
+        // same bytes), digest and size.
+        layers.push(Blob::new(
+            oci::media::to_oci(layer.media_type()),
+            layer.digest().clone(),
+            layer.size(),
+        ));
     }
     Ok(BaseImage { config, layers })
+}
+
+/// A base image's descriptor, whose digest must be sha256 (the cache names blobs by it).
+fn sha256(
+    descriptor: &oci::Descriptor,
+    registry: &Registry,
+    what: &str,
+) -> Result<Blob, RegistryError> {
+    Blob::checked(descriptor.clone()).map_err(|_| {
+        protocol(
+            registry,
+            format!("{what}: `{}` is not a sha256 digest", descriptor.digest()),
+        )
+    })
 }
 
 fn protocol(registry: &Registry, message: String) -> RegistryError {
@@ -488,7 +428,7 @@ fn fetch_manifest(
     repository: &str,
     reference: &str,
 ) -> Result<(Vec<u8>, String, Digest), RegistryError> {
-    if let Some(digest) = Digest::parse(reference)
+    if let Ok(digest) = Digest::parse(reference)
         && cache.has_blob(&digest, None)
     {
         return Ok((cache.read_blob(&digest)?, String::new(), digest));
@@ -502,22 +442,22 @@ fn fetch_blob(
     registry: &mut Registry,
     cache: &Cache,
     repository: &str,
-    descriptor: &Descriptor,
+    blob: &Blob,
     progress: &mut Progress,
     built: &mut Built,
 ) -> Result<(), RegistryError> {
-    if cache.has_blob(&descriptor.digest, Some(descriptor.size)) {
+    if cache.has_blob(blob.digest(), Some(blob.size())) {
         built.base_cached += 1;
         return Ok(());
     }
     let writer = cache.blob_writer()?;
-    let label = format!("pull {}", descriptor.digest);
+    let label = format!("pull {}", blob.digest());
     let mut done = 0u64;
-    let size = registry.get_blob(repository, &descriptor.digest, writer, &mut |n| {
+    let size = registry.get_blob(repository, blob.digest(), writer, &mut |n| {
         done += n;
-        progress.status(&label, done, Some(descriptor.size));
+        progress.status(&label, done, Some(blob.size()));
     })?;
-    progress.line(&format!("pulled {} ({})", descriptor.digest, mib(size)));
+    progress.line(&format!("pulled {} ({})", blob.digest(), mib(size)));
     built.base_downloaded += 1;
     Ok(())
 }
@@ -526,17 +466,21 @@ fn fetch_blob(
 /// one, compared as containerd normalises them (`arm64` is `arm64/v8`, `arm` is `arm/v7`,
 /// `aarch64` is `arm64`, `x86_64` is `amd64`); an exact variant wins over another one.
 /// Attestation manifests (`unknown/unknown`) never match.
-fn pick_platform<'a>(manifests: &'a [Descriptor], platform: &Platform) -> Option<&'a Descriptor> {
-    let wanted = normal_platform(
+fn pick_platform<'a>(manifests: &'a [Blob], platform: &Platform) -> Option<&'a Blob> {
+    let owned = |(os, arch, variant): (&str, &str, &str)| {
+        (os.to_string(), arch.to_string(), variant.to_string())
+    };
+    let wanted = owned(normal_platform(
         &platform.os,
         &platform.architecture,
         platform.variant.as_deref(),
-    );
-    fn of(m: &Descriptor) -> Option<(&str, &str, &str)> {
-        m.platform
-            .as_ref()
-            .map(|p| normal_platform(&p.os, &p.architecture, p.variant.as_deref()))
-    }
+    ));
+    let of = |m: &Blob| {
+        m.descriptor().platform().as_ref().map(|p| {
+            let (os, arch) = (p.os().to_string(), p.architecture().to_string());
+            owned(normal_platform(&os, &arch, p.variant().as_deref()))
+        })
+    };
     manifests
         .iter()
         .find(|m| of(m).as_ref() == Some(&wanted))
@@ -575,14 +519,6 @@ fn normal_platform<'a>(
     (os, architecture, variant)
 }
 
-/// `os/architecture[/variant]` of an index entry, for messages.
-fn platform_name(p: &crate::oci::PlatformJson) -> String {
-    match &p.variant {
-        Some(variant) => format!("{}/{}/{variant}", p.os, p.architecture),
-        None => format!("{}/{}", p.os, p.architecture),
-    }
-}
-
 /// Counts of a push.
 #[derive(Debug, Default)]
 pub struct PushSummary {
@@ -601,8 +537,7 @@ pub fn push(
     progress: &mut Progress,
 ) -> Result<PushSummary, RegistryError> {
     let cache = &options.cache;
-    let credentials = credentials_for(&target.registry, options)?;
-    let mut registry = registry_client(target, options, credentials);
+    let mut registry = options.access.client(target)?;
     let repository = &target.repository;
     registry.add_scope(repository, "pull,push");
     for base in built.base_blobs.values() {
@@ -611,9 +546,9 @@ pub fn push(
         }
     }
     let mut summary = PushSummary::default();
-    let manifests: BTreeSet<&Digest> = built.manifests.iter().map(|m| &m.digest).collect();
+    let manifests: BTreeSet<&Digest> = built.manifests.iter().map(Blob::digest).collect();
     for digest in &built.blobs {
-        if manifests.contains(digest) || *digest == built.top.digest {
+        if manifests.contains(digest) || digest == built.top.digest() {
             continue;
         }
         if registry.blob_exists(repository, digest)? {
@@ -654,19 +589,19 @@ pub fn push(
         summary.bytes_uploaded += size;
     }
     for manifest in &built.manifests {
-        let bytes = cache.read_blob(&manifest.digest)?;
+        let bytes = cache.read_blob(manifest.digest())?;
         registry.put_manifest(
             repository,
-            manifest.digest.as_str(),
-            &manifest.media_type,
+            manifest.digest().as_str(),
+            manifest.media_type().as_ref(),
             &bytes,
         )?;
     }
-    let bytes = cache.read_blob(&built.top.digest)?;
+    let bytes = cache.read_blob(built.top.digest())?;
     registry.put_manifest(
         repository,
         target.tag_or_latest(),
-        &built.top.media_type,
+        built.top.media_type().as_ref(),
         &bytes,
     )?;
     Ok(summary)
@@ -694,33 +629,23 @@ pub fn report(built: &Built, push: Option<&PushSummary>) {
             push.uploaded, push.present, push.mounted
         );
     }
-    let _ = writeln!(out, "{}", built.top.digest);
+    let _ = writeln!(out, "{}", built.top.digest());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::oci::PlatformJson;
 
-    fn entry(os: &str, architecture: &str, variant: Option<&str>, n: u8) -> Descriptor {
-        Descriptor {
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            digest: Digest::of(&[n]),
-            size: 1,
-            platform: Some(PlatformJson {
-                architecture: architecture.into(),
-                os: os.into(),
-                variant: variant.map(str::to_string),
-            }),
-            annotations: None,
-        }
+    fn entry(os: &str, architecture: &str, variant: Option<&str>, n: u8) -> Blob {
+        Blob::new(MediaType::ImageManifest, Digest::of(&[n]), 1)
+            .with_platform(Some(oci::platform::platform(os, architecture, variant)))
     }
 
-    fn pick(manifests: &[Descriptor], wanted: &str) -> Option<String> {
+    fn pick(manifests: &[Blob], wanted: &str) -> Option<String> {
         let platform = Platform::parse(wanted).expect("platform");
         pick_platform(manifests, &platform)
-            .and_then(|m| m.platform.as_ref())
-            .map(platform_name)
+            .and_then(|m| m.descriptor().platform().as_ref())
+            .map(oci::platform::name)
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Cache {
     /// The diff_id recorded for a [`crate::tar::stat_key`].
     pub fn stat_diff_id(&self, key: &Digest) -> Option<Digest> {
         let text = fs::read_to_string(self.root.join("stat").join(key.hex())).ok()?;
-        Digest::parse(text.trim())
+        Digest::parse(text.trim()).ok()
     }
 
     pub fn set_stat_diff_id(&self, key: &Digest, diff_id: &Digest) -> Result<(), CacheError> {
@@ -142,7 +142,7 @@ impl Cache {
             .join(diff_id.hex());
         let text = fs::read_to_string(path).ok()?;
         let (digest, size) = text.trim().split_once(' ')?;
-        let digest = Digest::parse(digest)?;
+        let digest = Digest::parse(digest).ok()?;
         let size = size.parse().ok()?;
         self.has_blob(&digest, Some(size)).then_some((digest, size))
     }

@@ -39,10 +39,10 @@ impl Compression {
         }
     }
 
-    pub fn media_type(&self) -> &'static str {
+    pub fn media_type(&self) -> oci::MediaType {
         match self {
-            Compression::Gzip { .. } => crate::oci::MEDIA_LAYER_GZIP,
-            Compression::Zstd { .. } => crate::oci::MEDIA_LAYER_ZSTD,
+            Compression::Gzip { .. } => oci::MediaType::ImageLayerGzip,
+            Compression::Zstd { .. } => oci::MediaType::ImageLayerZstd,
         }
     }
 

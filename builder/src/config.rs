@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use config::{ConfigError, Source};
 use globset::{GlobSet, GlobSetBuilder};
+use oci::Reference;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::compress::Compression;
-use crate::reference::Reference;
 
 /// The build file as written.
 #[derive(Debug, Deserialize)]
@@ -178,6 +178,11 @@ impl Platform {
             architecture,
             variant,
         })
+    }
+
+    /// This platform as a descriptor carries it.
+    pub fn to_spec(&self) -> oci::Platform {
+        oci::platform::platform(&self.os, &self.architecture, self.variant.as_deref())
     }
 
     pub fn linux_amd64() -> Platform {

@@ -1,73 +1,11 @@
-//! sha256 digests (`sha256:<64 hex>`) and writers/readers that hash what passes through.
+//! Writers and readers that hash what passes through them (the digest type itself is
+//! `oci::Digest`, shared with the registry).
 
-use std::fmt;
 use std::io::{self, Read, Write};
 
 use sha2::{Digest as _, Sha256};
 
-/// A validated `sha256:<64 lowercase hex>` digest.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Digest(String);
-
-impl Digest {
-    /// Parses `sha256:<hex>`; other algorithms are refused (the layout, the cache and the
-    /// registries we speak to all use sha256).
-    pub fn parse(text: &str) -> Option<Digest> {
-        let hex = text.strip_prefix("sha256:")?;
-        let valid = hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        valid.then(|| Digest(text.to_string()))
-    }
-
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest::from_hasher(Sha256::new_with_prefix(bytes))
-    }
-
-    pub fn from_hasher(hasher: Sha256) -> Digest {
-        Digest(format!("sha256:{}", hex(&hasher.finalize())))
-    }
-
-    /// The 64 hex characters.
-    pub fn hex(&self) -> &str {
-        &self.0["sha256:".len()..]
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Digest::parse(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a sha256 digest")))
-    }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
+pub use oci::Digest;
 
 /// Passes writes through to `inner`, hashing and counting them.
 pub struct HashingWriter<W> {

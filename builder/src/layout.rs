@@ -5,9 +5,11 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use oci::Blob;
+
 use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::oci::{self, Descriptor, Index};
+use crate::image;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -34,7 +36,7 @@ pub fn write(
     dir: &Path,
     cache: &Cache,
     blobs: &[Digest],
-    top: &Descriptor,
+    top: &Blob,
     tag: &str,
 ) -> Result<(), LayoutError> {
     let name = dir
@@ -80,15 +82,10 @@ pub fn write(
             fs::copy(&from, &to).map_err(io_err(&from))?;
         }
     }
-    let mut descriptor = top.clone();
-    descriptor.annotations = Some([(oci::REF_NAME.to_string(), tag.to_string())].into());
-    let index = Index {
-        schema_version: 2,
-        media_type: Some(oci::MEDIA_INDEX.to_string()),
-        manifests: vec![descriptor],
-        annotations: None,
-    };
-    let bytes = oci::canonical_json(&index).map_err(|e| io_err(root)(e.into()))?;
+    let mut descriptor = top.descriptor().clone();
+    descriptor.set_annotations(Some(image::annotation(oci::media::REF_NAME, tag)));
+    let index = image::index(vec![descriptor]).map_err(|e| io_err(root)(io::Error::other(e)))?;
+    let bytes = image::canonical_json(&index).map_err(|e| io_err(root)(e.into()))?;
     fs::write(root.join("index.json"), bytes).map_err(io_err(root))?;
 
     if existing {

@@ -5,10 +5,14 @@
 //! - `tar`: layer entries and the deterministic tar stream.
 //! - `compress`: chunked, parallel, deterministic gzip/zstd.
 //! - `cache`: content-addressed blobs and the input -> diff_id -> blob maps.
-//! - `oci`: manifests, indexes, the image config.
-//! - `registry`: the Distribution API client (pull the base, push the result).
+//! - `image`: the image config, and the one serialisation of manifests and indexes.
+//! - `registry`: the Distribution API client (pull the base, push the result, resolve a
+//!   reference to a digest: [`resolve`]).
 //! - `layout`: the OCI layout output, written atomically.
 //! - `build`: the steps in order.
+//! - `error`: what `strait build` reports.
+//!
+//! The OCI types (descriptors, manifests, digests, references) are the `oci` crate's.
 
 #![forbid(unsafe_code)]
 
@@ -17,20 +21,22 @@ pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod digest;
+mod error;
+pub mod image;
 pub mod layout;
-pub mod oci;
 mod progress;
-pub mod reference;
 pub mod registry;
 pub mod tar;
 
 use std::path::PathBuf;
 
 pub use build::{Built, Options, PushSummary};
+pub use error::Error;
+
+use oci::Reference;
 
 use crate::config::Platform;
-use crate::reference::Reference;
-use crate::registry::{Credentials, RegistryError};
+use crate::registry::{Access, Credentials, Resolved};
 
 /// `strait build` arguments.
 #[derive(clap::Args, Debug)]
@@ -78,40 +84,6 @@ pub struct BuildArgs {
     pub quiet: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Config(#[from] ::config::ConfigError),
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
-    Reference(#[from] reference::ReferenceError),
-    #[error(transparent)]
-    Cache(#[from] cache::CacheError),
-    #[error("layer `{layer}`: {error}")]
-    Layer {
-        layer: String,
-        #[source]
-        error: tar::TarError,
-    },
-    #[error("base image {reference}: {source}")]
-    Base {
-        reference: String,
-        #[source]
-        source: RegistryError,
-    },
-    #[error("pushing {reference}: {source}")]
-    Push {
-        reference: String,
-        #[source]
-        source: RegistryError,
-    },
-    #[error("OCI layout: {0}")]
-    Layout(#[from] layout::LayoutError),
-    #[error("encoding JSON: {0}")]
-    Json(#[source] serde_json::Error),
-}
-
 /// Runs `strait build`.
 pub fn build_command(args: BuildArgs) -> Result<(), Error> {
     let target = args.push.as_deref().map(Reference::parse).transpose()?;
@@ -122,7 +94,7 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             "--push {target}: push to a tag, not a digest"
         )));
     }
-    if !reference::is_valid_tag(&args.tag) {
+    if !oci::names::is_tag(&args.tag) {
         return Err(Error::Usage(format!(
             "--tag `{}` is not a valid tag",
             args.tag
@@ -139,12 +111,6 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let credentials = match &args.user {
-        Some(text) => Some(Credentials::parse(text).ok_or_else(|| {
-            Error::Usage("--user / STRAIT_REGISTRY_AUTH must be USER:PASSWORD".into())
-        })?),
-        None => None,
-    };
     let plan = config::load(&args.file, (!platforms.is_empty()).then_some(platforms))?;
     let options = Options {
         cache: cache::Cache::open(args.cache_dir.as_deref())?,
@@ -153,14 +119,12 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
             .jobs
             .unwrap_or_else(compress::ParallelCompressor::<std::io::Sink>::default_threads)
             .max(1),
-        insecure: args.insecure,
-        ca_certs: if args.ca_cert.is_empty() {
-            None
-        } else {
-            Some(registry::Roots::load(&args.ca_cert).map_err(Error::Usage)?)
-        },
-        credentials,
-        push_registry: target.as_ref().map(|t| t.registry.clone()),
+        access: access(
+            args.insecure,
+            &args.ca_cert,
+            args.user.as_deref(),
+            target.as_ref().map(|t| t.registry.as_str()),
+        )?,
     };
     let mut progress = progress::Progress::new(args.quiet);
     let built = build::build(&plan, &options, &mut progress)?;
@@ -179,7 +143,7 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
                 reference: target.to_string(),
                 source,
             })?;
-        progress.line(&format!("pushed {target}@{}", built.top.digest));
+        progress.line(&format!("pushed {target}@{}", built.top.digest()));
         summary = Some(pushed);
     }
     // After the push, so a failed push leaves no layout behind either.
@@ -189,6 +153,56 @@ pub fn build_command(args: BuildArgs) -> Result<(), Error> {
     }
     build::report(&built, summary.as_ref());
     Ok(())
+}
+
+/// How to reach registries, from what `strait build` is given: `--insecure`, the
+/// `--ca-cert` files, and `--user` (`USER:PASSWORD`, else docker's config), which goes
+/// to `credentials_for` only when that is given (the registry `--push` names).
+pub fn access(
+    insecure: bool,
+    ca_cert: &[PathBuf],
+    user: Option<&str>,
+    credentials_for: Option<&str>,
+) -> Result<Access, Error> {
+    let credentials = match user {
+        Some(text) => Some(Credentials::parse(text).ok_or_else(|| {
+            Error::Usage("--user / STRAIT_REGISTRY_AUTH must be USER:PASSWORD".into())
+        })?),
+        None => None,
+    };
+    Ok(Access {
+        insecure,
+        ca_certs: if ca_cert.is_empty() {
+            None
+        } else {
+            Some(registry::Roots::load(ca_cert).map_err(Error::Usage)?)
+        },
+        credentials,
+        credentials_for: credentials_for.map(str::to_string),
+    })
+}
+
+/// Resolves an image reference (`[registry/]repository[:tag][@digest]`, with docker's
+/// defaults: `docker.io`, `library/`, tag `latest`) to the digest and media type of the
+/// manifest (or index) it names, asking its registry as `strait build --push` would:
+/// plain HTTP to loopback registries unless `access` has CA certificates, Basic or the
+/// Bearer token flow, OCI and docker manifest types accepted. Returns the parsed
+/// reference too. Blocking; nothing is downloaded beyond the manifest, and that only
+/// when the registry does not say the digest on a HEAD.
+///
+/// ```no_run
+/// let access = builder::access(false, &[], None, None)?;
+/// let (reference, resolved) = builder::resolve("127.0.0.1:5000/app:v1", &access)?;
+/// println!("{reference}@{} ({})", resolved.digest, resolved.media_type);
+/// # Ok::<(), builder::Error>(())
+/// ```
+pub fn resolve(reference: &str, access: &Access) -> Result<(Reference, Resolved), Error> {
+    let reference = Reference::parse(reference)?;
+    let resolved = registry::resolve(&reference, access).map_err(|source| Error::Resolve {
+        reference: reference.to_string(),
+        source,
+    })?;
+    Ok((reference, resolved))
 }
 
 /// `SOURCE_DATE_EPOCH` (seconds) or 0.

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
+use oci::{MediaType, Reference};
 use ureq::http::Response;
 
 use crate::cache::{BlobWriter, CacheError};
 use crate::digest::Digest;
-use crate::reference::Reference;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -277,6 +277,68 @@ impl Roots {
         }
         Ok(Roots(std::sync::Arc::new(certificates)))
     }
+}
+
+/// How to reach registries: what `strait build` is told about them.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// `--insecure`: plain HTTP to non-loopback registries too.
+    pub insecure: bool,
+    /// `--ca-cert`: roots TLS to registries trusts (and TLS to loopback ones too).
+    pub ca_certs: Option<Roots>,
+    /// `--user`.
+    pub credentials: Option<Credentials>,
+    /// The only registry `credentials` go to (the one `--push` names); `None`: any.
+    pub credentials_for: Option<String>,
+}
+
+impl Access {
+    /// `credentials` for `registry` if they are for it, otherwise docker's config for that
+    /// registry (its helper, store or `auths`).
+    pub fn credentials(&self, registry: &str) -> Result<Option<Credentials>, RegistryError> {
+        let explicit = self.credentials.as_ref().filter(|_| {
+            self.credentials_for
+                .as_deref()
+                .is_none_or(|r| r == registry)
+        });
+        match explicit {
+            Some(credentials) => Ok(Some(credentials.clone())),
+            None => docker_credentials(registry),
+        }
+    }
+
+    /// A client for `reference`'s registry. `--ca-cert` goes to every registry (TLS to
+    /// loopback ones too); for a registry other than the one credentials are for (a base
+    /// image's), the public roots stay trusted as well, so a public base still verifies.
+    pub fn client(&self, reference: &Reference) -> Result<Registry, RegistryError> {
+        let credentials = self.credentials(&reference.registry)?;
+        let registry = Registry::new(reference, self.insecure, self.ca_certs.clone(), credentials);
+        let own = self.credentials_for.as_deref() == Some(reference.registry.as_str());
+        Ok(if self.ca_certs.is_some() && !own {
+            registry.with_public_fallback()
+        } else {
+            registry
+        })
+    }
+}
+
+/// What a reference names on its registry: a manifest or an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub digest: Digest,
+    /// As the registry says (`Content-Type`); for an index, its manifests are not read.
+    pub media_type: MediaType,
+}
+
+/// The digest and media type of the manifest `reference` names, asked of its registry
+/// as `strait build` asks (the same TLS, credentials and token flow; OCI and docker
+/// manifest types accepted). A tag is resolved by a HEAD; a registry that does not say
+/// the digest there is asked for the manifest itself, which is then hashed. A digest
+/// reference is checked to exist (and, when fetched, to match).
+pub fn resolve(reference: &Reference, access: &Access) -> Result<Resolved, RegistryError> {
+    let mut registry = access.client(reference)?;
+    registry.add_scope(&reference.repository, "pull");
+    registry.resolve_manifest(&reference.repository, &reference.reference())
 }
 
 #[derive(Debug, Clone)]
@@ -625,12 +687,7 @@ impl Registry {
                 self.status_error(format!("manifest {repository}:{reference}"), &mut response)
             );
         }
-        let media_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
-            .unwrap_or_default();
+        let media_type = content_type(&response);
         let bytes = response
             .body_mut()
             .with_config()
@@ -638,7 +695,7 @@ impl Registry {
             .read_to_vec()
             .map_err(|e| self.unreachable(e))?;
         let digest = Digest::of(&bytes);
-        if let Some(expected) = Digest::parse(reference)
+        if let Ok(expected) = Digest::parse(reference)
             && expected != digest
         {
             return Err(self.protocol(format!(
@@ -646,6 +703,41 @@ impl Registry {
             )));
         }
         Ok((bytes, media_type, digest))
+    }
+
+    /// The digest and media type of a manifest, by a HEAD if the registry says the
+    /// digest there, else by fetching it.
+    pub fn resolve_manifest(
+        &mut self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Resolved, RegistryError> {
+        let path = format!("/v2/{repository}/manifests/{reference}");
+        let mut response = self.send("HEAD", &path, &[("accept", MANIFEST_ACCEPT)], Body::Empty)?;
+        if !response.status().is_success() {
+            return Err(
+                self.status_error(format!("manifest {repository}:{reference}"), &mut response)
+            );
+        }
+        let said = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v.trim()).ok());
+        let pinned = Digest::parse(reference).ok();
+        match said {
+            Some(digest) if pinned.as_ref().is_none_or(|p| *p == digest) => Ok(Resolved {
+                digest,
+                media_type: MediaType::from(content_type(&response).as_str()),
+            }),
+            _ => {
+                let (_, media_type, digest) = self.get_manifest(repository, reference)?;
+                Ok(Resolved {
+                    digest,
+                    media_type: MediaType::from(media_type.as_str()),
+                })
+            }
+        }
     }
 
     pub fn blob_exists(
@@ -736,37 +828,14 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let location = match location {
             Some(location) => location,
-            None => {
-                let mut response = self.send(
-                    "POST",
-                    &format!("/v2/{repository}/blobs/uploads/"),
-                    &[],
-                    Body::Empty,
-                )?;
-                if response.status().as_u16() != 202 {
-                    return Err(
-                        self.status_error(format!("start upload of {digest}"), &mut response)
-                    );
-                }
-                self.location(&response)?
-            }
+            None => self.start_upload(repository, digest)?,
         };
-        let separator = if location.contains('?') { '&' } else { '?' };
-        let target = format!("{location}{separator}digest={}", encode(digest.as_str()));
-        let mut response = self.send(
-            "PUT",
-            &target,
-            &[],
-            Body::File {
-                path,
-                size,
-                progress,
-            },
-        )?;
-        if response.status().as_u16() != 201 {
-            return Err(self.status_error(format!("upload {digest}"), &mut response));
-        }
-        Ok(())
+        let body = Body::File {
+            path,
+            size,
+            progress,
+        };
+        self.finish_upload(&location, digest, &[], body)
     }
 
     /// Uploads a small blob (a config) from memory.
@@ -776,24 +845,32 @@ impl Registry {
         digest: &Digest,
         bytes: &[u8],
     ) -> Result<(), RegistryError> {
-        let mut response = self.send(
-            "POST",
-            &format!("/v2/{repository}/blobs/uploads/"),
-            &[],
-            Body::Empty,
-        )?;
+        let location = self.start_upload(repository, digest)?;
+        let headers = [("content-type", "application/octet-stream")];
+        self.finish_upload(&location, digest, &headers, Body::Bytes(bytes))
+    }
+
+    /// Opens an upload session; its location.
+    fn start_upload(&mut self, repository: &str, digest: &Digest) -> Result<String, RegistryError> {
+        let path = format!("/v2/{repository}/blobs/uploads/");
+        let mut response = self.send("POST", &path, &[], Body::Empty)?;
         if response.status().as_u16() != 202 {
             return Err(self.status_error(format!("start upload of {digest}"), &mut response));
         }
-        let location = self.location(&response)?;
+        self.location(&response)
+    }
+
+    /// Sends the whole blob to an upload session and completes it.
+    fn finish_upload(
+        &mut self,
+        location: &str,
+        digest: &Digest,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+    ) -> Result<(), RegistryError> {
         let separator = if location.contains('?') { '&' } else { '?' };
         let target = format!("{location}{separator}digest={}", encode(digest.as_str()));
-        let mut response = self.send(
-            "PUT",
-            &target,
-            &[("content-type", "application/octet-stream")],
-            Body::Bytes(bytes),
-        )?;
+        let mut response = self.send("PUT", &target, headers, body)?;
         if response.status().as_u16() != 201 {
             return Err(self.status_error(format!("upload {digest}"), &mut response));
         }
@@ -824,6 +901,16 @@ impl Registry {
     }
 }
 
+/// A response's media type, without parameters; empty when it names none.
+fn content_type(response: &Response<ureq::Body>) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+        .unwrap_or_default()
+}
+
 struct CountingReader<'a, R> {
     inner: R,
     progress: &'a mut dyn FnMut(u64),
@@ -837,7 +924,9 @@ impl<R: Read> Read for CountingReader<'_, R> {
     }
 }
 
-/// `: <first error message>` from an OCI error body, or the start of a text body.
+/// `: <first error message>` from an OCI error body, or the start of a text body. Read as
+/// plain JSON, not as oci-spec's `ErrorResponse`, which refuses codes outside the spec's
+/// list; registries send others (`UNKNOWN`, strait's own 500s among them).
 fn error_message(response: &mut Response<ureq::Body>) -> String {
     let Ok(text) = response
         .body_mut()
@@ -912,17 +1001,18 @@ pub fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
     (scheme.to_string(), params)
 }
 
+/// What a query value keeps as it is: RFC 3986's unreserved characters, and `/` (a
+/// repository name's separator, legal in a query).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
 /// Percent-encodes a query value.
 fn encode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(text, QUERY_VALUE).to_string()
 }
 
 #[cfg(test)]
@@ -1003,5 +1093,10 @@ mod tests {
     fn query_encoding() {
         assert_eq!(encode("sha256:ab"), "sha256%3Aab");
         assert_eq!(encode("a/b"), "a/b");
+        assert_eq!(
+            encode("repository:a/b:pull,push"),
+            "repository%3Aa/b%3Apull%2Cpush"
+        );
+        assert_eq!(encode("x y~é"), "x%20y~%C3%A9");
     }
 }

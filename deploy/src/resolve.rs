@@ -1,10 +1,9 @@
 //! Tags to digests: a deployment runs `repo@sha256:…`, resolved once when it is created,
-//! so a tag moved later changes nothing that runs. Asks the registry with the builder's
-//! Distribution client (the same credentials rules as `strait build`: `STRAIT_REGISTRY_AUTH`,
-//! else docker's config; plain HTTP for loopback registries).
+//! so a tag moved later changes nothing that runs. Asks the registry through
+//! [`builder::resolve`], the same client and credential rules as `strait build`
+//! (`STRAIT_REGISTRY_AUTH`, else docker's config; plain HTTP for loopback registries).
 
-use builder::reference::Reference;
-use builder::registry::{Credentials, Registry, RegistryError};
+use builder::registry::RegistryError;
 
 use crate::controller::{ImageResolver, ResolveError, ResolvedImage};
 
@@ -14,47 +13,39 @@ pub struct RegistryResolver {
     pub credentials: Option<String>,
 }
 
-impl RegistryResolver {
-    fn resolve_blocking(&self, image: &str) -> Result<ResolvedImage, ResolveError> {
-        let reference =
-            Reference::parse(image).map_err(|e| ResolveError::Invalid(e.to_string()))?;
-        let credentials = match &self.credentials {
-            Some(text) => Credentials::parse(text),
-            None => builder::registry::docker_credentials(&reference.registry)
-                .map_err(|e| ResolveError::Registry(e.to_string()))?,
-        };
-        let mut registry = Registry::new(&reference, false, None, credentials);
-        registry.add_scope(&reference.repository, "pull");
-        let name = format!("{}/{}", reference.registry, reference.repository);
-        match registry.get_manifest(&reference.repository, &reference.reference()) {
-            Ok((_, _, digest)) => Ok(ResolvedImage {
-                pinned: format!("{name}@{digest}"),
-                digest: digest.to_string(),
-            }),
-            Err(RegistryError::Status { status: 404, .. }) => Err(ResolveError::NotFound(format!(
+fn resolve_blocking(credentials: Option<&str>, image: &str) -> Result<ResolvedImage, ResolveError> {
+    let access = builder::access(false, &[], credentials, None)
+        .map_err(|e| ResolveError::Invalid(e.to_string()))?;
+    match builder::resolve(image, &access) {
+        Ok((reference, resolved)) => Ok(ResolvedImage {
+            pinned: format!(
+                "{}/{}@{}",
+                reference.registry, reference.repository, resolved.digest
+            ),
+            digest: resolved.digest.to_string(),
+        }),
+        Err(builder::Error::Resolve { source, .. }) => Err(match source {
+            RegistryError::Status { status: 404, .. } => ResolveError::NotFound(format!(
                 "image {image}: no such manifest in the registry (is it pushed? `strait build --push {image}`)"
-            ))),
-            Err(
-                e @ (RegistryError::Status {
-                    status: 401 | 403, ..
-                }
-                | RegistryError::Auth { .. }),
-            ) => Err(ResolveError::Registry(format!(
-                "image {image}: the registry refused: {e}"
-            ))),
-            Err(e) => Err(ResolveError::Registry(format!("image {image}: {e}"))),
-        }
+            )),
+            e @ (RegistryError::Status {
+                status: 401 | 403, ..
+            }
+            | RegistryError::Auth { .. }) => {
+                ResolveError::Registry(format!("image {image}: the registry refused: {e}"))
+            }
+            e => ResolveError::Registry(format!("image {image}: {e}")),
+        }),
+        Err(e) => Err(ResolveError::Invalid(e.to_string())),
     }
 }
 
 #[async_trait::async_trait]
 impl ImageResolver for RegistryResolver {
     async fn resolve(&self, image: &str) -> Result<ResolvedImage, ResolveError> {
-        let this = RegistryResolver {
-            credentials: self.credentials.clone(),
-        };
+        let credentials = self.credentials.clone();
         let image = image.to_string();
-        tokio::task::spawn_blocking(move || this.resolve_blocking(&image))
+        tokio::task::spawn_blocking(move || resolve_blocking(credentials.as_deref(), &image))
             .await
             .map_err(|e| ResolveError::Registry(format!("resolving task failed: {e}")))?
     }

@@ -18,7 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::AuthConfig;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, ErrorCode};
 
 pub const SERVICE: &str = "strait-registry";
 
@@ -148,11 +148,12 @@ impl Auth {
             challenge.push_str(&format!(",scope=\"{scope}\""));
         }
         let (code, message) = match identity {
-            Some(Identity::User | Identity::Token(_)) => {
-                (Code::Denied, "the credentials do not grant this access")
-            }
-            None => (Code::Unauthorized, "invalid credentials"),
-            Some(Identity::Anonymous) => (Code::Unauthorized, "authentication required"),
+            Some(Identity::User | Identity::Token(_)) => (
+                ErrorCode::Denied,
+                "the credentials do not grant this access",
+            ),
+            None => (ErrorCode::Unauthorized, "invalid credentials"),
+            Some(Identity::Anonymous) => (ErrorCode::Unauthorized, "authentication required"),
         };
         let mut error = ApiError::new(code, message).with_status(StatusCode::UNAUTHORIZED);
         if let Ok(value) = HeaderValue::from_str(&challenge) {
@@ -245,11 +246,13 @@ impl Auth {
                         Some(user)
                     }
                     _ => {
-                        return Err(ApiError::new(Code::Unauthorized, "invalid credentials")
-                            .with_header(
-                                header::WWW_AUTHENTICATE,
-                                HeaderValue::from_static("Basic realm=\"strait-registry\""),
-                            ));
+                        return Err(
+                            ApiError::new(ErrorCode::Unauthorized, "invalid credentials")
+                                .with_header(
+                                    header::WWW_AUTHENTICATE,
+                                    HeaderValue::from_static("Basic realm=\"strait-registry\""),
+                                ),
+                        );
                     }
                 }
             }

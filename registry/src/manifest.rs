@@ -1,66 +1,51 @@
 //! The manifest kinds the registry accepts, and what each references: blobs that must
 //! exist (config and layers), child manifests (of an index) and the `subject` that makes
 //! a manifest a referrer.
+//!
+//! A document is read twice: once for which members it has (oci-spec's types drop members
+//! they do not define, and a document with both `config` and `manifests` is neither
+//! kind), then as oci-spec's `ImageManifest` or `ImageIndex`, whose descriptors must be
+//! well-formed (digest grammar, sizes, string annotations, platforms with os and
+//! architecture), and whose digests must then be sha256 ones.
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use oci::media::ManifestKind;
+use oci::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::names::Digest;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// OCI's empty config (`{}`), used by artifacts without a config of their own.
-pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<serde_json::Value>,
-}
-
+/// The members a document has, whatever their values.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawManifest {
+struct Members {
     schema_version: Option<i64>,
     media_type: Option<String>,
-    artifact_type: Option<String>,
-    config: Option<Descriptor>,
-    layers: Option<Vec<Descriptor>>,
-    manifests: Option<Vec<Descriptor>>,
-    subject: Option<Descriptor>,
-    annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    config: Option<IgnoredAny>,
+    layers: Option<IgnoredAny>,
+    manifests: Option<IgnoredAny>,
 }
 
 /// A parsed, validated manifest.
 #[derive(Debug)]
 pub struct Manifest {
-    pub media_type: String,
+    pub media_type: MediaType,
     /// Blobs that must exist in the repository (config and layers).
     pub blobs: Vec<Digest>,
     /// Manifests that must exist in the repository (an index's entries).
     pub children: Vec<Digest>,
     pub subject: Option<Digest>,
-    pub artifact_type: Option<String>,
-    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    pub artifact_type: Option<MediaType>,
+    pub annotations: Option<HashMap<String, String>>,
 }
 
 fn descriptor_digest(descriptor: &Descriptor, what: &str) -> Result<Digest, String> {
-    if descriptor.size < 0 {
-        return Err(format!("{what} has a negative size"));
-    }
-    Digest::parse(&descriptor.digest).map_err(|_| {
+    Digest::try_from(descriptor.digest()).map_err(|_| {
         format!(
             "{what} digest {:?} is not a sha256 digest",
-            descriptor.digest
+            descriptor.digest().as_ref()
         )
     })
 }
@@ -69,60 +54,82 @@ impl Manifest {
     /// Parses `body` sent with `content_type` (the request's `Content-Type`, without
     /// parameters). The `mediaType` field, when present, must agree with it.
     pub fn parse(content_type: &str, body: &[u8]) -> Result<Manifest, String> {
-        let raw: RawManifest =
+        let members: Members =
             serde_json::from_slice(body).map_err(|e| format!("not a JSON manifest: {e}"))?;
-        if raw.schema_version != Some(2) {
+        if members.schema_version != Some(2) {
             return Err("schemaVersion must be 2".into());
         }
-        if let Some(media_type) = &raw.media_type
+        if let Some(media_type) = &members.media_type
             && media_type != content_type
         {
             return Err(format!(
                 "mediaType {media_type:?} does not match Content-Type {content_type:?}"
             ));
         }
-        let mut manifest = Manifest {
-            media_type: content_type.to_owned(),
-            blobs: Vec::new(),
-            children: Vec::new(),
-            subject: None,
-            artifact_type: raw.artifact_type.clone(),
-            annotations: raw.annotations,
-        };
-        match content_type {
-            OCI_MANIFEST | DOCKER_MANIFEST => {
-                let config = raw.config.ok_or("an image manifest needs a config")?;
-                let layers = raw.layers.ok_or("an image manifest needs layers")?;
-                manifest.blobs.push(descriptor_digest(&config, "config")?);
-                for (i, layer) in layers.iter().enumerate() {
-                    manifest
-                        .blobs
-                        .push(descriptor_digest(layer, &format!("layers[{i}]"))?);
+        let media_type = MediaType::from(content_type);
+        let manifest = match ManifestKind::of(&media_type) {
+            Some(ManifestKind::Image) => {
+                if members.config.is_none() {
+                    return Err("an image manifest needs a config".into());
                 }
-                // Artifacts are typed by artifactType, or else by their config's type.
-                if manifest.artifact_type.is_none() && config.media_type != OCI_EMPTY {
-                    manifest.artifact_type = Some(config.media_type);
+                if members.layers.is_none() {
+                    return Err("an image manifest needs layers".into());
                 }
-                if raw.manifests.is_some() {
+                if members.manifests.is_some() {
                     return Err("an image manifest has no `manifests`".into());
                 }
-            }
-            OCI_INDEX | DOCKER_MANIFEST_LIST => {
-                let entries = raw.manifests.ok_or("an index needs `manifests`")?;
-                for (i, entry) in entries.iter().enumerate() {
-                    manifest
-                        .children
-                        .push(descriptor_digest(entry, &format!("manifests[{i}]"))?);
+                let image: ImageManifest = serde_json::from_slice(body)
+                    .map_err(|e| format!("not an image manifest: {e}"))?;
+                let mut blobs = vec![descriptor_digest(image.config(), "config")?];
+                for (i, layer) in image.layers().iter().enumerate() {
+                    blobs.push(descriptor_digest(layer, &format!("layers[{i}]"))?);
                 }
-                if raw.config.is_some() || raw.layers.is_some() {
+                // Artifacts are typed by artifactType, or else by their config's type.
+                let artifact_type = image.artifact_type().clone().or_else(|| {
+                    let config = image.config().media_type();
+                    (*config != MediaType::EmptyJSON).then(|| config.clone())
+                });
+                Manifest {
+                    media_type,
+                    blobs,
+                    children: Vec::new(),
+                    subject: image
+                        .subject()
+                        .as_ref()
+                        .map(|s| descriptor_digest(s, "subject"))
+                        .transpose()?,
+                    artifact_type,
+                    annotations: image.annotations().clone(),
+                }
+            }
+            Some(ManifestKind::Index) => {
+                if members.manifests.is_none() {
+                    return Err("an index needs `manifests`".into());
+                }
+                if members.config.is_some() || members.layers.is_some() {
                     return Err("an index has no config or layers".into());
                 }
+                let index: ImageIndex =
+                    serde_json::from_slice(body).map_err(|e| format!("not an index: {e}"))?;
+                let mut children = Vec::new();
+                for (i, entry) in index.manifests().iter().enumerate() {
+                    children.push(descriptor_digest(entry, &format!("manifests[{i}]"))?);
+                }
+                Manifest {
+                    media_type,
+                    blobs: Vec::new(),
+                    children,
+                    subject: index
+                        .subject()
+                        .as_ref()
+                        .map(|s| descriptor_digest(s, "subject"))
+                        .transpose()?,
+                    artifact_type: index.artifact_type().clone(),
+                    annotations: index.annotations().clone(),
+                }
             }
-            other => return Err(format!("unsupported manifest media type {other:?}")),
-        }
-        if let Some(subject) = &raw.subject {
-            manifest.subject = Some(descriptor_digest(subject, "subject")?);
-        }
+            None => return Err(format!("unsupported manifest media type {content_type:?}")),
+        };
         Ok(manifest)
     }
 
@@ -135,6 +142,9 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
     fn digest(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))
@@ -152,10 +162,21 @@ mod tests {
         let manifest = Manifest::parse(OCI_MANIFEST, body.to_string().as_bytes()).expect("valid");
         assert_eq!(manifest.blobs.len(), 2);
         assert_eq!(manifest.subject.map(|d| d.to_string()), Some(digest('c')));
-        assert_eq!(
-            manifest.artifact_type.as_deref(),
-            Some("application/vnd.oci.image.config.v1+json")
-        );
+        assert_eq!(manifest.artifact_type, Some(MediaType::ImageConfig));
+    }
+
+    #[test]
+    fn docker_list_references_its_manifests() {
+        let list = "application/vnd.docker.distribution.manifest.list.v2+json";
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": list,
+            "manifests": [{"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": digest('d'), "size": 5,
+                           "platform": {"architecture": "amd64", "os": "linux", "features": ["sse4"]}}],
+        });
+        let manifest = Manifest::parse(list, body.to_string().as_bytes()).expect("valid");
+        assert_eq!(manifest.children.len(), 1);
+        assert!(manifest.blobs.is_empty());
     }
 
     #[test]
@@ -165,7 +186,12 @@ mod tests {
             (OCI_MANIFEST, "not json".to_string()),
             (OCI_MANIFEST, serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).to_string()),
             (OCI_MANIFEST, serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "x", "digest": "sha256:../x", "size": 1}, "layers": []}).to_string()),
+            (OCI_MANIFEST, serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "x", "digest": digest('a'), "size": -1}, "layers": []}).to_string()),
+            (OCI_MANIFEST, serde_json::json!({"schemaVersion": 2, "config": {"mediaType": "x", "digest": format!("sha512:{}", "a".repeat(128)), "size": 1}, "layers": []}).to_string()),
+            (OCI_MANIFEST, serde_json::json!({"schemaVersion": 3, "config": {"mediaType": "x", "digest": digest('a'), "size": 1}, "layers": []}).to_string()),
             (OCI_INDEX, serde_json::json!({"schemaVersion": 2}).to_string()),
+            (OCI_INDEX, serde_json::json!({"schemaVersion": 2, "manifests": [], "layers": []}).to_string()),
+            (OCI_INDEX, serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": OCI_MANIFEST, "digest": "sha256:abc", "size": 1}]}).to_string()),
             ("text/plain", serde_json::json!({"schemaVersion": 2}).to_string()),
         ] {
             assert!(Manifest::parse(content_type, body.as_bytes()).is_err(), "{body}");

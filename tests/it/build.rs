@@ -904,6 +904,46 @@ fn push_with_credentials_through_the_token_flow() {
     );
 }
 
+/// `builder::resolve`, the library call that names a tag's manifest digest (for
+/// deploying by digest), against strait's registry (anonymous pull, credentials set up).
+#[test]
+fn resolve_names_the_digest_a_tag_was_pushed_as() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    app_tree(dir, 1_650_000_000);
+    let file = htpasswd(dir, "ci", "s3cret-pass");
+    let registry = Registry::start_with(&dir.join("registry"), &["--htpasswd", path_str(&file)]);
+    let target = format!("{}/deploy/app:v1", registry.host());
+    let pushed = build(
+        dir,
+        &dir.join("cache"),
+        &["--push", &target, "--user", "ci:s3cret-pass"],
+        &[],
+    );
+    let digest = pushed.digest();
+
+    let access = builder::access(false, &[], Some("ci:s3cret-pass"), None).expect("access");
+    let (reference, resolved) = builder::resolve(&target, &access).expect("resolve the tag");
+    assert_eq!(reference.repository, "deploy/app");
+    assert_eq!(resolved.digest.as_str(), digest);
+    assert_eq!(
+        resolved.media_type.to_string(),
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let pinned = format!("{}/deploy/app@{digest}", registry.host());
+    let (_, by_digest) = builder::resolve(&pinned, &access).expect("resolve the digest");
+    assert_eq!(by_digest, resolved);
+
+    let missing = builder::resolve(&format!("{}/deploy/app:v9", registry.host()), &access)
+        .expect_err("no such tag");
+    // A HEAD: the status, no error body.
+    assert!(
+        missing.to_string().ends_with("manifest deploy/app:v9: 404"),
+        "{missing}"
+    );
+    assert!(builder::resolve("Not/A:ref:", &access).is_err());
+}
+
 #[test]
 fn bad_input_fails_clearly_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -1,9 +1,11 @@
 //! Image references: `[registry/]repository[:tag][@digest]`, with docker's defaults
-//! (`docker.io`, `library/` for one-component names, tag `latest`).
+//! (`docker.io`, `library/` for one-component names, tag `latest`). Why not
+//! `oci_spec::distribution::Reference`: see the crate's documentation.
 
 use std::fmt;
 
 use crate::digest::Digest;
+use crate::names;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
@@ -38,7 +40,7 @@ impl Reference {
         let (rest, digest) = match text.split_once('@') {
             Some((rest, digest)) => (
                 rest,
-                Some(Digest::parse(digest).ok_or_else(|| {
+                Some(Digest::parse(digest).map_err(|_| {
                     fail("the digest after `@` must be `sha256:` and 64 lowercase hex digits")
                 })?),
             ),
@@ -65,13 +67,13 @@ impl Reference {
             None => (path, None),
         };
         if let Some(tag) = &tag
-            && !valid_tag(tag)
+            && !names::is_tag(tag)
         {
             return Err(fail(
                 "a tag is 1-128 characters of letters, digits, `_`, `.` and `-`, not starting with `.` or `-`",
             ));
         }
-        if repository.is_empty() || !repository.split('/').all(valid_component) {
+        if !names::is_repository_path(repository) {
             return Err(fail(
                 "repository path components are lowercase letters and digits, separated by `.`, `_`, `__` or `-`",
             ));
@@ -172,49 +174,6 @@ fn valid_host(host: &str) -> bool {
                 && !label.ends_with('-')
         });
     port_ok && name_ok
-}
-
-fn valid_tag(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= 128
-        && !tag.starts_with(['.', '-'])
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn valid_component(component: &str) -> bool {
-    let bytes = component.as_bytes();
-    if bytes.is_empty()
-        || !bytes[0].is_ascii_alphanumeric()
-        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
-    {
-        return false;
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b.is_ascii_lowercase() || b.is_ascii_digit() {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < bytes.len() && matches!(bytes[i], b'.' | b'_' | b'-') {
-            i += 1;
-        }
-        let sep = &component[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
-        if !ok || start == i {
-            return false;
-        }
-    }
-    true
-}
-
-/// Whether `text` is a valid tag (for `--tag`).
-pub fn is_valid_tag(text: &str) -> bool {
-    valid_tag(text)
 }
 
 #[cfg(test)]

@@ -1,77 +1,41 @@
-//! OCI image-spec documents: descriptors, manifests, indexes, and the image config
-//! (kept as JSON so a base image's fields we do not know survive).
+//! The image documents the builder writes: the image config (kept as JSON, so a base
+//! image's fields we do not know survive: `oci_spec::image::ImageConfiguration` would drop
+//! them), and [`canonical_json`], the one serialisation of every document whose digest
+//! must not change.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use oci::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::{ImageSettings, Platform};
-use crate::digest::Digest;
 
-pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// An error building an OCI document (oci-spec's builders check required fields).
+pub type SpecError = oci::oci_spec::OciSpecError;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<PlatformJson>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
+/// An OCI image manifest (`schemaVersion` 2, `mediaType` set).
+pub fn manifest(config: Descriptor, layers: Vec<Descriptor>) -> Result<ImageManifest, SpecError> {
+    oci::oci_spec::image::ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(layers)
+        .build()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PlatformJson {
-    pub architecture: String,
-    pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+/// An OCI image index (`schemaVersion` 2, `mediaType` set).
+pub fn index(manifests: Vec<Descriptor>) -> Result<ImageIndex, SpecError> {
+    oci::oci_spec::image::ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
 }
 
-impl From<&Platform> for PlatformJson {
-    fn from(p: &Platform) -> Self {
-        PlatformJson {
-            architecture: p.architecture.clone(),
-            os: p.os.clone(),
-            variant: p.variant.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    pub config: Descriptor,
-    pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Index {
-    pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    pub manifests: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
+/// One annotation, as a descriptor carries it.
+pub fn annotation(key: &str, value: &str) -> HashMap<String, String> {
+    [(key.to_string(), value.to_string())].into()
 }
 
 /// JSON with object keys in sorted order, whatever serde_json's map type is in this build.
@@ -99,25 +63,8 @@ fn sorted(value: Value) -> Value {
 
 /// `1970-01-01T00:00:00Z`-style UTC time of a Unix timestamp.
 pub fn rfc3339(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let rem = seconds % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// One new layer's contribution to the image config.
@@ -264,16 +211,6 @@ pub fn image_config(
     Value::Object(root)
 }
 
-/// Maps docker v2 media types of base-image blobs to their OCI equivalents (same bytes).
-pub fn oci_media_type(media_type: &str) -> &str {
-    match media_type {
-        DOCKER_LAYER_GZIP => MEDIA_LAYER_GZIP,
-        DOCKER_CONFIG => MEDIA_CONFIG,
-        "application/vnd.docker.image.rootfs.diff.tar" => MEDIA_LAYER_TAR,
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,8 +218,42 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(crate::tar::MAX_MTIME), "2242-03-16T12:56:31Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    /// The bytes of the documents whose digests name an image: key order, fields and
+    /// their absence. (Written by the builder's own structs before it used oci-spec's; a
+    /// change here changes every image digest.)
+    #[test]
+    fn manifest_and_index_bytes() {
+        let layer = oci::Blob::new(MediaType::ImageLayerGzip, Digest::of(b"layer"), 5);
+        let config = oci::Blob::new(MediaType::ImageConfig, Digest::of(b"{}"), 2);
+        let m =
+            manifest(config.into_descriptor(), vec![layer.into_descriptor()]).expect("manifest");
+        let text = String::from_utf8(canonical_json(&m).expect("json")).expect("utf-8");
+        expect_test::expect![[r#"{"config":{"digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","mediaType":"application/vnd.oci.image.config.v1+json","size":2},"layers":[{"digest":"sha256:dac1d7cfa95021764849fd102524e141488c5e3a90f861dbb5a12d9ac8584f85","mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":5}],"mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}"#]].assert_eq(&text);
+        let entry = |arch: &str, variant: Option<&str>| {
+            oci::Blob::new(MediaType::ImageManifest, Digest::of(arch.as_bytes()), 7)
+                .with_platform(Some(
+                    Platform::parse(&match variant {
+                        Some(v) => format!("linux/{arch}/{v}"),
+                        None => format!("linux/{arch}"),
+                    })
+                    .expect("platform")
+                    .to_spec(),
+                ))
+                .into_descriptor()
+        };
+        let i = index(vec![entry("amd64", None), entry("arm", Some("v7"))]).expect("index");
+        let text = String::from_utf8(canonical_json(&i).expect("json")).expect("utf-8");
+        expect_test::expect![[r#"{"manifests":[{"digest":"sha256:5861314d7fccb39c2192173240eab44fa35ca66426201ca2acd0630a6258dd51","mediaType":"application/vnd.oci.image.manifest.v1+json","platform":{"architecture":"amd64","os":"linux"},"size":7},{"digest":"sha256:ddf7ff5ebd9d66ce161466c1c0262430fa04de32b0e420ee3f489e2e2112e386","mediaType":"application/vnd.oci.image.manifest.v1+json","platform":{"architecture":"arm","os":"linux","variant":"v7"},"size":7}],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#]].assert_eq(&text);
+        let mut top = oci::Blob::new(MediaType::ImageIndex, Digest::of(b"i"), 9).into_descriptor();
+        top.set_annotations(Some(annotation(oci::media::REF_NAME, "latest")));
+        let layout = index(vec![top]).expect("index");
+        let text = String::from_utf8(canonical_json(&layout).expect("json")).expect("utf-8");
+        expect_test::expect![[r#"{"manifests":[{"annotations":{"org.opencontainers.image.ref.name":"latest"},"digest":"sha256:de7d1b721a1e0632b7cf04edf5032c8ecffa9f9a08492152b926f1a5a7e765d7","mediaType":"application/vnd.oci.image.index.v1+json","size":9}],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#]].assert_eq(&text);
     }
 
     #[test]
