@@ -15,6 +15,7 @@ pub mod lease;
 pub mod model;
 pub mod snapshot;
 pub mod store;
+pub mod tokens;
 
 pub use lease::Leases;
 pub use model::{Health, Instance, InstanceSpec, ModelError, Route};

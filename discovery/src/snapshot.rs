@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::apps::{App, Deployment};
 use crate::model::{Health, Instance, Route};
+use crate::tokens::TokenRecord;
 
 /// The instances of one service, by instance id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -33,6 +34,7 @@ pub type AppMap = BTreeMap<Arc<str>, Arc<App>>;
 /// One app's deployments by id.
 pub type AppDeployments = BTreeMap<u64, Arc<Deployment>>;
 pub type DeploymentMap = BTreeMap<Arc<str>, Arc<AppDeployments>>;
+pub type TokenMap = BTreeMap<Arc<str>, Arc<TokenRecord>>;
 
 /// The whole state at one monotonically increasing revision.
 ///
@@ -46,6 +48,9 @@ pub struct Snapshot {
     /// Deployable apps (the catalogue) and their deployments (the inventory).
     pub apps: Arc<AppMap>,
     pub deployments: Arc<DeploymentMap>,
+    /// Admin API tokens (hashes only; never serialised with the snapshot).
+    #[serde(skip)]
+    pub tokens: Arc<TokenMap>,
     /// Wall-clock time of the newest write this snapshot includes, when known, so
     /// consumers can measure write-to-live propagation.
     #[serde(skip)]
@@ -91,6 +96,7 @@ pub(crate) struct State {
     pub routes: Arc<RouteMap>,
     pub apps: Arc<AppMap>,
     pub deployments: Arc<DeploymentMap>,
+    pub tokens: Arc<TokenMap>,
     pub changed_at: Option<std::time::SystemTime>,
 }
 
@@ -102,8 +108,17 @@ impl State {
             routes: Arc::clone(&self.routes),
             apps: Arc::clone(&self.apps),
             deployments: Arc::clone(&self.deployments),
+            tokens: Arc::clone(&self.tokens),
             changed_at: self.changed_at,
         }
+    }
+
+    pub fn upsert_token(&mut self, token: TokenRecord) -> bool {
+        upsert_token(&mut self.tokens, token)
+    }
+
+    pub fn remove_token(&mut self, id: &str) -> bool {
+        remove_token(&mut self.tokens, id)
     }
 
     pub fn upsert_app(&mut self, app: App) -> bool {
@@ -235,4 +250,19 @@ pub fn remove_deployment(deployments: &mut Arc<DeploymentMap>, app: &str, id: u6
         map.remove(app);
     }
     true
+}
+
+pub fn upsert_token(tokens: &mut Arc<TokenMap>, token: TokenRecord) -> bool {
+    if tokens.get(token.id.as_str()).map(|t| t.as_ref()) == Some(&token) {
+        return false;
+    }
+    Arc::make_mut(tokens).insert(Arc::from(token.id.as_str()), Arc::new(token));
+    true
+}
+
+pub fn remove_token(tokens: &mut Arc<TokenMap>, id: &str) -> bool {
+    if !tokens.contains_key(id) {
+        return false;
+    }
+    Arc::make_mut(tokens).remove(id).is_some()
 }

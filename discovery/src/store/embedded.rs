@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::records::{self, RecordOp, Records};
+use super::records::{self, RecordMaps, RecordOp, Records};
 use super::route_log::{self, RouteLog, RouteOp, storage_error};
 use super::{Handover, Publisher, Store, StoreError, StoreMetrics, StoreStatus};
 use crate::apps::{App, Deployment, validate_app_name, validate_lock_name};
@@ -115,16 +115,28 @@ impl Shared {
         let changes = {
             let state = self.lock_state();
             self.ensure_owner()?;
-            let (mut apps, mut deployments) =
-                (Arc::clone(&state.apps), Arc::clone(&state.deployments));
-            op.clone().apply(&mut apps, &mut deployments)
+            let (mut apps, mut deployments, mut tokens) = (
+                Arc::clone(&state.apps),
+                Arc::clone(&state.deployments),
+                Arc::clone(&state.tokens),
+            );
+            op.clone().apply(RecordMaps {
+                apps: &mut apps,
+                deployments: &mut deployments,
+                tokens: &mut tokens,
+            })
         };
         if !changes {
             return Ok(false);
         }
         records.write(&op)?;
         self.apply(written, |state| {
-            (op.apply(&mut state.apps, &mut state.deployments), ())
+            let maps = RecordMaps {
+                apps: &mut state.apps,
+                deployments: &mut state.deployments,
+                tokens: &mut state.tokens,
+            };
+            (op.apply(maps), ())
         })?;
         Ok(true)
     }
@@ -256,6 +268,19 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn put_token(&self, token: crate::tokens::TokenRecord) -> Result<(), StoreError> {
+        token.validate()?;
+        self.write_record(RecordOp::PutToken(Box::new(token)))
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        crate::tokens::validate_token_id(id)?;
+        self.write_record(RecordOp::DeleteToken(id.to_string()))
+            .await
+    }
+
     async fn try_lock(&self, name: &str) -> Result<bool, StoreError> {
         validate_lock_name(name)?;
         self.shared.ensure_owner()?;
@@ -375,10 +400,12 @@ impl Store for EmbeddedStore {
                 if state.routes != loaded.routes
                     || state.apps != records.apps
                     || state.deployments != records.deployments
+                    || state.tokens != records.tokens
                 {
                     state.routes = loaded.routes;
                     state.apps = records.apps;
                     state.deployments = records.deployments;
+                    state.tokens = records.tokens;
                     state.revision += 1;
                     state.changed_at = Some(written);
                     shared.publisher.publish(&state);
@@ -424,6 +451,7 @@ fn load(dir: &Path) -> Result<(File, State, RouteLog, Records), StoreError> {
         revision: loaded.revision,
         apps: records.apps,
         deployments: records.deployments,
+        tokens: records.tokens,
         ..State::default()
     };
     Ok((lock, state, loaded.log, records.records))

@@ -80,6 +80,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put_deployment(&self, deployment: Deployment) -> Result<(), StoreError>;
     /// `Ok(false)` when there was no such deployment.
     async fn delete_deployment(&self, app: &str, id: u64) -> Result<bool, StoreError>;
+    /// Creates or replaces an admin API token's record (persistent).
+    async fn put_token(&self, token: crate::tokens::TokenRecord) -> Result<(), StoreError>;
+    /// `Ok(false)` when there was no such token.
+    async fn delete_token(&self, id: &str) -> Result<bool, StoreError>;
     /// Takes the lock `name` for this process: `Ok(false)` when anyone holds it already
     /// (this process included). It goes with the process (with ZooKeeper, its session).
     async fn try_lock(&self, name: &str) -> Result<bool, StoreError>;

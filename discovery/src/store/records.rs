@@ -3,6 +3,7 @@
 //! ```text
 //! apps/<app>.json                  App
 //! deployments/<app>/<id>.json      Deployment
+//! tokens/<id>.json                 TokenRecord (a secret's hash, never the secret)
 //! ```
 //!
 //! A write replaces its file atomically (temporary file, fsync, rename, fsync of the
@@ -20,10 +21,12 @@ use std::sync::Arc;
 use super::StoreError;
 use super::route_log::storage_error;
 use crate::apps::{App, Deployment};
-use crate::snapshot::{self, AppMap, DeploymentMap};
+use crate::snapshot::{self, AppMap, DeploymentMap, TokenMap};
+use crate::tokens::TokenRecord;
 
 const APPS_DIR: &str = "apps";
 const DEPLOYMENTS_DIR: &str = "deployments";
+const TOKENS_DIR: &str = "tokens";
 
 /// A deploy record write.
 #[derive(Debug, Clone)]
@@ -32,20 +35,31 @@ pub enum RecordOp {
     DeleteApp(String),
     PutDeployment(Box<Deployment>),
     DeleteDeployment(String, u64),
+    PutToken(Box<TokenRecord>),
+    DeleteToken(String),
+}
+
+/// The maps records live in.
+pub struct RecordMaps<'a> {
+    pub apps: &'a mut Arc<AppMap>,
+    pub deployments: &'a mut Arc<DeploymentMap>,
+    pub tokens: &'a mut Arc<TokenMap>,
 }
 
 impl RecordOp {
     /// Applies the write to the maps; false when it changes nothing.
-    pub fn apply(self, apps: &mut Arc<AppMap>, deployments: &mut Arc<DeploymentMap>) -> bool {
+    pub fn apply(self, maps: RecordMaps<'_>) -> bool {
         match self {
-            RecordOp::PutApp(app) => snapshot::upsert_app(apps, *app),
-            RecordOp::DeleteApp(name) => snapshot::remove_app(apps, &name),
+            RecordOp::PutApp(app) => snapshot::upsert_app(maps.apps, *app),
+            RecordOp::DeleteApp(name) => snapshot::remove_app(maps.apps, &name),
             RecordOp::PutDeployment(deployment) => {
-                snapshot::upsert_deployment(deployments, *deployment)
+                snapshot::upsert_deployment(maps.deployments, *deployment)
             }
             RecordOp::DeleteDeployment(app, id) => {
-                snapshot::remove_deployment(deployments, &app, id)
+                snapshot::remove_deployment(maps.deployments, &app, id)
             }
+            RecordOp::PutToken(token) => snapshot::upsert_token(maps.tokens, *token),
+            RecordOp::DeleteToken(id) => snapshot::remove_token(maps.tokens, &id),
         }
     }
 }
@@ -57,6 +71,7 @@ pub struct Records {
 pub struct LoadedRecords {
     pub apps: Arc<AppMap>,
     pub deployments: Arc<DeploymentMap>,
+    pub tokens: Arc<TokenMap>,
     pub records: Records,
 }
 
@@ -70,6 +85,10 @@ impl Records {
             .join(DEPLOYMENTS_DIR)
             .join(app)
             .join(format!("{id}.json"))
+    }
+
+    fn token_path(&self, id: &str) -> PathBuf {
+        self.dir.join(TOKENS_DIR).join(format!("{id}.json"))
     }
 
     /// Makes `op` durable. Names were validated by the caller (they are path segments).
@@ -90,6 +109,8 @@ impl Records {
                 }
                 Ok(())
             }
+            RecordOp::PutToken(token) => write_json(&self.token_path(&token.id), token.as_ref()),
+            RecordOp::DeleteToken(id) => remove(&self.token_path(id)),
         }
     }
 }
@@ -205,9 +226,25 @@ pub fn load(dir: &Path) -> Result<LoadedRecords, StoreError> {
             snapshot::upsert_deployment(&mut deployments, deployment);
         }
     }
+    let mut tokens = TokenMap::new();
+    for (id, path) in json_files(&dir.join(TOKENS_DIR))? {
+        let token: TokenRecord = read_json(&path)?;
+        if token.id != id {
+            return Err(storage_error(
+                &path,
+                "invalid record",
+                format!("names token `{}`", token.id),
+            ));
+        }
+        token
+            .validate()
+            .map_err(|e| storage_error(&path, "invalid record", e))?;
+        tokens.insert(Arc::from(id.as_str()), Arc::new(token));
+    }
     Ok(LoadedRecords {
         apps: Arc::new(apps),
         deployments,
+        tokens: Arc::new(tokens),
         records: Records {
             dir: dir.to_path_buf(),
         },

@@ -9,6 +9,7 @@
 //! /apps/<app>                persistent, JSON `App`
 //! /deployments/<app>         container node
 //! /deployments/<app>/<id>    persistent, JSON `Deployment`
+//! /tokens/<id>               persistent, JSON `TokenRecord` (a hash, never a secret)
 //! /locks/<name>              ephemeral, owned by the holder's session (not in snapshots)
 //! ```
 //!
@@ -45,6 +46,7 @@ const ROUTES: &str = "/routes";
 const APPS: &str = "/apps";
 const DEPLOYMENTS: &str = "/deployments";
 const LOCKS: &str = "/locks";
+const TOKENS: &str = "/tokens";
 /// Write retries when a concurrent change (container reaped, version moved) gets in the way.
 const WRITE_ATTEMPTS: usize = 5;
 
@@ -93,6 +95,10 @@ fn app_path(name: &str) -> String {
 
 fn deployment_path(app: &str, id: u64) -> String {
     format!("{DEPLOYMENTS}/{app}/{id}")
+}
+
+fn token_path(id: &str) -> String {
+    format!("{TOKENS}/{id}")
 }
 
 fn lock_path(name: &str) -> String {
@@ -373,6 +379,19 @@ impl Store for ZkStore {
         delete_node(&client, &deployment_path(app, id)).await
     }
 
+    async fn put_token(&self, token: crate::tokens::TokenRecord) -> Result<(), StoreError> {
+        token.validate()?;
+        let client = self.client()?;
+        let data = serde_json::to_vec(&token).map_err(|e| StoreError::Storage(e.to_string()))?;
+        put_persistent(&client, &token_path(&token.id), &data, None).await
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        crate::tokens::validate_token_id(id)?;
+        let client = self.client()?;
+        delete_node(&client, &token_path(id)).await
+    }
+
     async fn try_lock(&self, name: &str) -> Result<bool, StoreError> {
         validate_lock_name(name)?;
         let client = self.client()?;
@@ -559,7 +578,7 @@ async fn start_session(
         .await
         .map_err(|_| zk::Error::Timeout)??;
     let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    for dir in [SERVICES, ROUTES, APPS, DEPLOYMENTS, LOCKS] {
+    for dir in [SERVICES, ROUTES, APPS, DEPLOYMENTS, LOCKS, TOKENS] {
         root.mkdir(&format!("{}{dir}", shared.chroot), &persistent)
             .await?;
     }
@@ -683,6 +702,7 @@ enum Node<'a> {
     /// An app's container of deployments.
     Deployments(&'a str),
     Deployment(&'a str, &'a str),
+    Token(&'a str),
     Other,
 }
 
@@ -695,6 +715,7 @@ fn classify(path: &str) -> Node<'_> {
         (Some("apps"), Some(name), None, None) => Node::App(name),
         (Some("deployments"), Some(app), None, None) => Node::Deployments(app),
         (Some("deployments"), Some(app), Some(id), None) => Node::Deployment(app, id),
+        (Some("tokens"), Some(id), None, None) => Node::Token(id),
         _ => Node::Other,
     }
 }
@@ -714,9 +735,11 @@ async fn apply_paths(
 ) -> bool {
     let reads = paths.iter().map(|path| async move {
         let read = match classify(path) {
-            Node::Instance(..) | Node::Route(_) | Node::App(_) | Node::Deployment(..) => {
-                Some(Read::Data(client.get_data(path).await))
-            }
+            Node::Instance(..)
+            | Node::Route(_)
+            | Node::App(_)
+            | Node::Deployment(..)
+            | Node::Token(_) => Some(Read::Data(client.get_data(path).await)),
             Node::Service(_) | Node::Deployments(_) => {
                 Some(Read::Exists(client.check_stat(path).await))
             }
@@ -819,6 +842,15 @@ async fn apply_paths(
                         }
                     }
                 }
+            }
+            (Node::Token(id), Some(Read::Data(Ok((data, _))))) => {
+                match decode_token(path, id, &data) {
+                    Some(token) => changed |= state.upsert_token(token),
+                    None => changed |= state.remove_token(id),
+                }
+            }
+            (Node::Token(id), Some(Read::Data(Err(zk::Error::NoNode)))) => {
+                changed |= state.remove_token(id);
             }
             (Node::Deployment(app, id), Some(Read::Data(Err(zk::Error::NoNode)))) => {
                 if let Ok(id) = id.parse() {
@@ -928,6 +960,25 @@ fn decode_deployment(path: &str, app: &str, id: &str, data: &[u8]) -> Option<Dep
     Some(deployment)
 }
 
+fn decode_token(path: &str, id: &str, data: &[u8]) -> Option<crate::tokens::TokenRecord> {
+    let token: crate::tokens::TokenRecord = match serde_json::from_slice(data) {
+        Ok(token) => token,
+        Err(e) => {
+            warn!(path, error = %e, "ignoring undecodable token znode");
+            return None;
+        }
+    };
+    if token.id != id {
+        warn!(path, "ignoring token znode whose body names another token");
+        return None;
+    }
+    if let Err(e) = token.validate() {
+        warn!(path, error = %e, "ignoring invalid token znode");
+        return None;
+    }
+    Some(token)
+}
+
 /// This host's name, for lock owners (`host:pid`).
 fn hostname() -> String {
     rustix::system::uname()
@@ -1027,10 +1078,28 @@ async fn resync(client: &zk::Client, state: &mut State) -> Result<(), zk::Error>
             }
         }
     }
+    let ids = client.list_children(TOKENS).await?;
+    let reads = join_all(ids.iter().map(|id| {
+        let path = token_path(id);
+        async move { (client.get_data(&path).await, path) }
+    }))
+    .await;
+    for (id, (result, path)) in ids.iter().zip(reads) {
+        match result {
+            Ok((data, _)) => {
+                if let Some(token) = decode_token(&path, id, &data) {
+                    next.upsert_token(token);
+                }
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
     if next.services != state.services
         || next.routes != state.routes
         || next.apps != state.apps
         || next.deployments != state.deployments
+        || next.tokens != state.tokens
         || state.revision == 0
     {
         // A resync's changes have no single write time.
