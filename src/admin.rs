@@ -1,5 +1,5 @@
 //! The admin HTTP server: discovery's `/v1` API plus `/metrics`, `/healthz`, `/readyz`,
-//! behind bearer-token authentication when a token is configured.
+//! behind authentication and the teams' authorisation (`authz.rs`) when configured.
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ pub struct Admin {
     pub leases: Arc<Leases>,
     pub registry: Registry,
     pub store_metrics: StoreMetrics,
-    pub token: Option<Arc<str>>,
+    pub authz: crate::authz::Authz,
     pub router: Arc<router::Router>,
     pub agent: Option<Arc<discovery::agent::Agent>>,
     pub deploy: Arc<deploy::Controller>,
@@ -35,7 +35,7 @@ pub struct AdminParts {
     pub leases: Arc<Leases>,
     pub registry: Registry,
     pub store_metrics: StoreMetrics,
-    pub token: Option<String>,
+    pub authz: crate::authz::Authz,
     pub router: Arc<router::Router>,
     pub agent: Option<Arc<discovery::agent::Agent>>,
     pub deploy: Arc<deploy::Controller>,
@@ -56,7 +56,7 @@ impl Admin {
             leases: parts.leases,
             registry: parts.registry,
             store_metrics: parts.store_metrics,
-            token: parts.token.map(Arc::from),
+            authz: parts.authz,
             router: parts.router,
             agent: parts.agent,
             deploy: parts.deploy,
@@ -75,8 +75,12 @@ impl Admin {
             .with_state(self.clone())
             .merge(agent_routes(self.agent.clone()))
             .merge(deploy::api::router(Arc::clone(&self.deploy)))
+            .merge(crate::tokens::routes(self.authz.clone()))
             .merge(api)
-            .layer(middleware::from_fn_with_state(self.clone(), authenticate));
+            .layer(middleware::from_fn_with_state(
+                self.authz.clone(),
+                crate::authz::enforce,
+            ));
         axum::Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
@@ -155,48 +159,6 @@ fn method_label(method: &axum::http::Method) -> &'static str {
         Method::PATCH => "PATCH",
         _ => "other",
     }
-}
-
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn token_matches(expected: &str, given: &[u8]) -> bool {
-    let expected = expected.as_bytes();
-    if expected.len() != given.len() {
-        return false;
-    }
-    expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
-}
-
-async fn authenticate(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = &admin.token {
-        // The scheme is case-insensitive (RFC 9110 11.1), the token is not.
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| {
-            let (scheme, token) = v.as_bytes().split_at_checked(7)?;
-            scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
-        });
-        if !given.is_some_and(|given| token_matches(token, given)) {
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this admin API requires `Authorization: Bearer <token>`",
-            )
-            .into_response();
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return response;
-        }
-    }
-    next.run(request).await
 }
 
 async fn readyz(State(admin): State<Admin>) -> Response {
@@ -363,17 +325,4 @@ pub fn render_metrics(registry: &Registry) -> Response {
         body,
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_matches;
-
-    #[test]
-    fn token_comparison() {
-        assert!(token_matches("0123456789abcdef", b"0123456789abcdef"));
-        assert!(!token_matches("0123456789abcdef", b"0123456789abcdeF"));
-        assert!(!token_matches("0123456789abcdef", b"0123456789abcde"));
-        assert!(!token_matches("0123456789abcdef", b""));
-    }
 }

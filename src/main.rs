@@ -6,10 +6,12 @@
 
 mod admin;
 mod agent_cmd;
+mod authz;
 mod cli;
 mod deploy_cmd;
 mod registry_cmd;
 mod settings;
+mod tokens;
 mod up;
 mod upgrade;
 

@@ -23,6 +23,12 @@ pub struct Settings {
     pub agent: AgentConfig,
     #[serde(default)]
     pub registry: registry::RegistryConfig,
+    /// Who may change what: read scope, admins, LDAP, the audit log (docs/security.md).
+    #[serde(default)]
+    pub auth: access::AuthConfig,
+    /// `[[team]]`: teams and what they own.
+    #[serde(default, rename = "team")]
+    pub teams: access::Teams,
 }
 
 /// The `[agent]` section: local services to register and health-check, and whether this
@@ -224,6 +230,19 @@ impl AdminConfig {
 }
 
 impl Settings {
+    /// Teams are managed by the admin: with teams, `admin.token` must be set (it makes
+    /// the first team tokens), and every admin user must be a plain name.
+    pub fn check_teams(&self) -> Result<(), String> {
+        if !self.teams.configs.is_empty() && self.admin.token.is_none() {
+            return Err(
+                "teams are configured but `admin.token` is not: set it (or STRAIT_ADMIN_TOKEN); \
+                 the admin makes the teams' tokens with `strait token create`"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The registry's storage root: `registry.root`, or `registry/` in the data dir.
     pub fn registry_root(&self) -> std::path::PathBuf {
         self.registry

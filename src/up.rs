@@ -59,6 +59,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         settings.admin.token = Some(token);
     }
     settings.admin.check().map_err(anyhow::Error::msg)?;
+    settings.check_teams().map_err(anyhow::Error::msg)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -200,12 +201,27 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         (Some(server), None) => Some(server.bind().await?),
         (None, _) => None,
     };
+    let audit_path = settings
+        .auth
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| settings.store.data_dir.join("audit.log"));
+    let authz = crate::authz::Authz::new(
+        access::Policy::new(&settings.teams, &settings.auth),
+        settings.admin.token.as_deref().map(Arc::from),
+        Some(Arc::new(access::audit::AuditLog::open(&audit_path).with_context(
+            || format!("cannot open the audit log {}", audit_path.display()),
+        )?)),
+        Arc::clone(&store),
+        Arc::clone(&leases),
+        &registry,
+    )?;
     let admin = Admin::new(crate::admin::AdminParts {
         store: Arc::clone(&store),
         leases: Arc::clone(&leases),
         registry,
         store_metrics,
-        token: settings.admin.token.clone(),
+        authz,
         router: Arc::clone(&router),
         agent: agent.clone(),
         deploy: Arc::clone(&controller),
