@@ -46,7 +46,7 @@ pub struct Caller(pub Identity);
 
 impl Authz {
     pub fn new(
-        policy: Policy,
+        policy: Arc<Policy>,
         admin_token: Option<Arc<str>>,
         audit: Option<Arc<AuditLog>>,
         store: Arc<dyn Store>,
@@ -70,7 +70,7 @@ impl Authz {
         registry.register(Box::new(writes.clone()))?;
         registry.register(Box::new(denied.clone()))?;
         Ok(Authz {
-            policy: Arc::new(policy),
+            policy,
             admin_token,
             audit,
             store,
@@ -176,16 +176,16 @@ impl Authz {
         let policy = &self.policy;
         let service = |name: &str| policy.may_write_service(identity, name).map_err(|d| d.0);
         match segments {
-            ["v1", "services", s, "instances", _] | ["v1", "services", s, "instances", _, "health"] => {
-                service(s)
-            }
+            ["v1", "services", s, "instances", _]
+            | ["v1", "services", s, "instances", _, "health"] => service(s),
             ["v1", "agent", "services", s, _, "maintenance"] => service(s),
             ["v1", "agent", "checks", _, "pass"] | ["v1", "explain"] => Ok(()),
             ["v1", "leases"] | ["v1", "leases", _, "renew"] => Ok(()),
             ["v1", "leases", id] => match self.leases.get(id) {
-                Some(lease) => lease.instances.iter().try_for_each(|key| {
-                    service(key.split('/').next().unwrap_or(""))
-                }),
+                Some(lease) => lease
+                    .instances
+                    .iter()
+                    .try_for_each(|key| service(key.split('/').next().unwrap_or(""))),
                 None => Ok(()),
             },
             ["v1", "routes", name] => {
@@ -221,11 +221,7 @@ impl Authz {
                 "only the admin manages tokens; {} is a team's",
                 identity.label()
             )),
-            _ => Err(format!(
-                "{} {} is the admin's",
-                method,
-                segments.join("/")
-            )),
+            _ => Err(format!("{} {} is the admin's", method, segments.join("/"))),
         }
     }
 
@@ -241,12 +237,19 @@ impl Authz {
         let by_listen = route
             .listen
             .and_then(|addr| policy.listen_owner(&addr).map(str::to_string));
-        by_host
-            .or(by_listen)
-            .or_else(|| route.services().find_map(|s| policy.service_owner(s).map(str::to_string)))
+        by_host.or(by_listen).or_else(|| {
+            route
+                .services()
+                .find_map(|s| policy.service_owner(s).map(str::to_string))
+        })
     }
 
-    fn may_change_route(&self, identity: &Identity, name: &str, route: &Route) -> Result<(), String> {
+    fn may_change_route(
+        &self,
+        identity: &Identity,
+        name: &str,
+        route: &Route,
+    ) -> Result<(), String> {
         match self.route_owner(route) {
             Some(owner) if identity_has(identity, &owner) => Ok(()),
             Some(owner) => Err(format!(
@@ -269,24 +272,27 @@ impl Authz {
         snapshot: &Snapshot,
     ) -> Result<(), String> {
         let policy = &self.policy;
-        for service in route.services() {
-            policy
-                .may_write_service(identity, service)
-                .map_err(|d| d.0)?;
-        }
+        let services = || {
+            route
+                .services()
+                .try_for_each(|s| policy.may_write_service(identity, s).map_err(|d| d.0))
+        };
         match route.kind {
             RouteKind::Tcp => {
                 if let Some(listen) = route.listen {
                     policy.may_listen(identity, &listen).map_err(|d| d.0)?;
                 }
-                Ok(())
+                services()
             }
             RouteKind::Http => {
-                let Some(host) = route.host.as_deref().and_then(|h| HostPattern::parse(h).ok())
+                let Some(host) = route
+                    .host
+                    .as_deref()
+                    .and_then(|h| HostPattern::parse(h).ok())
                 else {
-                    return Ok(());
+                    return services();
                 };
-                policy.may_claim_host(identity, &host).map_err(|d| d.0)?;
+                // Another team's route first: the refusal names who serves the host.
                 for (other, existing) in snapshot.routes.iter() {
                     if **other == *name || existing.kind != RouteKind::Http {
                         continue;
@@ -306,12 +312,15 @@ impl Authz {
                         owner => {
                             return Err(format!(
                                 "host `{host}` overlaps `{theirs}`, which route `{other}` of {} already serves",
-                                owner.map_or("no team (the admin's)".to_string(), |o| format!("team `{o}`"))
+                                owner.map_or("no team (the admin's)".to_string(), |o| format!(
+                                    "team `{o}`"
+                                ))
                             ));
                         }
                     }
                 }
-                Ok(())
+                policy.may_claim_host(identity, &host).map_err(|d| d.0)?;
+                services()
             }
         }
     }
@@ -516,7 +525,9 @@ pub async fn enforce(State(authz): State<Authz>, request: Request, next: Next) -
     record.result = if status.is_success() { "ok" } else { "error" }.into();
     if !status.is_success() {
         let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, MAX_BODY).await.unwrap_or_default();
+        let bytes = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .unwrap_or_default();
         record.message = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["message"].as_str().map(str::to_string));
@@ -527,11 +538,20 @@ pub async fn enforce(State(authz): State<Authz>, request: Request, next: Next) -
     response
 }
 
-async fn filtered(authz: &Authz, identity: &Identity, segments: &[&str], response: Response) -> Response {
+async fn filtered(
+    authz: &Authz,
+    identity: &Identity,
+    segments: &[&str],
+    response: Response,
+) -> Response {
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
-        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "error", "response too large")
-            .into_response();
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "error",
+            "response too large",
+        )
+        .into_response();
     };
     let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
         return Response::from_parts(parts, Body::from(bytes));
@@ -554,6 +574,9 @@ mod tests {
             "instance web/w1"
         );
         assert_eq!(object_of(&["v1", "apps", "web", "deployments"]), "app web");
-        assert_eq!(object_of(&["v1", "apps", "web", "deployments", "3"]), "deployment web/3");
+        assert_eq!(
+            object_of(&["v1", "apps", "web", "deployments", "3"]),
+            "deployment web/3"
+        );
     }
 }

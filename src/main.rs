@@ -11,6 +11,7 @@ mod cli;
 mod deploy_cmd;
 mod registry_cmd;
 mod settings;
+mod token_cmd;
 mod tokens;
 mod up;
 mod upgrade;
@@ -78,6 +79,21 @@ enum Command {
         admin: AdminArgs,
         #[command(subcommand)]
         command: deploy_cmd::AppCommand,
+    },
+    /// Make, list and revoke admin API tokens for teams (the admin's; docs/security.md).
+    Token {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: token_cmd::TokenCommand,
+    },
+    /// The audit log of admin API writes (refused ones included).
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Records from this time (RFC 3339) or after this sequence number.
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Run the host-local agent alone: register local services and health-check them,
     /// and (with --runtime podman) run the deployments' containers.
@@ -274,6 +290,8 @@ fn main() -> ExitCode {
         Command::Route { admin, command } => cli::route(&admin, command),
         Command::Deploy { admin, args } => deploy_cmd::deploy(&admin, args),
         Command::App { admin, command } => deploy_cmd::app(&admin, command),
+        Command::Token { admin, command } => token_cmd::token(&admin, command),
+        Command::Audit { admin, since } => token_cmd::audit(&admin, since),
         Command::Agent(args) => agent_cmd::run(args),
         Command::Build(args) => builder::build_command(args).map_err(anyhow::Error::from),
         Command::Registry { command } => registry_cmd::run(command),

@@ -71,7 +71,7 @@ async fn create(
     admin_only(&caller)?;
     let body: CreateBody = parse_body(&body)?;
     let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid", m);
-    if body.admin == !body.teams.is_empty() {
+    if body.admin != body.teams.is_empty() {
         return Err(invalid(
             "give `teams` (a team token) or `admin: true` (an admin token)".into(),
         ));
@@ -81,7 +81,11 @@ async fn create(
             let known: Vec<&str> = authz.policy.team_names().collect();
             return Err(invalid(format!(
                 "unknown team `{team}` (configured: {})",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             )));
         }
     }
@@ -168,7 +172,9 @@ async fn audit(
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "invalid",
-                        format!("since: `{text}` is neither an RFC 3339 time nor a sequence number"),
+                        format!(
+                            "since: `{text}` is neither an RFC 3339 time nor a sequence number"
+                        ),
                     )
                 })?),
             ),

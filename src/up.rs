@@ -106,11 +106,21 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let policy = Arc::new(access::Policy::new(&settings.teams, &settings.auth));
+    let ldap = settings
+        .auth
+        .ldap
+        .clone()
+        .map(|config| Arc::new(access::ldap::Ldap::new(config)));
     let registry_server = if settings.registry.enabled {
-        Some(registry::RegistryServer::new(
+        Some(registry::RegistryServer::with_teams(
             settings.registry.clone(),
             &settings.registry_root(),
             &registry,
+            Some(registry::auth::TeamAccess {
+                policy: Arc::clone(&policy),
+                ldap: ldap.clone(),
+            }),
         )?)
     } else {
         None
@@ -207,11 +217,12 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| settings.store.data_dir.join("audit.log"));
     let authz = crate::authz::Authz::new(
-        access::Policy::new(&settings.teams, &settings.auth),
+        Arc::clone(&policy),
         settings.admin.token.as_deref().map(Arc::from),
-        Some(Arc::new(access::audit::AuditLog::open(&audit_path).with_context(
-            || format!("cannot open the audit log {}", audit_path.display()),
-        )?)),
+        Some(Arc::new(
+            access::audit::AuditLog::open(&audit_path)
+                .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
+        )),
         Arc::clone(&store),
         Arc::clone(&leases),
         &registry,

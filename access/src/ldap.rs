@@ -27,9 +27,12 @@ pub enum Login {
     Unavailable(String),
 }
 
+/// (user, SHA-256 of the password) -> (when it logged in, its groups).
+type LoginCache = HashMap<(String, [u8; 32]), (Instant, BTreeSet<String>)>;
+
 pub struct Ldap {
     config: LdapConfig,
-    cache: Mutex<HashMap<(String, [u8; 32]), (Instant, BTreeSet<String>)>>,
+    cache: Mutex<LoginCache>,
 }
 
 impl Ldap {

@@ -60,7 +60,7 @@ impl TokenRecord {
         if !is_hex(&self.hash, 64) {
             return Err(ModelError::new("hash", "must be 64 hex digits (SHA-256)"));
         }
-        if self.admin == !self.teams.is_empty() {
+        if self.admin != self.teams.is_empty() {
             return Err(ModelError::new(
                 "teams",
                 "a token is either for teams or the admin's",

@@ -6,9 +6,9 @@
 //! Tokens are `base64url(claims).base64url(hmac-sha256)`, signed with a key generated at
 //! start: they are valid only on the process that issued them, for `token_ttl`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -66,9 +66,26 @@ pub enum AuthError {
 /// Who a request is.
 enum Identity {
     Anonymous,
-    User,
+    /// A user of the htpasswd file or the LDAP directory, with their LDAP groups.
+    User(String, BTreeSet<String>),
     /// A bearer token with these grants.
     Token(Vec<Grant>),
+    /// Credentials that cannot be checked now (the LDAP directory is unreachable).
+    Unavailable(String),
+}
+
+/// Teams and users beyond the htpasswd file: who may push where, and LDAP logins.
+#[derive(Clone, Default)]
+pub struct TeamAccess {
+    pub policy: Arc<access::Policy>,
+    pub ldap: Option<Arc<access::ldap::Ldap>>,
+}
+
+/// How a password check went.
+enum Checked {
+    User(BTreeSet<String>),
+    Invalid,
+    Unavailable(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +106,7 @@ pub struct Auth {
     /// Basic credentials that passed bcrypt recently, so each request does not pay ~50 ms
     /// of bcrypt. Keyed by user and a hash of the password; entries expire.
     verified: Mutex<HashMap<VerifiedKey, Instant>>,
+    teams: TeamAccess,
 }
 
 const VERIFIED_FOR: Duration = Duration::from_secs(300);
@@ -103,7 +121,47 @@ impl Auth {
             token_ttl: config.token_ttl,
             key: rand::random(),
             verified: Mutex::new(HashMap::new()),
+            teams: TeamAccess::default(),
         })
+    }
+
+    /// With teams configured and no `[registry.auth]`: no htpasswd users (only LDAP ones,
+    /// if any), anonymous pull, and pushes only by a team's users.
+    pub fn teams_only(teams: TeamAccess) -> Auth {
+        Auth {
+            users: HashMap::new(),
+            anonymous_pull: true,
+            realm: None,
+            token_ttl: Duration::from_secs(300),
+            key: rand::random(),
+            verified: Mutex::new(HashMap::new()),
+            teams,
+        }
+    }
+
+    /// Pushes and deletes by team ownership; users from LDAP too.
+    pub fn with_teams(mut self, teams: TeamAccess) -> Auth {
+        self.teams = teams;
+        self
+    }
+
+    /// Whether `user` may do `action` to repository `name` by the teams' rules; the
+    /// message names the owner when not.
+    fn team_allows(
+        &self,
+        user: &str,
+        groups: &BTreeSet<String>,
+        name: &str,
+        action: Action,
+    ) -> Result<(), String> {
+        let policy = &self.teams.policy;
+        if action == Action::Pull || !policy.has_teams() {
+            return Ok(());
+        }
+        let identity = policy.user_identity(user, groups);
+        policy
+            .may_write_repository(&identity, name)
+            .map_err(|d| d.0)
     }
 
     /// Checks the request's credentials against what `resource`/`action` needs; the error
@@ -116,8 +174,21 @@ impl Auth {
         secure: bool,
     ) -> Result<(), ApiError> {
         let identity = self.identify(headers).await;
+        if let Some(Identity::Unavailable(message)) = &identity {
+            return Err(ApiError::new(ErrorCode::Unauthorized, message.clone())
+                .with_status(StatusCode::UNAUTHORIZED));
+        }
+        if let (Some(Identity::User(user, groups)), Resource::Repository(name)) =
+            (&identity, resource)
+            && let Err(message) = self.team_allows(user, groups, name, action)
+        {
+            return Err(
+                ApiError::new(ErrorCode::Denied, message).with_status(StatusCode::FORBIDDEN)
+            );
+        }
         let allowed = match (&identity, resource) {
-            (Some(Identity::User), _) => true,
+            (Some(Identity::User(..)), _) => true,
+            (Some(Identity::Unavailable(_)), _) => false,
             (Some(Identity::Token(_)), Resource::Base) => true,
             (Some(Identity::Token(grants)), Resource::Repository(name)) => grants.iter().any(|g| {
                 g.resource == format!("repository:{name}")
@@ -148,7 +219,7 @@ impl Auth {
             challenge.push_str(&format!(",scope=\"{scope}\""));
         }
         let (code, message) = match identity {
-            Some(Identity::User | Identity::Token(_)) => (
+            Some(Identity::User(..) | Identity::Token(_) | Identity::Unavailable(_)) => (
                 ErrorCode::Denied,
                 "the credentials do not grant this access",
             ),
@@ -183,9 +254,12 @@ impl Auth {
         let value = value.to_str().ok()?;
         let (scheme, credentials) = value.split_once(' ')?;
         if scheme.eq_ignore_ascii_case("basic") {
-            self.check_basic(credentials.trim())
-                .await
-                .then_some(Identity::User)
+            let (user, password) = decode_basic(credentials.trim())?;
+            match self.check_password(&user, &password).await {
+                Checked::User(groups) => Some(Identity::User(user, groups)),
+                Checked::Invalid => None,
+                Checked::Unavailable(message) => Some(Identity::Unavailable(message)),
+            }
         } else if scheme.eq_ignore_ascii_case("bearer") {
             self.verify_token(credentials.trim()).map(Identity::Token)
         } else {
@@ -193,16 +267,17 @@ impl Auth {
         }
     }
 
-    async fn check_basic(&self, credentials: &str) -> bool {
-        let Some((user, password)) = decode_basic(credentials) else {
-            return false;
-        };
-        self.check_password(&user, &password).await
-    }
-
-    async fn check_password(&self, user: &str, password: &str) -> bool {
+    async fn check_password(&self, user: &str, password: &str) -> Checked {
         let Some(hash) = self.users.get(user) else {
-            return false;
+            // Not a file user: the directory's, if there is one.
+            return match &self.teams.ldap {
+                Some(ldap) => match ldap.login(user, password).await {
+                    access::ldap::Login::Valid { groups } => Checked::User(groups),
+                    access::ldap::Login::Invalid => Checked::Invalid,
+                    access::ldap::Login::Unavailable(message) => Checked::Unavailable(message),
+                },
+                None => Checked::Invalid,
+            };
         };
         let key: VerifiedKey = (user.to_owned(), sha256(password.as_bytes()));
         if let Ok(verified) = self.verified.lock()
@@ -210,7 +285,7 @@ impl Auth {
                 .get(&key)
                 .is_some_and(|at| at.elapsed() < VERIFIED_FOR)
         {
-            return true;
+            return Checked::User(BTreeSet::new());
         }
         let (hash, password) = (hash.clone(), password.to_owned());
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
@@ -222,7 +297,11 @@ impl Auth {
             verified.retain(|_, at| at.elapsed() < VERIFIED_FOR);
             verified.insert(key, Instant::now());
         }
-        ok
+        if ok {
+            Checked::User(BTreeSet::new())
+        } else {
+            Checked::Invalid
+        }
     }
 
     /// `GET /token?service=&scope=...`: a bearer token for what the caller may do of what it
@@ -241,9 +320,14 @@ impl Auth {
                     .and_then(|v| v.split_once(' '))
                     .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
                     .and_then(|(_, c)| decode_basic(c.trim()));
-                match credentials {
-                    Some((user, password)) if self.check_password(&user, &password).await => {
-                        Some(user)
+                let checked = match &credentials {
+                    Some((user, password)) => self.check_password(user, password).await,
+                    None => Checked::Invalid,
+                };
+                match (credentials, checked) {
+                    (Some((user, _)), Checked::User(groups)) => Some((user, groups)),
+                    (_, Checked::Unavailable(message)) => {
+                        return Err(ApiError::new(ErrorCode::Unauthorized, message));
                     }
                     _ => {
                         return Err(
@@ -268,6 +352,15 @@ impl Auth {
             let granted: Vec<String> = actions
                 .split(',')
                 .filter(|action| match (&user, *action) {
+                    // A team's repositories only (pull is as configured).
+                    (Some((user, groups)), "push" | "delete" | "*") if kind == "repository" => {
+                        let wanted = if *action == "delete" {
+                            Action::Delete
+                        } else {
+                            Action::Push
+                        };
+                        self.team_allows(user, groups, name, wanted).is_ok()
+                    }
                     (Some(_), _) => true,
                     (None, "pull") => self.anonymous_pull,
                     (None, "*") => self.anonymous_pull && kind == "registry",
@@ -288,7 +381,7 @@ impl Auth {
             .as_secs()
             + self.token_ttl.as_secs();
         let claims = serde_json::json!({
-            "sub": user.unwrap_or_default(),
+            "sub": user.map(|(user, _)| user).unwrap_or_default(),
             "exp": expires,
             "access": grants.iter().map(|g| serde_json::json!({"resource": g.resource, "actions": g.actions})).collect::<Vec<_>>(),
         });

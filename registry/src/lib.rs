@@ -70,6 +70,17 @@ impl RegistryServer {
         root: &Path,
         prometheus: &prometheus::Registry,
     ) -> Result<RegistryServer, Error> {
+        Self::with_teams(config, root, prometheus, None)
+    }
+
+    /// As `new`, pushes and deletes allowed only to the repositories of the pusher's teams
+    /// (and users from LDAP), when `teams` has teams or a directory.
+    pub fn with_teams(
+        config: RegistryConfig,
+        root: &Path,
+        prometheus: &prometheus::Registry,
+        teams: Option<auth::TeamAccess>,
+    ) -> Result<RegistryServer, Error> {
         config.check().map_err(Error::Config)?;
         let mut storage = storage::FsStorage::open(root).map_err(|source| Error::Storage {
             path: root.to_path_buf(),
@@ -78,7 +89,13 @@ impl RegistryServer {
         if !config.fsync {
             storage = storage.without_fsync();
         }
-        let auth = config.auth.as_ref().map(auth::Auth::load).transpose()?;
+        let mut auth = config.auth.as_ref().map(auth::Auth::load).transpose()?;
+        if let Some(teams) = teams.filter(|t| t.policy.has_teams() || t.ldap.is_some()) {
+            auth = Some(match auth {
+                Some(auth) => auth.with_teams(teams),
+                None => auth::Auth::teams_only(teams),
+            });
+        }
         let tls = config.tls.as_ref().map(http::tls_config).transpose()?;
         let metrics = metrics::Metrics::new(prometheus)?;
         let registry = Arc::new(Registry::new(

@@ -15,6 +15,7 @@ mod pump;
 mod registry;
 mod router;
 mod tcp;
+mod teams;
 mod tidy;
 mod tls;
 mod upgrade;

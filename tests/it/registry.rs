@@ -114,7 +114,7 @@ fn run(program: &str, args: &[&str]) -> String {
 
 /// An OCI layout at `layout` with image `tag` made of one layer per entry of `layers`
 /// (each a file `name` holding `bytes`), for `arch`.
-fn make_image(layout: &Path, tag: &str, arch: &str, layers: &[(&str, Vec<u8>)]) {
+pub(crate) fn make_image(layout: &Path, tag: &str, arch: &str, layers: &[(&str, Vec<u8>)]) {
     let layout_str = layout.to_str().expect("utf-8 path");
     if !layout.join("index.json").exists() {
         run("umoci", &["init", "--layout", layout_str]);

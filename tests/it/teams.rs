@@ -1,0 +1,550 @@
+//! Teams on the real parts: two teams with their tokens against the admin API, skopeo
+//! against the registry, a real slapd for LDAP groups (stopped mid-test), the audit log.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Strait, cli, eventually, free_port, http};
+use crate::registry::make_image;
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+fn config(htpasswd: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[registry.auth]
+htpasswd = "{htpasswd}"
+
+[auth]
+admins = ["carol"]
+{extra}
+
+[[team]]
+name = "web"
+members = ["alice"]
+ldap_group = "web-devs"
+[team.owns]
+services = ["web", "web-*"]
+hosts = ["web.test", "*.web.test"]
+repositories = ["web/*"]
+
+[[team]]
+name = "api"
+members = ["bob"]
+[team.owns]
+services = ["api"]
+hosts = ["api.test", "*.api.test"]
+repositories = ["api/*"]
+"#,
+        htpasswd = htpasswd.display()
+    )
+}
+
+fn htpasswd(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("htpasswd");
+    let lines: Vec<String> = [
+        ("alice", "alice-pass"),
+        ("bob", "bob-pass"),
+        ("carol", "carol-pass"),
+    ]
+    .iter()
+    .map(|(u, p)| registry::auth::htpasswd_line(u, p).expect("bcrypt"))
+    .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").expect("htpasswd");
+    path
+}
+
+/// `strait token create` as the admin; returns (id, secret).
+fn make_token(strait: &Strait, team: &str) -> (String, String) {
+    let admin = format!("http://{}", strait.admin);
+    let (ok, out, err) = cli(&[
+        "token",
+        "create",
+        "--team",
+        team,
+        "--admin",
+        &admin,
+        "--token",
+        ADMIN_TOKEN,
+    ]);
+    assert!(ok, "{out}{err}");
+    let secret = out.trim().to_string();
+    let id = secret
+        .split('_')
+        .nth(1)
+        .expect("strait_<id>_<secret>")
+        .to_string();
+    assert!(err.contains("shown once"), "{err}");
+    (id, secret)
+}
+
+fn put(strait: &Strait, path: &str, body: &str, token: &str) -> (u16, Value) {
+    http(strait, "PUT", path, Some(body), Some(token))
+}
+
+fn skopeo_push(src: &str, registry: SocketAddr, repo: &str, creds: Option<&str>) -> (bool, String) {
+    let dest = format!("docker://{registry}/{repo}:v1");
+    let mut args = vec!["copy", "--dest-tls-verify=false"];
+    if let Some(creds) = creds {
+        args.extend(["--dest-creds", creds]);
+    }
+    args.extend([src, dest.as_str()]);
+    let output = Command::new("skopeo").args(&args).output().expect("skopeo");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn audit(strait: &Strait) -> Vec<Value> {
+    let (status, body) = http(strait, "GET", "/v1/audit", None, Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    body["records"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn teams_change_only_what_they_own_and_every_attempt_is_audited() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let htpasswd = htpasswd(tmp.path());
+    let audit_log = tmp.path().join("audit.log");
+    let strait = Strait::builder()
+        .config(&config(
+            &htpasswd,
+            &format!("audit_log = \"{}\"", audit_log.display()),
+        ))
+        .start();
+    let (web_id, web) = make_token(&strait, "web");
+    let (api_id, api) = make_token(&strait, "api");
+
+    // Team web routes its host and registers its instances.
+    let (status, body) = put(
+        &strait,
+        "/v1/routes/web",
+        r#"{"host":"web.test","service":"web"}"#,
+        &web,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put(
+        &strait,
+        "/v1/services/web/instances/w1",
+        r#"{"address":"127.0.0.1","port":9000}"#,
+        &web,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Team api cannot take web's host, a wildcard over it, web's instances or web's app.
+    let (status, body) = put(
+        &strait,
+        "/v1/routes/steal",
+        r#"{"host":"web.test","service":"api"}"#,
+        &api,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("team `web`")),
+        "{body}"
+    );
+    let (status, body) = put(
+        &strait,
+        "/v1/routes/wide",
+        r#"{"host":"*.test","service":"api"}"#,
+        &api,
+    );
+    assert_eq!(status, 403, "a wildcard that merely overlaps: {body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("route `web` of team `web`")),
+        "{body}"
+    );
+    let (status, body) = http(
+        &strait,
+        "DELETE",
+        "/v1/services/web/instances/w1",
+        None,
+        Some(&api),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http(
+        &strait,
+        "POST",
+        "/v1/apps/web/deployments",
+        Some(r#"{"image":"127.0.0.1:1/web/app:v1","instances":1}"#),
+        Some(&api),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = http(&strait, "DELETE", "/v1/routes/web", None, Some(&api));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = put(
+        &strait,
+        "/v1/routes/api",
+        r#"{"host":"api.test","service":"web"}"#,
+        &api,
+    );
+    assert_eq!(
+        status, 403,
+        "a team routes only to its own services: {body}"
+    );
+    // Its own host is fine.
+    let (status, body) = put(
+        &strait,
+        "/v1/routes/api",
+        r#"{"host":"*.api.test","service":"api"}"#,
+        &api,
+    );
+    assert_eq!(status, 200, "{body}");
+    // The admin can do anything; a team cannot make tokens.
+    let (status, body) = put(
+        &strait,
+        "/v1/routes/misc",
+        r#"{"host":"misc.test","service":"web"}"#,
+        ADMIN_TOKEN,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(
+        &strait,
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"teams":["api"]}"#),
+        Some(&api),
+    );
+    assert_eq!(status, 403);
+    let (status, body) = http(
+        &strait,
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"teams":["nope"]}"#),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown team `nope`")),
+        "{body}"
+    );
+
+    // Every attempt is in the audit log, refused ones with who and why.
+    let records = audit(&strait);
+    let denied: Vec<&Value> = records.iter().filter(|r| r["result"] == "denied").collect();
+    assert_eq!(denied.len(), 7, "{records:#?}");
+    assert!(
+        denied
+            .iter()
+            .all(|r| r["token"] == api_id.as_str() || r["path"] == "/v1/tokens")
+    );
+    let first = records
+        .iter()
+        .find(|r| r["path"] == "/v1/routes/web" && r["method"] == "PUT")
+        .expect("web's route write");
+    assert_eq!(first["who"], format!("token:{web_id}"));
+    assert_eq!(first["teams"], "web");
+    assert_eq!(first["result"], "ok");
+    assert!(
+        first["revision_after"].as_u64() > first["revision_before"].as_u64(),
+        "{first}"
+    );
+    let (_, web_view) = http(&strait, "GET", "/v1/audit", None, Some(&web));
+    assert!(
+        web_view["records"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r["teams"] == "web")),
+        "a team sees its own records: {web_view}"
+    );
+    let (_, metrics) = crate::harness::http_text(&strait.url("/metrics"), Some(ADMIN_TOKEN));
+    assert!(
+        metrics.contains("strait_admin_denied_writes_total{team=\"api\"} 6")
+            || metrics.contains("strait_admin_denied_writes_total{team=\"api\"} 7"),
+        "{metrics}"
+    );
+    let lines = std::fs::read_to_string(&audit_log).unwrap_or_default();
+    assert!(
+        lines.lines().count() >= records.len(),
+        "written as JSON lines"
+    );
+
+    // Tokens: never in a URL, revocable, expiring.
+    let (status, _) = http(
+        &strait,
+        "GET",
+        &format!("/v1/routes?token={web}"),
+        None,
+        None,
+    );
+    assert_eq!(status, 400);
+    let (status, _) = http(&strait, "GET", "/v1/routes", None, None);
+    assert_eq!(status, 401);
+    let (status, _) = http(
+        &strait,
+        "DELETE",
+        &format!("/v1/tokens/{api_id}"),
+        None,
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(status, 204);
+    let (status, body) = http(&strait, "GET", "/v1/routes", None, Some(&api));
+    assert_eq!(status, 401, "revoked: {body}");
+    let (status, body) = http(
+        &strait,
+        "POST",
+        "/v1/tokens",
+        Some(r#"{"teams":["web"],"ttl":"1m"}"#),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert!(body["expires"].is_string());
+    let (status, body) = http(&strait, "GET", "/v1/tokens", None, Some(ADMIN_TOKEN));
+    assert_eq!(status, 200);
+    assert!(
+        !body.to_string().contains(&web[30..]),
+        "no secret is listed"
+    );
+
+    // The registry: pushes only to the team's repositories; anonymous pull stays.
+    let registry = strait.registry.expect("registry");
+    let source = tmp.path().join("image");
+    make_image(&source, "v1", "amd64", &[("f", b"team image".to_vec())]);
+    let src = format!("oci:{}:v1", source.display());
+    let (ok, err) = skopeo_push(&src, registry, "web/app", Some("alice:alice-pass"));
+    assert!(ok, "{err}");
+    let (ok, err) = skopeo_push(&src, registry, "api/app", Some("alice:alice-pass"));
+    assert!(!ok, "alice pushed to api's repository");
+    assert!(err.contains("denied") || err.contains("DENIED"), "{err}");
+    let (ok, err) = skopeo_push(&src, registry, "api/app", Some("bob:bob-pass"));
+    assert!(ok, "{err}");
+    let (ok, _) = skopeo_push(&src, registry, "web/other", None);
+    assert!(!ok, "anonymous push with teams");
+    let (ok, err) = skopeo_push(&src, registry, "api/by-admin", Some("carol:carol-pass"));
+    assert!(ok, "an admin user pushes anywhere: {err}");
+    let inspect = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{registry}/web/app:v1"),
+        ])
+        .output()
+        .expect("skopeo");
+    assert!(inspect.status.success(), "anonymous pull");
+}
+
+#[test]
+fn overlapping_teams_and_teams_without_an_admin_token_are_refused() {
+    let text = r#"
+[admin]
+token = "admin-token-0123456789"
+[[team]]
+name = "web"
+owns = { hosts = ["*.example.com"] }
+[[team]]
+name = "api"
+owns = { hosts = ["api.example.com"] }
+"#;
+    let error = Strait::builder().config(text).start_expecting_failure();
+    assert!(
+        error
+            .contains("teams `web` and `api` both own hosts `*.example.com` and `api.example.com`"),
+        "{error}"
+    );
+    let text = r#"
+[[team]]
+name = "web"
+"#;
+    let error = Strait::builder().config(text).start_expecting_failure();
+    assert!(error.contains("`admin.token` is not"), "{error}");
+}
+
+/// A real slapd (Debian's), on a free loopback port, with a test directory.
+struct Slapd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Slapd {
+    fn start() -> Slapd {
+        let slapd = ["/usr/sbin/slapd", "/usr/sbin/slapadd"];
+        for tool in slapd {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing: install Debian's slapd (scripts/test does)"
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("db")).expect("db");
+        std::fs::write(
+            d.join("slapd.conf"),
+            format!(
+                "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
+                 include /etc/ldap/schema/inetorgperson.schema\nmodulepath /usr/lib/ldap\n\
+                 moduleload back_mdb\npidfile {0}/slapd.pid\ndatabase mdb\n\
+                 suffix \"dc=example,dc=com\"\nrootdn \"cn=admin,dc=example,dc=com\"\n\
+                 rootpw admin-secret\ndirectory {0}/db\n\
+                 access to attrs=userPassword by anonymous auth by self read by * none\n\
+                 access to * by * read\n",
+                d.display()
+            ),
+        )
+        .expect("slapd.conf");
+        std::fs::write(
+            d.join("data.ldif"),
+            "dn: dc=example,dc=com\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
+             dn: ou=people,dc=example,dc=com\nobjectClass: organizationalUnit\nou: people\n\n\
+             dn: ou=groups,dc=example,dc=com\nobjectClass: organizationalUnit\nou: groups\n\n\
+             dn: uid=dave,ou=people,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: dave\ncn: Dave\nsn: Dave\nuserPassword: dave-pass\n\n\
+             dn: uid=erin,ou=people,dc=example,dc=com\nobjectClass: inetOrgPerson\nuid: erin\ncn: Erin\nsn: Erin\nuserPassword: erin-pass\n\n\
+             dn: cn=web-devs,ou=groups,dc=example,dc=com\nobjectClass: groupOfNames\ncn: web-devs\nmember: uid=dave,ou=people,dc=example,dc=com\nmember: uid=erin,ou=people,dc=example,dc=com\n",
+        )
+        .expect("ldif");
+        let out = Command::new("/usr/sbin/slapadd")
+            .arg("-f")
+            .arg(d.join("slapd.conf"))
+            .arg("-l")
+            .arg(d.join("data.ldif"))
+            .output()
+            .expect("slapadd");
+        assert!(
+            out.status.success(),
+            "slapadd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut slapd = Slapd {
+            child: None,
+            dir,
+            port: free_port(),
+        };
+        slapd.run();
+        slapd
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("/usr/sbin/slapd")
+            .arg("-f")
+            .arg(self.dir.path().join("slapd.conf"))
+            .arg("-h")
+            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            // In the foreground, so this handle is the server.
+            .args(["-d", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("slapd");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(Duration::from_secs(10), "slapd to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn ldap_groups_name_teams_and_an_unreachable_directory_fails_closed() {
+    let mut slapd = Slapd::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let htpasswd = htpasswd(tmp.path());
+    let ldap = format!(
+        r#"
+[auth.ldap]
+url = "ldap://127.0.0.1:{}"
+user_dn = "uid={{user}},ou=people,dc=example,dc=com"
+group_base = "ou=groups,dc=example,dc=com"
+cache_ttl = "4s"
+timeout = "2s"
+"#,
+        slapd.port
+    );
+    let strait = Strait::builder().config(&config(&htpasswd, &ldap)).start();
+    let registry = strait.registry.expect("registry");
+    let source = tmp.path().join("image");
+    make_image(&source, "v1", "amd64", &[("f", b"ldap image".to_vec())]);
+    let src = format!("oci:{}:v1", source.display());
+
+    // dave is in web-devs, so in team web.
+    let (ok, err) = skopeo_push(&src, registry, "web/ldap", Some("dave:dave-pass"));
+    assert!(ok, "{err}");
+    let (ok, err) = skopeo_push(&src, registry, "api/ldap", Some("dave:dave-pass"));
+    assert!(
+        !ok && (err.contains("denied") || err.contains("DENIED")),
+        "{err}"
+    );
+    let (ok, _) = skopeo_push(&src, registry, "web/ldap", Some("dave:wrong"));
+    assert!(!ok, "a wrong password");
+
+    // The directory goes down: dave's recent login is remembered for a bounded time,
+    // erin (never seen) is refused with the reason.
+    slapd.stop();
+    let (ok, err) = skopeo_push(&src, registry, "web/ldap2", Some("dave:dave-pass"));
+    assert!(ok, "cached membership: {err}");
+    let (ok, err) = skopeo_push(&src, registry, "web/ldap3", Some("erin:erin-pass"));
+    assert!(!ok, "fail closed");
+    assert!(err.contains("LDAP"), "a clear error: {err}");
+    std::thread::sleep(Duration::from_secs(4));
+    let (ok, err) = skopeo_push(&src, registry, "web/ldap4", Some("dave:dave-pass"));
+    assert!(!ok && err.contains("LDAP"), "the cache is bounded: {err}");
+
+    // Back up: logins work again.
+    slapd.run();
+    let (ok, err) = skopeo_push(&src, registry, "web/ldap5", Some("erin:erin-pass"));
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn with_read_own_teams_see_only_what_they_own() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let htpasswd = htpasswd(tmp.path());
+    let strait = Strait::builder()
+        .config(&config(&htpasswd, "read = \"own\""))
+        .start();
+    let (_, web) = make_token(&strait, "web");
+    let (_, api) = make_token(&strait, "api");
+    for (name, host, service, token) in [
+        ("web", "web.test", "web", &web),
+        ("api", "api.test", "api", &api),
+    ] {
+        let (status, body) = put(
+            &strait,
+            &format!("/v1/routes/{name}"),
+            &format!(r#"{{"host":"{host}","service":"{service}"}}"#),
+            token,
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = http(&strait, "GET", "/v1/routes", None, Some(&api));
+    assert_eq!(status, 200);
+    let names: Vec<&String> = body["routes"].as_object().expect("routes").keys().collect();
+    assert_eq!(names, ["api"], "{body}");
+    let (status, _) = http(&strait, "GET", "/v1/routes/web", None, Some(&api));
+    assert_eq!(status, 403);
+    let (status, body) = http(&strait, "GET", "/v1/routes", None, Some(ADMIN_TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["routes"].as_object().map(|r| r.len()),
+        Some(2),
+        "the admin sees all"
+    );
+}
