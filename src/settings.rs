@@ -317,7 +317,7 @@ mod tests {
         check(
             "[stor]\nurl = \"embedded\"\n",
             expect![
-                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns`, `agent`, `registry` (remove it or check its spelling)"
+                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns`, `agent`, `registry`, `auth`, `team` (remove it or check its spelling)"
             ],
         );
     }
