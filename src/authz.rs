@@ -395,6 +395,15 @@ fn identity_has(identity: &Identity, team: &str) -> bool {
     }
 }
 
+fn too_large() -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("request bodies are at most {MAX_BODY} bytes"),
+    )
+    .into_response()
+}
+
 fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
@@ -494,18 +503,20 @@ pub async fn enforce(State(authz): State<Authz>, request: Request, next: Next) -
         }
         return response;
     }
-    // A write: read its body (bounded), decide, audit.
+    // A write: read its body (bounded), decide, audit. A declared length over the limit
+    // is refused before reading anything (the client may still be sending).
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return too_large();
+    }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
-        Err(_) => {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("request bodies are at most {MAX_BODY} bytes"),
-            )
-            .into_response();
-        }
+        Err(_) => return too_large(),
     };
     let mut record = audit_record(&identity, &method, &path, &segments, snapshot.revision);
     if let Err(message) = authz.authorize_write(&identity, &method, &segments, &body, &snapshot) {

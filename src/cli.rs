@@ -567,9 +567,7 @@ pub fn config_check(file: &Path) -> anyhow::Result<()> {
     // What `strait up` reads from other files is read the same way (as `nginx -t` does),
     // so a file that checks out also starts.
     let name = file.display();
-    settings
-        .check_teams()
-        .map_err(|e| anyhow!("{name}: {e}"))?;
+    settings.check_teams().map_err(|e| anyhow!("{name}: {e}"))?;
     for listener in &settings.router.tls {
         router::tls::CertStore::load(listener.certificates.clone())
             .with_context(|| format!("{name}: router.tls listener {}", listener.addr))?;

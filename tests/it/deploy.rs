@@ -145,7 +145,7 @@ fn build_image(registry: SocketAddr, version: &str, healthy: bool) -> String {
     }
     std::fs::write(
         dir.path().join("strait-build.toml"),
-        r#"entrypoint = ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; /bin/busybox httpd -f -p $PORT -h /www & wait"]
+        r#"entrypoint = ["/bin/busybox", "sh", "-c", "echo \"$GREETING\" > /www/greeting; trap 'exit 0' TERM; /bin/busybox httpd -f -p $PORT -h /www & wait"]
 [[layer]]
 src = "root/"
 dest = "/"
@@ -321,13 +321,17 @@ impl Load {
 
 /// What the router answers for `host` now.
 fn version_served(router: SocketAddr, host: &str) -> Result<String, String> {
+    path_served(router, host, "/")
+}
+
+fn path_served(router: SocketAddr, host: &str, path: &str) -> Result<String, String> {
     let mut stream = TcpStream::connect(router).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     stream
         .write_all(
-            format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
         )
         .map_err(|e| e.to_string())?;
     let (response, _) = read_response(&mut BufReader::new(stream)).map_err(|e| e.to_string())?;
@@ -372,12 +376,19 @@ fn deploys_shift_traffic_with_no_failed_request_roll_back_a_bad_version_and_surv
             "1s",
             "--drain",
             "1s",
+            "--env",
+            "GREETING=hello from v1",
             "--wait",
         ],
     );
     assert!(ok, "{out}\n{}", strait.log_text());
     assert!(out.contains("succeeded"), "{out}");
     assert_eq!(version_served(strait.http, host), Ok("v1".into()));
+    assert_eq!(
+        path_served(strait.http, host, "/greeting"),
+        Ok("hello from v1".into()),
+        "--env reaches the containers"
+    );
     assert_eq!(podman.running().len(), 2, "{:?}", podman.containers());
 
     // v2 under load: not one failed request across the shift.
