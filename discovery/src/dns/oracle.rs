@@ -212,7 +212,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "option-overrun",
-            with(1, &[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 4, 0, 3, 0, 9]),
+            with(1, &[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 6, 0, 3, 0, 4, 1, 2]),
         ),
         (
             "subnet",
