@@ -144,7 +144,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     // A successor serves DNS, the registry and the admin API on the handed-over sockets
     // before it confirms: once it has, only pingora's own start is left to fail.
     match sockets.dns.take() {
-        Some((udp, tcp)) => dns.start_inherited(udp, tcp)?,
+        Some((udp, tcp)) => dns.start_inherited(discovery::dns::server::DnsSockets { udp, tcp })?,
         None => dns.start()?,
     };
     let agent = match agent_file {
@@ -284,7 +284,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             registry: registry_socket.map(std::net::TcpListener::from),
             dns: dns_sockets.map(|(udp, tcp)| {
                 (
-                    std::net::UdpSocket::from(udp),
+                    udp.into_iter().map(std::net::UdpSocket::from).collect(),
                     std::net::TcpListener::from(tcp),
                 )
             }),
@@ -347,7 +347,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             agent.resume();
         }
         if let Some((udp, tcp)) = sockets.dns
-            && let Err(e) = dns.start_inherited(udp, tcp)
+            && let Err(e) = dns.start_inherited(discovery::dns::server::DnsSockets { udp, tcp })
         {
             error!(error = %e, "upgrade failed and DNS cannot be served again");
         }

@@ -6,6 +6,7 @@ mod build;
 mod cli;
 mod conformance;
 mod dns;
+mod dns_knot;
 mod docs;
 mod embedded;
 mod harness;

@@ -30,7 +30,7 @@ pub enum Transport {
     Tcp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rcode {
     NoError = 0,
     FormErr = 1,
@@ -107,6 +107,10 @@ pub fn respond(
     };
     if q.edns.is_some_and(|edns| edns.version > 0) {
         return refuse(out, Rcode::BadVers);
+    }
+    // TYPE 0 is reserved (RFC 6895 3.1): not a question strait implements (as Knot).
+    if question.qtype == 0 {
+        return refuse(out, Rcode::NotImp);
     }
     let name = q.name();
     let answer = match question.qclass {

@@ -95,7 +95,7 @@ fn workers<'de, D: serde::Deserializer<'de>>(
     match NonZeroUsize::new(n) {
         Some(n) if n.get() <= MAX_WORKERS => Ok(Some(n)),
         _ => Err(serde::de::Error::custom(format!(
-            "{n} workers: use 1 to {MAX_WORKERS} (or leave it out for one per core)"
+            "{n} is out of range: 1 to {MAX_WORKERS} (leave it out for one per core)"
         ))),
     }
 }

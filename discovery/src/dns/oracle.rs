@@ -13,6 +13,7 @@
 //!   knowingly stricter ([`super::wire::Malformed::is_stricter_than_hickory`]).
 
 use hickory_proto::op::Message;
+use hickory_proto::rr::RecordType;
 use hickory_proto::rr::rdata::opt::EdnsCode;
 
 use super::wire::{self, HEADER, Query, TYPE_OPT};
@@ -49,31 +50,72 @@ pub fn check(input: &[u8]) -> Result<(), String> {
     }
 }
 
-/// `input` with every record that is not OPT retyped as [`OPAQUE_TYPE`].
+/// `input` with every record that is not OPT retyped as an opaque type. A type byte that a
+/// name reached through a pointer reads as a length keeps its value.
 fn retyped(input: &[u8], q: &Query<'_>) -> Vec<u8> {
     let mut out = input.to_vec();
+    let mut targets = std::collections::BTreeSet::new();
     let mut at = HEADER;
     for _ in 0..q.counts[0] {
-        let Some(end) = wire::skip_name(input, at) else {
+        let Some(end) = walk_name(input, at, &mut targets) else {
             return out;
         };
         at = end + 4;
     }
+    let mut types = Vec::new();
     let records: usize = q.counts[1..].iter().map(|&c| usize::from(c)).sum();
     for _ in 0..records {
-        let Some(end) = wire::skip_name(input, at) else {
+        let Some(end) = walk_name(input, at, &mut targets) else {
             return out;
         };
         let Some(fixed) = input.get(end..end + 10) else {
             return out;
         };
-        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
-        if rtype != TYPE_OPT {
-            out[end..end + 2].copy_from_slice(&OPAQUE_TYPE.to_be_bytes());
+        if u16::from_be_bytes([fixed[0], fixed[1]]) != TYPE_OPT {
+            types.push(end);
         }
         at = end + 10 + usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
     }
+    for at in types {
+        let (high, low) = (input[at], input[at + 1]);
+        let pinned = (targets.contains(&at), targets.contains(&(at + 1)));
+        let candidates = (0..=255u8).map(|free| match pinned {
+            (false, false) => Some(OPAQUE_TYPE | u16::from(free)),
+            (true, false) => Some(u16::from(high) << 8 | u16::from(free)),
+            (false, true) => Some(u16::from(free) << 8 | u16::from(low)),
+            (true, true) => None,
+        });
+        let opaque = candidates
+            .flatten()
+            .find(|&t| matches!(RecordType::from(t), RecordType::Unknown(_)) && t != TYPE_OPT);
+        if let Some(opaque) = opaque {
+            out[at..at + 2].copy_from_slice(&opaque.to_be_bytes());
+        }
+    }
     out
+}
+
+/// Walks a name of a message strait has read (pointers point back), noting every offset
+/// read as a length or pointer byte; returns the offset after the name.
+fn walk_name(
+    input: &[u8],
+    start: usize,
+    structure: &mut std::collections::BTreeSet<usize>,
+) -> Option<usize> {
+    let end = wire::skip_name(input, start)?;
+    let mut at = start;
+    loop {
+        let len = *input.get(at)?;
+        structure.insert(at);
+        match len & 0xC0 {
+            0xC0 => {
+                structure.insert(at + 1);
+                at = usize::from(u16::from_be_bytes([len, *input.get(at + 1)?]) & 0x3FFF);
+            }
+            _ if len == 0 => return Some(end),
+            _ => at += 1 + usize::from(len),
+        }
+    }
 }
 
 fn same(q: &Query<'_>, m: &Message) -> Result<(), String> {
@@ -212,7 +254,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "option-overrun",
-            with(1, &[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 6, 0, 3, 0, 4, 1, 2]),
+            with(
+                1,
+                &[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 6, 0, 3, 0, 4, 1, 2],
+            ),
         ),
         (
             "subnet",

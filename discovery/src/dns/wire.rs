@@ -232,28 +232,33 @@ fn record(
     if rdlen > message.len() - rdata {
         return Err(Malformed::RdataLength);
     }
-    let options = if rtype == TYPE_OPT {
-        Some(options(message, rdata, rdlen)?)
-    } else {
-        None
-    };
-    if rdlen == 0 && rtype != TYPE_OPT && !update {
+    if rtype == TYPE_OPT {
+        let nsid = options(message, rdata, rdlen);
+        if !additional {
+            return Err(Malformed::OutsideAdditional);
+        }
+        if edns.is_some() {
+            return Err(nsid.err().unwrap_or(Malformed::DuplicateOpt));
+        }
+        // An OPT record whose options are framed right but one of which is wrong is
+        // still an OPT record: the FORMERR carries one back (RFC 6891 6.1.1).
+        if matches!(nsid, Ok(_) | Err(Malformed::Subnet)) {
+            *edns = Some(Edns {
+                payload: class,
+                ext_rcode: (ttl >> 24) as u8,
+                version: (ttl >> 16) as u8,
+                flags: ttl as u16,
+                nsid: nsid.unwrap_or(false),
+            });
+        }
+        nsid?;
+        return Ok(rdata + rdlen);
+    }
+    if rdlen == 0 && !update {
         return Err(Malformed::EmptyRecord);
     }
-    if !additional && matches!(rtype, TYPE_OPT | TYPE_SIG | TYPE_TSIG) {
+    if !additional && matches!(rtype, TYPE_SIG | TYPE_TSIG) {
         return Err(Malformed::OutsideAdditional);
-    }
-    if let Some(nsid) = options {
-        if edns.is_some() {
-            return Err(Malformed::DuplicateOpt);
-        }
-        *edns = Some(Edns {
-            payload: class,
-            ext_rcode: (ttl >> 24) as u8,
-            version: (ttl >> 16) as u8,
-            flags: ttl as u16,
-            nsid,
-        });
     }
     Ok(rdata + rdlen)
 }

@@ -214,8 +214,15 @@ fn the_generator_covers_every_verdict() {
             *verdicts.entry(format!("{:?}", q.error)).or_insert(0) += 1;
         }
     }
-    assert!(verdicts.get("None").copied().unwrap_or(0) > 400, "{verdicts:#?}");
-    assert_eq!(verdicts.len(), 14, "every Malformed and None: {verdicts:#?}");
+    assert!(
+        verdicts.get("None").copied().unwrap_or(0) > 400,
+        "{verdicts:#?}"
+    );
+    assert_eq!(
+        verdicts.len(),
+        14,
+        "every Malformed and None: {verdicts:#?}"
+    );
 }
 
 #[test]
