@@ -273,11 +273,16 @@ impl Knot {
         )
         .expect("knot.conf");
         let (child, watchdog) = spawn_guarded(
-            Command::new("knotd")
-                .arg("-c")
-                .arg(dir.path().join("knot.conf"))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.path().join("knot.log")).expect("log")),
+            // Debian puts knotd in /usr/sbin, not always on a user's PATH.
+            Command::new(if Path::new("/usr/sbin/knotd").exists() {
+                "/usr/sbin/knotd"
+            } else {
+                "knotd"
+            })
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("knot.log")).expect("log")),
         );
         let knot = Knot {
             child,

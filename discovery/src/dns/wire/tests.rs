@@ -256,3 +256,20 @@ fn verdicts_of_the_seeds() {
     let edns = q.edns.expect("OPT");
     assert!(edns.dnssec_ok() && edns.nsid);
 }
+
+/// `fuzz/seeds/dns_query` holds the oracle's seeds, one file each (issue 23's malformed
+/// OPT among them); `STRAIT_WRITE_SEEDS=1` rewrites them.
+#[test]
+fn the_fuzz_seeds_are_the_oracle_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/dns_query");
+    let write = std::env::var_os("STRAIT_WRITE_SEEDS").is_some();
+    for (name, input) in oracle::seeds() {
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).expect("seed dir");
+            std::fs::write(&path, &input).expect("write seed");
+        }
+        let on_disk = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(on_disk, input, "{name}: run with STRAIT_WRITE_SEEDS=1");
+    }
+}
