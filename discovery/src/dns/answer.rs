@@ -329,7 +329,7 @@ fn relocate(
         let segment = usize::from(segment);
         let offset = usize::from(offset);
         if segment == 0 || segment > n {
-            if segment > n && segment - n - 1 >= kept {
+            if segment > n && segment - n > kept {
                 return None; // a record left out
             }
             return offset.checked_add_signed(delta);

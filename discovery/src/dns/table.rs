@@ -630,13 +630,12 @@ pub fn compile(snapshot: &Snapshot, config: &DnsConfig) -> DnsTable {
         while owner.len() - at > domain_wire.len() {
             at += 1 + usize::from(owner[at]);
             let between: Box<[u8]> = owner[at..].into();
-            if !table_names.contains_key(&between) {
-                let dotted = dotted(&between);
-                let entry = NameEntry {
-                    nodata: negative(&name(&dotted), RecordType::A, ResponseCode::NoError),
+            if let std::collections::hash_map::Entry::Vacant(vacant) = table_names.entry(between) {
+                let question = name(&dotted(vacant.key()));
+                vacant.insert(NameEntry {
+                    nodata: negative(&question, RecordType::A, ResponseCode::NoError),
                     ..NameEntry::default()
-                };
-                table_names.insert(between, entry);
+                });
             }
         }
     }
