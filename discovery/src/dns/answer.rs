@@ -344,6 +344,9 @@ fn relocate(
         Some(question_end + moved + (offset - start))
     };
     for relocation in &answer.relocations[..] {
+        if relocation.to_segment == 0 && delta == 0 {
+            continue; // into the question, which has not moved
+        }
         let (Some(at), Some(to)) = (
             map(relocation.at, relocation.at_segment),
             map(relocation.to, relocation.to_segment),
