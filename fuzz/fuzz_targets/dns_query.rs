@@ -1,7 +1,8 @@
 //! The DNS query hot path against hickory-proto: any bytes, over UDP and TCP, are read by
 //! strait as hickory's decoder reads them (`oracle::check`), never panic, get an answer
 //! hickory reads back strictly, and a FORMERR is never larger than the query.
-//! Seeds: `fuzz/seeds/dns_query` (`cargo fuzz run dns_query fuzz/seeds/dns_query`).
+//! Seeds: `fuzz/seeds/dns_query` (`cargo +nightly fuzz run dns_query corpus/dns_query
+//! seeds/dns_query`: new inputs go to the first directory, which git ignores).
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
