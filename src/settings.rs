@@ -366,6 +366,18 @@ mod tests {
             ],
         );
         check(
+            "[dns]\nworkers = 0\n",
+            expect![
+                "<test>:2:11: key `dns.workers`: 0 is out of range: 1 to 256 (leave it out for one per core)"
+            ],
+        );
+        check(
+            "[dns]\nnsid = \"\"\n",
+            expect![
+                "<test>:2:8: key `dns.nsid`: ``: use 1 to 255 printable ASCII characters (or leave it out to send none)"
+            ],
+        );
+        check(
             "[router.services.Web]\nprotocol = \"h2c\"\n",
             expect![
                 "<test>:1:9: key `router.services`: service `Web`: service: `Web` may contain only lowercase letters a-z, digits and '-'"

@@ -162,7 +162,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     // A successor serves DNS, the registry and the admin API on the handed-over sockets
     // before it confirms: once it has, only pingora's own start is left to fail.
     match sockets.dns.take() {
-        Some((udp, tcp)) => dns.start_inherited(udp, tcp)?,
+        Some((udp, tcp)) => dns.start_inherited(discovery::dns::server::DnsSockets { udp, tcp })?,
         None => dns.start()?,
     };
     // The agent: the file's services, and the containers when this host runs them.
@@ -358,7 +358,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             registry: registry_socket.map(std::net::TcpListener::from),
             dns: dns_sockets.map(|(udp, tcp)| {
                 (
-                    std::net::UdpSocket::from(udp),
+                    udp.into_iter().map(std::net::UdpSocket::from).collect(),
                     std::net::TcpListener::from(tcp),
                 )
             }),
@@ -424,7 +424,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             supervisor.resume();
         }
         if let Some((udp, tcp)) = sockets.dns
-            && let Err(e) = dns.start_inherited(udp, tcp)
+            && let Err(e) = dns.start_inherited(discovery::dns::server::DnsSockets { udp, tcp })
         {
             error!(error = %e, "upgrade failed and DNS cannot be served again");
         }

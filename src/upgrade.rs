@@ -118,7 +118,8 @@ pub enum SocketKind {
 pub struct Sockets {
     pub admin: Option<TcpListener>,
     pub registry: Option<TcpListener>,
-    pub dns: Option<(UdpSocket, TcpListener)>,
+    /// DNS: every UDP socket (one per worker), and the TCP listener.
+    pub dns: Option<(Vec<UdpSocket>, TcpListener)>,
     pub tcp_routes: Vec<TcpListener>,
 }
 
@@ -133,7 +134,9 @@ impl Sockets {
             out.push((SocketKind::Registry, registry.as_fd().try_clone_to_owned()?));
         }
         if let Some((udp, tcp)) = &self.dns {
-            out.push((SocketKind::DnsUdp, udp.as_fd().try_clone_to_owned()?));
+            for udp in udp {
+                out.push((SocketKind::DnsUdp, udp.as_fd().try_clone_to_owned()?));
+            }
             out.push((SocketKind::DnsTcp, tcp.as_fd().try_clone_to_owned()?));
         }
         for listener in &self.tcp_routes {
@@ -151,18 +154,20 @@ impl Sockets {
             );
         }
         let mut sockets = Sockets::default();
-        let mut dns_udp = None;
+        let mut dns_udp = Vec::new();
         let mut dns_tcp = None;
         for (kind, fd) in kinds.iter().zip(fds) {
             match kind {
                 SocketKind::Admin => sockets.admin = Some(TcpListener::from(fd)),
                 SocketKind::Registry => sockets.registry = Some(TcpListener::from(fd)),
-                SocketKind::DnsUdp => dns_udp = Some(UdpSocket::from(fd)),
+                SocketKind::DnsUdp => dns_udp.push(UdpSocket::from(fd)),
                 SocketKind::DnsTcp => dns_tcp = Some(TcpListener::from(fd)),
                 SocketKind::TcpRoute => sockets.tcp_routes.push(TcpListener::from(fd)),
             }
         }
-        sockets.dns = dns_udp.zip(dns_tcp);
+        sockets.dns = dns_tcp
+            .filter(|_| !dns_udp.is_empty())
+            .map(|tcp| (dns_udp, tcp));
         Ok(sockets)
     }
 }

@@ -101,7 +101,7 @@ pub fn scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<AllocRow>> {
     std::thread::sleep(Duration::from_millis(500));
     // Warm up both paths (pools, buffers, lazy statics), then measure the idle rate.
     wrk(strait_port, 1)?;
-    dnsperf(dns_port, &queries_path, 1)?;
+    dnsperf(dns_port, &queries_path, 1, 1)?;
     let seconds = if quick { 2 } else { 5 };
     let (a0, _) = counters(&admin)?;
     let idle_start = Instant::now();
@@ -116,7 +116,7 @@ pub fn scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<AllocRow>> {
         let operations = if path.starts_with("HTTP") {
             wrk(strait_port, seconds)?.requests
         } else {
-            dnsperf(dns_port, &queries_path, seconds)?.completed
+            dnsperf(dns_port, &queries_path, seconds, 1)?.completed
         };
         let (allocations_after, bytes_after) = counters(&admin)?;
         let idle = idle_per_s * started.elapsed().as_secs_f64();

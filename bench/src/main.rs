@@ -599,6 +599,7 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
 #[derive(Serialize)]
 struct DnsRow {
     participant: String,
+    workers: usize,
     median_qps: f64,
     lost: u64,
     qps: Vec<f64>,
@@ -611,19 +612,15 @@ struct DnsperfRun {
     completed: u64,
 }
 
-/// One dnsperf run (`-c 4 -q 200`) of `seconds` over the `queries` file.
-fn dnsperf(port: u16, queries: &Path, seconds: u64) -> anyhow::Result<DnsperfRun> {
+/// One dnsperf run (`-c 4 -q 200` per thread, `threads` threads) of `seconds` over the
+/// `queries` file.
+fn dnsperf(port: u16, queries: &Path, seconds: u64, threads: usize) -> anyhow::Result<DnsperfRun> {
     let output = Command::new("dnsperf")
-        .args([
-            "-s",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-c",
-            "4",
-            "-q",
-            "200",
-        ])
+        .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-q", "200"])
+        .arg("-c")
+        .arg((4 * threads).to_string())
+        .arg("-T")
+        .arg(threads.to_string())
         .arg("-l")
         .arg(seconds.to_string())
         .arg("-d")
@@ -716,15 +713,13 @@ fn route_to_backend(admin: &str, backend_port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// strait's DNS against Knot (one UDP worker), serving the same 10 names x 3 A records.
+/// strait's DNS against Knot, serving the same 10 names x 3 A records, at 1 and 2 UDP
+/// workers each (`dns.workers`, Knot's `udp-workers`); dnsperf gets as many threads.
 fn dns_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<DnsRow>> {
     for (tool, package) in [("knotd", "knot"), ("dnsperf", "dnsperf")] {
         require(tool, package)?;
     }
     let strait_bin = build_strait()?;
-    let (knot_port, strait_dns, admin_port) = (free_port()?, free_port()?, free_port()?);
-    let knot_dir = dir.join("knot");
-    std::fs::create_dir_all(&knot_dir)?;
     let mut zone = String::from(
         "$ORIGIN strait.\n$TTL 5\n@ SOA ns.strait. hostmaster.strait. 1 3600 600 86400 5\n@ NS ns.strait.\nns A 127.0.0.1\n",
     );
@@ -735,78 +730,88 @@ fn dns_scenario(quick: bool, dir: &Path) -> anyhow::Result<Vec<DnsRow>> {
         }
         queries.push_str(&format!("web-{s}.service.strait A\n"));
     }
-    std::fs::write(knot_dir.join("strait.zone"), zone)?;
     let queries_path = dir.join("queries.txt");
     std::fs::write(&queries_path, queries)?;
-    std::fs::write(
-        knot_dir.join("knot.conf"),
-        format!(
-            "server:\n    rundir: \"{k}\"\n    listen: 127.0.0.1@{knot_port}\n    udp-workers: 1\n    tcp-workers: 1\n    \
-             background-workers: 1\ndatabase:\n    storage: \"{k}\"\nzone:\n  - domain: strait\n    storage: \"{k}\"\n    file: \"strait.zone\"\n",
-            k = knot_dir.display()
-        ),
-    )?;
-    let mut procs = vec![
-        spawn(
-            "knot",
-            Command::new("knotd")
-                .arg("-c")
-                .arg(knot_dir.join("knot.conf")),
-        )?,
-        spawn(
-            "strait",
-            Command::new(&strait_bin)
-                .args(["up", "--data-dir"])
-                .arg(dir.join("strait-dns-data"))
-                .arg("--admin-addr")
-                .arg(format!("127.0.0.1:{admin_port}"))
-                .args(["--http-addr", "127.0.0.1:0"])
-                .arg("--dns-addr")
-                .arg(format!("127.0.0.1:{strait_dns}"))
-                .env("RUST_LOG", "warn"),
-        )?,
-    ];
-    wait_port(admin_port, "strait admin")?;
-    std::thread::sleep(Duration::from_millis(500));
-    for proc in &mut procs {
-        if let Ok(Some(status)) = proc.child.try_wait() {
-            bail!("{} exited at start ({status})", proc.name);
-        }
-    }
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    for s in 0..10 {
-        for i in 1..=3 {
-            ureq::put(&format!("{admin}/v1/services/web-{s}/instances/i{i}"))
-                .send(format!(r#"{{"address":"10.0.{s}.{i}","port":80}}"#))
-                .context("registering")?;
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
     let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
-    let participants = [("knot", knot_port), ("strait", strait_dns)];
-    let mut results: BTreeMap<&str, (Vec<f64>, u64)> = BTreeMap::new();
-    for round in 1..=rounds {
-        for (name, port) in participants {
-            let DnsperfRun { qps, lost, .. } = dnsperf(port, &queries_path, seconds)?;
-            eprintln!("round {round} {name}: {qps:.0} qps, {lost} lost");
-            let entry = results.entry(name).or_default();
-            entry.0.push(qps);
-            entry.1 += lost;
+    let mut rows = Vec::new();
+    for workers in [1usize, 2] {
+        let (knot_port, strait_dns, admin_port) = (free_port()?, free_port()?, free_port()?);
+        let knot_dir = dir.join(format!("knot-{workers}"));
+        std::fs::create_dir_all(&knot_dir)?;
+        std::fs::write(knot_dir.join("strait.zone"), &zone)?;
+        std::fs::write(
+            knot_dir.join("knot.conf"),
+            format!(
+                "server:\n    rundir: \"{k}\"\n    listen: 127.0.0.1@{knot_port}\n    udp-workers: {workers}\n    tcp-workers: 1\n    \
+                 background-workers: 1\ndatabase:\n    storage: \"{k}\"\nzone:\n  - domain: strait\n    storage: \"{k}\"\n    file: \"strait.zone\"\n",
+                k = knot_dir.display()
+            ),
+        )?;
+        let strait_config = dir.join(format!("strait-dns-{workers}.toml"));
+        std::fs::write(&strait_config, format!("[dns]\nworkers = {workers}\n"))?;
+        let mut procs = vec![
+            spawn(
+                "knot",
+                Command::new("knotd")
+                    .arg("-c")
+                    .arg(knot_dir.join("knot.conf")),
+            )?,
+            spawn(
+                "strait",
+                Command::new(&strait_bin)
+                    .args(["up", "--data-dir"])
+                    .arg(dir.join(format!("strait-dns-data-{workers}")))
+                    .arg("--config")
+                    .arg(&strait_config)
+                    .arg("--admin-addr")
+                    .arg(format!("127.0.0.1:{admin_port}"))
+                    .args(["--http-addr", "127.0.0.1:0"])
+                    .args(["--registry-addr", "127.0.0.1:0"])
+                    .arg("--dns-addr")
+                    .arg(format!("127.0.0.1:{strait_dns}"))
+                    .env("RUST_LOG", "warn"),
+            )?,
+        ];
+        wait_port(admin_port, "strait admin")?;
+        std::thread::sleep(Duration::from_millis(500));
+        for proc in &mut procs {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                bail!("{} exited at start ({status})", proc.name);
+            }
         }
-    }
-    drop(procs);
-    Ok(participants
-        .iter()
-        .map(|(name, _)| {
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        for s in 0..10 {
+            for i in 1..=3 {
+                ureq::put(&format!("{admin}/v1/services/web-{s}/instances/i{i}"))
+                    .send(format!(r#"{{"address":"10.0.{s}.{i}","port":80}}"#))
+                    .context("registering")?;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let participants = [("knot", knot_port), ("strait", strait_dns)];
+        let mut results: BTreeMap<&str, (Vec<f64>, u64)> = BTreeMap::new();
+        for round in 1..=rounds {
+            for (name, port) in participants {
+                let DnsperfRun { qps, lost, .. } = dnsperf(port, &queries_path, seconds, workers)?;
+                eprintln!("{workers} worker(s), round {round} {name}: {qps:.0} qps, {lost} lost");
+                let entry = results.entry(name).or_default();
+                entry.0.push(qps);
+                entry.1 += lost;
+            }
+        }
+        drop(procs);
+        for (name, _) in participants {
             let (mut qps, lost) = results.remove(name).unwrap_or_default();
-            DnsRow {
+            rows.push(DnsRow {
                 participant: name.to_string(),
+                workers,
                 median_qps: median(&mut qps),
                 lost,
                 qps,
-            }
-        })
-        .collect())
+            });
+        }
+    }
+    Ok(rows)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -892,17 +897,26 @@ fn main() -> anyhow::Result<()> {
         }
         if scenario == "dns" {
             let rows = dns_scenario(cli.quick, dir.path())?;
-            println!("\n## dns (dnsperf, 1 worker each, medians)\n");
-            println!("| participant | qps | lost |\n|---|---|---|");
+            println!("\n## dns (dnsperf, medians)\n");
+            println!("| participant | workers | qps | lost |\n|---|---|---|---|");
             for r in &rows {
-                println!("| {} | {:.0} | {} |", r.participant, r.median_qps, r.lost);
+                println!(
+                    "| {} | {} | {:.0} | {} |",
+                    r.participant, r.workers, r.median_qps, r.lost
+                );
             }
-            let qps = |name: &str| {
+            let qps = |name: &str, workers: usize| {
                 rows.iter()
-                    .find(|r| r.participant == name)
+                    .find(|r| r.participant == name && r.workers == workers)
                     .map_or(0.0, |r| r.median_qps)
             };
-            println!("\nstrait/knot {:.2}", qps("strait") / qps("knot").max(1.0));
+            println!(
+                "\nstrait/knot {:.2} (1 worker), {:.2} (2 workers); strait 2/1 workers {:.2}, knot 2/1 {:.2}",
+                qps("strait", 1) / qps("knot", 1).max(1.0),
+                qps("strait", 2) / qps("knot", 2).max(1.0),
+                qps("strait", 2) / qps("strait", 1).max(1.0),
+                qps("knot", 2) / qps("knot", 1).max(1.0)
+            );
             report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
             continue;
         }

@@ -1,5 +1,5 @@
-//! The DNS server through `strait up`, queried with `dig` (Debian `dnsutils`) and with raw
-//! malformed packets over UDP and TCP.
+//! The DNS server through `strait up`, queried with `dig` (Debian `dnsutils`), `kdig`
+//! (`knot-dnsutils`) and with raw malformed packets over UDP and TCP.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -15,6 +15,16 @@ fn dig(server: SocketAddr, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run dig (Debian package dnsutils)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn kdig(server: SocketAddr, args: &[&str]) -> String {
+    let output = Command::new("kdig")
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), "+time=2", "+retry=0"])
+        .args(args)
+        .output()
+        .expect("run kdig (Debian package knot-dnsutils)");
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -155,12 +165,148 @@ fn answers_a_aaaa_srv_tags_zones_and_negative_answers() {
             Err(format!("{a:?}"))
         }
     });
-    assert!(
-        strait
-            .metric("strait_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}")
-            .unwrap_or(0.0)
-            >= 1.0
+    // Workers publish their counts every 1,024 queries or when idle for 100 ms.
+    eventually(Duration::from_secs(5), "query metrics", || {
+        let a = strait.metric("strait_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}");
+        let mx = strait.metric("strait_dns_queries_total{qtype=\"MX\",rcode=\"NOERROR\"}");
+        let refused = strait.metric("strait_dns_queries_total{qtype=\"A\",rcode=\"REFUSED\"}");
+        match (a, mx, refused) {
+            (Some(a), Some(mx), Some(refused)) if a >= 1.0 && mx >= 1.0 && refused >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
+
+/// The rules of issue 20 through real clients (kdig from knot-dnsutils, dig), each
+/// against its RFC (the unit tests in discovery/src/dns/answer/tests.rs quote them).
+#[test]
+fn rfc_rules_over_the_wire() {
+    let strait = Strait::builder().start();
+    let dns = strait.dns;
+    register(
+        &strait,
+        "web",
+        "w1",
+        r#"{"address":"10.0.0.1","port":8080,"ports":{"grpc":9090}}"#,
     );
+    eventually(Duration::from_secs(10), "A records", || {
+        let a = short(dns, &["web.service.strait", "A"]);
+        if a == ["10.0.0.1"] {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    // RFC 3225 3: the DO bit is copied.
+    let with_do = kdig(dns, &["web.service.strait", "A", "+dnssec"]);
+    assert!(with_do.contains("flags: do"), "{with_do}");
+    // RFC 6891 6.1.3: BADVERS for an EDNS version strait does not implement.
+    let v1 = kdig(dns, &["web.service.strait", "A", "+edns=1"]);
+    assert!(v1.contains("BADVERS"), "{v1}");
+    // RFC 1034 4.2.1: the apex has its NS, and the SOA's MNAME resolves.
+    assert_eq!(short(dns, &["strait", "NS"]), ["ns.strait."]);
+    assert_eq!(short(dns, &["ns.strait", "A"]), ["127.0.0.1"]);
+    // AA only from the zone (RFC 1035 4.1.1).
+    let refused = dig(dns, &["example.com", "A"]);
+    assert!(
+        refused.contains("status: REFUSED") && !refused.contains(" aa"),
+        "{refused}"
+    );
+    // SRV-only names answer no address.
+    assert!(short(dns, &["_grpc._tcp.web.service.strait", "A"]).is_empty());
+    assert_eq!(
+        short(dns, &["_grpc._tcp.web.service.strait", "SRV"]),
+        ["1 1 9090 w1.web.instance.strait."]
+    );
+    // NOTIMP keeps the question and OPT (RFC 6891 6.1.1).
+    let notify = dig(dns, &["strait", "SOA", "+opcode=notify"]);
+    assert!(
+        notify.contains("status: NOTIMP") && notify.contains("OPT PSEUDOSECTION"),
+        "{notify}"
+    );
+    // Issue 23: an OPT record whose RDLENGTH runs past the packet gets FORMERR.
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut query = vec![0x42, 0x42, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    query.extend_from_slice(b"\x03web\x07service\x06strait\x00\x00\x01\x00\x01");
+    query.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0x10]);
+    socket.send_to(&query, dns).expect("send");
+    let mut buf = [0u8; 512];
+    let (n, _) = socket.recv_from(&mut buf).expect("an answer");
+    assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
+    assert!(n <= query.len());
+    // Metrics: every qtype by name, rcodes.
+    for qtype in ["TXT", "SOA", "NS"] {
+        dig(dns, &["web.service.strait", qtype]);
+    }
+    eventually(Duration::from_secs(5), "qtypes by name", || {
+        let text = strait.metrics_text();
+        let missing: Vec<&str> = [
+            "qtype=\"TXT\"",
+            "qtype=\"SOA\"",
+            "qtype=\"NS\"",
+            "rcode=\"BADVERS\"",
+            "rcode=\"FORMERR\"",
+            "rcode=\"NOTIMP\"",
+        ]
+        .into_iter()
+        .filter(|label| !text.contains(label))
+        .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{missing:?}"))
+        }
+    });
+}
+
+/// `dns.workers` UDP sockets share the port (SO_REUSEPORT), every one answers; NSID and
+/// the CH TXT identity when configured.
+#[test]
+fn workers_nsid_and_identity() {
+    let strait = Strait::builder()
+        .config("[dns]\naddr = \"127.0.0.1:0\"\nworkers = 3\nnsid = \"dns-it\"\nidentity = \"dns-it\"\n")
+        .start();
+    let dns = strait.dns;
+    register(&strait, "web", "w1", r#"{"address":"10.0.0.1","port":80}"#);
+    eventually(Duration::from_secs(10), "A records", || {
+        let a = short(dns, &["web.service.strait", "A"]);
+        if a == ["10.0.0.1"] {
+            Ok(())
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    // Three UDP sockets bound to the port (/proc/net/udp: local address in hex).
+    let port = format!(":{:04X} ", dns.port());
+    let udp = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    assert_eq!(
+        udp.lines().filter(|l| l.contains(&port)).count(),
+        3,
+        "{udp}"
+    );
+    // Queries from many source ports (the kernel hashes them over the sockets) are all
+    // answered.
+    for i in 0..30u8 {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut query = vec![i, i, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        query.extend_from_slice(b"\x03web\x07service\x06strait\x00\x00\x01\x00\x01");
+        socket.send_to(&query, dns).expect("send");
+        let mut buf = [0u8; 512];
+        let (n, _) = socket
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("query {i}: {e}"));
+        assert!(n > query.len() && buf[..2] == [i, i], "query {i}");
+    }
+    let nsid = kdig(dns, &["web.service.strait", "A", "+nsid"]);
+    assert!(nsid.contains("NSID: ") && nsid.contains("dns-it"), "{nsid}");
+    assert_eq!(short(dns, &["id.server", "CH", "TXT"]), ["\"dns-it\""]);
+    assert_eq!(short(dns, &["hostname.bind", "CH", "TXT"]), ["\"dns-it\""]);
 }
 
 #[test]

@@ -42,7 +42,7 @@ pub fn free_port() -> u16 {
 
 /// Starts `command` with a watchdog that kills it if this test process exits without
 /// dropping its guard (e.g. killed by a timeout).
-fn spawn_guarded(command: &mut Command) -> (Child, Child) {
+pub fn spawn_guarded(command: &mut Command) -> (Child, Child) {
     let child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));

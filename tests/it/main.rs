@@ -7,6 +7,7 @@ mod cli;
 mod conformance;
 mod deploy;
 mod dns;
+mod dns_knot;
 mod docs;
 mod embedded;
 mod harness;

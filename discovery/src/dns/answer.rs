@@ -1,20 +1,28 @@
-//! The DNS query hot path. Phase order: header -> question -> EDNS -> lookup -> copy
-//! pre-encoded records into the caller's buffer -> patch header. No allocation: the name
-//! is lowercased into a stack buffer and the response written into a reused `Vec`.
-//! Malformed input gets FORMERR (a bare header, never larger than the query) or nothing.
+//! The DNS query hot path. Phase order: read the query ([`wire::parse`]: header,
+//! question, every record, EDNS) -> verdict (FORMERR, NOTIMP, BADVERS, REFUSED) -> look the
+//! name up -> copy the pre-encoded answer into the caller's buffer (question as asked,
+//! answers rotated, glue while it fits) -> move the compression pointers that point into
+//! moved bytes -> append the OPT record -> write the header. No allocation: the name is
+//! lowercased into a stack buffer and the response written into a reused `Vec`.
+//!
+//! Replies to queries that are not answered from the zone (FORMERR, NOTIMP, BADVERS,
+//! REFUSED) are not authoritative (no AA); they keep the question and an OPT record
+//! whenever the query had them readable (RFC 6891 6.1.1), and a FORMERR is never larger
+//! than the query.
 
-use super::table::{DnsTable, NameEntry, RecordSet, TYPE_A, TYPE_AAAA, TYPE_SOA, TYPE_SRV};
+use super::table::{Answer, DnsTable, EDNS_PAYLOAD, TYPE_TXT};
+use super::wire::{self, HEADER, Query};
 
-const HEADER: usize = 12;
-const TYPE_OPT: u16 = 41;
-const TYPE_ANY: u16 = 255;
 const TYPE_IXFR: u16 = 251;
 const TYPE_AXFR: u16 = 252;
+const TYPE_ANY: u16 = 255;
 const CLASS_IN: u16 = 1;
+const CLASS_CH: u16 = 3;
 const CLASS_ANY: u16 = 255;
-/// Payload size strait advertises in its OPT record (the DNS flag day value).
-const EDNS_PAYLOAD: u16 = 1232;
-const MAX_UDP: usize = 4096;
+/// Without EDNS a UDP answer holds 512 bytes (RFC 1035 4.2.1).
+const UDP_PLAIN: usize = 512;
+/// A DNS message over TCP is at most this long (its 2-byte length prefix).
+const TCP_MAX: usize = 65_535;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -22,14 +30,15 @@ pub enum Transport {
     Tcp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rcode {
     NoError = 0,
     FormErr = 1,
     NxDomain = 3,
     NotImp = 4,
     Refused = 5,
+    /// 16: the header holds its low 4 bits (0), the OPT record the rest (RFC 6891 6.1.3).
+    BadVers = 16,
 }
 
 impl Rcode {
@@ -40,41 +49,30 @@ impl Rcode {
             Rcode::NxDomain => "NXDOMAIN",
             Rcode::NotImp => "NOTIMP",
             Rcode::Refused => "REFUSED",
+            Rcode::BadVers => "BADVERS",
         }
+    }
+
+    fn low(self) -> u8 {
+        (self as u8) & 0x0f
     }
 }
 
 /// What was answered, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
+    /// The question's type (0 when there was no readable question).
     pub qtype: u16,
     pub rcode: Rcode,
+    /// TC set: the answer did not fit the UDP limit.
     pub truncated: bool,
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-
-fn write_header(
-    out: &mut Vec<u8>,
-    id: [u8; 2],
-    opcode: u8,
-    rd: bool,
-    rcode: Rcode,
-    counts: [u16; 4],
-) {
-    out.extend_from_slice(&id);
-    // QR, opcode, AA (we are authoritative), RD copied from the query.
-    out.push(0x80 | (opcode << 3) | 0x04 | u8::from(rd));
-    out.push(rcode as u8);
-    for count in counts {
-        out.extend_from_slice(&count.to_be_bytes());
-    }
+    /// Over TCP, an answer that would not have fitted the same query's UDP limit: a
+    /// client that fell back to TCP after TC (or would have had to).
+    pub tcp_fallback: bool,
 }
 
 /// Answers `query` into `out` (cleared first). Returns `None` when nothing should be sent
-/// (too short to answer, or not a query). `rotation` varies the order of answers.
+/// (shorter than a header, or a response). `rotation` varies the order of answers.
 pub fn respond(
     table: &DnsTable,
     query: &[u8],
@@ -83,171 +81,282 @@ pub fn respond(
     out: &mut Vec<u8>,
 ) -> Option<Outcome> {
     out.clear();
-    if query.len() < HEADER {
-        return None;
+    let q = wire::parse(query)?;
+    if q.is_response() {
+        return None; // never answer a response (no reflection loops)
     }
-    let id = [query[0], query[1]];
-    let flags = query[2];
-    if flags & 0x80 != 0 {
-        return None; // a response: never answer one (no reflection loops)
-    }
-    let opcode = (flags >> 3) & 0x0f;
-    let rd = flags & 0x01 != 0;
-    let bare = |out: &mut Vec<u8>, rcode: Rcode| {
-        write_header(out, id, opcode, rd, rcode, [0; 4]);
+    let qtype = q.question.map_or(0, |question| question.qtype);
+    let refuse = |out: &mut Vec<u8>, rcode: Rcode| {
+        error_reply(table, &q, rcode, query.len(), out);
         Some(Outcome {
-            qtype: 0,
+            qtype,
             rcode,
             truncated: false,
+            tcp_fallback: false,
         })
     };
-    if opcode != 0 {
-        return bare(out, Rcode::NotImp);
+    if q.error.is_some() {
+        return refuse(out, Rcode::FormErr);
     }
-    if u16_at(query, 4) != Some(1) {
-        return bare(out, Rcode::FormErr);
+    if q.opcode() != 0 {
+        return refuse(out, Rcode::NotImp);
     }
-    // Question name: plain labels only, lowercased into a stack buffer for the lookup.
-    let mut name = [0u8; 255];
-    let mut name_len = 0;
-    let mut at = HEADER;
-    loop {
-        let Some(&len) = query.get(at) else {
-            return bare(out, Rcode::FormErr);
-        };
-        if len & 0xC0 != 0 || name_len + 1 + usize::from(len) > name.len() {
-            return bare(out, Rcode::FormErr);
-        }
-        let Some(label) = query.get(at + 1..at + 1 + usize::from(len)) else {
-            return bare(out, Rcode::FormErr);
-        };
-        name[name_len] = len;
-        for (i, b) in label.iter().enumerate() {
-            name[name_len + 1 + i] = b.to_ascii_lowercase();
-        }
-        name_len += 1 + usize::from(len);
-        at += 1 + usize::from(len);
-        if len == 0 {
-            break;
-        }
-    }
-    let (Some(qtype), Some(qclass)) = (u16_at(query, at), u16_at(query, at + 2)) else {
-        return bare(out, Rcode::FormErr);
+    // QUERY carries one question (RFC 9619 4).
+    let Some(question) = q.question.filter(|_| q.counts[0] == 1) else {
+        return refuse(out, Rcode::FormErr);
     };
-    let question_end = at + 4;
-    let question = &query[HEADER..question_end];
-    let name = &name[..name_len];
-
-    // EDNS: an OPT record in the additional section sets the UDP payload size.
-    let has_opt = u16_at(query, 6) == Some(0)
-        && u16_at(query, 8) == Some(0)
-        && u16_at(query, 10).is_some_and(|n| n >= 1)
-        && query.get(question_end) == Some(&0)
-        && u16_at(query, question_end + 1) == Some(TYPE_OPT);
-    let edns = if has_opt {
-        u16_at(query, question_end + 3).map(|size| usize::from(size.max(512)))
+    if q.edns.is_some_and(|edns| edns.version > 0) {
+        return refuse(out, Rcode::BadVers);
+    }
+    // TYPE 0 is reserved (RFC 6895 3.1): not a question strait implements (as Knot).
+    if question.qtype == 0 {
+        return refuse(out, Rcode::NotImp);
+    }
+    let name = q.name();
+    let answer = match question.qclass {
+        CLASS_IN | CLASS_ANY => {
+            if !in_zone(name, &table.domain) {
+                return refuse(out, Rcode::Refused);
+            }
+            // No zone transfers: the zone is the live snapshot, not a file to copy. Over
+            // UDP they are not defined at all (RFC 5936 4.2).
+            if question.qtype == TYPE_AXFR || question.qtype == TYPE_IXFR {
+                return refuse(
+                    out,
+                    match transport {
+                        Transport::Udp => Rcode::NotImp,
+                        Transport::Tcp => Rcode::Refused,
+                    },
+                );
+            }
+            match table.names.get(name) {
+                Some(entry) => entry.select(question.qtype),
+                None => &table.nxdomain,
+            }
+        }
+        CLASS_CH if matches!(question.qtype, TYPE_TXT | TYPE_ANY) => match table.chaos.get(name) {
+            Some(answer) => answer,
+            None => return refuse(out, Rcode::Refused),
+        },
+        _ => return refuse(out, Rcode::Refused),
+    };
+    let rcode = if answer.rcode == 3 {
+        Rcode::NxDomain
     } else {
-        None
+        Rcode::NoError
     };
-    let limit = match (transport, edns) {
-        (Transport::Tcp, _) => usize::from(u16::MAX),
-        (Transport::Udp, Some(size)) => size.min(MAX_UDP),
-        (Transport::Udp, None) => 512,
-    };
-    let opt_len = if edns.is_some() { 11 } else { 0 };
-
-    let answer =
-        |out: &mut Vec<u8>, rcode: Rcode, set: Option<&RecordSet>, soa: bool, truncated: bool| {
-            let (answers, additional) = match set {
-                Some(set) if !truncated => (set.answers.len(), set.additional.len()),
-                _ => (0, 0),
-            };
-            // A table not compiled yet has no SOA: never count a record not written.
-            let authority = usize::from(soa && !truncated && !table.soa.is_empty());
-            let counts = [
-                1,
-                answers as u16,
-                authority as u16,
-                (additional + usize::from(edns.is_some())) as u16,
-            ];
-            write_header(out, id, 0, rd, rcode, counts);
-            if truncated {
-                out[2] |= 0x02;
-            }
-            out.extend_from_slice(question);
-            if let Some(set) = set.filter(|_| !truncated) {
-                let n = set.answers.len();
-                for k in 0..n {
-                    out.extend_from_slice(&set.answers[(rotation + k) % n]);
-                }
-                for record in &set.additional {
-                    out.extend_from_slice(record);
-                }
-            }
-            if authority == 1 {
-                out.extend_from_slice(&table.soa);
-            }
-            if edns.is_some() {
-                out.extend_from_slice(&[0, 0, TYPE_OPT as u8, 0, 0, 0, 0, 0, 0, 0, 0]);
-                let at = out.len() - 8;
-                out[at..at + 2].copy_from_slice(&EDNS_PAYLOAD.to_be_bytes());
-            }
-            Some(Outcome {
-                qtype,
-                rcode,
-                truncated,
-            })
-        };
-
-    if qclass != CLASS_IN && qclass != CLASS_ANY {
-        return answer(out, Rcode::Refused, None, false, false);
-    }
-    if !name.ends_with(&table.domain) || !is_label_boundary(name, name.len() - table.domain.len()) {
-        return answer(out, Rcode::Refused, None, false, false);
-    }
-    // No zone transfers: the zone is the live snapshot, not a file to copy.
-    if qtype == TYPE_AXFR || qtype == TYPE_IXFR {
-        return answer(out, Rcode::Refused, None, false, false);
-    }
-    let Some(entry) = table.names.get(name) else {
-        return answer(out, Rcode::NxDomain, None, true, false);
-    };
-    let set = select(entry, qtype);
-    match set {
-        Some(set) if !set.answers.is_empty() => {
-            let size = HEADER + question.len() + set.wire_len() + opt_len;
-            let truncated = transport == Transport::Udp && size > limit;
-            answer(out, Rcode::NoError, Some(set), false, truncated)
-        }
-        // Known name, nothing of that type (or no healthy instance): NODATA with SOA.
-        _ => answer(out, Rcode::NoError, None, true, false),
-    }
+    let (truncated, tcp_fallback) = write_answer(table, &q, answer, transport, rotation, out);
+    Some(Outcome {
+        qtype,
+        rcode,
+        truncated,
+        tcp_fallback,
+    })
 }
 
-fn select(entry: &NameEntry, qtype: u16) -> Option<&RecordSet> {
-    match qtype {
-        TYPE_A => Some(&entry.a),
-        TYPE_AAAA => Some(&entry.aaaa),
-        TYPE_SRV => Some(&entry.srv),
-        TYPE_SOA => Some(&entry.soa),
-        // RFC 8482: a minimal answer to ANY.
-        TYPE_ANY if !entry.a.answers.is_empty() => Some(&entry.a),
-        TYPE_ANY if !entry.aaaa.answers.is_empty() => Some(&entry.aaaa),
-        TYPE_ANY => Some(&entry.soa),
-        _ => None,
+/// Whether `name` (lowercase wire form) is `domain` or under it, at a label boundary (so
+/// `xstrait.` is not under `strait.`).
+fn in_zone(name: &[u8], domain: &[u8]) -> bool {
+    if !name.ends_with(domain) {
+        return false;
     }
-}
-
-/// Whether `at` starts a label in the wire-form `name` (so `xstrait.` is not under `strait.`).
-fn is_label_boundary(name: &[u8], at: usize) -> bool {
+    let at = name.len() - domain.len();
     let mut i = 0;
-    while i < name.len() {
-        if i == at {
-            return true;
-        }
+    while i < at {
         i += 1 + usize::from(name[i]);
     }
     i == at
+}
+
+fn header(out: &mut Vec<u8>, q: &Query<'_>, authoritative: bool, rcode: Rcode) {
+    out.extend_from_slice(&q.id.to_be_bytes());
+    // QR, the opcode, AA, RD copied (RFC 1035 4.1.1); TC later; RA, AD, CD clear.
+    out.push(
+        0x80 | (q.opcode() << 3) | (u8::from(authoritative) << 2) | u8::from(q.recursion_desired()),
+    );
+    out.push(rcode.low());
+    out.extend_from_slice(&[0; 8]);
+}
+
+fn set_counts(out: &mut [u8], counts: [usize; 4]) {
+    for (i, count) in counts.into_iter().enumerate() {
+        out[4 + 2 * i..6 + 2 * i].copy_from_slice(&(count as u16).to_be_bytes());
+    }
+}
+
+/// The question as asked (its lowercase form when it came compressed).
+fn question(out: &mut Vec<u8>, q: &Query<'_>) {
+    let Some(question) = q.question else {
+        return;
+    };
+    match question.sent {
+        Some(sent) => out.extend_from_slice(sent),
+        None => {
+            out.extend_from_slice(q.name());
+            out.extend_from_slice(&question.qtype.to_be_bytes());
+            out.extend_from_slice(&question.qclass.to_be_bytes());
+        }
+    }
+}
+
+/// A reply without records: header, the question and an OPT record when the query had
+/// them readable. A FORMERR sheds them rather than grow past the query.
+fn error_reply(table: &DnsTable, q: &Query<'_>, rcode: Rcode, query_len: usize, out: &mut Vec<u8>) {
+    let with_question = q.question.is_some() && q.counts[0] == 1;
+    let opt = q.edns.map(|edns| {
+        table
+            .opt
+            .get(edns.dnssec_ok(), false, rcode == Rcode::BadVers)
+    });
+    for (keep_question, keep_opt) in [(true, true), (false, true), (false, false)] {
+        out.clear();
+        header(out, q, false, rcode);
+        let qd = with_question && keep_question;
+        if qd {
+            question(out, q);
+        }
+        let opt = opt.filter(|opt| keep_opt && !opt.is_empty());
+        if let Some(opt) = opt {
+            out.extend_from_slice(opt);
+        }
+        set_counts(out, [usize::from(qd), 0, 0, usize::from(opt.is_some())]);
+        if rcode != Rcode::FormErr || out.len() <= query_len {
+            return;
+        }
+    }
+}
+
+/// Writes `answer` for `q`; returns (truncated, needed TCP).
+fn write_answer(
+    table: &DnsTable,
+    q: &Query<'_>,
+    answer: &Answer,
+    transport: Transport,
+    rotation: usize,
+    out: &mut Vec<u8>,
+) -> (bool, bool) {
+    let opt: &[u8] = match q.edns {
+        Some(edns) => table
+            .opt
+            .get(edns.dnssec_ok(), edns.nsid && table.nsid, false),
+        None => &[],
+    };
+    let opt_count = usize::from(!opt.is_empty());
+    // The smaller of the client's payload size and strait's (DNS flag day 2020).
+    let udp_limit = match q.edns {
+        Some(edns) => usize::from(edns.payload.clamp(512, EDNS_PAYLOAD)),
+        None => UDP_PLAIN,
+    };
+    let limit = match transport {
+        Transport::Udp => udp_limit,
+        Transport::Tcp => TCP_MAX,
+    };
+    header(
+        out,
+        q,
+        answer.authoritative,
+        if answer.rcode == 3 {
+            Rcode::NxDomain
+        } else {
+            Rcode::NoError
+        },
+    );
+    question(out, q);
+    let question_end = out.len();
+    if answer.wire.len() < HEADER || answer.answers.is_empty() || answer.extra.is_empty() {
+        // A table not compiled yet: no records to give.
+        out.extend_from_slice(opt);
+        set_counts(out, [1, 0, 0, opt_count]);
+        return (false, false);
+    }
+    let full = question_end
+        + usize::from(answer.extra[answer.extra.len() - 1] - answer.question_end)
+        + opt.len();
+    let tcp_fallback = transport == Transport::Tcp && full > udp_limit;
+    if question_end + answer.required_len() + opt.len() > limit {
+        // Not even the answers fit: TC and no records; the client asks again over TCP.
+        out[2] |= 0x02;
+        out.extend_from_slice(opt);
+        set_counts(out, [1, 0, 0, opt_count]);
+        return (true, tcp_fallback);
+    }
+    let wire = &answer.wire[..];
+    let starts = &answer.answers[..];
+    let n = answer.answer_count();
+    let turn = if answer.rotate { rotation % n } else { 0 };
+    for k in 0..n {
+        let i = (turn + k) % n;
+        out.extend_from_slice(&wire[usize::from(starts[i])..usize::from(starts[i + 1])]);
+    }
+    // Authority records always; additional ones (glue) while they fit, without TC
+    // (RFC 2181 9).
+    let extra = &answer.extra[..];
+    let authority = usize::from(answer.authority);
+    let mut kept = 0;
+    for k in 0..answer.extra_count() {
+        let record = &wire[usize::from(extra[k])..usize::from(extra[k + 1])];
+        if k >= authority && out.len() + record.len() + opt.len() > limit {
+            break;
+        }
+        out.extend_from_slice(record);
+        kept += 1;
+    }
+    let delta = question_end as isize - answer.question_end as isize;
+    if turn != 0 || delta != 0 {
+        relocate(answer, out, question_end, delta, turn, kept);
+    }
+    out.extend_from_slice(opt);
+    set_counts(out, [1, n, authority, kept - authority + opt_count]);
+    (false, tcp_fallback)
+}
+
+/// Rewrites the compression pointers whose targets moved: into the question's name (when
+/// the asked name is longer than the template's) and into rotated answer records.
+fn relocate(
+    answer: &Answer,
+    out: &mut [u8],
+    question_end: usize,
+    delta: isize,
+    turn: usize,
+    kept: usize,
+) {
+    let starts = &answer.answers[..];
+    let n = answer.answer_count();
+    let first = usize::from(starts[0]);
+    let total = usize::from(starts[n]) - first;
+    let rotated_from = usize::from(starts[turn]) - first;
+    let map = |offset: u16, segment: u16| -> Option<usize> {
+        let segment = usize::from(segment);
+        let offset = usize::from(offset);
+        if segment == 0 || segment > n {
+            if segment > n && segment - n > kept {
+                return None; // a record left out
+            }
+            return offset.checked_add_signed(delta);
+        }
+        let start = usize::from(starts[segment - 1]);
+        let position = start - first;
+        let moved = if position >= rotated_from {
+            position - rotated_from
+        } else {
+            total - rotated_from + position
+        };
+        Some(question_end + moved + (offset - start))
+    };
+    for relocation in &answer.relocations[..] {
+        if relocation.to_segment == 0 && delta == 0 {
+            continue; // into the question, which has not moved
+        }
+        let (Some(at), Some(to)) = (
+            map(relocation.at, relocation.at_segment),
+            map(relocation.to, relocation.to_segment),
+        ) else {
+            continue;
+        };
+        if to < 0x4000 && at + 2 <= out.len() {
+            out[at..at + 2].copy_from_slice(&(0xC000 | to as u16).to_be_bytes());
+        }
+    }
 }
 
 #[cfg(test)]

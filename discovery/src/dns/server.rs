@@ -1,31 +1,47 @@
-//! Running the DNS server: a thread compiling snapshots into tables, and a thread with its
-//! own single-threaded runtime answering UDP and TCP from the current table.
+//! Running the DNS server: a thread compiling snapshots into tables; `dns.workers` UDP
+//! sockets bound to one address with `SO_REUSEPORT` (the kernel spreads queries over them),
+//! each read and answered by a thread of its own with blocking calls, no runtime; and one
+//! TCP listener on a thread with a single-threaded runtime.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use hickory_proto::rr::RecordType;
+use prometheus::core::{AtomicU64, GenericLocalCounter};
+use prometheus::local::LocalHistogram;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::DnsConfig;
 use super::answer::{Outcome, Rcode, Transport, respond};
-use super::table::{DnsTable, TYPE_A, TYPE_AAAA, TYPE_SRV, compile};
+use super::table::{DnsTable, compile};
 use crate::snapshot::Snapshot;
 
 /// An idle TCP client is closed after this long.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// How often a UDP worker looks up from its socket (to stop, to flush its metrics).
+const UDP_WAKE: Duration = Duration::from_millis(100);
+/// A worker publishes its counts after this many queries (or when idle).
+const FLUSH_EVERY: u32 = 1024;
+/// Receive buffer asked for each UDP socket (the kernel caps it at `rmem_max`).
+const UDP_RECV_BUFFER: usize = 4 << 20;
 
 #[derive(Clone)]
 struct DnsMetrics {
     queries: IntCounterVec,
     truncated: IntCounter,
+    tcp_fallbacks: IntCounter,
     latency: Histogram,
     revision: IntGauge,
 }
@@ -44,6 +60,10 @@ impl DnsMetrics {
                 "strait_dns_truncated_total",
                 "UDP answers truncated (TC set)",
             )?,
+            tcp_fallbacks: IntCounter::new(
+                "strait_dns_tcp_fallbacks_total",
+                "TCP queries whose answer would not have fitted the same query over UDP",
+            )?,
             latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "strait_dns_query_duration_seconds",
@@ -60,26 +80,88 @@ impl DnsMetrics {
         };
         registry.register(Box::new(m.queries.clone()))?;
         registry.register(Box::new(m.truncated.clone()))?;
+        registry.register(Box::new(m.tcp_fallbacks.clone()))?;
         registry.register(Box::new(m.latency.clone()))?;
         registry.register(Box::new(m.revision.clone()))?;
         Ok(m)
     }
+}
 
-    fn observe(&self, outcome: Outcome, started: Instant) {
-        let qtype = match outcome.qtype {
-            TYPE_A => "A",
-            TYPE_AAAA => "AAAA",
-            TYPE_SRV => "SRV",
-            0 => "none",
-            _ => "other",
-        };
+/// The name of a query type for the `qtype` label: every type hickory-proto knows by
+/// name, `other` for the rest (a label per number would let anyone grow the series).
+fn qtype_label(qtype: u16) -> &'static str {
+    match RecordType::from(qtype) {
+        _ if qtype == 0 => "none",
+        RecordType::Unknown(_) => "other",
+        known => known.into(),
+    }
+}
+
+/// One thread's metrics: local counters published every [`FLUSH_EVERY`] queries, so
+/// workers do not contend on shared atomics.
+struct LocalMetrics {
+    shared: DnsMetrics,
+    queries: HashMap<(u16, Rcode), GenericLocalCounter<AtomicU64>>,
+    truncated: GenericLocalCounter<AtomicU64>,
+    tcp_fallbacks: GenericLocalCounter<AtomicU64>,
+    latency: LocalHistogram,
+    pending: u32,
+}
+
+impl LocalMetrics {
+    fn new(shared: &DnsMetrics) -> Self {
+        LocalMetrics {
+            queries: HashMap::new(),
+            truncated: shared.truncated.local(),
+            tcp_fallbacks: shared.tcp_fallbacks.local(),
+            latency: shared.latency.local(),
+            shared: shared.clone(),
+            pending: 0,
+        }
+    }
+
+    fn observe(&mut self, outcome: Outcome, started: Instant) {
+        let label = qtype_label(outcome.qtype);
+        let known = if label == "other" { 1 } else { outcome.qtype };
         self.queries
-            .with_label_values(&[qtype, outcome.rcode.as_str()])
+            .entry((known, outcome.rcode))
+            .or_insert_with(|| {
+                self.shared
+                    .queries
+                    .with_label_values(&[label, outcome.rcode.as_str()])
+                    .local()
+            })
             .inc();
         if outcome.truncated {
             self.truncated.inc();
         }
+        if outcome.tcp_fallback {
+            self.tcp_fallbacks.inc();
+        }
         self.latency.observe(started.elapsed().as_secs_f64());
+        self.pending += 1;
+        if self.pending >= FLUSH_EVERY {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending == 0 {
+            return;
+        }
+        self.pending = 0;
+        for counter in self.queries.values_mut() {
+            counter.flush();
+        }
+        self.truncated.flush();
+        self.tcp_fallbacks.flush();
+        self.latency.flush();
+    }
+}
+
+impl Drop for LocalMetrics {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -98,18 +180,27 @@ pub enum DnsError {
     Thread(std::io::Error),
 }
 
+/// The sockets DNS serves: one UDP socket per worker, all on one address, and the TCP
+/// listener on the same port.
+pub struct DnsSockets {
+    pub udp: Vec<StdUdpSocket>,
+    pub tcp: StdTcpListener,
+}
+
 pub struct DnsServer {
     table: Arc<ArcSwap<DnsTable>>,
     config: DnsConfig,
     metrics: DnsMetrics,
-    /// The sockets being served (copies, for a binary upgrade) and the stop switch.
+    /// The sockets being served (copies, for a binary upgrade) and the threads.
     serving: Mutex<Option<Serving>>,
 }
 
 struct Serving {
-    udp: OwnedFd,
+    udp: Vec<OwnedFd>,
     tcp: OwnedFd,
-    stop: watch::Sender<bool>,
+    stop: Arc<AtomicBool>,
+    stop_tcp: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl DnsServer {
@@ -154,147 +245,198 @@ impl DnsServer {
             .map_err(DnsError::Thread)
     }
 
-    /// Binds UDP and TCP on the configured address and serves on a thread of its own.
-    /// Returns the bound address.
+    /// Binds `dns.workers` UDP sockets and the TCP listener on the configured address and
+    /// serves them. Returns the bound address.
     pub fn start(&self) -> Result<SocketAddr, DnsError> {
-        // Bound here, synchronously, so errors reach the caller; registered with the
-        // DNS thread's own runtime there.
-        let (udp, tcp) = bind(self.config.addr)?;
-        self.serve(udp, tcp)
+        // Bound here, synchronously, so errors reach the caller.
+        let sockets = bind(self.config.addr, self.config.worker_count())?;
+        self.serve(sockets)
     }
 
-    /// Serves sockets a predecessor handed over (binary upgrade) instead of binding.
-    pub fn start_inherited(
-        &self,
-        udp: std::net::UdpSocket,
-        tcp: std::net::TcpListener,
-    ) -> Result<SocketAddr, DnsError> {
+    /// Serves sockets a predecessor handed over (binary upgrade) instead of binding. With
+    /// fewer UDP sockets than workers, more join them on the same address (they were bound
+    /// with `SO_REUSEPORT`); with more, the extra ones are served too.
+    pub fn start_inherited(&self, mut sockets: DnsSockets) -> Result<SocketAddr, DnsError> {
         let addr = self.config.addr;
-        udp.set_nonblocking(true)
-            .map_err(|error| DnsError::Listen { addr, error })?;
-        tcp.set_nonblocking(true)
-            .map_err(|error| DnsError::Listen { addr, error })?;
-        self.serve(udp, tcp)
+        let listen_error = |error| DnsError::Listen { addr, error };
+        if let Some(first) = sockets.udp.first() {
+            let bound = first.local_addr().map_err(listen_error)?;
+            while sockets.udp.len() < self.config.worker_count() {
+                match udp_socket(bound) {
+                    Ok(socket) => sockets.udp.push(socket),
+                    Err(error) => {
+                        warn!(error = %error, "DNS: cannot add a UDP worker beside the inherited sockets");
+                        break;
+                    }
+                }
+            }
+        }
+        self.serve(sockets)
     }
 
     /// Binary upgrade: stops answering (queries wait in the sockets for the successor)
-    /// and returns the sockets, UDP then TCP.
-    pub fn hand_over(&self) -> Option<(OwnedFd, OwnedFd)> {
+    /// and returns the sockets: every UDP one, then TCP.
+    pub fn hand_over(&self) -> Option<(Vec<OwnedFd>, OwnedFd)> {
         let serving = self
             .serving
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()?;
-        serving.stop.send_replace(true);
+        serving.stop.store(true, Ordering::Relaxed);
+        serving.stop_tcp.send_replace(true);
+        // Each worker looks up within UDP_WAKE; none reads after this returns.
+        for worker in serving.workers {
+            let _ = worker.join();
+        }
         Some((serving.udp, serving.tcp))
     }
 
-    fn serve(
-        &self,
-        udp: std::net::UdpSocket,
-        tcp: std::net::TcpListener,
-    ) -> Result<SocketAddr, DnsError> {
+    fn serve(&self, sockets: DnsSockets) -> Result<SocketAddr, DnsError> {
         let listen_error = |error| DnsError::Listen {
             addr: self.config.addr,
             error,
         };
+        let addr = sockets.tcp.local_addr().map_err(listen_error)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(DnsError::Thread)?;
-        let addr = udp.local_addr().map_err(listen_error)?;
-        let (stop, mut stopped) = watch::channel(false);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop_tcp, stopped) = watch::channel(false);
+        let mut copies = Vec::with_capacity(sockets.udp.len());
+        let mut workers = Vec::with_capacity(sockets.udp.len() + 1);
+        let tcp_copy = sockets
+            .tcp
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(listen_error)?;
+        sockets.tcp.set_nonblocking(true).map_err(listen_error)?;
+        let udp_count = sockets.udp.len();
+        for (i, udp) in sockets.udp.into_iter().enumerate() {
+            copies.push(udp.as_fd().try_clone_to_owned().map_err(listen_error)?);
+            udp.set_nonblocking(false).map_err(listen_error)?;
+            udp.set_read_timeout(Some(UDP_WAKE)).map_err(listen_error)?;
+            let (table, metrics, stop) = (
+                Arc::clone(&self.table),
+                self.metrics.clone(),
+                Arc::clone(&stop),
+            );
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("strait-dns-{i}"))
+                    .spawn(move || serve_udp(&udp, &table, &metrics, &stop))
+                    .map_err(DnsError::Thread)?,
+            );
+        }
+        let (table, metrics, tcp) = (Arc::clone(&self.table), self.metrics.clone(), sockets.tcp);
+        workers.push(
+            std::thread::Builder::new()
+                .name("strait-dns-tcp".into())
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let Ok(tcp) = TcpListener::from_std(tcp) else {
+                            tracing::error!("the DNS TCP listener could not join its runtime");
+                            return;
+                        };
+                        serve_tcp(tcp, table, metrics, stopped).await;
+                    });
+                })
+                .map_err(DnsError::Thread)?,
+        );
         *self.serving.lock().unwrap_or_else(|p| p.into_inner()) = Some(Serving {
-            udp: udp.as_fd().try_clone_to_owned().map_err(listen_error)?,
-            tcp: tcp.as_fd().try_clone_to_owned().map_err(listen_error)?,
+            udp: copies,
+            tcp: tcp_copy,
             stop,
+            stop_tcp,
+            workers,
         });
-        let (table, metrics) = (Arc::clone(&self.table), self.metrics.clone());
-        std::thread::Builder::new()
-            .name("strait-dns".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let (Ok(udp), Ok(tcp)) = (UdpSocket::from_std(udp), TcpListener::from_std(tcp))
-                    else {
-                        tracing::error!("DNS sockets could not join the runtime");
-                        return;
-                    };
-                    let rotation = Arc::new(AtomicUsize::new(0));
-                    tokio::spawn(serve_tcp(
-                        tcp,
-                        Arc::clone(&table),
-                        metrics.clone(),
-                        Arc::clone(&rotation),
-                        stopped.clone(),
-                    ));
-                    serve_udp(udp, table, metrics, rotation, &mut stopped).await;
-                });
-            })
-            .map_err(DnsError::Thread)?;
-        info!(addr = %addr, "DNS listening on {addr} (UDP and TCP)");
+        info!(addr = %addr, workers = udp_count, "DNS listening on {addr} (UDP and TCP)");
         Ok(addr)
     }
 }
 
-/// UDP and TCP on one port; with port 0, the port UDP got is tried for TCP (a few times).
-fn bind(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {
-    let mut last = None;
-    for _ in 0..10 {
-        let udp =
-            std::net::UdpSocket::bind(addr).map_err(|error| DnsError::Listen { addr, error })?;
-        let bound = udp
-            .local_addr()
-            .map_err(|error| DnsError::Listen { addr, error })?;
-        match std::net::TcpListener::bind(bound) {
-            Ok(tcp) => {
-                udp.set_nonblocking(true)
-                    .map_err(|error| DnsError::Listen { addr, error })?;
-                tcp.set_nonblocking(true)
-                    .map_err(|error| DnsError::Listen { addr, error })?;
-                return Ok((udp, tcp));
-            }
-            Err(error) if addr.port() == 0 => last = Some(error),
-            Err(error) => return Err(DnsError::Listen { addr, error }),
-        }
+/// A UDP socket on `addr` that others may join (`SO_REUSEPORT`).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if let Err(e) = socket.set_recv_buffer_size(UDP_RECV_BUFFER) {
+        debug!(error = %e, "DNS: receive buffer left as it is");
     }
-    Err(DnsError::Listen {
-        addr,
-        error: last.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")),
-    })
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
-async fn serve_udp(
-    socket: UdpSocket,
-    table: Arc<ArcSwap<DnsTable>>,
-    metrics: DnsMetrics,
-    rotation: Arc<AtomicUsize>,
-    stopped: &mut watch::Receiver<bool>,
+/// `workers` UDP sockets and a TCP listener on one port; with port 0, the port the first
+/// UDP socket got is tried for the rest (a few times).
+fn bind(addr: SocketAddr, workers: usize) -> Result<DnsSockets, DnsError> {
+    let listen_error = |error| DnsError::Listen { addr, error };
+    let mut last = None;
+    for _ in 0..10 {
+        let first = udp_socket(addr).map_err(listen_error)?;
+        let bound = first.local_addr().map_err(listen_error)?;
+        let mut udp = vec![first];
+        let rest: std::io::Result<()> = (1..workers).try_for_each(|_| {
+            udp.push(udp_socket(bound)?);
+            Ok(())
+        });
+        let tcp = rest.and_then(|()| StdTcpListener::bind(bound));
+        match tcp {
+            Ok(tcp) => return Ok(DnsSockets { udp, tcp }),
+            Err(error) if addr.port() == 0 => last = Some(error),
+            Err(error) => return Err(listen_error(error)),
+        }
+    }
+    Err(listen_error(last.unwrap_or_else(|| {
+        std::io::Error::other("no port free for both UDP and TCP")
+    })))
+}
+
+/// One UDP worker: blocking receive, answer, send, until `stop`.
+fn serve_udp(
+    socket: &StdUdpSocket,
+    table: &ArcSwap<DnsTable>,
+    metrics: &DnsMetrics,
+    stop: &AtomicBool,
 ) {
-    let mut query = vec![0u8; 65535];
+    let mut query = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
-    loop {
-        // `recv_from` is cancel-safe: a datagram not yet taken stays for the successor.
-        let received = tokio::select! {
-            biased;
-            _ = stopped.wait_for(|stop| *stop) => return,
-            received = socket.recv_from(&mut query) => received,
-        };
-        let Ok((len, peer)) = received else {
-            continue;
+    let mut local = LocalMetrics::new(metrics);
+    let mut rotation = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let (len, peer) = match socket.recv_from(&mut query) {
+            Ok(received) => received,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                local.flush();
+                continue;
+            }
+            Err(e) => {
+                debug!(error = %e, "DNS receive failed");
+                continue;
+            }
         };
         let started = Instant::now();
-        let turn = rotation.fetch_add(1, Ordering::Relaxed);
-        let Some(outcome) = respond(&table.load(), &query[..len], Transport::Udp, turn, &mut out)
-        else {
+        rotation = rotation.wrapping_add(1);
+        let Some(outcome) = respond(
+            &table.load(),
+            &query[..len],
+            Transport::Udp,
+            rotation,
+            &mut out,
+        ) else {
             continue;
         };
         if outcome.rcode == Rcode::FormErr && out.len() > len {
             continue; // never answer a malformed query with more than it sent
         }
-        if let Err(e) = socket.send_to(&out, peer).await {
+        if let Err(e) = socket.send_to(&out, peer) {
             debug!(peer = %peer, error = %e, "DNS send failed");
         }
-        metrics.observe(outcome, started);
+        local.observe(outcome, started);
     }
 }
 
@@ -302,9 +444,11 @@ async fn serve_tcp(
     listener: TcpListener,
     table: Arc<ArcSwap<DnsTable>>,
     metrics: DnsMetrics,
-    rotation: Arc<AtomicUsize>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    // Shared by the connections: a client asking once per connection still sees the
+    // answers rotate.
+    let rotation = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -333,6 +477,7 @@ async fn serve_tcp_connection(
     let mut query = vec![0u8; 65535];
     let mut out = Vec::with_capacity(4096);
     let mut framed = Vec::with_capacity(4098);
+    let mut local = LocalMetrics::new(metrics);
     loop {
         let mut len = [0u8; 2];
         match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -342,7 +487,7 @@ async fn serve_tcp_connection(
         let len = usize::from(u16::from_be_bytes(len));
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut query[..len]))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "slow TCP query"))??;
+            .map_err(|_| std::io::Error::new(ErrorKind::TimedOut, "slow TCP query"))??;
         let started = Instant::now();
         let turn = rotation.fetch_add(1, Ordering::Relaxed);
         let Some(outcome) = respond(&table.load(), &query[..len], Transport::Tcp, turn, &mut out)
@@ -353,6 +498,7 @@ async fn serve_tcp_connection(
         framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
         framed.extend_from_slice(&out);
         stream.write_all(&framed).await?;
-        metrics.observe(outcome, started);
+        local.observe(outcome, started);
+        local.flush();
     }
 }
