@@ -84,18 +84,13 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     // Everything that can fail on bad configuration fails here, before a running strait
     // is asked to hand over.
     let registry = Registry::new();
-    let build_info = prometheus::IntGaugeVec::new(
-        prometheus::Opts::new("strait_build_info", "strait version"),
-        &["version"],
-    )?;
-    build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1);
-    registry.register(Box::new(build_info))?;
+    crate::metrics::register_process_metrics(&registry)?;
     #[cfg(feature = "alloc-stats")]
     export_allocation_counts(&registry)?;
     let store_metrics = StoreMetrics::new(&registry)?;
     let router = Arc::new(router::Router::new(settings.router.clone(), &registry)?);
+    crate::metrics::CertificateExpiry::register(&registry, Arc::clone(&router))?;
+    crate::status::start_clock();
     let dns = discovery::dns::server::DnsServer::new(settings.dns.clone(), &registry)?;
     let agent_file = match &settings.agent.services {
         Some(path) => {
