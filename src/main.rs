@@ -7,6 +7,7 @@
 mod admin;
 mod agent_cmd;
 mod cli;
+mod demo;
 mod deploy_cmd;
 mod metrics;
 mod openapi;

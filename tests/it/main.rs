@@ -10,6 +10,7 @@ mod dns;
 mod docs;
 mod embedded;
 mod harness;
+mod ops;
 mod http;
 mod pump;
 mod registry;
