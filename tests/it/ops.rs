@@ -103,3 +103,50 @@ fn configured_start_prints_nothing_and_runs_no_demo() {
     strait.stop();
     assert_eq!(strait.stdout_text(), "");
 }
+
+/// The admin API against its own OpenAPI document, with schemathesis (PyPI): no server
+/// error, every response (status, content type, headers, body) as documented, the token
+/// enforced where the document says so. Bounded: 10 examples per operation, 60 s.
+/// Excluded: creating deployments and rollbacks (they resolve generated image names
+/// against registries named in them, which may be anywhere), and the
+/// `positive_data_acceptance` check (the API's validation is stricter than a schema can
+/// say: DNS-label names, cross-field route rules).
+#[test]
+fn admin_api_matches_its_openapi_document() {
+    let token = "schemathesis-token-0123456789";
+    let strait = Strait::builder().env("STRAIT_ADMIN_TOKEN", token).start();
+    let (status, spec) = http_text(&strait.url("/openapi.json"), None);
+    assert_eq!(status, 200, "{spec}");
+    let spec: serde_json::Value = serde_json::from_str(&spec).expect("openapi.json is JSON");
+    assert_eq!(spec["openapi"], "3.1.0");
+    assert!(
+        spec["paths"]["/v1/services/{service}/instances/{id}"]["put"]["requestBody"].is_object()
+    );
+    let report = artefacts("schemathesis");
+    let output = Command::new("timeout")
+        .arg("300")
+        .arg("schemathesis")
+        .arg("run")
+        .arg(strait.url("/openapi.json"))
+        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+        .args(["--exclude-operation-id", "create_deployment"])
+        .args(["--exclude-operation-id", "rollback"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args(["--max-examples", "10", "--max-time", "60", "--seed", "19"])
+        .args(["--request-timeout", "10", "--workers", "2"])
+        .args(["--generation-database", "none", "--no-color"])
+        .arg("--report-junit-path")
+        .arg(report.join("junit.xml"))
+        .current_dir(&report)
+        .output()
+        .expect("run schemathesis (pip install schemathesis; scripts/test does)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    std::fs::write(report.join("output.txt"), text.as_bytes()).expect("write output");
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{text}\n{}\nstrait log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        strait.log_text()
+    );
+    assert!(text.contains("Tested:"), "{text}");
+}
