@@ -150,3 +150,71 @@ fn admin_api_matches_its_openapi_document() {
     );
     assert!(text.contains("Tested:"), "{text}");
 }
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HTTP/2 protocol errors are counted by code and by who detected them: a malformed
+/// request (the router resets the stream), a client's cancel, and a frame on the wrong
+/// stream (the router's GOAWAY).
+#[test]
+fn h2_stream_and_connection_errors_are_counted() {
+    let strait = Strait::builder().start();
+    let mut conn = TcpStream::connect(strait.http).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    // Stream 1: no :method (HPACK static entries :path / and :scheme http): malformed.
+    bytes.extend(h2_frame(0x1, 0x5, 1, &[0x84, 0x86]));
+    // Stream 3: a whole request head, then the client cancels it.
+    bytes.extend(h2_frame(
+        0x1,
+        0x4,
+        3,
+        &[0x82, 0x86, 0x84, 0x41, 0x03, b'w', b'e', b'b'],
+    ));
+    bytes.extend(h2_frame(0x3, 0, 3, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    conn.write_all(&bytes).expect("write");
+    // Wait for stream 1's reset before breaking the connection.
+    eventually(Duration::from_secs(10), "the router's RST_STREAM", || {
+        match strait.metric(
+            "strait_router_h2_stream_errors_total{by=\"router\",code=\"PROTOCOL_ERROR\"}",
+        ) {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // DATA on stream 0 is a connection error.
+    conn.write_all(&h2_frame(0x0, 0, 0, b"x")).expect("write");
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    for (name, what) in [
+        (
+            "strait_router_h2_connection_errors_total{by=\"router\",code=\"PROTOCOL_ERROR\"}",
+            "the connection error",
+        ),
+        (
+            "strait_router_h2_goaways_sent_total{code=\"PROTOCOL_ERROR\"}",
+            "the GOAWAY",
+        ),
+        (
+            "strait_router_h2_stream_errors_total{by=\"client\",code=\"CANCEL\"}",
+            "the client's cancel",
+        ),
+    ] {
+        eventually(Duration::from_secs(10), what, || match strait.metric(name) {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("{name}: {other:?}")),
+        });
+    }
+    assert_eq!(
+        strait.metric("strait_router_h2_goaways_sent_total{code=\"NO_ERROR\"}"),
+        Some(0.0)
+    );
+}
