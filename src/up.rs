@@ -143,6 +143,8 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
     }
     let mut reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
     router.follow(store.watch())?;
+    crate::metrics::ServiceHealth::register(&registry, Arc::clone(&store))?;
+    crate::metrics::follow_health_changes(&registry, store.watch())?;
     dns.follow(store.watch())?;
 
     // A successor serves DNS, the registry and the admin API on the handed-over sockets

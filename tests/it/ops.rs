@@ -218,3 +218,237 @@ fn h2_stream_and_connection_errors_are_counted() {
         Some(0.0)
     );
 }
+
+/// The metric names an expression text uses: `strait_*` and `process_*` tokens.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.starts_with("strait_") || t.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every expression of the dashboard's panels.
+fn dashboard_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(root().join("etc/grafana/strait.json")).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The dashboard is a Grafana dashboard with the panels docs/operations.md lists, each
+/// with a query, on the datasource variable; and docs/operations.md names every panel.
+#[test]
+fn dashboard_has_the_panels_operations_lists() {
+    let text = std::fs::read_to_string(root().join("etc/grafana/strait.json")).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    assert_eq!(dashboard["uid"], "strait");
+    let docs = std::fs::read_to_string(root().join("docs/operations.md")).expect("operations.md");
+    let mut ids = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("a title");
+        assert!(ids.insert(panel["id"].as_u64().expect("an id")), "duplicate id: {title}");
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            assert!(target["expr"].as_str().is_some_and(|e| !e.is_empty()), "{title}");
+        }
+        assert!(
+            docs.contains(&format!("**{title}**")),
+            "docs/operations.md does not describe panel `{title}`"
+        );
+    }
+    let all = dashboard_exprs().join("\n");
+    for needed in [
+        "strait_router_requests_total",
+        "strait_router_request_duration_seconds_bucket",
+        "strait_discovery_service_instances",
+        "strait_router_ejections_total",
+        "strait_router_propagation_seconds_bucket",
+        "strait_discovery_snapshot_age_seconds",
+        "strait_discovery_store_connected",
+        "strait_dns_queries_total",
+        "strait_registry_requests_total",
+        "strait_router_certificate_expiry_timestamp_seconds",
+    ] {
+        assert!(all.contains(needed), "no panel uses {needed}");
+    }
+}
+
+/// `promtool check rules` and `promtool test rules`, and every alert has a unit test and
+/// a section in docs/operations.md.
+#[test]
+fn alert_rules_check_and_pass_their_unit_tests() {
+    let dir = root().join("etc/prometheus");
+    for args in [
+        &["check", "rules", "strait-alerts.yml"][..],
+        &["test", "rules", "strait-alerts.test.yml"][..],
+    ] {
+        let output = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool (Debian package prometheus; scripts/test installs it)");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("strait-alerts.yml")).expect("rules");
+    let tests = std::fs::read_to_string(dir.join("strait-alerts.test.yml")).expect("tests");
+    let docs = std::fs::read_to_string(root().join("docs/operations.md")).expect("operations.md");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "alert {alert} has no promtool unit test"
+        );
+        assert!(
+            docs.contains(&format!("### {alert}")),
+            "docs/operations.md has no section for alert {alert}"
+        );
+    }
+}
+
+/// A live strait exports every metric the dashboard and the alert rules use, once it
+/// has served what they measure (the demo route, a dead service, DNS, the registry, a
+/// TLS listener, a health change).
+#[test]
+fn dashboard_and_alerts_use_only_exported_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::tls::make_ca(dir.path(), "ca");
+    let (cert, key) = crate::tls::make_leaf(dir.path(), "ca", "site", &["site.example"]);
+    let strait = Strait::builder()
+        .config(&format!(
+            "[[router.tls]]\naddr = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\n\
+             [router.outlier]\nconsecutive_failures = 1\nmax_ejection_percent = 100\n\n[demo]\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    eventually(Duration::from_secs(30), "the demo service passing", || {
+        let (_, service) = strait.get("/v1/services/hello");
+        (service["instances"][0]["health"] == "passing")
+            .then_some(())
+            .ok_or_else(|| service.to_string())
+    });
+    let closed = crate::harness::free_port();
+    let (status, _) = strait.put(
+        "/v1/services/dead/instances/d1",
+        &format!(r#"{{"address": "127.0.0.1", "port": {closed}}}"#),
+    );
+    assert_eq!(status, 200);
+    let (status, _) = strait.put("/v1/routes/dead", r#"{"host": "dead.example", "service": "dead"}"#);
+    assert_eq!(status, 200);
+    for host in ["localhost", "dead.example"] {
+        eventually(Duration::from_secs(10), "an answer through the router", || {
+            let (ok, out) = sh(&format!(
+                "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -H 'Host: {host}' http://{}/",
+                strait.http
+            ));
+            match out.as_str() {
+                "200" if host == "localhost" => Ok(()),
+                "502" | "503" if host != "localhost" => Ok(()),
+                _ => Err(format!("{host}: {ok} {out}")),
+            }
+        });
+    }
+    let (ok, answer) = sh(&format!(
+        "dig @127.0.0.1 -p {} hello.service.strait +short +time=2",
+        strait.dns.port()
+    ));
+    assert!(ok && answer.contains("127.0.0.1"), "{answer}");
+    let registry = strait.registry.expect("the registry");
+    let _ = http_text(&format!("http://{registry}/v2/"), None);
+    let (status, _) = strait.put(
+        "/v1/services/dead/instances/d1/health",
+        r#"{"health": "critical"}"#,
+    );
+    assert_eq!(status, 200);
+
+    let rules = std::fs::read_to_string(root().join("etc/prometheus/strait-alerts.yml"))
+        .expect("rules");
+    let mut used = metric_names(&rules);
+    used.extend(metric_names(&dashboard_exprs().join("\n")));
+    assert!(used.len() > 15, "{used:?}");
+    eventually(Duration::from_secs(30), "every metric used to be exported", || {
+        let exported: BTreeSet<String> = strait
+            .metrics_text()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_string)
+            .collect();
+        let missing: Vec<&String> = used.difference(&exported).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not exported: {missing:?}"))
+        }
+    });
+}
+
+/// The systemd unit passes `systemd-analyze verify` (its binary path pointed at the
+/// built one), keeps its hardening, and `systemd-analyze security` rates its exposure
+/// at most 2.5 of 10 (1.7 now).
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(root().join("etc/systemd/strait.service")).expect("unit");
+    for setting in [
+        "DynamicUser=yes",
+        "StateDirectory=strait",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == setting), "the unit lost {setting}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("strait.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/strait", crate::harness::STRAIT),
+    )
+    .expect("write unit");
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .expect("run systemd-analyze (Debian package systemd; scripts/test installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Lines about other units on this machine are not ours to judge.
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains("strait")).collect();
+    assert!(
+        output.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
+    let security = Command::new("systemd-analyze")
+        // The threshold is in tenths.
+        .args(["security", "--offline=true", "--threshold=25"])
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze security");
+    assert!(
+        security.status.success(),
+        "exposure above 2.5 (of 10):\n{}{}",
+        String::from_utf8_lossy(&security.stdout),
+        String::from_utf8_lossy(&security.stderr)
+    );
+}
