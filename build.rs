@@ -20,10 +20,7 @@ fn main() {
     // Rebuilt when HEAD moves: HEAD itself (a branch switch) and the ref it points at.
     // (Only files that exist: cargo reruns a script whose watched file is missing, always.)
     let branch = git(&["symbolic-ref", "-q", "HEAD"]);
-    for name in ["HEAD", "packed-refs"]
-        .into_iter()
-        .chain(branch.as_deref())
-    {
+    for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
         if let Some(path) = git(&["rev-parse", "--git-path", name])
             && std::path::Path::new(&path).exists()
         {

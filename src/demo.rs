@@ -229,7 +229,10 @@ pub fn try_this(config: &DemoConfig, at: &Addresses, strait: &str) -> String {
     let lines = [
         (
             curl,
-            format!("through the router to the demo backend (service `{}`)", config.service),
+            format!(
+                "through the router to the demo backend (service `{}`)",
+                config.service
+            ),
         ),
         (
             format!(

@@ -123,10 +123,8 @@ pub fn document(mut doc: OpenApi, public: &BTreeSet<String>) -> OpenApi {
             if public {
                 operation.security = Some(vec![SecurityRequirement::default()]);
             } else {
-                operation.security = Some(vec![SecurityRequirement::new(
-                    BEARER,
-                    Vec::<String>::new(),
-                )]);
+                operation.security =
+                    Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
                 operation.responses.responses.insert(
                     "401".into(),
                     RefOr::T(error("No or wrong `Authorization: Bearer` token")),

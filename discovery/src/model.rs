@@ -92,7 +92,19 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ModelError> {
 
 /// Health of an instance, as its health checks (or an operator) last reported it.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default, utoipa::ToSchema)]
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Serving. The default for a registration without checks, as in Consul.

@@ -128,7 +128,12 @@ fn admin_api_matches_its_openapi_document() {
         .arg("schemathesis")
         .arg("run")
         .arg(strait.url("/openapi.json"))
-        .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
         .args(["--exclude-operation-id", "create_deployment"])
         .args(["--exclude-operation-id", "rollback"])
         .args(["--header", &format!("Authorization: Bearer {token}")])
@@ -182,14 +187,16 @@ fn h2_stream_and_connection_errors_are_counted() {
     bytes.extend(h2_frame(0x3, 0, 3, &8u32.to_be_bytes())); // RST_STREAM CANCEL
     conn.write_all(&bytes).expect("write");
     // Wait for stream 1's reset before breaking the connection.
-    eventually(Duration::from_secs(10), "the router's RST_STREAM", || {
-        match strait.metric(
-            "strait_router_h2_stream_errors_total{by=\"router\",code=\"PROTOCOL_ERROR\"}",
-        ) {
+    eventually(
+        Duration::from_secs(10),
+        "the router's RST_STREAM",
+        || match strait
+            .metric("strait_router_h2_stream_errors_total{by=\"router\",code=\"PROTOCOL_ERROR\"}")
+        {
             Some(n) if n >= 1.0 => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
     // DATA on stream 0 is a connection error.
     conn.write_all(&h2_frame(0x0, 0, 0, b"x")).expect("write");
     let mut rest = Vec::new();
@@ -208,9 +215,11 @@ fn h2_stream_and_connection_errors_are_counted() {
             "the client's cancel",
         ),
     ] {
-        eventually(Duration::from_secs(10), what, || match strait.metric(name) {
-            Some(n) if n >= 1.0 => Ok(()),
-            other => Err(format!("{name}: {other:?}")),
+        eventually(Duration::from_secs(10), what, || {
+            match strait.metric(name) {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("{name}: {other:?}")),
+            }
         });
     }
     assert_eq!(
@@ -251,12 +260,18 @@ fn dashboard_has_the_panels_operations_lists() {
     let mut ids = BTreeSet::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         let title = panel["title"].as_str().expect("a title");
-        assert!(ids.insert(panel["id"].as_u64().expect("an id")), "duplicate id: {title}");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("an id")),
+            "duplicate id: {title}"
+        );
         assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
         let targets = panel["targets"].as_array().expect("targets");
         assert!(!targets.is_empty(), "{title} has no query");
         for target in targets {
-            assert!(target["expr"].as_str().is_some_and(|e| !e.is_empty()), "{title}");
+            assert!(
+                target["expr"].as_str().is_some_and(|e| !e.is_empty()),
+                "{title}"
+            );
         }
         assert!(
             docs.contains(&format!("**{title}**")),
@@ -349,20 +364,27 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
         &format!(r#"{{"address": "127.0.0.1", "port": {closed}}}"#),
     );
     assert_eq!(status, 200);
-    let (status, _) = strait.put("/v1/routes/dead", r#"{"host": "dead.example", "service": "dead"}"#);
+    let (status, _) = strait.put(
+        "/v1/routes/dead",
+        r#"{"host": "dead.example", "service": "dead"}"#,
+    );
     assert_eq!(status, 200);
     for host in ["localhost", "dead.example"] {
-        eventually(Duration::from_secs(10), "an answer through the router", || {
-            let (ok, out) = sh(&format!(
-                "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -H 'Host: {host}' http://{}/",
-                strait.http
-            ));
-            match out.as_str() {
-                "200" if host == "localhost" => Ok(()),
-                "502" | "503" if host != "localhost" => Ok(()),
-                _ => Err(format!("{host}: {ok} {out}")),
-            }
-        });
+        eventually(
+            Duration::from_secs(10),
+            "an answer through the router",
+            || {
+                let (ok, out) = sh(&format!(
+                    "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 -H 'Host: {host}' http://{}/",
+                    strait.http
+                ));
+                match out.as_str() {
+                    "200" if host == "localhost" => Ok(()),
+                    "502" | "503" if host != "localhost" => Ok(()),
+                    _ => Err(format!("{host}: {ok} {out}")),
+                }
+            },
+        );
     }
     let (ok, answer) = sh(&format!(
         "dig @127.0.0.1 -p {} hello.service.strait +short +time=2",
@@ -377,26 +399,30 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     );
     assert_eq!(status, 200);
 
-    let rules = std::fs::read_to_string(root().join("etc/prometheus/strait-alerts.yml"))
-        .expect("rules");
+    let rules =
+        std::fs::read_to_string(root().join("etc/prometheus/strait-alerts.yml")).expect("rules");
     let mut used = metric_names(&rules);
     used.extend(metric_names(&dashboard_exprs().join("\n")));
     assert!(used.len() > 15, "{used:?}");
-    eventually(Duration::from_secs(30), "every metric used to be exported", || {
-        let exported: BTreeSet<String> = strait
-            .metrics_text()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split(['{', ' ']).next())
-            .map(str::to_string)
-            .collect();
-        let missing: Vec<&String> = used.difference(&exported).collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("not exported: {missing:?}"))
-        }
-    });
+    eventually(
+        Duration::from_secs(30),
+        "every metric used to be exported",
+        || {
+            let exported: BTreeSet<String> = strait
+                .metrics_text()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split(['{', ' ']).next())
+                .map(str::to_string)
+                .collect();
+            let missing: Vec<&String> = used.difference(&exported).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not exported: {missing:?}"))
+            }
+        },
+    );
 }
 
 /// The systemd unit passes `systemd-analyze verify` (its binary path pointed at the
@@ -413,7 +439,10 @@ fn systemd_unit_verifies() {
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "NoNewPrivileges=yes",
     ] {
-        assert!(unit.lines().any(|l| l.trim() == setting), "the unit lost {setting}");
+        assert!(
+            unit.lines().any(|l| l.trim() == setting),
+            "the unit lost {setting}"
+        );
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("strait.service");

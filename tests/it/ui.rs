@@ -221,12 +221,11 @@ impl Drop for Browser {
 #[test]
 fn status_page_shows_services_and_live_health_behind_the_token() {
     let token = "ui-test-token-0123456789";
-    let strait = Strait::builder()
-        .env("STRAIT_ADMIN_TOKEN", token)
-        .start();
+    let strait = Strait::builder().env("STRAIT_ADMIN_TOKEN", token).start();
     let dir = artefacts("status-page");
     let register = |id: &str, port: u16| {
-        let body = format!(r#"{{"address": "127.0.0.1", "port": {port}, "zone": "eu-1", "weight": 3}}"#);
+        let body =
+            format!(r#"{{"address": "127.0.0.1", "port": {port}, "zone": "eu-1", "weight": 3}}"#);
         let (status, answer) = http(
             &strait,
             "PUT",
@@ -248,8 +247,14 @@ fn status_page_shows_services_and_live_health_behind_the_token() {
 
     // Without the token: the form, no data.
     let dom = dump_dom(&strait.url("/ui"), 5000);
-    assert!(dom.contains("<form id=\"login\">"), "login form not shown:\n{dom}");
-    assert!(!dom.contains("data-instance"), "data without a token:\n{dom}");
+    assert!(
+        dom.contains("<form id=\"login\">"),
+        "login form not shown:\n{dom}"
+    );
+    assert!(
+        !dom.contains("data-instance"),
+        "data without a token:\n{dom}"
+    );
 
     let mut browser = Browser::open(&strait.url("/ui"), &dir.join("chromium.log"));
     browser.wait_for("the login form", "<form id=\"login\">");
@@ -263,7 +268,10 @@ fn status_page_shows_services_and_live_health_behind_the_token() {
         "web/i1 passing",
         r#"data-instance="web/i1" data-health="passing""#,
     );
-    assert!(dom.contains("web.example"), "the route is not shown:\n{dom}");
+    assert!(
+        dom.contains("web.example"),
+        "the route is not shown:\n{dom}"
+    );
     assert!(dom.contains("eu-1"), "the zone is not shown:\n{dom}");
 
     // Registered while the page is open: it appears without a reload.

@@ -59,8 +59,12 @@ impl H2Watched {
 fn count_received(counters: &H2Counters, event: H2Event) {
     match event {
         H2Event::GoAway { code: 0 } => {}
-        H2Event::GoAway { code } => counters.connection_errors_by_client[error_code_index(code)].inc(),
-        H2Event::RstStream { code } => counters.stream_errors_by_client[error_code_index(code)].inc(),
+        H2Event::GoAway { code } => {
+            counters.connection_errors_by_client[error_code_index(code)].inc()
+        }
+        H2Event::RstStream { code } => {
+            counters.stream_errors_by_client[error_code_index(code)].inc()
+        }
     }
 }
 
@@ -72,7 +76,9 @@ fn count_sent(counters: &H2Counters, event: H2Event) {
                 counters.connection_errors_by_router[error_code_index(code)].inc();
             }
         }
-        H2Event::RstStream { code } => counters.stream_errors_by_router[error_code_index(code)].inc(),
+        H2Event::RstStream { code } => {
+            counters.stream_errors_by_router[error_code_index(code)].inc()
+        }
     }
 }
 
