@@ -276,7 +276,7 @@ struct CheckPassed {
 
 /// A TTL check's heartbeat: it passes for another TTL.
 #[utoipa::path(put, path = "/v1/agent/checks/{id}/pass", tag = "agent",
-    params(("id" = String, Path, description = "Check id (`service/instance`)")),
+    params(("id" = String, Path, description = "Check id (its `id`, else `<instance id>:<index>`)")),
     responses(
         (status = 200, body = CheckPassed),
         (status = 404, body = ErrorBody, description = "No such check, or no agent here"),
