@@ -1,5 +1,10 @@
 //! The admin HTTP server: discovery's `/v1` API plus `/metrics`, `/healthz`, `/readyz`,
-//! behind authentication and the teams' authorisation (`authz.rs`) when configured.
+//! behind authentication and the teams' authorisation (`authz.rs`) when configured;
+//! `/openapi.json` (`openapi.rs`) and the status page (`ui.rs`, `status.rs`) beside them.
+//!
+//! Every route is registered with utoipa-axum's `routes!` from its handler's
+//! `#[utoipa::path]`, which is also its OpenAPI entry: `protected` and `public` below
+//! are the one list of what the API serves.
 
 use std::sync::Arc;
 
@@ -7,11 +12,12 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use discovery::admin::{AdminState, ApiError};
+use discovery::admin::{AdminState, ApiError, ErrorBody};
 use discovery::store::StoreMetrics;
 use discovery::{Leases, Store};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Request bodies larger than this are refused (413) before parsing.
 const MAX_BODY: usize = 1 << 20;
@@ -69,10 +75,16 @@ impl Admin {
             store: Arc::clone(&self.store),
             leases: Arc::clone(&self.leases),
         });
-        let protected = axum::Router::new()
-            .route("/metrics", get(metrics))
-            .route("/v1/explain", axum::routing::post(explain))
+        // What the token guards.
+        let protected = OpenApiRouter::new()
+            .routes(routes!(metrics))
+            .routes(routes!(explain))
             .with_state(self.clone())
+            .merge(crate::status::routes(crate::status::StatusState {
+                store: Arc::clone(&self.store),
+                router: Arc::clone(&self.router),
+                registry: self.registry.clone(),
+            }))
             .merge(agent_routes(self.agent.clone()))
             .merge(deploy::api::router(Arc::clone(&self.deploy)))
             .merge(crate::tokens::routes(self.authz.clone()))
@@ -81,11 +93,22 @@ impl Admin {
                 self.authz.clone(),
                 crate::authz::enforce,
             ));
-        axum::Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
+        // What anyone who reaches the port may read: liveness, readiness, the API's
+        // description and the status page's shell (which holds no data: its script asks
+        // the API, with the token).
+        let spec = crate::openapi::Spec::default();
+        let public = OpenApiRouter::new()
+            .routes(routes!(healthz))
+            .routes(routes!(readyz))
             .with_state(self.clone())
-            .merge(protected)
+            .merge(crate::openapi::routes(Arc::clone(&spec)))
+            .merge(crate::ui::routes());
+        let public_paths = public.get_openapi().paths.paths.keys().cloned().collect();
+        let (routes, doc) = public.merge(protected).split_for_parts();
+        let doc = crate::openapi::document(doc, &public_paths);
+        // (`to_json` fails only on a map with non-string keys, which the document has not.)
+        let _ = spec.set(doc.to_json().unwrap_or_default());
+        routes
             .fallback(|| async {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -161,6 +184,19 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "Alive", content_type = "text/plain", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: a snapshot has been loaded from the store.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain", body = String),
+        (status = 503, description = "No snapshot loaded yet", content_type = "text/plain", body = String),
+    ))]
 async fn readyz(State(admin): State<Admin>) -> Response {
     let status = admin.store.status();
     if status.ready {
@@ -184,19 +220,30 @@ fn no_agent() -> Response {
 }
 
 /// The agent's endpoints, for `strait up`'s admin API and the standalone `strait agent`.
-pub fn agent_routes(agent: Option<Arc<discovery::agent::Agent>>) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/agent/checks/{id}/pass", axum::routing::put(check_pass))
-        .route(
-            "/v1/agent/services/{service}/{id}/maintenance",
-            axum::routing::put(maintenance),
-        )
+pub fn agent_routes(agent: Option<Arc<discovery::agent::Agent>>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(check_pass))
+        .routes(routes!(maintenance))
         .with_state(agent)
 }
 
 type AgentState = State<Option<Arc<discovery::agent::Agent>>>;
 
-/// `PUT /v1/agent/checks/{id}/pass`: a TTL check's heartbeat.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct CheckPassed {
+    check: String,
+    /// Always `passing`.
+    status: String,
+}
+
+/// A TTL check's heartbeat: it passes for another TTL.
+#[utoipa::path(put, path = "/v1/agent/checks/{id}/pass", tag = "agent",
+    params(("id" = String, Path, description = "Check id (its `id`, else `<instance id>:<index>`)")),
+    responses(
+        (status = 200, body = CheckPassed),
+        (status = 404, body = ErrorBody, description = "No such check, or no agent here"),
+        (status = 409, body = ErrorBody, description = "Not a TTL check"),
+    ))]
 async fn check_pass(
     State(agent): AgentState,
     axum::extract::Path(id): axum::extract::Path<String>,
@@ -205,7 +252,11 @@ async fn check_pass(
         return no_agent();
     };
     match agent.pass(&id) {
-        Ok(()) => axum::Json(serde_json::json!({"check": id, "status": "passing"})).into_response(),
+        Ok(()) => axum::Json(CheckPassed {
+            check: id,
+            status: "passing".into(),
+        })
+        .into_response(),
         Err(discovery::agent::PassError::Unknown) => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -221,13 +272,31 @@ async fn check_pass(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MaintenanceBody {
     enable: bool,
 }
 
-/// `PUT /v1/agent/services/{service}/{id}/maintenance` `{"enable": true}`: drain.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct MaintenanceView {
+    service: String,
+    id: String,
+    maintenance: bool,
+}
+
+/// Drains a local instance (`{"enable": true}`: no new traffic) or ends its drain.
+#[utoipa::path(put, path = "/v1/agent/services/{service}/{id}/maintenance", tag = "agent",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("id" = String, Path, description = "Instance id"),
+    ),
+    request_body = MaintenanceBody,
+    responses(
+        (status = 200, body = MaintenanceView),
+        (status = 400, body = ErrorBody, description = "Invalid body"),
+        (status = 404, body = ErrorBody, description = "No such local instance, or no agent here"),
+    ))]
 async fn maintenance(
     State(agent): AgentState,
     axum::extract::Path((service, id)): axum::extract::Path<(String, String)>,
@@ -241,8 +310,12 @@ async fn maintenance(
         Err(e) => return e.into_response(),
     };
     if agent.set_maintenance(&service, &id, enable) {
-        axum::Json(serde_json::json!({"service": service, "id": id, "maintenance": enable}))
-            .into_response()
+        axum::Json(MaintenanceView {
+            service,
+            id,
+            maintenance: enable,
+        })
+        .into_response()
     } else {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -253,7 +326,7 @@ async fn maintenance(
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExplainRequest {
     /// `http://host/path?query`; the scheme may be left out.
@@ -264,7 +337,14 @@ struct ExplainRequest {
     headers: std::collections::BTreeMap<String, String>,
 }
 
-/// `POST /v1/explain`: how the live routing table would handle a request.
+/// How the live routing table would handle a request: the host entry chosen, every
+/// route's verdict, the targets and each instance's eligibility (docs/router.md).
+#[utoipa::path(post, path = "/v1/explain", tag = "router",
+    request_body = ExplainRequest,
+    responses(
+        (status = 200, body = serde_json::Value, description = "The explanation"),
+        (status = 400, body = ErrorBody, description = "Invalid body, URL, method or header"),
+    ))]
 async fn explain(State(admin): State<Admin>, body: axum::body::Bytes) -> Response {
     let request: ExplainRequest = match discovery::admin::parse_body(&body) {
         Ok(request) => request,
@@ -305,6 +385,9 @@ async fn explain(State(admin): State<Admin>, body: axum::body::Bytes) -> Respons
     axum::Json(explanation).into_response()
 }
 
+/// The Prometheus text exposition (docs/operations.md lists what the dashboard uses).
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn metrics(State(admin): State<Admin>) -> Response {
     admin
         .store_metrics

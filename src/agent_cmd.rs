@@ -159,7 +159,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             )
             .map_err(anyhow::Error::msg)?;
         }
-        let app = crate::admin::agent_routes(Some(Arc::clone(&agent)))
+        let app = axum::Router::from(crate::admin::agent_routes(Some(Arc::clone(&agent))))
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .route(
                 "/metrics",

@@ -8,11 +8,16 @@ mod admin;
 mod agent_cmd;
 mod authz;
 mod cli;
+mod demo;
 mod deploy_cmd;
+mod metrics;
+mod openapi;
 mod registry_cmd;
 mod settings;
+mod status;
 mod token_cmd;
 mod tokens;
+mod ui;
 mod up;
 mod upgrade;
 
@@ -36,10 +41,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 pub static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
 
+/// `0.1.0 (commit 0123456789ab)`: the package version and the commit built (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("STRAIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "strait",
-    version,
+    version = VERSION,
     about = "Edge router and service-discovery data plane"
 )]
 struct Cli {

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// The built-in demo configuration `strait up` uses when no `--config` is given.
+/// The built-in demo configuration `strait up` uses when no `--config` is given: the
+/// defaults, and the `[demo]` service.
 pub const DEMO_CONFIG: &str = include_str!("../etc/strait.toml");
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -29,6 +30,9 @@ pub struct Settings {
     /// `[[team]]`: teams and what they own.
     #[serde(default, rename = "team")]
     pub teams: access::Teams,
+    /// The first-run demo (the built-in config has it; docs/operations.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo: Option<crate::demo::DemoConfig>,
 }
 
 /// The `[agent]` section: local services to register and health-check, and whether this
@@ -317,7 +321,7 @@ mod tests {
         check(
             "[stor]\nurl = \"embedded\"\n",
             expect![
-                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns`, `agent`, `registry`, `auth`, `team` (remove it or check its spelling)"
+                "<test>:1:2: key `stor`: unknown field `stor`, expected one of `store`, `admin`, `router`, `dns`, `agent`, `registry`, `auth`, `team`, `demo` (remove it or check its spelling)"
             ],
         );
     }

@@ -66,7 +66,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<()> {
         .thread_name("strait-control")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, args.upgrade))
+    // The commands to try are printed for the built-in demo config only.
+    let announce_demo = args.config.is_none() && !args.upgrade;
+    runtime.block_on(serve(settings, args.upgrade, announce_demo))
 }
 
 pub fn init_logging() {
@@ -79,24 +81,19 @@ pub fn init_logging() {
         .init();
 }
 
-async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
+async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow::Result<()> {
     let mut signals = StopSignals::new().context("cannot watch for signals")?;
     let paths = upgrade::Paths::new(&settings.store.data_dir)?;
     // Everything that can fail on bad configuration fails here, before a running strait
     // is asked to hand over.
     let registry = Registry::new();
-    let build_info = prometheus::IntGaugeVec::new(
-        prometheus::Opts::new("strait_build_info", "strait version"),
-        &["version"],
-    )?;
-    build_info
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1);
-    registry.register(Box::new(build_info))?;
+    crate::metrics::register_process_metrics(&registry)?;
     #[cfg(feature = "alloc-stats")]
     export_allocation_counts(&registry)?;
     let store_metrics = StoreMetrics::new(&registry)?;
     let router = Arc::new(router::Router::new(settings.router.clone(), &registry)?);
+    crate::metrics::CertificateExpiry::register(&registry, Arc::clone(&router))?;
+    crate::status::start_clock();
     let dns = discovery::dns::server::DnsServer::new(settings.dns.clone(), &registry)?;
     let agent_file = match &settings.agent.services {
         Some(path) => {
@@ -157,25 +154,40 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     }
     let mut reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
     router.follow(store.watch())?;
+    crate::metrics::ServiceHealth::register(&registry, Arc::clone(&store))?;
+    crate::metrics::follow_health_changes(&registry, store.watch())?;
     dns.follow(store.watch())?;
 
     // A successor serves DNS, the registry and the admin API on the handed-over sockets
     // before it confirms: once it has, only pingora's own start is left to fail.
-    match sockets.dns.take() {
+    let dns_addr = match sockets.dns.take() {
         Some((udp, tcp)) => dns.start_inherited(discovery::dns::server::DnsSockets { udp, tcp })?,
         None => dns.start()?,
     };
-    // The agent: the file's services, and the containers when this host runs them.
+    // The first-run demo: its backend, its route, and its registration through the agent.
+    let demo = match &settings.demo {
+        Some(config) => {
+            let demo = Arc::new(crate::demo::Demo::start(config.clone()).await?);
+            demo.ensure_route(store.as_ref()).await?;
+            Some(demo)
+        }
+        None => None,
+    };
+    // The agent: the file's services, the demo's, and the containers when this host
+    // runs them.
     let runs_containers = settings.agent.runtime.is_some();
-    let agent = if agent_file.is_some() || runs_containers {
+    let agent = if agent_file.is_some() || runs_containers || demo.is_some() {
         {
-            let file = match agent_file {
+            let mut file = match agent_file {
                 Some((path, file)) => {
                     info!(services = file.services.len(), file = %path.display(), "agent: registering local services");
                     file
                 }
                 None => discovery::agent::AgentFile::default(),
             };
+            if let Some(demo) = &demo {
+                file.services.push(demo.definition());
+            }
             let adopted = transfer
                 .as_ref()
                 .map_or(&[][..], |t| t.store.instances.as_slice());
@@ -276,6 +288,19 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
     };
     // Logged last: test harnesses wait for this line.
     info!(addr = %admin_addr, "admin API listening on {admin_addr}");
+    if let (Some(demo), true) = (&demo, announce_demo) {
+        tokio::spawn(crate::demo::announce(
+            Arc::clone(demo),
+            Arc::clone(&store),
+            Arc::clone(&router),
+            crate::demo::Addresses {
+                http: router_handle.addr(),
+                dns: dns_addr,
+                admin: admin_addr,
+                domain: settings.dns.domain.clone(),
+            },
+        ));
+    }
     if !upgrade {
         // (A successor wrote it before saying `ready`.)
         paths.write_pid()?;

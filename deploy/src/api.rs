@@ -10,13 +10,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use discovery::Snapshot;
-use discovery::admin::{ApiError, parse_body};
-use discovery::apps::{AppSpec, Deployment, validate_app_name};
+use discovery::admin::{ApiError, ErrorBody, parse_body};
+use discovery::apps::{App, AppSpec, Deployment, validate_app_name};
 use discovery::model::{Health, Instance};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::controller::{
     Controller, DeployError, DeployRequest, current, in_progress, instances_of,
@@ -39,34 +40,78 @@ impl From<DeployError> for ApiError {
     }
 }
 
-/// The apps endpoints, relative to the admin root.
-pub fn router(controller: Arc<Controller>) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/apps", get(list_apps))
-        .route(
-            "/v1/apps/{app}",
-            get(get_app).put(put_app).delete(delete_app),
-        )
-        .route(
-            "/v1/apps/{app}/deployments",
-            get(list_deployments).post(create_deployment),
-        )
-        .route(
-            "/v1/apps/{app}/deployments/{id}",
-            get(get_deployment).delete(cancel_deployment),
-        )
-        .route("/v1/apps/{app}/rollback", post(rollback))
+/// The apps endpoints, relative to the admin root; each route registered from its
+/// handler's `#[utoipa::path]` (its OpenAPI entry).
+pub fn router(controller: Arc<Controller>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_apps))
+        .routes(routes!(get_app, put_app, delete_app))
+        .routes(routes!(list_deployments, create_deployment))
+        .routes(routes!(get_deployment, cancel_deployment))
+        .routes(routes!(rollback))
         .with_state(controller)
 }
 
 /// A deployment with its instances, as the API shows it.
-#[derive(Serialize)]
-struct DeploymentView<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct DeploymentView<'a> {
     #[serde(flatten)]
-    deployment: &'a Deployment,
-    wanted: u32,
-    passing: usize,
-    instances: Vec<&'a Instance>,
+    #[schema(value_type = Deployment)]
+    pub deployment: &'a Deployment,
+    /// Instances wanted in all.
+    pub wanted: u32,
+    pub passing: usize,
+    #[schema(value_type = Vec<Instance>)]
+    pub instances: Vec<&'a Instance>,
+}
+
+/// One app in `GET /v1/apps`.
+#[derive(Serialize, ToSchema)]
+pub struct AppSummary<'a> {
+    pub name: &'a str,
+    /// The image the current deployment runs (else the spec's).
+    pub image: String,
+    pub instances: u32,
+    pub passing: usize,
+    /// The deployment that has the traffic.
+    pub current: Option<u64>,
+    /// A deployment under way, if any.
+    pub in_progress: Option<u64>,
+    pub host: Option<&'a str>,
+    pub removing: bool,
+}
+
+/// `GET /v1/apps`.
+#[derive(Serialize, ToSchema)]
+pub struct AppList<'a> {
+    pub revision: u64,
+    pub apps: Vec<AppSummary<'a>>,
+}
+
+/// `GET /v1/apps/{app}`.
+#[derive(Serialize, ToSchema)]
+pub struct AppView<'a> {
+    pub revision: u64,
+    pub name: &'a str,
+    #[schema(value_type = AppSpec)]
+    pub spec: &'a AppSpec,
+    pub removing: bool,
+    pub current: Option<DeploymentView<'a>>,
+    pub in_progress: Option<DeploymentView<'a>>,
+}
+
+/// `DELETE /v1/apps/{app}`'s answer: the app goes once its containers have.
+#[derive(Serialize, ToSchema)]
+pub struct AppRemoving {
+    pub app: String,
+    pub removing: bool,
+}
+
+/// `GET /v1/apps/{app}/deployments`, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct DeploymentList<'a> {
+    pub app: &'a str,
+    pub deployments: Vec<DeploymentView<'a>>,
 }
 
 fn view<'a>(snapshot: &'a Snapshot, deployment: &'a Deployment) -> DeploymentView<'a> {
@@ -103,6 +148,9 @@ fn accepted(deployment: &Deployment, snapshot: &Snapshot) -> Response {
         .into_response()
 }
 
+/// Every app, with its current and in-progress deployments.
+#[utoipa::path(get, path = "/v1/apps", tag = "apps",
+    responses((status = 200, body = AppList)))]
 async fn list_apps(State(controller): State<Arc<Controller>>) -> Response {
     let snapshot = controller.store().snapshot();
     let apps: Vec<_> = snapshot
@@ -112,21 +160,36 @@ async fn list_apps(State(controller): State<Arc<Controller>>) -> Response {
             let current = current(&snapshot, &app.name);
             let running = in_progress(&snapshot, &app.name);
             let passing = current.as_ref().map_or(0, |d| view(&snapshot, d).passing);
-            json!({
-                "name": app.name,
-                "image": current.as_ref().map_or(app.spec.image.as_str(), |d| d.image.as_str()),
-                "instances": current.as_ref().map_or(0, |d| d.wanted()),
-                "passing": passing,
-                "current": current.as_ref().map(|d| d.id),
-                "in_progress": running.as_ref().map(|d| d.id),
-                "host": app.spec.host,
-                "removing": app.removing,
-            })
+            AppSummary {
+                name: &app.name,
+                image: current
+                    .as_ref()
+                    .map_or(app.spec.image.as_str(), |d| d.image.as_str())
+                    .to_string(),
+                instances: current.as_ref().map_or(0, |d| d.wanted()),
+                passing,
+                current: current.as_ref().map(|d| d.id),
+                in_progress: running.as_ref().map(|d| d.id),
+                host: app.spec.host.as_deref(),
+                removing: app.removing,
+            }
         })
         .collect();
-    Json(json!({"revision": snapshot.revision, "apps": apps})).into_response()
+    Json(AppList {
+        revision: snapshot.revision,
+        apps,
+    })
+    .into_response()
 }
 
+/// One app: its spec and its current and in-progress deployments.
+#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses(
+        (status = 200, body = AppView),
+        (status = 400, body = ErrorBody, description = "Not an app name"),
+        (status = 404, body = ErrorBody, description = "No such app"),
+    ))]
 async fn get_app(
     State(controller): State<Arc<Controller>>,
     Path(app): Path<String>,
@@ -142,17 +205,27 @@ async fn get_app(
     })?;
     let current = current(&snapshot, &app);
     let running = in_progress(&snapshot, &app);
-    Ok(Json(json!({
-        "revision": snapshot.revision,
-        "name": record.name,
-        "spec": record.spec,
-        "removing": record.removing,
-        "current": current.as_deref().map(|d| view(&snapshot, d)),
-        "in_progress": running.as_deref().map(|d| view(&snapshot, d)),
-    }))
+    Ok(Json(AppView {
+        revision: snapshot.revision,
+        name: &record.name,
+        spec: &record.spec,
+        removing: record.removing,
+        current: current.as_deref().map(|d| view(&snapshot, d)),
+        in_progress: running.as_deref().map(|d| view(&snapshot, d)),
+    })
     .into_response())
 }
 
+/// Creates or replaces an app's spec (deploys nothing).
+#[utoipa::path(put, path = "/v1/apps/{app}", tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    request_body = AppSpec,
+    responses(
+        (status = 200, body = App),
+        (status = 400, body = ErrorBody, description = "Invalid name or spec"),
+        (status = 409, body = ErrorBody, description = "The app is being removed"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn put_app(
     State(controller): State<Arc<Controller>>,
     Path(app): Path<String>,
@@ -164,6 +237,16 @@ async fn put_app(
     Ok(Json(record).into_response())
 }
 
+/// Removes an app: its containers are drained and stopped, then its records go.
+#[utoipa::path(delete, path = "/v1/apps/{app}", tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses(
+        (status = 202, body = AppRemoving),
+        (status = 400, body = ErrorBody, description = "Not an app name"),
+        (status = 404, body = ErrorBody, description = "No such app"),
+        (status = 409, body = ErrorBody, description = "A deployment is under way"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn delete_app(
     State(controller): State<Arc<Controller>>,
     Path(app): Path<String>,
@@ -171,11 +254,22 @@ async fn delete_app(
     controller.remove_app(&app).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"app": app, "removing": true})),
+        Json(AppRemoving {
+            app,
+            removing: true,
+        }),
     )
         .into_response())
 }
 
+/// An app's deployments, newest first.
+#[utoipa::path(get, path = "/v1/apps/{app}/deployments", tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses(
+        (status = 200, body = DeploymentList),
+        (status = 400, body = ErrorBody, description = "Not an app name"),
+        (status = 404, body = ErrorBody, description = "No such app"),
+    ))]
 async fn list_deployments(
     State(controller): State<Arc<Controller>>,
     Path(app): Path<String>,
@@ -194,9 +288,26 @@ async fn list_deployments(
         .rev()
         .map(|d| view(&snapshot, d))
         .collect();
-    Ok(Json(json!({"app": app, "deployments": deployments})).into_response())
+    Ok(Json(DeploymentList {
+        app: &app,
+        deployments,
+    })
+    .into_response())
 }
 
+/// Starts a deployment (the image resolved to a digest now); poll its `Location`.
+#[utoipa::path(post, path = "/v1/apps/{app}/deployments", tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    request_body = DeployRequest,
+    responses(
+        (status = 202, body = DeploymentView, headers(("location" = String, description = "The deployment"))),
+        (status = 400, body = ErrorBody, description = "Invalid name or request"),
+        (status = 404, body = ErrorBody, description = "No such app, or image"),
+        (status = 409, body = ErrorBody, description = "A deployment is under way"),
+        (status = 422, body = ErrorBody, description = "Cannot be placed (no live agents in a zone)"),
+        (status = 502, body = ErrorBody, description = "The registry refused or failed"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn create_deployment(
     State(controller): State<Arc<Controller>>,
     Path(app): Path<String>,
@@ -208,6 +319,17 @@ async fn create_deployment(
     Ok(accepted(&deployment, &controller.store().snapshot()))
 }
 
+/// Deploys the previous version again.
+#[utoipa::path(post, path = "/v1/apps/{app}/rollback", tag = "apps",
+    params(("app" = String, Path, description = "App name")),
+    responses(
+        (status = 202, body = DeploymentView, headers(("location" = String, description = "The deployment"))),
+        (status = 400, body = ErrorBody, description = "Not an app name"),
+        (status = 404, body = ErrorBody, description = "No such app, or no previous version"),
+        (status = 409, body = ErrorBody, description = "A deployment is under way"),
+        (status = 422, body = ErrorBody, description = "Cannot be placed"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn rollback(
     State(controller): State<Arc<Controller>>,
     Path(app): Path<String>,
@@ -216,6 +338,17 @@ async fn rollback(
     Ok(accepted(&deployment, &controller.store().snapshot()))
 }
 
+/// One deployment: its steps and instances.
+#[utoipa::path(get, path = "/v1/apps/{app}/deployments/{id}", tag = "apps",
+    params(
+        ("app" = String, Path, description = "App name"),
+        ("id" = String, Path, description = "Deployment id (a number)"),
+    ),
+    responses(
+        (status = 200, body = DeploymentView),
+        (status = 400, body = ErrorBody, description = "Not an app name or deployment id"),
+        (status = 404, body = ErrorBody, description = "No such deployment"),
+    ))]
 async fn get_deployment(
     State(controller): State<Arc<Controller>>,
     Path((app, id)): Path<(String, String)>,
@@ -232,6 +365,19 @@ async fn get_deployment(
     Ok(Json(view(&snapshot, deployment)).into_response())
 }
 
+/// Cancels a deployment under way: the controller rolls it back.
+#[utoipa::path(delete, path = "/v1/apps/{app}/deployments/{id}", tag = "apps",
+    params(
+        ("app" = String, Path, description = "App name"),
+        ("id" = String, Path, description = "Deployment id (a number)"),
+    ),
+    responses(
+        (status = 202, body = DeploymentView, headers(("location" = String, description = "The deployment"))),
+        (status = 400, body = ErrorBody, description = "Not an app name or deployment id"),
+        (status = 404, body = ErrorBody, description = "No such deployment"),
+        (status = 409, body = ErrorBody, description = "It has finished"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn cancel_deployment(
     State(controller): State<Arc<Controller>>,
     Path((app, id)): Path<(String, String)>,

@@ -149,7 +149,7 @@ impl ControllerMetrics {
 
 /// A deployment request: the app's spec, every field optional over the spec stored for
 /// the app (`image` and `instances` are needed for an app's first deployment).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     #[serde(default)]
@@ -165,10 +165,12 @@ pub struct DeployRequest {
     #[serde(default)]
     pub check: Option<discovery::apps::AppCheck>,
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>, example = "1s")]
     pub check_interval: Option<Duration>,
     #[serde(default)]
     pub host: Option<String>,
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>, example = "120s")]
     pub timeout: Option<Duration>,
     /// Replaces the stored rollout settings whole (missing fields take their defaults).
     #[serde(default)]

@@ -14,10 +14,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::lease::Leases;
 use crate::model::{Health, Instance, InstanceSpec, Route, validate_id, validate_service_name};
@@ -30,29 +31,30 @@ pub struct AdminState {
     pub leases: Arc<Leases>,
 }
 
-/// The discovery endpoints, relative to the admin root.
-pub fn router(state: AdminState) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/services", get(list_services))
-        .route("/v1/services/{service}", get(get_service))
-        .route(
-            "/v1/services/{service}/instances/{id}",
-            put(register).delete(deregister).get(get_instance),
-        )
-        .route(
-            "/v1/services/{service}/instances/{id}/health",
-            put(set_health),
-        )
-        .route("/v1/routes", get(list_routes))
-        .route(
-            "/v1/routes/{name}",
-            put(put_route).delete(delete_route).get(get_route),
-        )
-        .route("/v1/snapshot", get(snapshot))
-        .route("/v1/leases", axum::routing::post(grant_lease))
-        .route("/v1/leases/{id}", get(get_lease).delete(revoke_lease))
-        .route("/v1/leases/{id}/renew", put(renew_lease))
+/// The discovery endpoints, relative to the admin root. Each route is registered from its
+/// handler's `#[utoipa::path]`, which is also its entry in the OpenAPI document.
+pub fn router(state: AdminState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_services))
+        .routes(routes!(get_service))
+        .routes(routes!(get_instance, register, deregister))
+        .routes(routes!(set_health))
+        .routes(routes!(list_routes))
+        .routes(routes!(get_route, put_route, delete_route))
+        .routes(routes!(snapshot))
+        .routes(routes!(grant_lease))
+        .routes(routes!(get_lease, revoke_lease))
+        .routes(routes!(renew_lease))
         .with_state(state)
+}
+
+/// The body of every error: a stable code and a message for people.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// `invalid`, `not_found`, `conflict`, `unauthorized`, `unavailable`, ...
+    pub error: String,
+    pub message: String,
 }
 
 /// An API error: status, stable code, human message.
@@ -89,7 +91,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({"error": self.code, "message": self.message})),
+            Json(ErrorBody {
+                error: self.code.to_string(),
+                message: self.message,
+            }),
         )
             .into_response()
     }
@@ -137,27 +142,57 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-#[derive(Serialize)]
-struct ServiceSummary<'a> {
-    name: &'a str,
-    instances: usize,
-    passing: usize,
+#[derive(Serialize, ToSchema)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub instances: usize,
+    pub passing: usize,
 }
 
-async fn list_services(State(state): State<AdminState>) -> Response {
+/// `GET /v1/services`.
+#[derive(Serialize, ToSchema)]
+pub struct ServiceList {
+    pub revision: u64,
+    pub services: Vec<ServiceSummary>,
+}
+
+/// Every service with its instance counts.
+#[utoipa::path(get, path = "/v1/services", tag = "services",
+    responses((status = 200, body = ServiceList)))]
+async fn list_services(State(state): State<AdminState>) -> Json<ServiceList> {
     let snapshot = state.store.snapshot();
-    let services: Vec<_> = snapshot
+    let services = snapshot
         .services
         .iter()
         .map(|(name, service)| ServiceSummary {
-            name,
+            name: name.to_string(),
             instances: service.instances.len(),
             passing: service.count(Health::Passing),
         })
         .collect();
-    Json(json!({"revision": snapshot.revision, "services": services})).into_response()
+    Json(ServiceList {
+        revision: snapshot.revision,
+        services,
+    })
 }
 
+/// `GET /v1/services/{service}`.
+#[derive(Serialize, ToSchema)]
+pub struct ServiceView<'a> {
+    pub revision: u64,
+    pub name: &'a str,
+    #[schema(value_type = Vec<Instance>)]
+    pub instances: Vec<&'a Instance>,
+}
+
+/// One service's instances.
+#[utoipa::path(get, path = "/v1/services/{service}", tag = "services",
+    params(("service" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, body = ServiceView),
+        (status = 400, body = ErrorBody, description = "Not a service name"),
+        (status = 404, body = ErrorBody, description = "No such service"),
+    ))]
 async fn get_service(
     State(state): State<AdminState>,
     Path(service): Path<String>,
@@ -168,13 +203,25 @@ async fn get_service(
         .services
         .get(service.as_str())
         .ok_or_else(|| ApiError::not_found("service", &service))?;
-    let instances: Vec<&Instance> = entry.instances.values().collect();
-    Ok(
-        Json(json!({"revision": snapshot.revision, "name": service, "instances": instances}))
-            .into_response(),
-    )
+    let view = ServiceView {
+        revision: snapshot.revision,
+        name: &service,
+        instances: entry.instances.values().collect(),
+    };
+    Ok(Json(view).into_response())
 }
 
+/// One instance.
+#[utoipa::path(get, path = "/v1/services/{service}/instances/{id}", tag = "services",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("id" = String, Path, description = "Instance id"),
+    ),
+    responses(
+        (status = 200, body = Instance),
+        (status = 400, body = ErrorBody, description = "Not a service name or instance id"),
+        (status = 404, body = ErrorBody, description = "No such instance"),
+    ))]
 async fn get_instance(
     State(state): State<AdminState>,
     Path((service, id)): Path<(String, String)>,
@@ -188,12 +235,28 @@ async fn get_instance(
     Ok(Json(instance).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RegisterQuery {
+    /// A lease (`POST /v1/leases`) that owns the instance: it goes when the lease does.
     lease: Option<String>,
 }
 
+/// Registers (or replaces) an instance.
+#[utoipa::path(put, path = "/v1/services/{service}/instances/{id}", tag = "services",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("id" = String, Path, description = "Instance id"),
+        RegisterQuery,
+    ),
+    request_body = InstanceSpec,
+    responses(
+        (status = 200, body = Instance),
+        (status = 400, body = ErrorBody, description = "Invalid name, id or body"),
+        (status = 404, body = ErrorBody, description = "No such lease"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn register(
     State(state): State<AdminState>,
     Path((service, id)): Path<(String, String)>,
@@ -209,6 +272,18 @@ async fn register(
     Ok((StatusCode::OK, Json(instance)).into_response())
 }
 
+/// Removes an instance.
+#[utoipa::path(delete, path = "/v1/services/{service}/instances/{id}", tag = "services",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("id" = String, Path, description = "Instance id"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, body = ErrorBody, description = "Not a service name or instance id"),
+        (status = 404, body = ErrorBody, description = "No such instance"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn deregister(
     State(state): State<AdminState>,
     Path((service, id)): Path<(String, String)>,
@@ -222,12 +297,33 @@ async fn deregister(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct HealthBody {
-    health: Health,
+pub struct HealthBody {
+    pub health: Health,
 }
 
+/// The answer to a health change.
+#[derive(Serialize, ToSchema)]
+pub struct HealthView {
+    pub service: String,
+    pub id: String,
+    pub health: Health,
+}
+
+/// Sets an instance's health (an operator's override; checks set it too).
+#[utoipa::path(put, path = "/v1/services/{service}/instances/{id}/health", tag = "services",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("id" = String, Path, description = "Instance id"),
+    ),
+    request_body = HealthBody,
+    responses(
+        (status = 200, body = HealthView),
+        (status = 400, body = ErrorBody, description = "Invalid name, id or body"),
+        (status = 404, body = ErrorBody, description = "No such instance"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn set_health(
     State(state): State<AdminState>,
     Path((service, id)): Path<(String, String)>,
@@ -237,14 +333,42 @@ async fn set_health(
     validate_id("instance id", &id)?;
     let HealthBody { health } = parse_body(&body)?;
     state.store.set_health(&service, &id, health).await?;
-    Ok(Json(json!({"service": service, "id": id, "health": health})).into_response())
+    Ok(Json(HealthView {
+        service,
+        id,
+        health,
+    })
+    .into_response())
 }
 
+/// `GET /v1/routes`.
+#[derive(Serialize, ToSchema)]
+pub struct RouteList<'a> {
+    pub revision: u64,
+    #[schema(value_type = BTreeMap<String, Route>)]
+    pub routes: &'a crate::snapshot::RouteMap,
+}
+
+/// Every route, by name.
+#[utoipa::path(get, path = "/v1/routes", tag = "routes",
+    responses((status = 200, body = RouteList)))]
 async fn list_routes(State(state): State<AdminState>) -> Response {
     let snapshot = state.store.snapshot();
-    Json(json!({"revision": snapshot.revision, "routes": &*snapshot.routes})).into_response()
+    Json(RouteList {
+        revision: snapshot.revision,
+        routes: &snapshot.routes,
+    })
+    .into_response()
 }
 
+/// One route.
+#[utoipa::path(get, path = "/v1/routes/{name}", tag = "routes",
+    params(("name" = String, Path, description = "Route name")),
+    responses(
+        (status = 200, body = Route),
+        (status = 400, body = ErrorBody, description = "Not a route name"),
+        (status = 404, body = ErrorBody, description = "No such route"),
+    ))]
 async fn get_route(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -258,6 +382,16 @@ async fn get_route(
     Ok(Json(route.as_ref()).into_response())
 }
 
+/// Creates or replaces a route.
+#[utoipa::path(put, path = "/v1/routes/{name}", tag = "routes",
+    params(("name" = String, Path, description = "Route name")),
+    request_body = Route,
+    responses(
+        (status = 200, body = Route),
+        (status = 400, body = ErrorBody, description = "Invalid name or route"),
+        (status = 409, body = ErrorBody, description = "Another TCP route takes these connections"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn put_route(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -289,6 +423,15 @@ async fn put_route(
     Ok(Json(route).into_response())
 }
 
+/// Removes a route.
+#[utoipa::path(delete, path = "/v1/routes/{name}", tag = "routes",
+    params(("name" = String, Path, description = "Route name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, body = ErrorBody, description = "Not a route name"),
+        (status = 404, body = ErrorBody, description = "No such route"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn delete_route(
     State(state): State<AdminState>,
     Path(name): Path<String>,
@@ -302,16 +445,25 @@ async fn delete_route(
 }
 
 /// `GET /v1/snapshot`: the whole state plus how fresh it is.
-#[derive(Serialize)]
-struct SnapshotView<'a> {
-    revision: u64,
-    backend: &'static str,
-    connected: bool,
-    age_seconds: f64,
-    services: BTreeMap<&'a str, Vec<&'a Instance>>,
-    routes: &'a crate::snapshot::RouteMap,
+#[derive(Serialize, ToSchema)]
+pub struct SnapshotView<'a> {
+    pub revision: u64,
+    /// `embedded` or `zookeeper`.
+    pub backend: &'static str,
+    /// Whether the store is reachable now; when it is not, this snapshot is served as it
+    /// is (fail static) and `age_seconds` grows.
+    pub connected: bool,
+    /// Seconds since the store last confirmed this snapshot current.
+    pub age_seconds: f64,
+    #[schema(value_type = BTreeMap<String, Vec<Instance>>)]
+    pub services: BTreeMap<&'a str, Vec<&'a Instance>>,
+    #[schema(value_type = BTreeMap<String, Route>)]
+    pub routes: &'a crate::snapshot::RouteMap,
 }
 
+/// The whole state at one revision, and how fresh it is.
+#[utoipa::path(get, path = "/v1/snapshot", tag = "snapshot",
+    responses((status = 200, body = SnapshotView)))]
 async fn snapshot(State(state): State<AdminState>) -> Response {
     let snapshot: Arc<Snapshot> = state.store.snapshot();
     let status = state.store.status();
@@ -330,19 +482,35 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
     Json(view).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LeaseBody {
+pub struct LeaseBody {
+    /// How long the lease lives without a renewal, e.g. `10s`.
     #[serde(with = "humantime_serde")]
-    ttl: Duration,
+    #[schema(value_type = String, example = "10s")]
+    pub ttl: Duration,
 }
 
+/// Grants a lease: instances registered under it go when it expires.
+#[utoipa::path(post, path = "/v1/leases", tag = "leases",
+    request_body = LeaseBody,
+    responses(
+        (status = 201, body = crate::lease::LeaseInfo),
+        (status = 400, body = ErrorBody, description = "Invalid body or TTL"),
+    ))]
 async fn grant_lease(State(state): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
     let LeaseBody { ttl } = parse_body(&body)?;
     let info = state.leases.grant(ttl).map_err(ApiError::invalid)?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
+/// One lease.
+#[utoipa::path(get, path = "/v1/leases/{id}", tag = "leases",
+    params(("id" = String, Path, description = "Lease id")),
+    responses(
+        (status = 200, body = crate::lease::LeaseInfo),
+        (status = 404, body = ErrorBody, description = "No such lease"),
+    ))]
 async fn get_lease(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -354,6 +522,13 @@ async fn get_lease(
     Ok(Json(info).into_response())
 }
 
+/// Renews a lease for another TTL.
+#[utoipa::path(put, path = "/v1/leases/{id}/renew", tag = "leases",
+    params(("id" = String, Path, description = "Lease id")),
+    responses(
+        (status = 200, body = crate::lease::LeaseInfo),
+        (status = 404, body = ErrorBody, description = "No such lease"),
+    ))]
 async fn renew_lease(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -365,6 +540,14 @@ async fn renew_lease(
     Ok(Json(info).into_response())
 }
 
+/// Revokes a lease and removes its instances.
+#[utoipa::path(delete, path = "/v1/leases/{id}", tag = "leases",
+    params(("id" = String, Path, description = "Lease id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, body = ErrorBody, description = "No such lease"),
+        (status = 503, body = ErrorBody, description = "The store cannot be written now"),
+    ))]
 async fn revoke_lease(
     State(state): State<AdminState>,
     Path(id): Path<String>,

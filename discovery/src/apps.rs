@@ -50,7 +50,7 @@ pub fn deployment_tag(id: u64) -> String {
 }
 
 /// How the agent checks a deployed container (it becomes an instance check).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum AppCheck {
     /// GET this path on the container's port; 200-399 passes.
@@ -92,7 +92,7 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 }
 
 /// How traffic moves from the old version to the new one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
     /// Percent of the route's traffic on the new version at each step, ascending, the last
@@ -101,6 +101,7 @@ pub struct Rollout {
     pub steps: Vec<u32>,
     /// How long each step holds (and is watched) before the next.
     #[serde(default = "default_pause", with = "humantime_serde")]
+    #[schema(value_type = String, example = "10s")]
     pub pause: Duration,
     /// The new version's 5xx share (of its requests in a step) above which the rollout is
     /// rolled back.
@@ -112,6 +113,7 @@ pub struct Rollout {
     /// How long a replaced instance stays registered in maintenance (no new requests,
     /// in-flight ones finish) before its container is stopped.
     #[serde(default = "default_drain", with = "humantime_serde")]
+    #[schema(value_type = String, example = "10s")]
     pub drain: Duration,
     /// Container restarts (of any one instance) that fail the deployment.
     #[serde(default = "default_max_restarts")]
@@ -132,7 +134,7 @@ impl Default for Rollout {
 }
 
 /// An app's spec: the catalogue entry, and what a deployment request carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
     /// `registry/repository:tag` or `registry/repository@sha256:…`.
@@ -150,12 +152,14 @@ pub struct AppSpec {
     #[serde(default)]
     pub check: AppCheck,
     #[serde(default = "default_check_interval", with = "humantime_serde")]
+    #[schema(value_type = String, example = "10s")]
     pub check_interval: Duration,
     /// Routed on this host (the route named after the app) when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// All instances must pass their check within this.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schema(value_type = String, example = "10s")]
     pub timeout: Duration,
     #[serde(default, skip_serializing_if = "is_default")]
     pub rollout: Rollout,
@@ -283,7 +287,7 @@ fn validate_env_name(field: &str, name: &str) -> Result<(), ModelError> {
 }
 
 /// Where a deployment is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeployState {
     /// Accepted; no container asked for yet.
@@ -315,7 +319,7 @@ impl DeployState {
 }
 
 /// What the agents do with a deployment's containers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerGoal {
     /// Keep its instances running and registered.
@@ -326,7 +330,7 @@ pub enum ContainerGoal {
     Stop,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     Running,
@@ -335,25 +339,27 @@ pub enum StepState {
 }
 
 /// One step of a deployment, as `strait deploy status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployStep {
     pub name: String,
     pub state: StepState,
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "2026-01-01T00:00:00Z")]
     pub started: SystemTime,
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "2026-01-01T00:00:00Z")]
     pub ended: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
 /// One deployment of an app: a pinned image, where it runs, how far it got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
     pub app: String,
@@ -385,6 +391,7 @@ pub struct Deployment {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "10s")]
     pub drain: Option<Duration>,
     /// The app's route as it was before this deployment moved it (restored on rollback;
     /// `None`: there was none).
@@ -393,14 +400,17 @@ pub struct Deployment {
     /// The strait process that runs it (`host:pid`).
     pub controller: String,
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "2026-01-01T00:00:00Z")]
     pub created: SystemTime,
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "2026-01-01T00:00:00Z")]
     pub updated: SystemTime,
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "2026-01-01T00:00:00Z")]
     pub finished: Option<SystemTime>,
 }
 
@@ -504,7 +514,7 @@ pub fn validate_app_name(name: &str) -> Result<(), ModelError> {
 }
 
 /// An app's record: its spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     pub name: String,

@@ -28,10 +28,11 @@ struct Lease {
     instances: BTreeSet<InstanceKey>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LeaseInfo {
     pub id: String,
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "10s")]
     pub ttl: Duration,
     pub instances: Vec<String>,
 }

@@ -92,7 +92,18 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), ModelError> {
 
 /// Health of an instance, as its health checks (or an operator) last reported it.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
@@ -135,9 +146,10 @@ fn is_default_weight(weight: &u16) -> bool {
 
 /// What a registration says about one instance: the body of
 /// `PUT /v1/services/{service}/instances/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceSpec {
+    #[schema(value_type = String, example = "10.0.0.7")]
     pub address: IpAddr,
     pub port: u16,
     /// Named ports (`grpc`, `admin`, …), answered as `_<name>._tcp.<service>` SRV records.
@@ -227,7 +239,7 @@ impl InstanceSpec {
 }
 
 /// One registered instance of a service, as stored and as seen in snapshots.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Instance {
     pub service: String,
     pub id: String,
@@ -253,7 +265,7 @@ impl Instance {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteKind {
     #[default]
@@ -262,7 +274,7 @@ pub enum RouteKind {
 }
 
 /// How a route matches the request path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum PathMatch {
     Exact(String),
@@ -271,7 +283,7 @@ pub enum PathMatch {
 }
 
 /// A request header predicate: exactly one of `exact`, `prefix`, `regex`, `present`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
@@ -288,7 +300,7 @@ pub struct HeaderMatch {
     pub invert: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedService {
     pub service: String,
@@ -299,7 +311,7 @@ pub struct WeightedService {
     pub tag: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(
@@ -307,6 +319,7 @@ pub struct Timeouts {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "5s")]
     pub connect: Option<Duration>,
     /// Whole request, first byte sent to last byte received.
     #[serde(
@@ -314,12 +327,14 @@ pub struct Timeouts {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "5s")]
     pub request: Option<Duration>,
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "5s")]
     pub idle: Option<Duration>,
 }
 
@@ -330,7 +345,7 @@ impl Timeouts {
 }
 
 /// When to retry a request on another instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryOn {
     ConnectFailure,
@@ -340,7 +355,7 @@ pub enum RetryOn {
     ServerError,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
@@ -352,13 +367,14 @@ pub struct RetryPolicy {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "5s")]
     pub per_try_timeout: Option<Duration>,
     /// Retry non-idempotent methods (POST, PATCH) on gateway/server errors too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub non_idempotent: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRewrite {
     /// Set these headers, replacing any values already present.
@@ -459,7 +475,7 @@ fn is_host_value(value: &str) -> bool {
 ///
 /// One flat shape for both kinds so the minimal body `{"host":"…","service":"…"}` is a
 /// whole route; `validate` rejects fields that do not apply to the kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     #[serde(default)]
@@ -479,6 +495,7 @@ pub struct Route {
     // TCP match.
     /// The address a TCP listener binds for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "127.0.0.1:5432")]
     pub listen: Option<SocketAddr>,
     /// TLS server name peeked from the ClientHello (passthrough, no termination).
     #[serde(default, skip_serializing_if = "Option::is_none")]

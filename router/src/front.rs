@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::heads::{ClientInfo, write_local_response};
+use crate::io::h2_watch::H2Watched;
 use crate::io::prefixed::Prefixed;
 use crate::metrics::RouterMetrics;
 use crate::paths::pump::{ConnBuffers, Plan, Pump};
@@ -127,7 +128,8 @@ where
         let _connection = self.metrics.connection();
         // TLS with ALPN h2: straight to pingora's HTTP/2 server.
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.h2.process_new(stream, shutdown).await;
+            let watched = H2Watched::new(stream, Arc::clone(&self.metrics.h2));
+            return self.h2.process_new(Box::new(watched), shutdown).await;
         }
         let tls = stream.get_ssl_digest().is_some();
         let check_h2c = self.h2c && !tls;
@@ -153,7 +155,8 @@ where
                 Head::Gone => return None,
                 Head::H2c => {
                     let prefixed = Prefixed::new(buf, stream);
-                    return self.h2.process_new(Box::new(prefixed), shutdown).await;
+                    let watched = H2Watched::new(Box::new(prefixed), Arc::clone(&self.metrics.h2));
+                    return self.h2.process_new(Box::new(watched), shutdown).await;
                 }
                 Head::Rejected(rejection) => {
                     self.metrics.rejected(rejection.reason);

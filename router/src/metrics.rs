@@ -30,11 +30,56 @@ pub struct RouterMetrics {
     pub propagation: Histogram,
     pub access_log_dropped: IntCounter,
     pub health_checks: IntCounterVec,
+    /// HTTP/2 GOAWAY and RST_STREAM frames, resolved per code for the connection watch.
+    pub h2: std::sync::Arc<crate::io::h2_watch::H2Counters>,
+}
+
+/// One counter of `vec` per HTTP/2 error code, with `fixed` before the code label.
+fn by_code(vec: &IntCounterVec, fixed: &[&str]) -> crate::io::h2_watch::ByCode {
+    std::array::from_fn(|i| {
+        let mut labels = fixed.to_vec();
+        labels.push(crate::wire::ERROR_CODES[i]);
+        vec.with_label_values(&labels)
+    })
 }
 
 impl RouterMetrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let goaways = IntCounterVec::new(
+            Opts::new(
+                "strait_router_h2_goaways_sent_total",
+                "HTTP/2 GOAWAY frames the router sent, by error code (NO_ERROR: a graceful \
+                 close, as on drain)",
+            ),
+            &["code"],
+        )?;
+        let connection_errors = IntCounterVec::new(
+            Opts::new(
+                "strait_router_h2_connection_errors_total",
+                "HTTP/2 connection errors (GOAWAY with an error code), by who detected it \
+                 (router: the client broke the protocol; client) and code",
+            ),
+            &["by", "code"],
+        )?;
+        let stream_errors = IntCounterVec::new(
+            Opts::new(
+                "strait_router_h2_stream_errors_total",
+                "HTTP/2 stream errors (RST_STREAM), by who sent it (router, client) and code",
+            ),
+            &["by", "code"],
+        )?;
+        registry.register(Box::new(goaways.clone()))?;
+        registry.register(Box::new(connection_errors.clone()))?;
+        registry.register(Box::new(stream_errors.clone()))?;
+        let h2 = std::sync::Arc::new(crate::io::h2_watch::H2Counters {
+            goaways_sent: by_code(&goaways, &[]),
+            connection_errors_by_router: by_code(&connection_errors, &["router"]),
+            connection_errors_by_client: by_code(&connection_errors, &["client"]),
+            stream_errors_by_router: by_code(&stream_errors, &["router"]),
+            stream_errors_by_client: by_code(&stream_errors, &["client"]),
+        });
         let m = RouterMetrics {
+            h2,
             requests: IntCounterVec::new(
                 Opts::new(
                     "strait_router_requests_total",

@@ -126,6 +126,16 @@ impl Router {
             .explain(method, host, path, headers, self.clock.now_ms())
     }
 
+    /// Each TLS listener's address (as configured) and the certificates it serves now.
+    pub fn certificates(&self) -> Vec<(SocketAddr, Vec<crate::tls::CertInfo>)> {
+        self.config
+            .tls
+            .iter()
+            .zip(&self.certificates)
+            .map(|(listener, store)| (listener.addr, store.certificates()))
+            .collect()
+    }
+
     /// The table in use now.
     pub fn table(&self) -> Arc<Table> {
         self.table.load_full()

@@ -89,6 +89,7 @@ pub struct Strait {
     /// The image registry.
     pub registry: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -97,6 +98,10 @@ pub struct StraitBuilder {
     data_dir: Option<PathBuf>,
     config: Option<String>,
     env: Vec<(String, String)>,
+    /// Run on the built-in demo config (no `--config`): the demo service and its route.
+    demo: bool,
+    /// Keep stdout (the demo's commands to try), else it is discarded.
+    stdout: bool,
 }
 
 impl StraitBuilder {
@@ -114,6 +119,20 @@ impl StraitBuilder {
         self
     }
 
+    /// Runs `strait up` without `--config`, on the built-in demo config (with its demo
+    /// service and route). Without this (or `config`), tests run on an empty config file:
+    /// every default, and no demo.
+    pub fn demo(mut self) -> Self {
+        self.demo = true;
+        self
+    }
+
+    /// Keeps what strait prints on stdout (`Strait::stdout_text`).
+    pub fn capture_stdout(mut self) -> Self {
+        self.stdout = true;
+        self
+    }
+
     /// Runs with this configuration file content.
     pub fn config(mut self, toml: &str) -> Self {
         self.config = Some(toml.to_string());
@@ -123,6 +142,16 @@ impl StraitBuilder {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// The config file to run with: the test's, else an empty one (no demo) unless the
+    /// test asked for the built-in demo config; `None`: no `--config`.
+    fn config_text(&self) -> Option<&str> {
+        match (&self.config, self.demo) {
+            (Some(config), _) => Some(config),
+            (None, true) => None,
+            (None, false) => Some(""),
+        }
     }
 
     /// `strait up` on `data_dir`, every listener on a free port unless the args name one.
@@ -155,11 +184,15 @@ impl StraitBuilder {
                 "RUST_LOG",
                 std::env::var("STRAIT_TEST_LOG").unwrap_or_else(|_| "info,discovery=debug".into()),
             )
-            .envs(self.env)
+            .envs(self.env.clone())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if self.stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped());
-        if let Some(config) = &self.config {
+        if let Some(config) = self.config_text() {
             let path = tmp.path().join("strait.toml");
             std::fs::write(&path, config).expect("write config");
             command.arg("--config").arg(path);
@@ -167,6 +200,15 @@ impl StraitBuilder {
         let (mut child, watchdog) = spawn_guarded(&mut command);
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let stdout_lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stdout) = child.stdout.take() {
+            let lines = Arc::clone(&stdout_lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    lines.lock().expect("stdout lock").push(line);
+                }
+            });
+        }
         let (addr_tx, addr_rx) = mpsc::channel();
         {
             let log = Arc::clone(&log);
@@ -197,7 +239,7 @@ impl StraitBuilder {
             dns: SocketAddr::from(([127, 0, 0, 1], 0)),
             registry: None,
             log,
-
+            stdout: stdout_lines,
             _tmp: Some(tmp),
         };
         // The router logs its listeners before the admin API's, which comes last.
@@ -230,8 +272,8 @@ impl StraitBuilder {
             .clone()
             .unwrap_or_else(|| tmp.path().join("data"));
         let mut command = self.up_command(&data_dir);
-        command.args(&self.args).envs(self.env);
-        if let Some(config) = &self.config {
+        command.args(&self.args).envs(self.env.clone());
+        if let Some(config) = self.config_text() {
             let path = tmp.path().join("strait.toml");
             std::fs::write(&path, config).expect("write config");
             command.arg("--config").arg(path);
@@ -249,7 +291,14 @@ impl Strait {
             data_dir: None,
             config: None,
             env: Vec::new(),
+            demo: false,
+            stdout: false,
         }
+    }
+
+    /// What strait printed on stdout so far (with `capture_stdout`).
+    pub fn stdout_text(&self) -> String {
+        self.stdout.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,7 +1,8 @@
 //! Stream helpers under the paths: a relay's idle timeout, `splice(2)` relaying for TCP
-//! routes, and a stream with bytes pushed back in front of it. They know nothing of HTTP
-//! or of the routing table.
+//! routes, a stream with bytes pushed back in front of it, and an HTTP/2 connection's
+//! stream whose ending frames are counted. They know nothing of the routing table.
 
+pub mod h2_watch;
 pub mod idle;
 pub mod prefixed;
 pub(crate) mod splice;

@@ -30,6 +30,47 @@ struct Loaded {
     /// The leaf certificate, to match server names against its subject names.
     leaf: CertificateDer<'static>,
     key: Arc<CertifiedKey>,
+    info: CertInfo,
+}
+
+/// What an operator watches of a loaded certificate: which file, which names, and when
+/// it expires.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub cert: PathBuf,
+    /// The leaf's DNS subject alternative names (else its common names).
+    pub names: Vec<String>,
+    /// The leaf's `notAfter`, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+fn cert_info(path: &std::path::Path, leaf: &CertificateDer<'_>) -> Result<CertInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(name) => Some(name.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+            .collect();
+    }
+    Ok(CertInfo {
+        cert: path.to_path_buf(),
+        names,
+        not_after: cert.validity().not_after.timestamp(),
+    })
 }
 
 /// The certificates of one TLS listener.
@@ -73,6 +114,7 @@ fn load_one(files: &CertificateFiles) -> Result<Loaded, CertError> {
         .ok_or_else(|| error(&files.cert, "empty certificate chain".into()))?;
     webpki::EndEntityCert::try_from(&leaf)
         .map_err(|e| error(&files.cert, format!("unusable certificate: {e}")))?;
+    let info = cert_info(&files.cert, &leaf).map_err(|e| error(&files.cert, e))?;
     let certified = CertifiedKey::new(chain, signing_key);
     certified.keys_match().map_err(|e| {
         error(
@@ -83,6 +125,7 @@ fn load_one(files: &CertificateFiles) -> Result<Loaded, CertError> {
     Ok(Loaded {
         leaf,
         key: Arc::new(certified),
+        info,
     })
 }
 
@@ -112,6 +155,11 @@ impl CertStore {
             files,
             loaded: ArcSwap::from_pointee(loaded),
         }))
+    }
+
+    /// The certificates served now (after the last successful reload), in order.
+    pub fn certificates(&self) -> Vec<CertInfo> {
+        self.loaded.load().iter().map(|c| c.info.clone()).collect()
     }
 
     /// Polls the files every `interval` and reloads the set when any changed.

@@ -5,5 +5,5 @@
 pub mod downstream;
 pub mod upstream;
 
-pub use downstream::{CertError, CertStore};
+pub use downstream::{CertError, CertInfo, CertStore};
 pub use upstream::{UpstreamTls, UpstreamTlsError, UpstreamTlsSet, peer};

@@ -1,11 +1,13 @@
 //! The wire: HTTP/1 request and response heads, body framing, header, host and path
-//! checks, and the TLS ClientHello's server name. Synchronous, strict and never panicking
+//! checks, the TLS ClientHello's server name, and HTTP/2's GOAWAY and RST_STREAM frames.
+//! Synchronous, strict and never panicking
 //! on any input; heads are parsed in place, borrowing the read buffer. The bottom layer
 //! of the router: it imports nothing of the crate, so every layer above can use it and it
 //! can be fuzzed alone (`fuzz/`).
 
 pub mod client_hello;
 pub mod framing;
+pub mod h2_frames;
 pub mod headers;
 pub mod host;
 pub mod path;
@@ -13,6 +15,7 @@ pub mod request;
 pub mod response;
 
 pub use framing::{BadChunk, Chunked, Framing};
+pub use h2_frames::{ERROR_CODES, FrameScanner, H2Event, error_code_index};
 pub use headers::{HeaderLookup, connection_has, is_hop_by_hop, is_valid_request_id};
 pub use host::{is_plain_host, normalize_host, routing_host};
 pub use path::has_dot_segment;
