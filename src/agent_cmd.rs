@@ -149,7 +149,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.addr))?;
         let addr = listener.local_addr()?;
         if let (Some(config), Some(store)) =
-            (supervisor_config.supervisor(addr.port()), store.as_ref())
+            (supervisor_config.supervisor(addr.port(), None), store.as_ref())
         {
             deploy::Supervisor::start(
                 config,

@@ -36,6 +36,12 @@ pub struct Authz {
     audit: Option<Arc<AuditLog>>,
     store: Arc<dyn Store>,
     leases: Arc<Leases>,
+    /// The agent of this process, to know whose instance a TTL check belongs to.
+    agent: Option<Arc<discovery::agent::Agent>>,
+    /// Who granted each lease (leases live in this process): a team may renew, revoke
+    /// and register under only its own. A lease granted elsewhere (before an upgrade) has
+    /// no entry and is checked by its instances alone.
+    lease_owners: Arc<std::sync::Mutex<std::collections::HashMap<String, Identity>>>,
     writes: IntCounterVec,
     denied: IntCounterVec,
 }
@@ -51,6 +57,7 @@ impl Authz {
         audit: Option<Arc<AuditLog>>,
         store: Arc<dyn Store>,
         leases: Arc<Leases>,
+        agent: Option<Arc<discovery::agent::Agent>>,
         registry: &Registry,
     ) -> anyhow::Result<Authz> {
         let writes = IntCounterVec::new(
@@ -75,6 +82,8 @@ impl Authz {
             audit,
             store,
             leases,
+            agent,
+            lease_owners: Default::default(),
             writes,
             denied,
         })
@@ -162,11 +171,13 @@ impl Authz {
     }
 
     /// Whether `identity` may make this write; the error is the 403 naming the owner.
+    #[allow(clippy::too_many_arguments)]
     fn authorize_write(
         &self,
         identity: &Identity,
         method: &Method,
         segments: &[&str],
+        query: &str,
         body: &[u8],
         snapshot: &Snapshot,
     ) -> Result<(), String> {
@@ -175,19 +186,46 @@ impl Authz {
         }
         let policy = &self.policy;
         let service = |name: &str| policy.may_write_service(identity, name).map_err(|d| d.0);
-        match segments {
-            ["v1", "services", s, "instances", _]
-            | ["v1", "services", s, "instances", _, "health"] => service(s),
-            ["v1", "agent", "services", s, _, "maintenance"] => service(s),
-            ["v1", "agent", "checks", _, "pass"] | ["v1", "explain"] => Ok(()),
-            ["v1", "leases"] | ["v1", "leases", _, "renew"] => Ok(()),
-            ["v1", "leases", id] => match self.leases.get(id) {
-                Some(lease) => lease
-                    .instances
-                    .iter()
-                    .try_for_each(|key| service(key.split('/').next().unwrap_or(""))),
+        let own_lease = |id: &str| -> Result<(), String> {
+            let owners = self.lease_owners.lock().unwrap_or_else(|p| p.into_inner());
+            match owners.get(id) {
+                Some(owner) if shares_a_team(owner, identity) => Ok(()),
+                Some(owner) => Err(format!(
+                    "lease {id} was granted to {}; {} may not use it",
+                    owner.label(),
+                    identity.label()
+                )),
                 None => Ok(()),
-            },
+            }
+        };
+        match segments {
+            ["v1", "services", s, "instances", _] => {
+                service(s)?;
+                match query_value(query, "lease") {
+                    Some(lease) => own_lease(&lease),
+                    None => Ok(()),
+                }
+            }
+            ["v1", "services", s, "instances", _, "health"] => service(s),
+            ["v1", "agent", "services", s, _, "maintenance"] => service(s),
+            ["v1", "agent", "checks", id, "pass"] => {
+                match self.agent.as_ref().and_then(|a| a.check_service(id)) {
+                    Some(s) => service(&s),
+                    None => Ok(()),
+                }
+            }
+            ["v1", "explain"] | ["v1", "leases"] => Ok(()),
+            ["v1", "leases", id, "renew"] => own_lease(id),
+            ["v1", "leases", id] => {
+                own_lease(id)?;
+                match self.leases.get(id) {
+                    Some(lease) => lease
+                        .instances
+                        .iter()
+                        .try_for_each(|key| service(key.split('/').next().unwrap_or(""))),
+                    None => Ok(()),
+                }
+            }
             ["v1", "routes", name] => {
                 if let Some(existing) = snapshot.routes.get(*name) {
                     self.may_change_route(identity, name, existing)?;
@@ -206,6 +244,11 @@ impl Authz {
             }
             ["v1", "apps", app, ..] => {
                 service(app)?;
+                // A deployment manages the route named after its app: it must be the
+                // identity's to change.
+                if let Some(existing) = snapshot.routes.get(*app) {
+                    self.may_change_route(identity, app, existing)?;
+                }
                 // A deployment that routes a host claims it.
                 if let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body)
                     && let Some(host) = fields.get("host").and_then(Value::as_str)
@@ -339,6 +382,14 @@ impl Authz {
                 .routes
                 .get(*name)
                 .is_none_or(|r| policy.may_read(identity, self.route_owner(r).as_deref())),
+            ["v1", "leases", id, ..] => self
+                .lease_owners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(*id)
+                .is_some_and(|owner| shares_a_team(owner, identity)),
+            // What answers for everything at once: the admin's under `read = "own"`.
+            ["metrics"] | ["v1", "explain"] | ["v1", "status"] => false,
             _ => true,
         }
     }
@@ -385,6 +436,29 @@ impl Authz {
             audit.append(record);
         }
     }
+}
+
+/// Whether `b` acts for one of `a`'s teams (the admin for everything).
+fn shares_a_team(a: &Identity, b: &Identity) -> bool {
+    match (a, b) {
+        (_, Identity::Admin { .. }) => true,
+        (Identity::Teams { teams: x, .. }, Identity::Teams { teams: y, .. }) => {
+            x.intersection(y).next().is_some()
+        }
+        _ => false,
+    }
+}
+
+/// The decoded value of `key` in a query string.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
 }
 
 fn identity_has(identity: &Identity, team: &str) -> bool {
@@ -482,7 +556,29 @@ pub async fn enforce(State(authz): State<Authz>, request: Request, next: Next) -
     };
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let query = request.uri().query().unwrap_or("").to_string();
+    // The segments as the handlers' `Path` extractors will see them: percent-decoded
+    // (`%77eb` is `web`). One that decodes to a `/`, a NUL or not UTF-8 names nothing.
+    let decoded: Option<Vec<String>> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|d| d.into_owned())
+                .filter(|d| !d.contains(['/', '\0']))
+        })
+        .collect();
+    let Some(decoded) = decoded else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "a path segment decodes to `/`, NUL or bytes that are not UTF-8",
+        )
+        .into_response();
+    };
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let snapshot = authz.store.snapshot();
     let is_read = method == Method::GET || method == Method::HEAD || segments == ["v1", "explain"];
     if is_read {
@@ -510,16 +606,25 @@ pub async fn enforce(State(authz): State<Authz>, request: Request, next: Next) -
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let mut record = audit_record(&identity, &method, &path, &segments, snapshot.revision);
+    let refuse_too_large = |mut record: AuditRecord| {
+        record.status = StatusCode::PAYLOAD_TOO_LARGE.as_u16();
+        record.result = "error".into();
+        record.message = Some(format!("body over {MAX_BODY} bytes"));
+        authz.record(&identity, record);
+        too_large()
+    };
     if declared.is_some_and(|n| n > MAX_BODY) {
-        return too_large();
+        return refuse_too_large(record);
     }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
-        Err(_) => return too_large(),
+        Err(_) => return refuse_too_large(record),
     };
-    let mut record = audit_record(&identity, &method, &path, &segments, snapshot.revision);
-    if let Err(message) = authz.authorize_write(&identity, &method, &segments, &body, &snapshot) {
+    if let Err(message) =
+        authz.authorize_write(&identity, &method, &segments, &query, &body, &snapshot)
+    {
         record.status = StatusCode::FORBIDDEN.as_u16();
         record.result = "denied".into();
         record.message = Some(message.clone());
@@ -529,24 +634,58 @@ pub async fn enforce(State(authz): State<Authz>, request: Request, next: Next) -
     }
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(Caller(identity.clone()));
-    let response = next.run(request).await;
-    let status = response.status();
-    record.status = status.as_u16();
-    record.revision_after = authz.store.snapshot().revision;
-    record.result = if status.is_success() { "ok" } else { "error" }.into();
-    if !status.is_success() {
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, MAX_BODY)
-            .await
-            .unwrap_or_default();
-        record.message = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string));
-        authz.record(&identity, record);
-        return Response::from_parts(parts, Body::from(bytes));
+    // In a task of its own: a client that goes away mid-write cancels neither the write
+    // nor its audit record.
+    let task = {
+        let authz = authz.clone();
+        tokio::spawn(async move {
+            let response = next.run(request).await;
+            let status = response.status();
+            record.status = status.as_u16();
+            record.revision_after = authz.store.snapshot().revision;
+            record.result = if status.is_success() { "ok" } else { "error" }.into();
+            if status.is_success() {
+                let lease_grant = record.method == "POST" && record.path == "/v1/leases";
+                authz.record(&identity, record);
+                if !lease_grant {
+                    return response;
+                }
+                let (parts, body) = response.into_parts();
+                let bytes = axum::body::to_bytes(body, MAX_BODY)
+                    .await
+                    .unwrap_or_default();
+                if let Some(id) = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+                {
+                    authz
+                        .lease_owners
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id, identity.clone());
+                }
+                return Response::from_parts(parts, Body::from(bytes));
+            }
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, MAX_BODY)
+                .await
+                .unwrap_or_default();
+            record.message = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string));
+            authz.record(&identity, record);
+            Response::from_parts(parts, Body::from(bytes))
+        })
+    };
+    match task.await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "error",
+            "the write's task failed; see the log",
+        )
+        .into_response(),
     }
-    authz.record(&identity, record);
-    response
 }
 
 async fn filtered(

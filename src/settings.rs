@@ -135,7 +135,13 @@ impl Serialize for PortRange {
 impl AgentConfig {
     /// The supervisor's settings when this host runs containers. `api_port`: the port of
     /// the API this agent is reached on (its registration in `strait-agent`).
-    pub fn supervisor(&self, api_port: u16) -> Option<deploy::SupervisorConfig> {
+    /// `registry`: strait's own registry (`host:port`), where `STRAIT_REGISTRY_AUTH` goes
+    /// (`STRAIT_REGISTRY` names another).
+    pub fn supervisor(
+        &self,
+        api_port: u16,
+        registry: Option<&str>,
+    ) -> Option<deploy::SupervisorConfig> {
         self.runtime?;
         Some(deploy::SupervisorConfig {
             id: self
@@ -161,6 +167,10 @@ impl AgentConfig {
             registry_credentials: std::env::var("STRAIT_REGISTRY_AUTH")
                 .ok()
                 .filter(|c| !c.is_empty()),
+            registry_credentials_for: std::env::var("STRAIT_REGISTRY")
+                .ok()
+                .filter(|r| !r.is_empty())
+                .or_else(|| registry.map(str::to_string)),
         })
     }
 }

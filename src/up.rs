@@ -210,6 +210,10 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
             credentials: std::env::var("STRAIT_REGISTRY_AUTH")
                 .ok()
                 .filter(|c| !c.is_empty()),
+            credentials_for: settings
+                .registry
+                .enabled
+                .then(|| settings.registry.addr.to_string()),
         }),
         deploy::ControllerMetrics::new(&registry)?,
     );
@@ -237,6 +241,7 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
         )),
         Arc::clone(&store),
         Arc::clone(&leases),
+        agent.clone(),
         &registry,
     )?;
     let admin = Admin::new(crate::admin::AdminParts {
@@ -278,7 +283,14 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
     let supervisor = match (
         &agent,
         supervisor_metrics,
-        settings.agent.supervisor(admin_addr.port()),
+        settings.agent.supervisor(
+            admin_addr.port(),
+            settings
+                .registry
+                .enabled
+                .then(|| settings.registry.addr.to_string())
+                .as_deref(),
+        ),
     ) {
         (Some(agent), Some(metrics), Some(config)) => Some(
             deploy::Supervisor::start(config, Arc::clone(agent), metrics, Arc::clone(&store))

@@ -85,8 +85,11 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends a record (its `seq` and `time` are set here) and returns it.
+    /// Appends a record (its `seq` and `time` are set here) and returns it. Numbered,
+    /// written and kept under one lock, so the file and `query` see records in `seq`
+    /// order (a reader polling `since=<seq>` never skips one).
     pub fn append(&self, mut record: AuditRecord) -> AuditRecord {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         record.seq = self.next.fetch_add(1, Ordering::Relaxed);
         record.time = SystemTime::now();
         match serde_json::to_vec(&record) {
@@ -101,7 +104,6 @@ impl AuditLog {
             }
             Err(e) => warn!(error = %e, "cannot encode an audit record"),
         }
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if kept.len() == KEPT {
             kept.pop_front();
         }

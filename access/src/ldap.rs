@@ -45,7 +45,13 @@ impl Ldap {
 
     pub async fn login(&self, user: &str, password: &str) -> Login {
         // An empty password is an anonymous bind to most servers: never a login.
-        if user.is_empty() || password.is_empty() {
+        // An empty password is an anonymous bind to most servers; a name with outer spaces
+        // or controls would bind as another (servers trim) and be another identity here.
+        if user.is_empty()
+            || password.is_empty()
+            || user.trim() != user
+            || user.chars().any(char::is_control)
+        {
             return Login::Invalid;
         }
         let key = (
@@ -133,12 +139,19 @@ impl Ldap {
     }
 }
 
-/// Escapes a value for a DN attribute (RFC 4514).
+/// Escapes a value for a DN attribute (RFC 4514): the specials with a backslash, NUL as
+/// `\00`, a leading `#` or space and a trailing space.
 fn dn_escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
     for (i, c) in value.chars().enumerate() {
-        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=' | '\0')
-            || (i == 0 && (c == '#' || c == ' '));
+        if c == '\0' {
+            out.push_str("\\00");
+            continue;
+        }
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
         if special {
             out.push('\\');
         }
@@ -156,5 +169,7 @@ mod tests {
         assert_eq!(dn_escape("alice"), "alice");
         assert_eq!(dn_escape("a,ou=admins"), "a\\,ou\\=admins");
         assert_eq!(dn_escape("#x"), "\\#x");
+        assert_eq!(dn_escape("a\0b"), "a\\00b");
+        assert_eq!(dn_escape("x "), "x\\ ");
     }
 }

@@ -49,6 +49,8 @@ const RECOVER_EVERY: Duration = Duration::from_secs(5);
 const ZONE_GRACE: Duration = Duration::from_secs(15);
 /// Stopped containers' instances must be gone within the drain plus this.
 const STOP_GRACE: Duration = Duration::from_secs(60);
+/// A rolled-back version's instances stay in maintenance at most this long.
+const ROLLBACK_DRAIN: Duration = Duration::from_secs(5);
 /// A record write the store refuses (unreachable) is retried for this long.
 const WRITE_RETRY: Duration = Duration::from_secs(60);
 
@@ -275,6 +277,9 @@ pub struct Controller {
     me: String,
     /// Apps this process runs a deployment (or removal) of now.
     running: Mutex<HashSet<String>>,
+    /// Cancels asked of deployments this process runs (no record write, so none can race
+    /// the controller's own).
+    cancels: Mutex<HashSet<(String, u64)>>,
 }
 
 /// Why driving a deployment stopped short.
@@ -312,6 +317,7 @@ impl Controller {
             metrics,
             me: format!("{host}:{}", std::process::id()),
             running: Mutex::new(HashSet::new()),
+            cancels: Mutex::new(HashSet::new()),
         })
     }
 
@@ -416,9 +422,8 @@ impl Controller {
         pinned: Option<(String, String)>,
     ) -> Result<Deployment, DeployError> {
         let lock = lock_name(app);
-        if !self.store.try_lock(&lock).await? {
-            let snapshot = self.store.snapshot();
-            return Err(DeployError::Conflict(match in_progress(&snapshot, app) {
+        let conflict = |snapshot: &Snapshot| {
+            DeployError::Conflict(match in_progress(snapshot, app) {
                 Some(d) => format!(
                     "deployment {} of `{app}` is {}; wait for it, or cancel it with DELETE /v1/apps/{app}/deployments/{}",
                     d.id,
@@ -426,11 +431,37 @@ impl Controller {
                     d.id
                 ),
                 None => format!("another deployment (or removal) of `{app}` is under way"),
-            }));
+            })
+        };
+        // Reserved in this process first, so two requests here never both take the lock.
+        if !self.running().insert(app.to_string()) {
+            return Err(conflict(&self.store.snapshot()));
+        }
+        let taken = async {
+            let mut locked = self.store.try_lock(&lock).await?;
+            // Held by this process with no task of its own behind it: leaked by a create
+            // whose answer the connection lost (ZooKeeper). Released and taken again.
+            if !locked && self.store.holds_lock(&lock).await {
+                warn!(app, "deploy: releasing a leaked lock of this process");
+                self.store.unlock(&lock).await?;
+                locked = self.store.try_lock(&lock).await?;
+            }
+            Ok::<bool, StoreError>(locked)
+        }
+        .await;
+        match taken {
+            Ok(true) => {}
+            Ok(false) => {
+                self.running().remove(app);
+                return Err(conflict(&self.store.snapshot()));
+            }
+            Err(e) => {
+                self.running().remove(app);
+                return Err(e.into());
+            }
         }
         match self.prepare(app, spec, pinned).await {
             Ok(deployment) => {
-                self.running().insert(app.to_string());
                 let this = Arc::clone(self);
                 let record = deployment.clone();
                 tokio::spawn(async move { this.run(record).await });
@@ -438,6 +469,7 @@ impl Controller {
             }
             Err(e) => {
                 let _ = self.store.unlock(&lock).await;
+                self.running().remove(app);
                 Err(e)
             }
         }
@@ -456,6 +488,14 @@ impl Controller {
                 "deployment {} of `{app}` was left {} by a strait process that stopped; it is being rolled back, try again in a few seconds",
                 stale.id,
                 stale.state.as_str()
+            )));
+        }
+        if let Some(route) = snapshot.routes.get(app)
+            && route.services().any(|s| s != app)
+        {
+            return Err(DeployError::Conflict(format!(
+                "route `{app}` sends to other services than the app's ({}); a deployment manages the route named after its app: rename or delete that route first",
+                route.services().collect::<Vec<_>>().join(", ")
             )));
         }
         let agents = placement::live_agents(&snapshot);
@@ -506,13 +546,17 @@ impl Controller {
             finished: None,
             spec: spec.clone(),
         };
-        self.store
-            .put_app(App {
-                name: app.to_string(),
-                spec,
-                removing: false,
-            })
-            .await?;
+        // The stored spec becomes this one when it succeeds (a failed version must not be
+        // what the next deployment merges over); a new app is listed from the start.
+        if !snapshot.apps.contains_key(app) {
+            self.store
+                .put_app(App {
+                    name: app.to_string(),
+                    spec,
+                    removing: false,
+                })
+                .await?;
+        }
         self.store.put_deployment(deployment.clone()).await?;
         info!(
             app,
@@ -538,6 +582,15 @@ impl Controller {
                 deployment.state.as_str()
             )));
         }
+        if self.running().contains(app) {
+            self.cancels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((app.to_string(), id));
+            deployment.cancel = true;
+            return Ok(deployment);
+        }
+        // Another strait runs it: it reads the flag from the record.
         if !deployment.cancel {
             deployment.cancel = true;
             deployment.updated = now();
@@ -564,20 +617,30 @@ impl Controller {
                 d.state.as_str()
             )));
         }
-        if !self.store.try_lock(&lock_name(app)).await? {
-            return Err(DeployError::Conflict(format!(
-                "a deployment (or removal) of `{app}` is under way"
-            )));
+        let busy =
+            || DeployError::Conflict(format!("a deployment (or removal) of `{app}` is under way"));
+        if !self.running().insert(app.to_string()) {
+            return Err(busy());
+        }
+        match self.store.try_lock(&lock_name(app)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.running().remove(app);
+                return Err(busy());
+            }
+            Err(e) => {
+                self.running().remove(app);
+                return Err(e.into());
+            }
         }
         let marked = App {
             removing: true,
             ..record
         };
         if let Err(e) = self.store.put_app(marked).await {
-            let _ = self.store.unlock(&lock_name(app)).await;
+            self.release(app).await;
             return Err(e.into());
         }
-        self.running().insert(app.to_string());
         let this = Arc::clone(self);
         let app = app.to_string();
         tokio::spawn(async move {
@@ -644,6 +707,13 @@ impl Controller {
     /// outage delays the deployment, it does not lose its state).
     async fn write(&self, deployment: &Deployment) -> bool {
         let deadline = Instant::now() + WRITE_RETRY;
+        let mut deployment = deployment.clone();
+        // A cancel written by another strait is never overwritten.
+        deployment.cancel |= self
+            .store
+            .snapshot()
+            .deployment(&deployment.app, deployment.id)
+            .is_some_and(|d| d.cancel);
         loop {
             match self.store.put_deployment(deployment.clone()).await {
                 Ok(()) => return true,
@@ -720,22 +790,32 @@ impl Controller {
             self.prune(&d.app).await;
         }
         self.metrics.in_progress.dec();
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(d.app.clone(), d.id));
         self.release(&d.app).await;
     }
 
     /// The managed route for the app: the one named after it (its host updated from the
     /// spec), or a new one on the spec's host. `None`: the app is not routed.
+    /// During the rollout the route keeps the host it had (a `--host` that changes it takes
+    /// effect once the new version has all the traffic: the old host never goes dark).
     fn managed_route(&self, d: &Deployment) -> Option<Route> {
         match (&d.route_before, &d.spec.host) {
-            (Some(route), Some(host)) if route.kind == RouteKind::Http => {
-                let mut route = route.clone();
-                route.host = Some(host.clone());
-                Some(route)
-            }
-            (Some(route), None) if route.kind == RouteKind::Http => Some(route.clone()),
+            (Some(route), _) if route.kind == RouteKind::Http => Some(route.clone()),
             (None, Some(host)) => Some(Route::http(host, &d.app)),
             _ => None,
         }
+    }
+
+    /// The route once the deployment has succeeded: on the spec's host.
+    fn final_route(&self, d: &Deployment) -> Option<Route> {
+        let mut route = self.managed_route(d)?;
+        if let Some(host) = &d.spec.host {
+            route.host = Some(host.clone());
+        }
+        Some(route)
     }
 
     /// The managed route sending `new_percent` to the new version and the rest to `old`.
@@ -826,10 +906,13 @@ impl Controller {
                     }
                 }
             }
-            (None, Some(route)) => {
+            (None, Some(_)) => {
+                let route = self
+                    .final_route(d)
+                    .unwrap_or_else(|| Route::http("*", &d.app));
                 self.begin(d, "route the app");
                 self.step_write(d).await?;
-                self.put_route(&d.app, self.plain_route(d, route)).await?;
+                self.put_route(&d.app, self.plain_route(d, &route)).await?;
                 d.weight = 100;
                 self.end(d, StepState::Done, route.host.clone());
             }
@@ -839,15 +922,28 @@ impl Controller {
         if let Some(prev) = &previous {
             self.begin(d, format!("drain deployment {}", prev.id));
             self.step_write(d).await?;
-            let detail = self.retire(d, prev, route.as_ref()).await;
+            let detail = self.retire(d, prev, self.final_route(d).as_ref()).await;
             self.end(d, StepState::Done, detail);
         }
+        self.succeed(d).await;
+        Ok(())
+    }
+
+    /// Records success, and the deployed spec as the app's.
+    async fn succeed(&self, d: &mut Deployment) {
         d.state = DeployState::Succeeded;
         d.finished = Some(now());
         d.updated = now();
         self.write(d).await;
+        let app = App {
+            name: d.app.clone(),
+            spec: d.spec.clone(),
+            removing: false,
+        };
+        if let Err(e) = self.store.put_app(app).await {
+            warn!(app = %d.app, error = %e, "deploy: cannot store the app's spec");
+        }
         info!(app = %d.app, deployment = d.id, image = %d.image, "deploy: succeeded");
-        Ok(())
     }
 
     /// Drains the previous deployment and stops it; the route becomes the app's service.
@@ -903,7 +999,12 @@ impl Controller {
 
     /// Fails with the reason the deployment cannot go on, if there is one now.
     fn trouble(&self, d: &Deployment, snapshot: &Snapshot) -> Option<String> {
-        if snapshot.deployment(&d.app, d.id).is_some_and(|s| s.cancel) {
+        let cancelled_here = self
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(d.app.clone(), d.id));
+        if cancelled_here || snapshot.deployment(&d.app, d.id).is_some_and(|s| s.cancel) {
             return Some("cancelled".into());
         }
         for instance in instances_of(snapshot, d) {
@@ -1073,11 +1174,14 @@ impl Controller {
                 problems.push(format!("cannot delete route `{}`: {e}", d.app));
             }
         }
+        // Out of traffic first (maintenance: in-flight requests finish), then stopped.
+        let drain = d.spec.rollout.drain.min(ROLLBACK_DRAIN);
         d.weight = 0;
-        d.goal = ContainerGoal::Stop;
+        d.goal = ContainerGoal::Drain;
+        d.drain = Some(drain);
         d.updated = now();
         self.write(d).await;
-        let deadline = Instant::now() + STOP_GRACE;
+        let deadline = Instant::now() + drain + STOP_GRACE;
         let mut gone = false;
         while Instant::now() < deadline {
             if instances_of(&self.store.snapshot(), d).next().is_none() {
@@ -1086,6 +1190,9 @@ impl Controller {
             }
             tokio::time::sleep(POLL).await;
         }
+        d.goal = ContainerGoal::Stop;
+        d.updated = now();
+        self.write(d).await;
         if !gone {
             problems.push("its instances were still registered a minute later".into());
         }
@@ -1161,14 +1268,16 @@ impl Controller {
         apps.sort();
         apps.dedup();
         for app in apps {
-            if self.running().contains(&app) {
+            if !self.running().insert(app.clone()) {
                 continue;
             }
             match self.store.try_lock(&lock_name(&app)).await {
                 Ok(true) => {}
-                _ => continue,
+                _ => {
+                    self.running().remove(&app);
+                    continue;
+                }
             }
-            self.running().insert(app.clone());
             let this = Arc::clone(self);
             tokio::spawn(async move {
                 this.take_over(&app).await;
@@ -1185,7 +1294,34 @@ impl Controller {
         }
         for deployment in snapshot.deployments_of(app) {
             let mut d = deployment.as_ref().clone();
-            if !d.state.is_finished() {
+            let previous_retired = d.previous.is_some_and(|id| {
+                self.store
+                    .snapshot()
+                    .deployment(app, id)
+                    .is_some_and(|p| p.goal != ContainerGoal::Run)
+            });
+            if !d.state.is_finished() && d.weight == 100 && previous_retired {
+                // It had all the traffic and its predecessor was draining: finish it.
+                info!(
+                    app,
+                    deployment = d.id,
+                    "deploy: taking over a deployment past its shift; rolling it forward"
+                );
+                d.controller = self.me.clone();
+                self.begin(&mut d, "taken over: roll forward");
+                if let Some(route) = self.final_route(&d) {
+                    let plain = self.plain_route(&d, &route);
+                    if let Err(e) = self.put_route(app, plain).await {
+                        warn!(app, error = %e, "deploy: cannot route the app");
+                    }
+                }
+                self.end(&mut d, StepState::Done, None);
+                self.succeed(&mut d).await;
+                self.metrics
+                    .deployments
+                    .with_label_values(&[app, DeployState::Succeeded.as_str()])
+                    .inc();
+            } else if !d.state.is_finished() {
                 let reason = format!(
                     "the strait process that ran it ({}) stopped before it finished",
                     d.controller

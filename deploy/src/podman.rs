@@ -131,20 +131,32 @@ impl Podman {
     }
 
     /// Pulls `image` (pinned by digest). `tls_verify: false` for a plain-HTTP registry.
+    /// Credentials (`user:password` for `registry`) go in an auth file only this user can
+    /// read, never on the command line (every local user could read it in /proc).
     pub async fn pull(
         &self,
         image: &str,
         tls_verify: bool,
-        credentials: Option<&str>,
+        credentials: Option<(&str, &str)>,
     ) -> Result<(), PodmanError> {
         let tls = format!("--tls-verify={tls_verify}");
-        let mut args = vec!["pull", "--quiet", tls.as_str()];
-        let creds;
-        if let Some(c) = credentials {
-            creds = format!("--creds={c}");
-            args.push(&creds);
+        let mut args = vec!["pull".to_string(), "--quiet".into(), tls];
+        let auth_file = match credentials {
+            Some((registry, creds)) => {
+                Some(
+                    write_auth_file(registry, creds).map_err(|e| PodmanError::Failed {
+                        command: "pull".into(),
+                        message: format!("cannot write the auth file: {e}"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(file) = &auth_file {
+            args.push(format!("--authfile={}", file.path().display()));
         }
-        args.push(image);
+        args.push(image.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run(&args, PULL_TIMEOUT).await.map(drop)
     }
 
@@ -223,6 +235,19 @@ impl Podman {
             error,
         })
     }
+}
+
+/// A temporary containers-auth.json (mode 0600) for one registry.
+fn write_auth_file(registry: &str, credentials: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let body = serde_json::json!({"auths": {registry: {"auth": auth}}});
+    // NamedTempFile is created 0600.
+    let mut file = tempfile::NamedTempFile::new()?;
+    file.write_all(body.to_string().as_bytes())?;
+    file.flush()?;
+    Ok(file)
 }
 
 fn parse_ps(out: &str) -> Result<Vec<Container>, String> {

@@ -9,12 +9,21 @@ use crate::controller::{ImageResolver, ResolveError, ResolvedImage};
 
 /// Resolves through the registry each reference names.
 pub struct RegistryResolver {
-    /// `user:password` for every registry (else docker's config per registry).
+    /// `user:password` for `credentials_for` (else docker's config per registry): never
+    /// sent to a registry a deployment merely names.
     pub credentials: Option<String>,
+    /// The registry (`host:port`) the credentials are for: strait's own.
+    pub credentials_for: Option<String>,
 }
 
-fn resolve_blocking(credentials: Option<&str>, image: &str) -> Result<ResolvedImage, ResolveError> {
-    let access = builder::access(false, &[], credentials, None)
+fn resolve_blocking(
+    credentials: Option<&str>,
+    credentials_for: Option<&str>,
+    image: &str,
+) -> Result<ResolvedImage, ResolveError> {
+    // Without a registry to send them to, no credentials go anywhere.
+    let credentials = credentials.filter(|_| credentials_for.is_some());
+    let access = builder::access(false, &[], credentials, credentials_for)
         .map_err(|e| ResolveError::Invalid(e.to_string()))?;
     match builder::resolve(image, &access) {
         Ok((reference, resolved)) => Ok(ResolvedImage {
@@ -44,9 +53,12 @@ fn resolve_blocking(credentials: Option<&str>, image: &str) -> Result<ResolvedIm
 impl ImageResolver for RegistryResolver {
     async fn resolve(&self, image: &str) -> Result<ResolvedImage, ResolveError> {
         let credentials = self.credentials.clone();
+        let credentials_for = self.credentials_for.clone();
         let image = image.to_string();
-        tokio::task::spawn_blocking(move || resolve_blocking(credentials.as_deref(), &image))
-            .await
-            .map_err(|e| ResolveError::Registry(format!("resolving task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            resolve_blocking(credentials.as_deref(), credentials_for.as_deref(), &image)
+        })
+        .await
+        .map_err(|e| ResolveError::Registry(format!("resolving task failed: {e}")))?
     }
 }

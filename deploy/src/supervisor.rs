@@ -66,8 +66,10 @@ pub struct SupervisorConfig {
     pub stop_timeout: Duration,
     /// The port of this agent's own API (its registration in `strait-agent`).
     pub api_port: u16,
-    /// `user:password` for pulls (else podman's own auth file).
+    /// `user:password` for pulls from `registry_credentials_for` only (else podman's own
+    /// auth file): never sent to a registry a deployment merely names.
     pub registry_credentials: Option<String>,
+    pub registry_credentials_for: Option<String>,
 }
 
 impl SupervisorConfig {
@@ -333,6 +335,9 @@ impl Supervisor {
                 address: self.config.advertise,
             });
         }
+        // Read before listing: a start that ends in between is then seen as busy (its
+        // container may be missing from the list), never as a slot to start again.
+        let busy = self.lock().busy.clone();
         let containers = self.podman.list(me).await?;
         let mut have: HashMap<SlotKey, Container> = HashMap::new();
         for container in containers {
@@ -374,11 +379,18 @@ impl Supervisor {
         }
 
         let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
-        let busy = self.lock().busy.clone();
         // Containers this agent has.
         for (key, container) in &have {
             if busy.contains(key) {
                 *counts.entry("busy").or_default() += 1;
+                continue;
+            }
+            // A record this strait cannot read (a newer one wrote it): not a stray.
+            if snapshot
+                .unreadable_deployments
+                .contains(&(std::sync::Arc::from(key.0.as_str()), key.1))
+            {
+                *counts.entry("unknown").or_default() += 1;
                 continue;
             }
             if let Some(deployment) = wanted.get(key) {
@@ -438,7 +450,7 @@ impl Supervisor {
             state.failures.retain(|key, _| wanted.contains_key(key));
         }
         for name in [
-            "running", "stopped", "draining", "failed", "starting", "busy",
+            "running", "stopped", "draining", "failed", "starting", "busy", "unknown",
         ] {
             self.metrics
                 .containers
@@ -715,7 +727,7 @@ impl Supervisor {
                 .pull(
                     &deployment.image,
                     tls_verify,
-                    self.config.registry_credentials.as_deref(),
+                    self.credentials_for(&deployment.image),
                 )
                 .await
             {
@@ -811,6 +823,13 @@ impl Supervisor {
             },
         );
         self.register_failed(deployment, key.2, port, &error);
+    }
+
+    /// The configured credentials, if `image` is on the registry they are for.
+    fn credentials_for(&self, image: &str) -> Option<(&str, &str)> {
+        let registry = self.config.registry_credentials_for.as_deref()?;
+        let credentials = self.config.registry_credentials.as_deref()?;
+        (image.split('/').next() == Some(registry)).then_some((registry, credentials))
     }
 
     /// A port of the range no slot of this agent's uses and nothing listens on now.

@@ -470,7 +470,13 @@ impl Agent {
         let key = (definition.service.clone(), definition.id.clone());
         let mut locals = self.lock();
         match locals.get_mut(&key) {
-            Some(local) if local.definition.checks == definition.checks => {
+            // Same checks of the same address: the check state carries over. A new port
+            // (a container started again elsewhere) must pass its checks again.
+            Some(local)
+                if local.definition.checks == definition.checks
+                    && local.definition.address == definition.address
+                    && local.definition.port == definition.port =>
+            {
                 if local.definition != definition {
                     local.definition = definition;
                     // Written again with the new definition on the next pass.
@@ -507,6 +513,14 @@ impl Agent {
         self.lock()
             .get(&(service.to_string(), id.to_string()))
             .map(Local::health)
+    }
+
+    /// The service of the instance whose check `check_id` is (for authorising a heartbeat).
+    pub fn check_service(&self, check_id: &str) -> Option<String> {
+        self.lock()
+            .values()
+            .find(|local| local.check_index(check_id).is_some())
+            .map(|local| local.definition.service.clone())
     }
 
     /// The agent's instances, as (service, id).

@@ -340,7 +340,7 @@ pub enum StepState {
 
 /// One step of a deployment, as `strait deploy status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+// Stored only (never an API body): a newer strait may add fields, which this one ignores.
 pub struct DeployStep {
     pub name: String,
     pub state: StepState,
@@ -360,7 +360,7 @@ pub struct DeployStep {
 
 /// One deployment of an app: a pinned image, where it runs, how far it got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+// Stored only (never an API body): a newer strait may add fields, which this one ignores.
 pub struct Deployment {
     pub app: String,
     pub id: u64,
@@ -515,7 +515,7 @@ pub fn validate_app_name(name: &str) -> Result<(), ModelError> {
 
 /// An app's record: its spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+// Stored only (never an API body): a newer strait may add fields, which this one ignores.
 pub struct App {
     pub name: String,
     pub spec: AppSpec,

@@ -51,6 +51,10 @@ pub struct Snapshot {
     /// Admin API tokens (hashes only; never serialised with the snapshot).
     #[serde(skip)]
     pub tokens: Arc<TokenMap>,
+    /// Deployment records the store holds but this strait cannot read (written by a newer
+    /// one, or invalid): their containers are left alone, never taken for strays.
+    #[serde(skip)]
+    pub unreadable_deployments: Arc<std::collections::BTreeSet<(Arc<str>, u64)>>,
     /// Wall-clock time of the newest write this snapshot includes, when known, so
     /// consumers can measure write-to-live propagation.
     #[serde(skip)]
@@ -97,6 +101,7 @@ pub(crate) struct State {
     pub apps: Arc<AppMap>,
     pub deployments: Arc<DeploymentMap>,
     pub tokens: Arc<TokenMap>,
+    pub unreadable_deployments: Arc<std::collections::BTreeSet<(Arc<str>, u64)>>,
     pub changed_at: Option<std::time::SystemTime>,
 }
 
@@ -109,8 +114,24 @@ impl State {
             apps: Arc::clone(&self.apps),
             deployments: Arc::clone(&self.deployments),
             tokens: Arc::clone(&self.tokens),
+            unreadable_deployments: Arc::clone(&self.unreadable_deployments),
             changed_at: self.changed_at,
         }
+    }
+
+    /// Marks a deployment record readable or not; whether that changed anything.
+    pub fn set_unreadable(&mut self, app: &str, id: u64, unreadable: bool) -> bool {
+        let key = (Arc::from(app), id);
+        if self.unreadable_deployments.contains(&key) == unreadable {
+            return false;
+        }
+        let set = Arc::make_mut(&mut self.unreadable_deployments);
+        if unreadable {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+        true
     }
 
     pub fn upsert_token(&mut self, token: TokenRecord) -> bool {

@@ -233,14 +233,66 @@ fn teams_change_only_what_they_own_and_every_attempt_is_audited() {
         "{body}"
     );
 
+    // Percent-encoded names are the names the handlers see (`%77eb` is `web`).
+    let (status, body) = http(&strait, "DELETE", "/v1/routes/%77eb", None, Some(&api));
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = put(
+        &strait,
+        "/v1/routes/%77eb",
+        r#"{"host":"*.api.test","service":"api"}"#,
+        &api,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        http(&strait, "GET", "/v1/routes/web", None, Some(ADMIN_TOKEN)).0,
+        200,
+        "web's route is still there"
+    );
+    // A deployment manages the route named after its app: it must be the team's.
+    let (status, body) = put(
+        &strait,
+        "/v1/routes/web-x",
+        r#"{"host":"x.api.test","service":"api"}"#,
+        ADMIN_TOKEN,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(
+        &strait,
+        "POST",
+        "/v1/apps/web-x/deployments",
+        Some(r#"{"image":"127.0.0.1:1/web/app:v1","instances":1}"#),
+        Some(&web),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("route `web-x` belongs to team `api`")),
+        "{body}"
+    );
+    // A lease is its grantor's.
+    let (status, lease) = http(
+        &strait,
+        "POST",
+        "/v1/leases",
+        Some(r#"{"ttl":"30s"}"#),
+        Some(&web),
+    );
+    assert_eq!(status, 201, "{lease}");
+    let lease = lease["id"].as_str().expect("lease id").to_string();
+    let (status, body) = put(&strait, &format!("/v1/leases/{lease}/renew"), "{}", &api);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = put(&strait, &format!("/v1/leases/{lease}/renew"), "{}", &web);
+    assert_eq!(status, 200, "{body}");
+
     // Every attempt is in the audit log, refused ones with who and why.
     let records = audit(&strait);
     let denied: Vec<&Value> = records.iter().filter(|r| r["result"] == "denied").collect();
-    assert_eq!(denied.len(), 7, "{records:#?}");
+    assert_eq!(denied.len(), 11, "{records:#?}");
     assert!(
         denied
             .iter()
-            .all(|r| r["token"] == api_id.as_str() || r["path"] == "/v1/tokens")
+            .all(|r| r["token"] == api_id.as_str() || r["path"] == "/v1/apps/web-x/deployments")
     );
     let first = records
         .iter()
@@ -262,8 +314,7 @@ fn teams_change_only_what_they_own_and_every_attempt_is_audited() {
     );
     let (_, metrics) = crate::harness::http_text(&strait.url("/metrics"), Some(ADMIN_TOKEN));
     assert!(
-        metrics.contains("strait_admin_denied_writes_total{team=\"api\"} 6")
-            || metrics.contains("strait_admin_denied_writes_total{team=\"api\"} 7"),
+        metrics.contains("strait_admin_denied_writes_total{team=\"api\"} 10"),
         "{metrics}"
     );
     let lines = std::fs::read_to_string(&audit_log).unwrap_or_default();

@@ -831,6 +831,7 @@ async fn apply_paths(
             (Node::Deployment(app, id), Some(Read::Data(Ok((data, stat))))) => {
                 match decode_deployment(path, app, id, &data) {
                     Some(deployment) => {
+                        changed |= state.set_unreadable(app, deployment.id, false);
                         if state.upsert_deployment(deployment) {
                             changed = true;
                             observe_mtime(shared, state, now_ms, stat.mtime);
@@ -839,6 +840,7 @@ async fn apply_paths(
                     None => {
                         if let Ok(id) = id.parse() {
                             changed |= state.remove_deployment(app, id);
+                            changed |= state.set_unreadable(app, id, true);
                         }
                     }
                 }
@@ -855,6 +857,7 @@ async fn apply_paths(
             (Node::Deployment(app, id), Some(Read::Data(Err(zk::Error::NoNode)))) => {
                 if let Ok(id) = id.parse() {
                     changed |= state.remove_deployment(app, id);
+                    changed |= state.set_unreadable(app, id, false);
                 }
             }
             (_, Some(Read::Data(Err(e)) | Read::Exists(Err(e)))) => {
@@ -1068,11 +1071,16 @@ async fn resync(client: &zk::Client, state: &mut State) -> Result<(), zk::Error>
         .await;
         for (id, (result, path)) in ids.iter().zip(reads) {
             match result {
-                Ok((data, _)) => {
-                    if let Some(deployment) = decode_deployment(&path, app, id, &data) {
+                Ok((data, _)) => match decode_deployment(&path, app, id, &data) {
+                    Some(deployment) => {
                         next.upsert_deployment(deployment);
                     }
-                }
+                    None => {
+                        if let Ok(id) = id.parse() {
+                            next.set_unreadable(app, id, true);
+                        }
+                    }
+                },
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(e),
             }
@@ -1100,6 +1108,7 @@ async fn resync(client: &zk::Client, state: &mut State) -> Result<(), zk::Error>
         || next.apps != state.apps
         || next.deployments != state.deployments
         || next.tokens != state.tokens
+        || next.unreadable_deployments != state.unreadable_deployments
         || state.revision == 0
     {
         // A resync's changes have no single write time.
