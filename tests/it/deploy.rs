@@ -860,3 +860,93 @@ fn on_zookeeper_agents_in_two_zones_run_a_deployment_and_one_killed_mid_deployme
     );
     drop(a);
 }
+
+#[test]
+fn a_strait_killed_while_the_old_version_drains_rolls_the_deployment_forward() {
+    let podman = Podman::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut strait = start_strait(&podman, Some(data.path()), "z1");
+    let registry = strait.registry.expect("the registry listens");
+    let v1 = build_image(registry, "v1", true);
+    let v2 = build_image(registry, "v2", true);
+    let host = "forward.deploy.test";
+    let (ok, out) = deploy(
+        &strait,
+        &[
+            "web",
+            &v1,
+            "--instances",
+            "1",
+            "--host",
+            host,
+            "--check-path",
+            "/healthz",
+            "--check-interval",
+            "200ms",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (status, body) = http(
+        &strait,
+        "POST",
+        "/v1/apps/web/deployments",
+        Some(&format!(
+            r#"{{"image": "{v2}", "rollout": {{"steps": [100], "pause": "500ms", "drain": "8s"}}}}"#
+        )),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    eventually(Duration::from_secs(30), "the drain step", || {
+        let d = deployment(&strait, "web", 2);
+        let draining = d["steps"].as_array().into_iter().flatten().any(|s| {
+            s["name"].as_str().is_some_and(|n| n.starts_with("drain")) && s["state"] == "running"
+        });
+        if draining {
+            Ok(())
+        } else {
+            Err(format!("{d}"))
+        }
+    });
+    strait.kill();
+    let strait = start_strait(&podman, Some(data.path()), "z1");
+    let d2 = eventually(
+        Duration::from_secs(30),
+        "deployment 2 to be rolled forward",
+        || {
+            let d = deployment(&strait, "web", 2);
+            match d["state"].as_str() {
+                Some("succeeded") => Ok(d),
+                other => Err(format!("{other:?}: {d}")),
+            }
+        },
+    );
+    assert!(
+        d2["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == "taken over: roll forward"),
+        "{d2}"
+    );
+    eventually(
+        Duration::from_secs(20),
+        "v2 to serve",
+        || match version_served(strait.http, host) {
+            Ok(v) if v == "v2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    eventually(
+        Duration::from_secs(30),
+        "v1's container to stop after its drain",
+        || {
+            let running = podman.running();
+            if running.iter().all(|n| n.contains("-web-2-")) && running.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", podman.containers()))
+            }
+        },
+    );
+}
