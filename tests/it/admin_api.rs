@@ -301,7 +301,7 @@ fn bad_input_gets_clear_errors() {
         PUT /v1/services/web/instances/w1 -> 400 weight: must be between 1 and 65535
         PUT /v1/services/Web/instances/w1 -> 400 service: `Web` may contain only lowercase letters a-z, digits and '-'
         PUT /v1/services/-web/instances/w1 -> 400 service: `-web` must not start or end with '-'
-        PUT /v1/services/web/instances/a%2Fb -> 400 instance id: `a/b` may contain only letters, digits, '.', '_' and '-'
+        PUT /v1/services/web/instances/a%2Fb -> 400 a path segment decodes to `/`, NUL or bytes that are not UTF-8
         PUT /v1/services/web/instances/.. -> 400 instance id: `..` is not allowed
         PUT /v1/services/web/instances/w1?lease=nope -> 404 lease `nope` not found
         PUT /v1/routes/web -> 400 route `web`: host: an http route needs a host (`*` matches any)
