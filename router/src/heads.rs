@@ -43,7 +43,9 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// The request target (origin form) after the route's prefix rewrite (query kept),
 /// written to `out`. The pump's and pingora's paths rewrite alike.
 pub(crate) fn write_target(out: &mut Vec<u8>, target: &str, route: &CompiledRoute) {
-    let Some((prefix_len, replacement)) = &route.prefix_rewrite else {
+    // `OPTIONS *` asks about the server, not a path: nothing to rewrite.
+    let Some((prefix_len, replacement)) = route.prefix_rewrite.as_ref().filter(|_| target != "*")
+    else {
         out.extend_from_slice(target.as_bytes());
         return;
     };

@@ -87,6 +87,9 @@ impl Proxy {
             });
         }
         let host = routing_host(host);
+        // `OPTIONS *` (asterisk form) is about the host's server as a whole: it goes
+        // where the host's root would.
+        let path = if path == "*" { "/" } else { path };
         let table = self.table.load();
         let Some(route) = table.route(&host, path, method, headers) else {
             self.metrics.rejected("no_route");

@@ -580,6 +580,12 @@ fn bad_requests_are_refused_before_any_backend() {
         ("CONNECT", b"CONNECT evil.com:443 HTTP/1.1\r\nHost: evil.com:443\r\n\r\n".to_vec(), 405),
         ("HTTP/2.0 in a 1.1 head", b"GET / HTTP/2.0\r\nHost: web.example.com\r\n\r\n".to_vec(), 505),
         ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
+        // Request targets per RFC 9112 section 3.2, methods as case-sensitive tokens.
+        ("fragment", b"GET /x#frag HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
+        ("raw non-ASCII path", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
+        ("lower-case method", b"get / HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
+        ("asterisk without OPTIONS", b"GET * HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
+        ("absolute form without authority", b"GET http:///x HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
     ];
     for (name, bytes, expected) in &cases {
         let response = raw(strait.http, bytes).unwrap_or_else(|| panic!("{name}: no response"));
@@ -632,6 +638,29 @@ fn bad_requests_are_refused_before_any_backend() {
     assert!(rejected >= 1.0);
     // And the router still serves.
     wait_backend(&strait, "web.example.com", "/", "web");
+}
+
+/// `OPTIONS *` (asterisk form) is about the host's server: it goes to the route the
+/// host's root would, here a catch-all `host = "*"` route, and the backend sees `*`.
+#[test]
+fn options_asterisk_goes_to_the_hosts_route() {
+    let strait = Strait::builder().start();
+    let backend = Backend::start("any");
+    register(&strait, "any", "any-1", &backend);
+    route(
+        &strait,
+        "any",
+        r#"{"host":"*","path":{"prefix":"/"},"service":"any","prefix_rewrite":"/base/"}"#,
+    );
+    wait_backend(&strait, "whatever.example.com", "/", "any");
+    let response = raw(
+        strait.http,
+        b"OPTIONS * HTTP/1.1\r\nHost: whatever.example.com\r\n\r\n",
+    )
+    .expect("a response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.backend().as_deref(), Some("any"));
+    assert_eq!(response.json()["path"], "*", "{}", response.text());
 }
 
 #[test]
