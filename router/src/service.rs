@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use discovery::Snapshot;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -21,7 +22,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::config::RouterConfig;
-use crate::front::Front;
+use crate::front::{ConnLimits, Front, ListenerSpec};
 use crate::metrics::RouterMetrics;
 use crate::paths::pingora_proxy::PingoraProxy;
 use crate::paths::pump::Pump;
@@ -267,6 +268,30 @@ impl Router {
             h2_options: h2,
             server_options: h2_server_options,
         });
+        // The TLS listeners' addresses (a port 0 resolved) first: the front door's limits
+        // name every listener.
+        let mut tls_addrs = Vec::new();
+        for listener in &self.config.tls {
+            tls_addrs.push(if start.inherit {
+                listener.addr
+            } else {
+                resolve_port(listener.addr)?
+            });
+        }
+        let mut specs = vec![ListenerSpec {
+            addr,
+            max_connections: self.config.max_connections,
+            idle_timeout: self.config.idle_timeout,
+        }];
+        for (listener, tls_addr) in self.config.tls.iter().zip(&tls_addrs) {
+            specs.push(ListenerSpec {
+                addr: *tls_addr,
+                max_connections: listener
+                    .max_connections
+                    .unwrap_or(self.config.max_connections),
+                idle_timeout: listener.idle_timeout.unwrap_or(self.config.idle_timeout),
+            });
+        }
         let front = Front {
             app,
             h2: h2_app,
@@ -279,16 +304,28 @@ impl Router {
             },
             h2c: true,
             metrics: self.metrics.clone(),
+            connections: ConnLimits::new(
+                &specs,
+                self.config.max_connections_per_ip,
+                self.config.idle_timeout,
+                &self.metrics,
+            ),
+            drain_keepalive: self.config.drain_keepalive.min(self.config.drain_timeout),
         };
         let mut service = Service::new("strait-http".to_string(), front);
-        service.add_tcp(&addr.to_string());
-        let mut tls_addrs = Vec::new();
-        for (listener, certs) in self.config.tls.iter().zip(&self.certificates) {
-            let tls_addr = if start.inherit {
-                listener.addr
-            } else {
-                resolve_port(listener.addr)?
-            };
+        // No L4 buffers: the front door reads into its own buffer (released when the
+        // connection idles) and writes whole heads; pingora's default 64 KiB read buffer
+        // per connection was most of an idle connection's cost.
+        service.add_listener(
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+        );
+        for ((listener, certs), tls_addr) in self
+            .config
+            .tls
+            .iter()
+            .zip(&self.certificates)
+            .zip(tls_addrs.iter().copied())
+        {
             let certs = Arc::clone(certs);
             certs
                 .watch(Duration::from_secs(1))
@@ -305,8 +342,11 @@ impl Router {
                 })?;
             settings.set_cert_resolver(certs);
             settings.enable_h2();
-            service.add_tls_with_settings(&tls_addr.to_string(), None, settings);
-            tls_addrs.push(tls_addr);
+            service.add_listener(
+                ListenerConfig::tcp(tls_addr.to_string())
+                    .tls(settings)
+                    .l4_buffer(L4BufferSettings::unbuffered()),
+            );
         }
         server.add_service(service);
 
@@ -511,20 +551,27 @@ impl RouterHandle {
         let deadline = Instant::now() + timeout;
         // Give pingora a moment to stop its listeners before counting.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let busy =
-            || self.metrics.active_requests.get() > 0 || self.metrics.tcp_connections.get() > 0;
+        // Connections too: an idle HTTP/1 one closes itself once it has waited
+        // `drain_keepalive` for a last request, an HTTP/2 one once its GOAWAY is done.
+        let busy = || {
+            self.metrics.active_requests.get() > 0
+                || self.metrics.tcp_connections.get() > 0
+                || self.metrics.active_connections.get() > 0
+        };
         while busy() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (requests, tcp) = (
+        let (requests, tcp, connections) = (
             self.metrics.active_requests.get(),
             self.metrics.tcp_connections.get(),
+            self.metrics.active_connections.get(),
         );
-        if requests > 0 || tcp > 0 {
+        if requests > 0 || tcp > 0 || connections > 0 {
             warn!(
                 requests,
                 tcp_connections = tcp,
-                "drain timeout: abandoning in-flight requests and TCP-route connections"
+                connections,
+                "drain timeout: abandoning in-flight requests and open connections"
             );
         } else {
             info!("router drained");

@@ -114,7 +114,10 @@ fn is_upper_case_method(method: &str) -> bool {
 /// (`#` is the client's own: it is never sent).
 fn check_target(method: &str, target: &str) -> Result<(), Rejection> {
     if !target.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(reject(400, "request target has bytes other than visible ASCII"));
+        return Err(reject(
+            400,
+            "request target has bytes other than visible ASCII",
+        ));
     }
     if target.contains('#') {
         return Err(reject(400, "request target has a fragment"));
@@ -244,7 +247,10 @@ pub fn parse_request<'a>(
     // backend might fold into a standard one that route conditions and retry rules did
     // not see.
     if !is_upper_case_method(method) {
-        return Err(reject(400, "invalid method (methods are upper-case tokens)"));
+        return Err(reject(
+            400,
+            "invalid method (methods are upper-case tokens)",
+        ));
     }
     if method == "CONNECT" {
         return Err(reject(405, "CONNECT is not supported"));

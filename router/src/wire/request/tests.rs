@@ -152,10 +152,7 @@ fn request_targets_and_methods() {
         b"Get / HTTP/1.1\r\nHost: a\r\n\r\n",
         expect!["400 invalid method (methods are upper-case tokens)"],
     );
-    check(
-        b"PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n",
-        expect!["ok"],
-    );
+    check(b"PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n", expect!["ok"]);
     check(
         b"VERSION-CONTROL / HTTP/1.1\r\nHost: a\r\n\r\n",
         expect!["ok"],
