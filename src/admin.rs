@@ -14,7 +14,7 @@ use discovery::{Leases, Store};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// Request bodies larger than this are refused (413) before parsing.
-const MAX_BODY: usize = 1 << 20;
+pub(crate) const MAX_BODY: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct Admin {
@@ -26,6 +26,8 @@ pub struct Admin {
     pub router: Arc<router::Router>,
     pub agent: Option<Arc<discovery::agent::Agent>>,
     pub deploy: Arc<deploy::Controller>,
+    /// No self-routing (`crate::self_routing`).
+    pub own: Arc<crate::self_routing::OwnListeners>,
     requests: IntCounterVec,
 }
 
@@ -39,6 +41,7 @@ pub struct AdminParts {
     pub router: Arc<router::Router>,
     pub agent: Option<Arc<discovery::agent::Agent>>,
     pub deploy: Arc<deploy::Controller>,
+    pub own: Arc<crate::self_routing::OwnListeners>,
 }
 
 impl Admin {
@@ -60,6 +63,7 @@ impl Admin {
             router: parts.router,
             agent: parts.agent,
             deploy: parts.deploy,
+            own: parts.own,
             requests,
         })
     }
@@ -90,6 +94,10 @@ impl Admin {
                 )
             })
             .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&self.own),
+                crate::self_routing::guard,
+            ))
             .layer(middleware::from_fn(json_errors))
             .layer(middleware::from_fn_with_state(self, count_requests))
     }

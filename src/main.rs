@@ -9,6 +9,7 @@ mod agent_cmd;
 mod cli;
 mod deploy_cmd;
 mod registry_cmd;
+mod self_routing;
 mod settings;
 mod up;
 mod upgrade;

@@ -143,6 +143,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
             .context("upgrade: adopting the running strait's instances took too long")?
             .context("upgrade: cannot adopt the running strait's instances")?;
         leases.adopt(transfer.leases.clone());
+        router.adopt_hop_token(&transfer.hop_token);
     }
     let mut reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
     router.follow(store.watch())?;
@@ -150,7 +151,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
 
     // A successor serves DNS, the registry and the admin API on the handed-over sockets
     // before it confirms: once it has, only pingora's own start is left to fail.
-    match sockets.dns.take() {
+    let dns_addr = match sockets.dns.take() {
         Some((udp, tcp)) => dns.start_inherited(udp, tcp)?,
         None => dns.start()?,
     };
@@ -200,6 +201,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         (Some(server), None) => Some(server.bind().await?),
         (None, _) => None,
     };
+    let own = crate::self_routing::OwnListeners::new(Arc::clone(&router));
     let admin = Admin::new(crate::admin::AdminParts {
         store: Arc::clone(&store),
         leases: Arc::clone(&leases),
@@ -209,6 +211,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         router: Arc::clone(&router),
         agent: agent.clone(),
         deploy: Arc::clone(&controller),
+        own: Arc::clone(&own),
     })?
     .router();
     let mut admin_listener = match sockets.admin.take() {
@@ -235,6 +238,10 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
         tcp_listeners: std::mem::take(&mut sockets.tcp_routes),
     })?;
     let admin_addr = admin_listener.local_addr()?;
+    let mut own_addrs = router_handle.listen_addrs();
+    own_addrs.extend([admin_addr, dns_addr]);
+    own_addrs.extend(registry_listener.as_ref().and_then(|l| l.local_addr().ok()));
+    own.set(own_addrs);
     controller.start_recovery();
     let supervisor = match (
         &agent,
@@ -348,6 +355,7 @@ async fn serve(settings: Settings, upgrade: bool) -> anyhow::Result<()> {
                     sockets: to_send.iter().map(|(kind, _)| *kind).collect(),
                     store: handover.clone(),
                     leases: handed_leases.clone(),
+                    hop_token: router.hop_token().to_string(),
                 };
                 let paths = paths.clone();
                 tokio::task::spawn_blocking(move || {

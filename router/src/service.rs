@@ -73,6 +73,9 @@ pub struct Router {
     tcp_listeners: Arc<TcpListeners>,
     /// One certificate store per `config.tls` listener, in order.
     certificates: Vec<Arc<crate::tls::CertStore>>,
+    /// This router's `Via` name; a binary upgrade hands it on (`adopt_hop_token`), so
+    /// that the successor recognises a loop through either process.
+    hop_token: std::sync::RwLock<Arc<str>>,
 }
 
 impl Router {
@@ -111,7 +114,28 @@ impl Router {
             metrics: RouterMetrics::new(registry)?,
             clock: Clock::new(),
             tcp_listeners: Arc::default(),
+            hop_token: std::sync::RwLock::new(
+                format!("strait-{:016x}", rand::random::<u64>()).into(),
+            ),
         })
+    }
+
+    /// This router's `Via` name (`strait-<hex>`), which it adds to every request it sends
+    /// upstream. The admin API refuses requests that carry it: they came through the
+    /// router.
+    pub fn hop_token(&self) -> Arc<str> {
+        Arc::clone(&self.hop_token.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Takes the predecessor's `Via` name (a binary upgrade), before `start`. A name that
+    /// is not one (`strait-` and hex digits) is ignored.
+    pub fn adopt_hop_token(&self, token: &str) {
+        let valid = token
+            .strip_prefix("strait-")
+            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        if valid {
+            *self.hop_token.write().unwrap_or_else(|e| e.into_inner()) = token.into();
+        }
     }
 
     /// Explains how the live table would route a request.
@@ -245,6 +269,7 @@ impl Router {
             metrics: self.metrics.clone(),
             clock: self.clock,
             access_log,
+            hop_token: self.hop_token(),
         });
         let mut app =
             pingora::proxy::http_proxy(&server.configuration, PingoraProxy(Arc::clone(&proxy)));
@@ -371,11 +396,12 @@ impl Router {
         info!(addr = %addr, "HTTP router listening on {addr}");
         // The TLS listeners belong to the same pingora service and are bound with the
         // plain one; probing them would only log a failed handshake.
-        for tls_addr in tls_addrs {
+        for tls_addr in &tls_addrs {
             info!(addr = %tls_addr, "HTTPS router listening on {tls_addr}");
         }
         Ok(RouterHandle {
             addr,
+            tls_addrs,
             stop,
             upgrade,
             phases,
@@ -496,6 +522,7 @@ impl ShutdownSignalWatch for StopSignal {
 /// A running router.
 pub struct RouterHandle {
     addr: SocketAddr,
+    tls_addrs: Vec<SocketAddr>,
     stop: Arc<Notify>,
     upgrade: Arc<AtomicBool>,
     phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
@@ -507,6 +534,13 @@ pub struct RouterHandle {
 impl RouterHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP listener's address, then the TLS listeners'.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.tls_addrs.iter().copied())
+            .collect()
     }
 
     /// Binary upgrade, first step: stops accepting on the TCP route listeners and returns

@@ -1516,3 +1516,112 @@ fn bad_health_check_settings_are_a_startup_error() {
         "{stderr}"
     );
 }
+
+/// A TCP forwarder to `to` (a hop strait cannot see through): returns its address.
+fn forwarder(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(upstream) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (
+                    client.try_clone().expect("clone"),
+                    upstream.try_clone().expect("clone"),
+                ),
+                (upstream, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    addr
+}
+
+/// No self-routing (issue 23, item 5): an instance at one of strait's own listeners is
+/// refused when it is written; a route that leads back to the router anyway (through a
+/// hop strait cannot see) is cut with 508 on the first return, and counted; the admin
+/// API refuses a request that came through the router.
+#[test]
+fn self_routing_is_refused_at_write_time_and_loops_are_cut() {
+    let strait = Strait::builder().start();
+    for (what, addr) in [("admin API", strait.admin), ("router", strait.http)] {
+        let (status, body) = strait.put(
+            "/v1/services/loop/instances/l1",
+            &format!(r#"{{"address":"127.0.0.1","port":{}}}"#, addr.port()),
+        );
+        assert_eq!(status, 400, "an instance at the {what}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("own listener")),
+            "{body}"
+        );
+    }
+    assert!(strait.instance_ids("loop").is_empty());
+
+    // A loop through a forwarder: router -> forwarder -> router.
+    let back_to_router = forwarder(strait.http);
+    let (status, body) = strait.put(
+        "/v1/services/loop/instances/l1",
+        &format!(
+            r#"{{"address":"127.0.0.1","port":{}}}"#,
+            back_to_router.port()
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    route(
+        &strait,
+        "loop",
+        r#"{"host":"loop.example.com","service":"loop"}"#,
+    );
+    // The admin API through the router, by a forwarder too.
+    let to_admin = forwarder(strait.admin);
+    let (status, body) = strait.put(
+        "/v1/services/adm/instances/a1",
+        &format!(r#"{{"address":"127.0.0.1","port":{}}}"#, to_admin.port()),
+    );
+    assert_eq!(status, 200, "{body}");
+    route(
+        &strait,
+        "adm",
+        r#"{"host":"admin.example.com","service":"adm"}"#,
+    );
+
+    let mut client = Client::new(strait.http);
+    let looped = eventually(Duration::from_secs(10), "the loop route to be live", || {
+        let r = client
+            .get("loop.example.com", "/")
+            .map_err(|e| e.to_string())?;
+        (r.status != 404)
+            .then_some(r)
+            .ok_or_else(|| "404".to_string())
+    });
+    assert_eq!(looped.status, 508, "{}", looped.text());
+    assert_eq!(strait.metric("strait_router_loops_total"), Some(1.0));
+    let admin = eventually(
+        Duration::from_secs(10),
+        "the admin route to be live",
+        || {
+            let r = client
+                .get("admin.example.com", "/v1/snapshot")
+                .map_err(|e| e.to_string())?;
+            (r.status != 404)
+                .then_some(r)
+                .ok_or_else(|| "404".to_string())
+        },
+    );
+    assert_eq!(admin.status, 403, "{}", admin.text());
+    assert_eq!(admin.json()["error"], "forbidden", "{}", admin.text());
+    let (status, _) = strait.put(
+        "/v1/routes/evil",
+        r#"{"host":"evil.example.com","service":"adm"}"#,
+    );
+    assert_eq!(status, 200, "the admin API still answers directly");
+}

@@ -225,7 +225,14 @@ impl Pump {
         let expect_continue = head.expect_continue && !http10;
         bufs.request.clear();
         let route = &routed.route;
-        let id = write_upstream_head(&mut bufs.request, &head, route, client, expect_continue);
+        let id = write_upstream_head(
+            &mut bufs.request,
+            &head,
+            route,
+            client,
+            expect_continue,
+            &self.proxy.hop_token,
+        );
         let log = self.proxy.access_log.as_ref().map(|_| LogFields {
             request_id: Some(String::from_utf8_lossy(&bufs.request[id]).into_owned()),
             ..LogFields::of(&head, http_version(&head))

@@ -240,7 +240,7 @@ impl H2App {
         };
         let route = &routed.route;
         out.clear();
-        let id = write_upstream_head(out, &head, route, client, false);
+        let id = write_upstream_head(out, &head, route, client, false, &self.proxy.hop_token);
         if body == Framing::Chunked {
             // The upstream head says how the body comes: in chunks, as the frames arrive.
             let end = out.len() - 2;
