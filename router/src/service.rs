@@ -186,10 +186,17 @@ impl Router {
         let metrics = self.metrics.clone();
         let swaps = self.swaps.clone();
         let upstream_tls = self.upstream_tls.clone();
+        // A runtime of its own, for the waits: the next snapshot, or the time a
+        // mass-removal hold is up (then the same snapshot is compiled again).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(RouterError::Thread)?;
         std::thread::Builder::new()
             .name("strait-tables".into())
             .spawn(move || {
                 let mut states = PoolStates::with_upstream_tls(upstream_tls);
+                let mut stale_services = Vec::<Arc<str>>::new();
                 // Propagation is observed once per new revision: a snapshot published
                 // again unchanged (a ZooKeeper reconnect) carries an old write time.
                 let mut observed_revision = None;
@@ -199,6 +206,22 @@ impl Router {
                     let next = compile(&snapshot, &config, &mut states);
                     metrics.table_build.observe(started.elapsed().as_secs_f64());
                     metrics.table_revision.set(next.revision as i64);
+                    for service in states.take_mass_removals() {
+                        metrics.mass_removals.with_label_values(&[&service]).inc();
+                    }
+                    for service in stale_services.drain(..) {
+                        metrics
+                            .stale_endpoints
+                            .with_label_values(&[&service])
+                            .set(0);
+                    }
+                    for (service, count) in states.stale_counts() {
+                        metrics
+                            .stale_endpoints
+                            .with_label_values(&[service])
+                            .set(count as i64);
+                        stale_services.push(Arc::clone(service));
+                    }
                     table.store(Arc::new(next));
                     metrics.table_swaps.inc();
                     swaps.send_modify(|n| *n += 1);
@@ -209,7 +232,15 @@ impl Router {
                         metrics.propagation.observe(elapsed.as_secs_f64());
                     }
                     observed_revision = Some(snapshot.revision);
-                    if futures_lite_block_on(snapshots.changed()).is_err() {
+                    let changed = runtime.block_on(async {
+                        match states.next_expiry() {
+                            Some(at) => tokio::time::timeout_at(at.into(), snapshots.changed())
+                                .await
+                                .unwrap_or(Ok(())),
+                            None => snapshots.changed().await,
+                        }
+                    });
+                    if changed.is_err() {
                         return;
                     }
                 }
@@ -460,11 +491,6 @@ impl Router {
             .map_err(RouterError::Thread)?;
         Ok(())
     }
-}
-
-/// Blocks on a future from a plain thread.
-fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
-    futures::executor::block_on(future)
 }
 
 /// Binds `addr` once ourselves: pingora binds by address string, cannot report an

@@ -1625,3 +1625,101 @@ fn self_routing_is_refused_at_write_time_and_loops_are_cut() {
     );
     assert_eq!(status, 200, "the admin API still answers directly");
 }
+
+/// The mass-removal guard (issue 23, item 7): every instance of a pool leaving the store
+/// at once does not empty it: they stay routable (stale) for the hold, then go. A
+/// deployment's way of removing a version (maintenance first, then deregistration) is
+/// never held back: the drained instances get no request once in maintenance, nor after.
+#[test]
+fn mass_removal_is_held_back_but_drained_instances_are_not() {
+    let strait = Strait::builder()
+        .config("[router.mass_removal]\nhold = \"3s\"\n")
+        .start();
+    let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
+    register(&strait, "web", "b1", &b1);
+    register(&strait, "web", "b2", &b2);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "b1");
+    wait_backend(&strait, "web.example.com", "/", "b2");
+    let mut client = Client::new(strait.http);
+    let status = |client: &mut Client| client.get("web.example.com", "/").map(|r| r.status);
+
+    // A mass removal: both instances leave the store at once.
+    assert_eq!(strait.delete("/v1/services/web/instances/b1").0, 204);
+    assert_eq!(strait.delete("/v1/services/web/instances/b2").0, 204);
+    let removed = Instant::now();
+    // Two deregistrations are two updates: the first takes half the pool (not more than
+    // `fraction`), the second the rest, which is held.
+    eventually(Duration::from_secs(5), "the guard to hold them", || {
+        let stale = strait
+            .metric("strait_router_stale_endpoints")
+            .unwrap_or(0.0);
+        (stale >= 1.0).then_some(()).ok_or(format!("stale {stale}"))
+    });
+    for _ in 0..20 {
+        assert_eq!(
+            status(&mut client).expect("request"),
+            200,
+            "held instances serve"
+        );
+    }
+    assert!(
+        strait
+            .metric("strait_router_mass_removals_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        strait.log_text().contains("mass removal:"),
+        "{}",
+        strait.log_text()
+    );
+    // Then the hold ends.
+    eventually(
+        Duration::from_secs(10),
+        "the hold to end",
+        || match status(&mut client) {
+            Ok(503) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(removed.elapsed() >= Duration::from_millis(2500));
+    assert_eq!(strait.metric("strait_router_stale_endpoints"), Some(0.0));
+
+    // A deployment's removal: maintenance (drained), then deregistered.
+    register(&strait, "web", "b1", &b1);
+    register(&strait, "web", "b2", &b2);
+    wait_backend(&strait, "web.example.com", "/", "b1");
+    for id in ["b1", "b2"] {
+        let (code, body) = strait.put(
+            &format!("/v1/services/web/instances/{id}/health"),
+            r#"{"health":"maintenance"}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the drained instances out",
+        || match status(&mut client) {
+            Ok(503) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let served = b1.served() + b2.served();
+    assert_eq!(strait.delete("/v1/services/web/instances/b1").0, 204);
+    assert_eq!(strait.delete("/v1/services/web/instances/b2").0, 204);
+    for _ in 0..20 {
+        assert_eq!(status(&mut client).expect("request"), 503);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(
+        b1.served() + b2.served(),
+        served,
+        "no request reached a drained instance"
+    );
+    assert_eq!(strait.metric("strait_router_stale_endpoints"), Some(0.0));
+}
