@@ -204,6 +204,21 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The connection goes on in a task of its own: pingora's per-connection task
+        // holds its accept handshake's future inline (~8 KiB, the TLS variant's, for
+        // every connection, for its whole life); ours holds only what an idle
+        // connection needs.
+        tokio::spawn(Arc::clone(self).connection(stream, shutdown.clone()));
+        None
+    }
+}
+
+impl<A> Front<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn connection(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
+        let shutdown = &shutdown;
         let digest = stream.get_socket_digest();
         let local = digest
             .as_ref()
@@ -212,11 +227,14 @@ where
             .as_ref()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         drop(digest);
-        let admitted = self.connections.admit(local, client_ip)?;
+        let Some(admitted) = self.connections.admit(local, client_ip) else {
+            return;
+        };
         let _connection = self.metrics.connection();
         // TLS with ALPN h2: straight to pingora's HTTP/2 server.
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.h2.process_new(stream, shutdown).await;
+            self.h2.process_new(stream, shutdown).await;
+            return;
         }
         let tls = stream.get_ssl_digest().is_some();
         let check_h2c = self.h2c && !tls;
@@ -230,7 +248,9 @@ where
         let mut stream = stream;
         let mut idle_until = Instant::now() + idle_timeout;
         loop {
-            let first = wait_first_byte(&mut stream, &mut drain, idle_until).await?;
+            let Some(first) = wait_first_byte(&mut stream, &mut drain, idle_until).await else {
+                return;
+            };
             // Boxed: the idle connection's own future stays small; the box lives for the
             // whole active stretch, however many requests it serves.
             let active = Box::pin(self.serve_active(
@@ -247,17 +267,15 @@ where
                     stream = idle;
                     idle_until = until;
                 }
-                Active::H2c(prefixed) => return self.h2.process_new(prefixed, shutdown).await,
-                Active::Closed => return None,
+                Active::H2c(prefixed) => {
+                    self.h2.process_new(prefixed, shutdown).await;
+                    return;
+                }
+                Active::Closed => return,
             }
         }
     }
-}
 
-impl<A> Front<A>
-where
-    A: HttpServerApp + Send + Sync + 'static,
-{
     /// Serves requests of an HTTP/1 connection from its first byte until it goes idle
     /// (`Active::Idle`, its buffers released), is closed, or turns out to be h2c.
     #[allow(clippy::too_many_arguments)]

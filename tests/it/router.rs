@@ -1723,3 +1723,70 @@ fn mass_removal_is_held_back_but_drained_instances_are_not() {
     );
     assert_eq!(strait.metric("strait_router_stale_endpoints"), Some(0.0));
 }
+
+/// Request bodies (issue 23, item 3): a small body is read whole before an upstream is
+/// chosen, so clients dripping their bodies hold no upstream connection; a client that
+/// stalls mid-body gets 408 after `body_timeout`; a body over `request_buffer_bytes`
+/// still streams.
+#[test]
+fn slow_small_bodies_hold_no_upstream_connection() {
+    use std::io::{Read, Write};
+    let strait = Strait::builder()
+        .config("[router]\nrequest_buffer_bytes = 4096\nbody_timeout = \"1s\"\n")
+        .start();
+    let backend = serve_web(&strait);
+    let accepted = backend.accepted();
+    let head = |length: usize| {
+        format!("POST /up HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: {length}\r\n\r\n")
+    };
+    // Twenty clients sending 12-byte bodies a byte at a time.
+    let mut slow: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(strait.http).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(head(12).as_bytes()).expect("head");
+            s
+        })
+        .collect();
+    for (i, byte) in b"hello, slow!".chunks(1).enumerate() {
+        for s in &mut slow {
+            s.write_all(byte).expect("body byte");
+        }
+        if i == 11 {
+            break; // the bodies are whole: now they go upstream
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            backend.accepted(),
+            accepted,
+            "no upstream connection while bodies are on their way (byte {:?})",
+            byte
+        );
+    }
+    for s in slow {
+        let mut reader = std::io::BufReader::new(s);
+        let (response, _) = crate::http::read_response(&mut reader).expect("response");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.json()["body"], "hello, slow!");
+    }
+    // A client that stalls mid-body: 408 once `body_timeout` passes.
+    let started = Instant::now();
+    let mut stalled = std::net::TcpStream::connect(strait.http).expect("connect");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stalled.write_all(head(100).as_bytes()).expect("head");
+    stalled.write_all(b"only part").expect("part");
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A body over `request_buffer_bytes` streams, and arrives whole.
+    let large = "x".repeat(20_000);
+    let response = Client::new(strait.http)
+        .request("POST", "web.example.com", "/up", &[], large.as_bytes())
+        .expect("large upload");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["body"].as_str().map(str::len), Some(20_000));
+}
