@@ -3,7 +3,8 @@
 //! `connections` clients (10k; 2k with `--quick`) each open a connection, send one request
 //! through the proxy, read the answer, and stay open. After a settling pause (strait
 //! releases an idle connection's buffers after 1 s), the proxy's RSS (nginx: master and
-//! worker) is read again; bytes per connection = the growth / connections. One worker
+//! worker) is read again, 12 s later; bytes per connection = the growth / connections.
+//! One worker
 //! each; the backend is another nginx, not counted.
 
 use std::io::{Read, Write};
@@ -198,10 +199,12 @@ fn measure(
                 .with_context(|| format!("{participant} {}: connection {i}", protocol.name()))?,
         );
     }
-    std::thread::sleep(Duration::from_secs(4));
+    // mimalloc gives freed pages back lazily: a few seconds after strait released the
+    // connections' buffers (1 s idle) the resident set still holds them.
+    std::thread::sleep(Duration::from_secs(12));
     let after = rss_kib(pid);
     drop(open_conns);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(12));
     Ok(MemRow {
         participant: participant.to_string(),
         protocol: protocol.name().to_string(),

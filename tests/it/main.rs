@@ -13,6 +13,7 @@ mod harness;
 mod http;
 mod pump;
 mod registry;
+mod reliability;
 mod router;
 mod tcp;
 mod tidy;
