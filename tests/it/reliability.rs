@@ -25,16 +25,15 @@ fn route(strait: &Strait, json: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Keep-alive GET loops on `threads` threads until `stop`: (ok, failures).
-fn load(
-    addr: SocketAddr,
-    threads: usize,
-    stop: &Arc<AtomicBool>,
-) -> (
+/// What a load run counts: requests answered 200, failures, the client threads.
+type Load = (
     Arc<AtomicUsize>,
     Arc<Mutex<Vec<String>>>,
     Vec<std::thread::JoinHandle<()>>,
-) {
+);
+
+/// Keep-alive GET loops on `threads` threads until `stop`.
+fn load(addr: SocketAddr, threads: usize, stop: &Arc<AtomicBool>) -> Load {
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
     let handles = (0..threads)

@@ -457,7 +457,7 @@ fn twenty_upgrades_fail_no_request_of_clients_that_never_retry() {
             let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
-                let (method, body) = if (n + i) % 2 == 0 {
+                let (method, body) = if (n + i).is_multiple_of(2) {
                     ("POST", format!("upload {i}-{n} {}", "x".repeat(512)))
                 } else {
                     ("GET", String::new())
