@@ -14,7 +14,7 @@ use discovery::{Leases, Store};
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// Request bodies larger than this are refused (413) before parsing.
-pub(crate) const MAX_BODY: usize = 1 << 20;
+const MAX_BODY: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct Admin {

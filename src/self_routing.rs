@@ -24,6 +24,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use discovery::admin::ApiError;
 
+/// The most of an instance registration read here; the admin API's own body limit
+/// (1 MiB) refuses larger bodies after.
+const BODY_LIMIT: usize = 1 << 20;
+
 /// This process's listening addresses, known once everything is bound.
 pub struct OwnListeners {
     addrs: RwLock<Vec<SocketAddr>>,
@@ -99,7 +103,7 @@ pub async fn guard(State(own): State<Arc<OwnListeners>>, request: Request, next:
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, crate::admin::MAX_BODY).await else {
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
         return refused(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
