@@ -99,7 +99,13 @@ pub async fn guard(State(own): State<Arc<OwnListeners>>, request: Request, next:
         let parts: Vec<&str> = request.uri().path().split('/').collect();
         matches!(parts.as_slice(), ["", "v1", "services", _, "instances", _])
     };
-    if !is_instance_put {
+    // A body over the limit is the API's to refuse (413), as any other.
+    let oversized = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > BODY_LIMIT);
+    if !is_instance_put || oversized {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
