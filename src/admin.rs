@@ -32,6 +32,8 @@ pub struct Admin {
     pub router: Arc<router::Router>,
     pub agent: Option<Arc<discovery::agent::Agent>>,
     pub deploy: Arc<deploy::Controller>,
+    /// No self-routing (`crate::self_routing`).
+    pub own: Arc<crate::self_routing::OwnListeners>,
     requests: IntCounterVec,
 }
 
@@ -45,6 +47,7 @@ pub struct AdminParts {
     pub router: Arc<router::Router>,
     pub agent: Option<Arc<discovery::agent::Agent>>,
     pub deploy: Arc<deploy::Controller>,
+    pub own: Arc<crate::self_routing::OwnListeners>,
 }
 
 impl Admin {
@@ -66,6 +69,7 @@ impl Admin {
             router: parts.router,
             agent: parts.agent,
             deploy: parts.deploy,
+            own: parts.own,
             requests,
         })
     }
@@ -117,6 +121,10 @@ impl Admin {
                 )
             })
             .layer(DefaultBodyLimit::max(MAX_BODY))
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&self.own),
+                crate::self_routing::guard,
+            ))
             .layer(middleware::from_fn(json_errors))
             .layer(middleware::from_fn_with_state(self, count_requests))
     }

@@ -13,6 +13,7 @@ mod deploy_cmd;
 mod metrics;
 mod openapi;
 mod registry_cmd;
+mod self_routing;
 mod settings;
 mod status;
 mod token_cmd;

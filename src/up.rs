@@ -151,6 +151,7 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
             .context("upgrade: adopting the running strait's instances took too long")?
             .context("upgrade: cannot adopt the running strait's instances")?;
         leases.adopt(transfer.leases.clone());
+        router.adopt_hop_token(&transfer.hop_token);
     }
     let mut reaper = tokio::spawn(Arc::clone(&leases).run_reaper());
     router.follow(store.watch())?;
@@ -244,6 +245,7 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
         agent.clone(),
         &registry,
     )?;
+    let own = crate::self_routing::OwnListeners::new(Arc::clone(&router));
     let admin = Admin::new(crate::admin::AdminParts {
         store: Arc::clone(&store),
         leases: Arc::clone(&leases),
@@ -253,6 +255,7 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
         router: Arc::clone(&router),
         agent: agent.clone(),
         deploy: Arc::clone(&controller),
+        own: Arc::clone(&own),
     })?
     .router();
     let mut admin_listener = match sockets.admin.take() {
@@ -279,6 +282,10 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
         tcp_listeners: std::mem::take(&mut sockets.tcp_routes),
     })?;
     let admin_addr = admin_listener.local_addr()?;
+    let mut own_addrs = router_handle.listen_addrs();
+    own_addrs.extend([admin_addr, dns_addr]);
+    own_addrs.extend(registry_listener.as_ref().and_then(|l| l.local_addr().ok()));
+    own.set(own_addrs);
     controller.start_recovery();
     let supervisor = match (
         &agent,
@@ -412,6 +419,7 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
                     sockets: to_send.iter().map(|(kind, _)| *kind).collect(),
                     store: handover.clone(),
                     leases: handed_leases.clone(),
+                    hop_token: router.hop_token().to_string(),
                 };
                 let paths = paths.clone();
                 tokio::task::spawn_blocking(move || {

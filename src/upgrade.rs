@@ -101,6 +101,11 @@ pub struct Transfer {
     pub sockets: Vec<SocketKind>,
     pub store: discovery::Handover,
     pub leases: Vec<LeaseHandover>,
+    /// The router's `Via` name, kept by the successor: a loop through either process,
+    /// and a request through either router to the admin API, is recognised. (Absent from
+    /// an older predecessor's transfer: the successor keeps its own.)
+    #[serde(default)]
+    pub hop_token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 
 mod alloc;
 mod build;
+mod conn_memory;
 mod deploy;
 mod registry;
 mod swap;
@@ -831,6 +832,7 @@ fn main() -> anyhow::Result<()> {
             "registry",
             "build",
             "deploy",
+            "conn-memory",
             "alloc",
         ],
         "http-close" => vec!["http-close"],
@@ -846,8 +848,9 @@ fn main() -> anyhow::Result<()> {
         "registry" => vec!["registry"],
         "build" => vec!["build"],
         "deploy" => vec!["deploy"],
+        "conn-memory" => vec!["conn-memory"],
         other => bail!(
-            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, tcp, swap, table, dns, registry, build, deploy, alloc or all"
+            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, tcp, swap, table, dns, registry, build, deploy, conn-memory, alloc or all"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -862,6 +865,12 @@ fn main() -> anyhow::Result<()> {
         if scenario == "deploy" {
             let rows = deploy::scenario(cli.quick, dir.path(), &build_strait()?)?;
             deploy::print(&rows);
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
+            continue;
+        }
+        if scenario == "conn-memory" {
+            let rows = conn_memory::scenario(cli.quick, dir.path(), &build_strait()?)?;
+            conn_memory::print(&rows);
             report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
             continue;
         }

@@ -268,6 +268,27 @@ fn default_connect_retries() -> u32 {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_drain_keepalive() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_max_connections() -> usize {
+    65_536
+}
+fn default_request_buffer_bytes() -> usize {
+    64 * 1024
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_hops() -> u32 {
+    8
+}
+fn default_mass_removal_fraction() -> u32 {
+    50
+}
+fn default_mass_removal_hold() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_min_local_endpoints() -> usize {
     1
 }
@@ -303,6 +324,42 @@ pub struct CertificateFiles {
 pub struct TlsListener {
     pub addr: SocketAddr,
     pub certificates: Vec<CertificateFiles>,
+    /// Open connections this listener takes at most (default: `router.max_connections`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Idle keep-alive timeout on this listener (default: `router.idle_timeout`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The mass-removal guard: a pool whose eligible instances would drop by more than
+/// `fraction` percent in one update keeps the vanished ones (stale) for `hold`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MassRemovalConfig {
+    /// Share of a pool's eligible instances (percent) whose vanishing in one update
+    /// triggers the guard; 100 turns it off.
+    #[serde(
+        default = "default_mass_removal_fraction",
+        deserialize_with = "percent"
+    )]
+    pub fraction: u32,
+    /// How long vanished instances stay routable.
+    #[serde(default = "default_mass_removal_hold", with = "humantime_serde")]
+    pub hold: Duration,
+}
+
+impl Default for MassRemovalConfig {
+    fn default() -> Self {
+        MassRemovalConfig {
+            fraction: default_mass_removal_fraction(),
+            hold: default_mass_removal_hold(),
+        }
+    }
 }
 
 /// Passive outlier detection: eject endpoints that keep failing.
@@ -378,6 +435,34 @@ pub struct RouterConfig {
     /// On SIGTERM, wait at most this long for in-flight requests.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// While draining (shutdown, binary upgrade), an idle HTTP/1 keep-alive connection
+    /// waits this long (at most `drain_timeout`) for one more request, answered with
+    /// `Connection: close`, before it is closed.
+    #[serde(default = "default_drain_keepalive", with = "humantime_serde")]
+    pub drain_keepalive: Duration,
+    /// Open connections the plain HTTP listener takes at most (TLS listeners: their own
+    /// `max_connections`, this by default); past it new ones are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections one client address may hold (all listeners together); 0: no
+    /// limit.
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
+    /// Request bodies up to this size are read whole before an upstream is chosen and
+    /// connected (nginx's `proxy_request_buffering`); larger ones stream. 0: always
+    /// stream.
+    #[serde(default = "default_request_buffer_bytes")]
+    pub request_buffer_bytes: usize,
+    /// Each read of a request body must bring bytes within this long, else 408 (a
+    /// buffered body) or the request is cut off (a streamed one).
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Requests that have passed through more strait routers than this (their `Via`
+    /// entries) get 508, as do those that passed through this one already.
+    #[serde(default = "default_max_hops")]
+    pub max_hops: u32,
+    #[serde(default)]
+    pub mass_removal: MassRemovalConfig,
     /// HTTP/2: concurrent streams per connection.
     #[serde(default = "default_h2_max_streams", deserialize_with = "h2_streams")]
     pub h2_max_concurrent_streams: u32,
@@ -415,6 +500,13 @@ impl Default for RouterConfig {
             connect_retries: default_connect_retries(),
             retry_budget_percent: default_retry_budget_percent(),
             drain_timeout: default_drain_timeout(),
+            drain_keepalive: default_drain_keepalive(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: 0,
+            request_buffer_bytes: default_request_buffer_bytes(),
+            body_timeout: default_body_timeout(),
+            max_hops: default_max_hops(),
+            mass_removal: MassRemovalConfig::default(),
             h2_max_concurrent_streams: default_h2_max_streams(),
             outlier: OutlierConfig::default(),
             services: BTreeMap::new(),

@@ -10,16 +10,30 @@
 //! 256 headers and not configurable, and on `Content-Length` + `Transfer-Encoding` it
 //! drops `Content-Length` rather than refusing the request. An edge must refuse.
 //!
-//! Phase order per connection: [TLS/ALPN h2 or h2c preface -> pingora's HTTP/2] else loop
-//! { wait for first byte (idle timeout) -> read head (deadline, size) -> the pump plans it
-//! (validate, route) -> forward it, answer it, or pingora proxies it -> next request if
-//! the connection is reusable }.
+//! Phase order per connection: [a listener's or a client's connection limit: close] ->
+//! [TLS/ALPN h2 or h2c preface -> pingora's HTTP/2] else loop { wait for the first byte,
+//! holding no buffer (idle timeout; while draining, `drain_keepalive`) -> an active
+//! stretch, its buffers allocated once: loop { read head (deadline, size) -> the pump
+//! plans it (validate, route) -> forward it, answer it, or pingora proxies it -> wait
+//! for the next request with the buffers kept for `IDLE_RELEASE`, then release them } }.
+//!
+//! Draining (shutdown, binary upgrade) never closes a connection under a request that
+//! may be on the wire: a connection stops reading only at a request boundary. The
+//! response to a request planned while draining says `Connection: close`; one that was
+//! under way when the drain began keeps its keep-alive answer, and the connection waits
+//! (`drain_keepalive`) for one more request, answered with `close`; a new connection
+//! (accepted just before the listeners stopped) is served the same way. An idle
+//! connection is closed only when that wait ends with nothing read (a byte that came
+//! before the deadline's wake-up is read first: the wait is biased to the read), by
+//! which time the successor (a binary upgrade) has long been accepting.
+
+mod limits;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
@@ -27,6 +41,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+pub use self::limits::{ConnLimits, ListenerSpec};
 use crate::heads::{ClientInfo, write_local_response};
 use crate::io::h2_watch::H2Watched;
 use crate::io::prefixed::Prefixed;
@@ -38,30 +53,30 @@ use crate::wire::{HeadLimits, Rejection, head_end};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long a connection with no request keeps its buffers: a busy keep-alive
+/// connection reuses them (no allocation per request); an idle one gives them back, as
+/// nginx does, so that it costs only its socket and a small task.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
 /// What reading a head produced.
 enum Head {
     /// A complete head (and possibly more) is in the buffer.
     Complete,
     /// The connection is an HTTP/2 prior-knowledge (h2c) connection.
     H2c,
-    /// Closed or idle before a request began: close quietly.
+    /// Closed before the head was whole.
     Gone,
     Rejected(Rejection),
 }
 
+/// Reads the rest of a request head (its first bytes are in `buf`) under the whole-head
+/// deadline and the size limit.
 async fn read_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
     limits: &HeadLimits,
     check_h2c: bool,
 ) -> Head {
-    // Idle: wait for the first byte of a request.
-    if buf.is_empty() {
-        match tokio::time::timeout(limits.idle_timeout, stream.read_buf(buf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return Head::Gone,
-        }
-    }
     let deadline = Instant::now() + limits.head_timeout;
     loop {
         if check_h2c && buf.len() <= H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
@@ -102,6 +117,67 @@ async fn respond_and_close(stream: &mut Stream, rejection: Rejection) {
     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
+/// A connection's view of the drain: whether it has begun, and the deadline of its idle
+/// waits from when this connection first saw it.
+struct Drain {
+    watch: ShutdownWatch,
+    deadline: Option<Instant>,
+    keepalive: Duration,
+}
+
+impl Drain {
+    fn draining(&mut self) -> bool {
+        if self.deadline.is_none() && *self.watch.borrow() {
+            self.deadline = Some(Instant::now() + self.keepalive);
+        }
+        self.deadline.is_some()
+    }
+
+    /// Resolves when the shutdown watch changes (or can no longer tell: then the
+    /// connection drains).
+    async fn changed(&mut self) {
+        if self.watch.changed().await.is_err() {
+            self.deadline = Some(Instant::now() + self.keepalive);
+        }
+    }
+}
+
+/// How an active stretch of an HTTP/1 connection ended.
+enum Active {
+    /// No request for `IDLE_RELEASE` (or draining): buffers released; the connection
+    /// may stay idle until the instant given.
+    Idle(Stream, Instant),
+    /// HTTP/2 with prior knowledge: the preface read, pushed back in front.
+    H2c(Stream),
+    Closed,
+}
+
+/// Waits for the first byte of the next request, holding no buffer: until `idle_until`,
+/// and while draining until the drain's deadline. `None`: close the connection.
+async fn wait_first_byte(
+    stream: &mut Stream,
+    drain: &mut Drain,
+    idle_until: Instant,
+) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    loop {
+        let draining = drain.draining();
+        let until = drain.deadline.map_or(idle_until, |d| d.min(idle_until));
+        tokio::select! {
+            // A byte that came before the deadline's wake-up is read, not cut off.
+            biased;
+            read = stream.read(&mut byte) => {
+                return match read {
+                    Ok(1) => Some(byte[0]),
+                    _ => None,
+                };
+            }
+            () = tokio::time::sleep_until(until) => return None,
+            () = drain.changed(), if !draining => {}
+        }
+    }
+}
+
 /// The front door: reads each request head under its limits and hands it to the pump, or
 /// to pingora's proxy (`app`) for services spoken to over HTTP/2; HTTP/2 connections go
 /// to `h2`.
@@ -113,6 +189,10 @@ pub struct Front<A> {
     pub limits: HeadLimits,
     pub h2c: bool,
     pub metrics: RouterMetrics,
+    /// Per listener and per client address; each listener's idle timeout.
+    pub connections: ConnLimits,
+    /// While draining, how long an idle connection waits for one more request.
+    pub drain_keepalive: Duration,
 }
 
 #[async_trait]
@@ -125,56 +205,134 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // The connection goes on in a task of its own: pingora's per-connection task
+        // holds its accept handshake's future inline (~8 KiB, the TLS variant's, for
+        // every connection, for its whole life); ours holds only what an idle
+        // connection needs.
+        tokio::spawn(Arc::clone(self).connection(stream, shutdown.clone()));
+        None
+    }
+}
+
+impl<A> Front<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn connection(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
+        let shutdown = &shutdown;
+        let digest = stream.get_socket_digest();
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        let client_ip = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        drop(digest);
+        let Some(admitted) = self.connections.admit(local, client_ip) else {
+            return;
+        };
         let _connection = self.metrics.connection();
         // TLS with ALPN h2: straight to pingora's HTTP/2 server.
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let watched = H2Watched::new(stream, Arc::clone(&self.metrics.h2));
-            return self.h2.process_new(Box::new(watched), shutdown).await;
+            self.h2.process_new(Box::new(watched), shutdown).await;
+            return;
         }
         let tls = stream.get_ssl_digest().is_some();
         let check_h2c = self.h2c && !tls;
-        let client_ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let client = ClientInfo::new(client_ip, tls);
+        let idle_timeout = admitted.idle_timeout();
+        let mut drain = Drain {
+            watch: shutdown.clone(),
+            deadline: None,
+            keepalive: self.drain_keepalive,
+        };
         let mut stream = stream;
-        let mut buf = BytesMut::with_capacity(4096);
-        let mut bufs = ConnBuffers::default();
-        let mut shutting_down = shutdown.clone();
+        let mut idle_until = Instant::now() + idle_timeout;
         loop {
-            if *shutting_down.borrow() {
-                return None;
-            }
-            let idle = buf.is_empty();
-            let head = tokio::select! {
-                head = read_head(&mut stream, &mut buf, &self.limits, check_h2c) => head,
-                // Shutdown closes idle keep-alive connections at once.
-                _ = shutting_down.changed(), if idle => return None,
+            let Some(first) = wait_first_byte(&mut stream, &mut drain, idle_until).await else {
+                return;
             };
-            match head {
-                Head::Gone => return None,
-                Head::H2c => {
-                    let prefixed = Prefixed::new(buf, stream);
-                    let watched = H2Watched::new(Box::new(prefixed), Arc::clone(&self.metrics.h2));
-                    return self.h2.process_new(Box::new(watched), shutdown).await;
+            // Boxed: the idle connection's own future stays small; the box lives for the
+            // whole active stretch, however many requests it serves.
+            let active = Box::pin(self.serve_active(
+                stream,
+                first,
+                &client,
+                check_h2c,
+                idle_timeout,
+                &mut drain,
+                shutdown,
+            ));
+            match active.await {
+                Active::Idle(idle, until) => {
+                    stream = idle;
+                    idle_until = until;
                 }
+                Active::H2c(prefixed) => {
+                    let watched = H2Watched::new(prefixed, Arc::clone(&self.metrics.h2));
+                    self.h2.process_new(Box::new(watched), shutdown).await;
+                    return;
+                }
+                Active::Closed => return,
+            }
+        }
+    }
+
+    /// Serves requests of an HTTP/1 connection from its first byte until it goes idle
+    /// (`Active::Idle`, its buffers released), is closed, or turns out to be h2c.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_active(
+        &self,
+        mut stream: Stream,
+        first: u8,
+        client: &ClientInfo,
+        check_h2c: bool,
+        idle_timeout: Duration,
+        drain: &mut Drain,
+        shutdown: &ShutdownWatch,
+    ) -> Active {
+        let mut buf = BytesMut::with_capacity(4096);
+        buf.put_u8(first);
+        let mut bufs = ConnBuffers::default();
+        loop {
+            if buf.is_empty() {
+                // Between requests.
+                let idle_until = Instant::now() + idle_timeout;
+                if drain.draining() {
+                    return Active::Idle(stream, idle_until);
+                }
+                let release = (Instant::now() + IDLE_RELEASE).min(idle_until);
+                tokio::select! {
+                    biased;
+                    read = stream.read_buf(&mut buf) => match read {
+                        Ok(n) if n > 0 => {}
+                        _ => return Active::Closed,
+                    },
+                    () = tokio::time::sleep_until(release) => {
+                        return Active::Idle(stream, idle_until);
+                    }
+                    () = drain.changed() => continue,
+                }
+            }
+            match read_head(&mut stream, &mut buf, &self.limits, check_h2c).await {
+                Head::Gone => return Active::Closed,
+                Head::H2c => return Active::H2c(Box::new(Prefixed::new(buf, stream))),
                 Head::Rejected(rejection) => {
                     self.metrics.rejected(rejection.reason);
                     respond_and_close(&mut stream, rejection).await;
-                    return None;
+                    return Active::Closed;
                 }
                 Head::Complete => {}
             }
             let end = head_end(&buf).unwrap_or(buf.len());
-            let closing = *shutdown.borrow();
-            let keep_alive = match self
-                .pump
-                .plan(&buf[..end], &self.limits, &client, &mut bufs)
-            {
+            // Planned while draining: the last request of this connection.
+            let closing = drain.draining();
+            let keep_alive = match self.pump.plan(&buf[..end], &self.limits, client, &mut bufs) {
                 Plan::Reject(rejection) => {
                     self.metrics.rejected(rejection.reason);
                     respond_and_close(&mut stream, rejection).await;
-                    return None;
+                    return Active::Closed;
                 }
                 Plan::Local(local) => {
                     self.pump
@@ -183,27 +341,24 @@ where
                 }
                 Plan::Forward(request) => {
                     self.pump
-                        .forward(&mut stream, &mut buf, request, &mut bufs, &client, closing)
+                        .forward(&mut stream, &mut buf, request, &mut bufs, client, closing)
                         .await
                 }
                 Plan::Pingora => {
-                    let (next, reused) = self.pingora_h1(stream, buf, shutdown).await?;
+                    let Some((next, reused)) = self.pingora_h1(stream, buf, shutdown).await else {
+                        return Active::Closed;
+                    };
                     stream = next;
                     buf = reused;
                     continue;
                 }
             };
             if !keep_alive {
-                return None;
+                return Active::Closed;
             }
         }
     }
-}
 
-impl<A> Front<A>
-where
-    A: HttpServerApp + Send + Sync + 'static,
-{
     /// One HTTP/1 request through pingora's proxy (a service spoken to over HTTP/2): the
     /// head bytes already read are pushed back in front of the stream. Returns the
     /// connection and any bytes read past the request, if it can be reused.

@@ -43,7 +43,9 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// The request target (origin form) after the route's prefix rewrite (query kept),
 /// written to `out`. The pump's and pingora's paths rewrite alike.
 pub(crate) fn write_target(out: &mut Vec<u8>, target: &str, route: &CompiledRoute) {
-    let Some((prefix_len, replacement)) = &route.prefix_rewrite else {
+    // `OPTIONS *` asks about the server, not a path: nothing to rewrite.
+    let Some((prefix_len, replacement)) = route.prefix_rewrite.as_ref().filter(|_| target != "*")
+    else {
         out.extend_from_slice(target.as_bytes());
         return;
     };
@@ -78,6 +80,7 @@ pub fn write_upstream_head(
     route: &CompiledRoute,
     client: &ClientInfo,
     drop_expect: bool,
+    hop_token: &str,
 ) -> Range<usize> {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -164,6 +167,13 @@ pub fn write_upstream_head(
     }
     let id = id_start..out.len();
     out.extend_from_slice(b"\r\n");
+    // Our own `Via` entry (the earlier ones pass as sent): a request that comes back to
+    // this router carries it, and is refused as a loop (`Proxy::route`).
+    if !hop_token.is_empty() {
+        out.extend_from_slice(b"via: 1.1 ");
+        out.extend_from_slice(hop_token.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &route.request_set {
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -247,6 +257,7 @@ pub fn write_local_response(out: &mut Vec<u8>, status: u16, body: &[u8], close: 
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        508 => "Loop Detected",
         _ => "Error",
     };
     let _ = write!(

@@ -1,7 +1,8 @@
 //! Router metrics, under `strait_router_*`.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -32,6 +33,15 @@ pub struct RouterMetrics {
     pub health_checks: IntCounterVec,
     /// HTTP/2 GOAWAY and RST_STREAM frames, resolved per code for the connection watch.
     pub h2: std::sync::Arc<crate::io::h2_watch::H2Counters>,
+    /// Connections closed on arrival: a listener's `max_connections`, or a client's.
+    pub connections_refused: IntCounterVec,
+    /// Requests refused as a routing loop (508): they came through this router already,
+    /// or through more strait routers than `max_hops`.
+    pub loops: IntCounter,
+    /// Instances kept routable by the mass-removal guard though they left the store.
+    pub stale_endpoints: IntGaugeVec,
+    /// Updates the mass-removal guard held back, by service.
+    pub mass_removals: IntCounterVec,
 }
 
 /// One counter of `vec` per HTTP/2 error code, with `fixed` before the code label.
@@ -182,7 +192,39 @@ impl RouterMetrics {
                 ),
                 &["service", "result"],
             )?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "strait_router_connections_refused_total",
+                    "Connections closed on arrival, by listener and reason \
+                     (max_connections, max_connections_per_ip)",
+                ),
+                &["listener", "reason"],
+            )?,
+            loops: IntCounter::new(
+                "strait_router_loops_total",
+                "Requests refused with 508: they had come through this router already \
+                 or through more strait routers than max_hops",
+            )?,
+            stale_endpoints: IntGaugeVec::new(
+                Opts::new(
+                    "strait_router_stale_endpoints",
+                    "Instances that left the store but stay routable (mass-removal guard)",
+                ),
+                &["service"],
+            )?,
+            mass_removals: IntCounterVec::new(
+                Opts::new(
+                    "strait_router_mass_removals_total",
+                    "Updates that would have removed more than mass_removal.fraction of a \
+                     pool's instances at once, held back by the guard",
+                ),
+                &["service"],
+            )?,
         };
+        registry.register(Box::new(m.connections_refused.clone()))?;
+        registry.register(Box::new(m.loops.clone()))?;
+        registry.register(Box::new(m.stale_endpoints.clone()))?;
+        registry.register(Box::new(m.mass_removals.clone()))?;
         registry.register(Box::new(m.health_checks.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.requests.clone()))?;

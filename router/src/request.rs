@@ -44,6 +44,9 @@ pub struct Proxy {
     pub metrics: RouterMetrics,
     pub clock: Clock,
     pub access_log: Option<AccessLog>,
+    /// This router's `Via` name (`strait-<64 random bits>`): added to every request it
+    /// sends upstream; a request that already carries it is a loop.
+    pub hop_token: Arc<str>,
 }
 
 /// A routed request: its route, which of the route's targets, that target's pool, and
@@ -86,7 +89,18 @@ impl Proxy {
                 route: None,
             });
         }
+        if let Some(body) = self.routing_loop(headers) {
+            self.metrics.loops.inc();
+            return Err(Refused {
+                status: 508,
+                body: body.into(),
+                route: None,
+            });
+        }
         let host = routing_host(host);
+        // `OPTIONS *` (asterisk form) is about the host's server as a whole: it goes
+        // where the host's root would.
+        let path = if path == "*" { "/" } else { path };
         let table = self.table.load();
         let Some(route) = table.route(&host, path, method, headers) else {
             self.metrics.rejected("no_route");
@@ -116,6 +130,32 @@ impl Proxy {
             pool: Arc::clone(pool),
             hash,
         })
+    }
+}
+
+impl Proxy {
+    /// Whether the request's `Via` entries show a loop: this router's own name (an
+    /// instance that leads back to it), or more strait routers than `max_hops` (a loop
+    /// through several). No allocation; nothing to do for a request without `Via`.
+    fn routing_loop(&self, headers: &(impl HeaderLookup + ?Sized)) -> Option<&'static str> {
+        let mut hops = 0u32;
+        for value in headers.all("via") {
+            for entry in value.split(|&b| b == b',') {
+                let name = entry
+                    .trim_ascii()
+                    .rsplit(|&b| b == b' ')
+                    .next()
+                    .unwrap_or(b"");
+                if name == self.hop_token.as_bytes() {
+                    return Some("loop detected: the request came through this router already\n");
+                }
+                if name.starts_with(b"strait-") {
+                    hops += 1;
+                }
+            }
+        }
+        (hops > self.config.max_hops)
+            .then_some("loop detected: the request came through too many strait routers\n")
     }
 }
 

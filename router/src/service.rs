@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use discovery::Snapshot;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -21,7 +22,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::config::RouterConfig;
-use crate::front::Front;
+use crate::front::{ConnLimits, Front, ListenerSpec};
 use crate::metrics::RouterMetrics;
 use crate::paths::pingora_proxy::PingoraProxy;
 use crate::paths::pump::Pump;
@@ -72,6 +73,9 @@ pub struct Router {
     tcp_listeners: Arc<TcpListeners>,
     /// One certificate store per `config.tls` listener, in order.
     certificates: Vec<Arc<crate::tls::CertStore>>,
+    /// This router's `Via` name; a binary upgrade hands it on (`adopt_hop_token`), so
+    /// that the successor recognises a loop through either process.
+    hop_token: std::sync::RwLock<Arc<str>>,
 }
 
 impl Router {
@@ -110,7 +114,28 @@ impl Router {
             metrics: RouterMetrics::new(registry)?,
             clock: Clock::new(),
             tcp_listeners: Arc::default(),
+            hop_token: std::sync::RwLock::new(
+                format!("strait-{:016x}", rand::random::<u64>()).into(),
+            ),
         })
+    }
+
+    /// This router's `Via` name (`strait-<hex>`), which it adds to every request it sends
+    /// upstream. The admin API refuses requests that carry it: they came through the
+    /// router.
+    pub fn hop_token(&self) -> Arc<str> {
+        Arc::clone(&self.hop_token.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Takes the predecessor's `Via` name (a binary upgrade), before `start`. A name that
+    /// is not one (`strait-` and hex digits) is ignored.
+    pub fn adopt_hop_token(&self, token: &str) {
+        let valid = token
+            .strip_prefix("strait-")
+            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        if valid {
+            *self.hop_token.write().unwrap_or_else(|e| e.into_inner()) = token.into();
+        }
     }
 
     /// Explains how the live table would route a request.
@@ -171,10 +196,17 @@ impl Router {
         let metrics = self.metrics.clone();
         let swaps = self.swaps.clone();
         let upstream_tls = self.upstream_tls.clone();
+        // A runtime of its own, for the waits: the next snapshot, or the time a
+        // mass-removal hold is up (then the same snapshot is compiled again).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(RouterError::Thread)?;
         std::thread::Builder::new()
             .name("strait-tables".into())
             .spawn(move || {
                 let mut states = PoolStates::with_upstream_tls(upstream_tls);
+                let mut stale_services = Vec::<Arc<str>>::new();
                 // Propagation is observed once per new revision: a snapshot published
                 // again unchanged (a ZooKeeper reconnect) carries an old write time.
                 let mut observed_revision = None;
@@ -184,6 +216,22 @@ impl Router {
                     let next = compile(&snapshot, &config, &mut states);
                     metrics.table_build.observe(started.elapsed().as_secs_f64());
                     metrics.table_revision.set(next.revision as i64);
+                    for service in states.take_mass_removals() {
+                        metrics.mass_removals.with_label_values(&[&service]).inc();
+                    }
+                    for service in stale_services.drain(..) {
+                        metrics
+                            .stale_endpoints
+                            .with_label_values(&[&service])
+                            .set(0);
+                    }
+                    for (service, count) in states.stale_counts() {
+                        metrics
+                            .stale_endpoints
+                            .with_label_values(&[service])
+                            .set(count as i64);
+                        stale_services.push(Arc::clone(service));
+                    }
                     table.store(Arc::new(next));
                     metrics.table_swaps.inc();
                     swaps.send_modify(|n| *n += 1);
@@ -194,7 +242,15 @@ impl Router {
                         metrics.propagation.observe(elapsed.as_secs_f64());
                     }
                     observed_revision = Some(snapshot.revision);
-                    if futures_lite_block_on(snapshots.changed()).is_err() {
+                    let changed = runtime.block_on(async {
+                        match states.next_expiry() {
+                            Some(at) => tokio::time::timeout_at(at.into(), snapshots.changed())
+                                .await
+                                .unwrap_or(Ok(())),
+                            None => snapshots.changed().await,
+                        }
+                    });
+                    if changed.is_err() {
                         return;
                     }
                 }
@@ -254,6 +310,7 @@ impl Router {
             metrics: self.metrics.clone(),
             clock: self.clock,
             access_log,
+            hop_token: self.hop_token(),
         });
         let mut app =
             pingora::proxy::http_proxy(&server.configuration, PingoraProxy(Arc::clone(&proxy)));
@@ -277,6 +334,30 @@ impl Router {
             h2_options: h2,
             server_options: h2_server_options,
         });
+        // The TLS listeners' addresses (a port 0 resolved) first: the front door's limits
+        // name every listener.
+        let mut tls_addrs = Vec::new();
+        for listener in &self.config.tls {
+            tls_addrs.push(if start.inherit {
+                listener.addr
+            } else {
+                resolve_port(listener.addr)?
+            });
+        }
+        let mut specs = vec![ListenerSpec {
+            addr,
+            max_connections: self.config.max_connections,
+            idle_timeout: self.config.idle_timeout,
+        }];
+        for (listener, tls_addr) in self.config.tls.iter().zip(&tls_addrs) {
+            specs.push(ListenerSpec {
+                addr: *tls_addr,
+                max_connections: listener
+                    .max_connections
+                    .unwrap_or(self.config.max_connections),
+                idle_timeout: listener.idle_timeout.unwrap_or(self.config.idle_timeout),
+            });
+        }
         let front = Front {
             app,
             h2: h2_app,
@@ -289,16 +370,28 @@ impl Router {
             },
             h2c: true,
             metrics: self.metrics.clone(),
+            connections: ConnLimits::new(
+                &specs,
+                self.config.max_connections_per_ip,
+                self.config.idle_timeout,
+                &self.metrics,
+            ),
+            drain_keepalive: self.config.drain_keepalive.min(self.config.drain_timeout),
         };
         let mut service = Service::new("strait-http".to_string(), front);
-        service.add_tcp(&addr.to_string());
-        let mut tls_addrs = Vec::new();
-        for (listener, certs) in self.config.tls.iter().zip(&self.certificates) {
-            let tls_addr = if start.inherit {
-                listener.addr
-            } else {
-                resolve_port(listener.addr)?
-            };
+        // No L4 buffers: the front door reads into its own buffer (released when the
+        // connection idles) and writes whole heads; pingora's default 64 KiB read buffer
+        // per connection was most of an idle connection's cost.
+        service.add_listener(
+            ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+        );
+        for ((listener, certs), tls_addr) in self
+            .config
+            .tls
+            .iter()
+            .zip(&self.certificates)
+            .zip(tls_addrs.iter().copied())
+        {
             let certs = Arc::clone(certs);
             certs
                 .watch(Duration::from_secs(1))
@@ -315,8 +408,11 @@ impl Router {
                 })?;
             settings.set_cert_resolver(certs);
             settings.enable_h2();
-            service.add_tls_with_settings(&tls_addr.to_string(), None, settings);
-            tls_addrs.push(tls_addr);
+            service.add_listener(
+                ListenerConfig::tcp(tls_addr.to_string())
+                    .tls(settings)
+                    .l4_buffer(L4BufferSettings::unbuffered()),
+            );
         }
         server.add_service(service);
 
@@ -341,11 +437,12 @@ impl Router {
         info!(addr = %addr, "HTTP router listening on {addr}");
         // The TLS listeners belong to the same pingora service and are bound with the
         // plain one; probing them would only log a failed handshake.
-        for tls_addr in tls_addrs {
+        for tls_addr in &tls_addrs {
             info!(addr = %tls_addr, "HTTPS router listening on {tls_addr}");
         }
         Ok(RouterHandle {
             addr,
+            tls_addrs,
             stop,
             upgrade,
             phases,
@@ -406,11 +503,6 @@ impl Router {
     }
 }
 
-/// Blocks on a future from a plain thread.
-fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
-    futures::executor::block_on(future)
-}
-
 /// Binds `addr` once ourselves: pingora binds by address string, cannot report an
 /// ephemeral port, and panics in its own thread when the address is taken, so port 0 is
 /// resolved and a taken address reported here, as a clear error.
@@ -466,6 +558,7 @@ impl ShutdownSignalWatch for StopSignal {
 /// A running router.
 pub struct RouterHandle {
     addr: SocketAddr,
+    tls_addrs: Vec<SocketAddr>,
     stop: Arc<Notify>,
     upgrade: Arc<AtomicBool>,
     phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
@@ -477,6 +570,13 @@ pub struct RouterHandle {
 impl RouterHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP listener's address, then the TLS listeners'.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.tls_addrs.iter().copied())
+            .collect()
     }
 
     /// Binary upgrade, first step: stops accepting on the TCP route listeners and returns
@@ -521,20 +621,27 @@ impl RouterHandle {
         let deadline = Instant::now() + timeout;
         // Give pingora a moment to stop its listeners before counting.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let busy =
-            || self.metrics.active_requests.get() > 0 || self.metrics.tcp_connections.get() > 0;
+        // Connections too: an idle HTTP/1 one closes itself once it has waited
+        // `drain_keepalive` for a last request, an HTTP/2 one once its GOAWAY is done.
+        let busy = || {
+            self.metrics.active_requests.get() > 0
+                || self.metrics.tcp_connections.get() > 0
+                || self.metrics.active_connections.get() > 0
+        };
         while busy() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (requests, tcp) = (
+        let (requests, tcp, connections) = (
             self.metrics.active_requests.get(),
             self.metrics.tcp_connections.get(),
+            self.metrics.active_connections.get(),
         );
-        if requests > 0 || tcp > 0 {
+        if requests > 0 || tcp > 0 || connections > 0 {
             warn!(
                 requests,
                 tcp_connections = tcp,
-                "drain timeout: abandoning in-flight requests and TCP-route connections"
+                connections,
+                "drain timeout: abandoning in-flight requests and open connections"
             );
         } else {
             info!("router drained");

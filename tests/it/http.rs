@@ -67,6 +67,11 @@ impl Backend {
         backend
     }
 
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.connections.lock().expect("lock").len()
+    }
+
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
     }

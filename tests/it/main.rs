@@ -15,6 +15,7 @@ mod http;
 mod ops;
 mod pump;
 mod registry;
+mod reliability;
 mod router;
 mod tcp;
 mod teams;

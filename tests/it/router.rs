@@ -580,6 +580,12 @@ fn bad_requests_are_refused_before_any_backend() {
         ("CONNECT", b"CONNECT evil.com:443 HTTP/1.1\r\nHost: evil.com:443\r\n\r\n".to_vec(), 405),
         ("HTTP/2.0 in a 1.1 head", b"GET / HTTP/2.0\r\nHost: web.example.com\r\n\r\n".to_vec(), 505),
         ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
+        // Request targets per RFC 9112 section 3.2, methods as case-sensitive tokens.
+        ("fragment", b"GET /x#frag HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
+        ("raw non-ASCII path", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
+        ("lower-case method", b"get / HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
+        ("asterisk without OPTIONS", b"GET * HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
+        ("absolute form without authority", b"GET http:///x HTTP/1.1\r\nHost: web.example.com\r\n\r\n".to_vec(), 400),
     ];
     for (name, bytes, expected) in &cases {
         let response = raw(strait.http, bytes).unwrap_or_else(|| panic!("{name}: no response"));
@@ -632,6 +638,29 @@ fn bad_requests_are_refused_before_any_backend() {
     assert!(rejected >= 1.0);
     // And the router still serves.
     wait_backend(&strait, "web.example.com", "/", "web");
+}
+
+/// `OPTIONS *` (asterisk form) is about the host's server: it goes to the route the
+/// host's root would, here a catch-all `host = "*"` route, and the backend sees `*`.
+#[test]
+fn options_asterisk_goes_to_the_hosts_route() {
+    let strait = Strait::builder().start();
+    let backend = Backend::start("any");
+    register(&strait, "any", "any-1", &backend);
+    route(
+        &strait,
+        "any",
+        r#"{"host":"*","path":{"prefix":"/"},"service":"any","prefix_rewrite":"/base/"}"#,
+    );
+    wait_backend(&strait, "whatever.example.com", "/", "any");
+    let response = raw(
+        strait.http,
+        b"OPTIONS * HTTP/1.1\r\nHost: whatever.example.com\r\n\r\n",
+    )
+    .expect("a response");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.backend().as_deref(), Some("any"));
+    assert_eq!(response.json()["path"], "*", "{}", response.text());
 }
 
 #[test]
@@ -1486,4 +1515,278 @@ fn bad_health_check_settings_are_a_startup_error() {
         ),
         "{stderr}"
     );
+}
+
+/// A TCP forwarder to `to` (a hop strait cannot see through): returns its address.
+fn forwarder(to: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(upstream) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (
+                    client.try_clone().expect("clone"),
+                    upstream.try_clone().expect("clone"),
+                ),
+                (upstream, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    addr
+}
+
+/// No self-routing (issue 23, item 5): an instance at one of strait's own listeners is
+/// refused when it is written; a route that leads back to the router anyway (through a
+/// hop strait cannot see) is cut with 508 on the first return, and counted; the admin
+/// API refuses a request that came through the router.
+#[test]
+fn self_routing_is_refused_at_write_time_and_loops_are_cut() {
+    let strait = Strait::builder().start();
+    for (what, addr) in [("admin API", strait.admin), ("router", strait.http)] {
+        let (status, body) = strait.put(
+            "/v1/services/loop/instances/l1",
+            &format!(r#"{{"address":"127.0.0.1","port":{}}}"#, addr.port()),
+        );
+        assert_eq!(status, 400, "an instance at the {what}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("own listener")),
+            "{body}"
+        );
+    }
+    assert!(strait.instance_ids("loop").is_empty());
+
+    // A loop through a forwarder: router -> forwarder -> router.
+    let back_to_router = forwarder(strait.http);
+    let (status, body) = strait.put(
+        "/v1/services/loop/instances/l1",
+        &format!(
+            r#"{{"address":"127.0.0.1","port":{}}}"#,
+            back_to_router.port()
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    route(
+        &strait,
+        "loop",
+        r#"{"host":"loop.example.com","service":"loop"}"#,
+    );
+    // The admin API through the router, by a forwarder too.
+    let to_admin = forwarder(strait.admin);
+    let (status, body) = strait.put(
+        "/v1/services/adm/instances/a1",
+        &format!(r#"{{"address":"127.0.0.1","port":{}}}"#, to_admin.port()),
+    );
+    assert_eq!(status, 200, "{body}");
+    route(
+        &strait,
+        "adm",
+        r#"{"host":"admin.example.com","service":"adm"}"#,
+    );
+
+    let mut client = Client::new(strait.http);
+    let looped = eventually(Duration::from_secs(10), "the loop route to be live", || {
+        let r = client
+            .get("loop.example.com", "/")
+            .map_err(|e| e.to_string())?;
+        (r.status != 404)
+            .then_some(r)
+            .ok_or_else(|| "404".to_string())
+    });
+    assert_eq!(looped.status, 508, "{}", looped.text());
+    assert_eq!(strait.metric("strait_router_loops_total"), Some(1.0));
+    let admin = eventually(
+        Duration::from_secs(10),
+        "the admin route to be live",
+        || {
+            let r = client
+                .get("admin.example.com", "/v1/snapshot")
+                .map_err(|e| e.to_string())?;
+            (r.status != 404)
+                .then_some(r)
+                .ok_or_else(|| "404".to_string())
+        },
+    );
+    assert_eq!(admin.status, 403, "{}", admin.text());
+    assert_eq!(admin.json()["error"], "forbidden", "{}", admin.text());
+    let (status, _) = strait.put(
+        "/v1/routes/evil",
+        r#"{"host":"evil.example.com","service":"adm"}"#,
+    );
+    assert_eq!(status, 200, "the admin API still answers directly");
+}
+
+/// The mass-removal guard (issue 23, item 7): every instance of a pool leaving the store
+/// at once does not empty it: they stay routable (stale) for the hold, then go. A
+/// deployment's way of removing a version (maintenance first, then deregistration) is
+/// never held back: the drained instances get no request once in maintenance, nor after.
+#[test]
+fn mass_removal_is_held_back_but_drained_instances_are_not() {
+    let strait = Strait::builder()
+        .config("[router.mass_removal]\nhold = \"3s\"\n")
+        .start();
+    let (b1, b2) = (Backend::start("b1"), Backend::start("b2"));
+    register(&strait, "web", "b1", &b1);
+    register(&strait, "web", "b2", &b2);
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    wait_backend(&strait, "web.example.com", "/", "b1");
+    wait_backend(&strait, "web.example.com", "/", "b2");
+    let mut client = Client::new(strait.http);
+    let status = |client: &mut Client| client.get("web.example.com", "/").map(|r| r.status);
+
+    // A mass removal: both instances leave the store at once.
+    assert_eq!(strait.delete("/v1/services/web/instances/b1").0, 204);
+    assert_eq!(strait.delete("/v1/services/web/instances/b2").0, 204);
+    let removed = Instant::now();
+    // Two deregistrations are two updates: the first takes half the pool (not more than
+    // `fraction`), the second the rest, which is held.
+    eventually(Duration::from_secs(5), "the guard to hold them", || {
+        let stale = strait
+            .metric("strait_router_stale_endpoints")
+            .unwrap_or(0.0);
+        (stale >= 1.0).then_some(()).ok_or(format!("stale {stale}"))
+    });
+    for _ in 0..20 {
+        assert_eq!(
+            status(&mut client).expect("request"),
+            200,
+            "held instances serve"
+        );
+    }
+    assert!(
+        strait
+            .metric("strait_router_mass_removals_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        strait.log_text().contains("mass removal:"),
+        "{}",
+        strait.log_text()
+    );
+    // Then the hold ends.
+    eventually(
+        Duration::from_secs(10),
+        "the hold to end",
+        || match status(&mut client) {
+            Ok(503) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(removed.elapsed() >= Duration::from_millis(2500));
+    assert_eq!(strait.metric("strait_router_stale_endpoints"), Some(0.0));
+
+    // A deployment's removal: maintenance (drained), then deregistered.
+    register(&strait, "web", "b1", &b1);
+    register(&strait, "web", "b2", &b2);
+    wait_backend(&strait, "web.example.com", "/", "b1");
+    for id in ["b1", "b2"] {
+        let (code, body) = strait.put(
+            &format!("/v1/services/web/instances/{id}/health"),
+            r#"{"health":"maintenance"}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the drained instances out",
+        || match status(&mut client) {
+            Ok(503) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let served = b1.served() + b2.served();
+    assert_eq!(strait.delete("/v1/services/web/instances/b1").0, 204);
+    assert_eq!(strait.delete("/v1/services/web/instances/b2").0, 204);
+    for _ in 0..20 {
+        assert_eq!(status(&mut client).expect("request"), 503);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(
+        b1.served() + b2.served(),
+        served,
+        "no request reached a drained instance"
+    );
+    assert_eq!(strait.metric("strait_router_stale_endpoints"), Some(0.0));
+}
+
+/// Request bodies (issue 23, item 3): a small body is read whole before an upstream is
+/// chosen, so clients dripping their bodies hold no upstream connection; a client that
+/// stalls mid-body gets 408 after `body_timeout`; a body over `request_buffer_bytes`
+/// still streams.
+#[test]
+fn slow_small_bodies_hold_no_upstream_connection() {
+    use std::io::{Read, Write};
+    let strait = Strait::builder()
+        .config("[router]\nrequest_buffer_bytes = 4096\nbody_timeout = \"1s\"\n")
+        .start();
+    let backend = serve_web(&strait);
+    let accepted = backend.accepted();
+    let head = |length: usize| {
+        format!("POST /up HTTP/1.1\r\nHost: web.example.com\r\nContent-Length: {length}\r\n\r\n")
+    };
+    // Twenty clients sending 12-byte bodies a byte at a time.
+    let mut slow: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(strait.http).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(head(12).as_bytes()).expect("head");
+            s
+        })
+        .collect();
+    for (i, byte) in b"hello, slow!".chunks(1).enumerate() {
+        for s in &mut slow {
+            s.write_all(byte).expect("body byte");
+        }
+        if i == 11 {
+            break; // the bodies are whole: now they go upstream
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            backend.accepted(),
+            accepted,
+            "no upstream connection while bodies are on their way (byte {:?})",
+            byte
+        );
+    }
+    for s in slow {
+        let mut reader = std::io::BufReader::new(s);
+        let (response, _) = crate::http::read_response(&mut reader).expect("response");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.json()["body"], "hello, slow!");
+    }
+    // A client that stalls mid-body: 408 once `body_timeout` passes.
+    let started = Instant::now();
+    let mut stalled = std::net::TcpStream::connect(strait.http).expect("connect");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stalled.write_all(head(100).as_bytes()).expect("head");
+    stalled.write_all(b"only part").expect("part");
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A body over `request_buffer_bytes` streams, and arrives whole.
+    let large = "x".repeat(20_000);
+    let response = Client::new(strait.http)
+        .request("POST", "web.example.com", "/up", &[], large.as_bytes())
+        .expect("large upload");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["body"].as_str().map(str::len), Some(20_000));
 }

@@ -346,3 +346,177 @@ fn broken_successor_fails_before_touching_the_running_strait() {
         strait.log_text()
     );
 }
+
+/// A keep-alive client that never retries: a request that fails, on a new connection or
+/// a reused one, is a failure. It opens a connection at first and after the server said
+/// `Connection: close`, never otherwise.
+struct StrictClient {
+    addr: SocketAddr,
+    conn: Option<std::io::BufReader<std::net::TcpStream>>,
+    /// Connections the server closed with `Connection: close`.
+    closed_by_server: usize,
+}
+
+impl StrictClient {
+    fn new(addr: SocketAddr) -> StrictClient {
+        StrictClient {
+            addr,
+            conn: None,
+            closed_by_server: 0,
+        }
+    }
+
+    fn send(&mut self, method: &str, path: &str, body: &str) -> Result<(), String> {
+        use std::io::Write;
+        let reused = self.conn.is_some();
+        if self.conn.is_none() {
+            let stream =
+                std::net::TcpStream::connect(self.addr).map_err(|e| format!("connect: {e}"))?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .map_err(|e| e.to_string())?;
+            self.conn = Some(std::io::BufReader::new(stream));
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: web.example.com\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = conn
+            .get_mut()
+            .write_all(request.as_bytes())
+            .and_then(|()| crate::http::read_response(conn));
+        let which = if reused { "reused" } else { "new" };
+        match answer {
+            Ok((response, keep)) => {
+                if !keep {
+                    self.conn = None;
+                    self.closed_by_server += 1;
+                }
+                if response.status != 200 {
+                    return Err(format!(
+                        "{method} on a {which} connection: {}",
+                        response.status
+                    ));
+                }
+                let echoed = response.json()["body"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if echoed != body {
+                    return Err(format!("{method}: the body came back as {echoed:?}"));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(format!("{method} on a {which} connection: {e}"))
+            }
+        }
+    }
+}
+
+/// Twenty binary upgrades in a row under keep-alive clients that never retry, GETs and
+/// POSTs, some sending back to back, some pausing between requests: not one request
+/// fails. The old process stops reading only at a request boundary, says
+/// `Connection: close` on the last response of each connection, and closes an idle
+/// connection only after a last wait for a request (issue 23, item 1).
+#[test]
+fn twenty_upgrades_fail_no_request_of_clients_that_never_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let ports = Ports {
+        http: free_port(),
+        admin: free_port(),
+        dns: free_port(),
+        registry: free_port(),
+    };
+    let config = "[router]\ndrain_timeout = \"5s\"\n";
+    let mut current = on(&ports, &data).config(config).start();
+    let backend = Backend::start("web");
+    let (status, body) = current.put("/v1/services/web/instances/a", &backend.instance());
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = current.put(
+        "/v1/routes/web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let http_addr = current.http;
+    eventually(Duration::from_secs(10), "the route to serve", || {
+        StrictClient::new(http_addr).send("GET", "/", "")
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let closes = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for i in 0..8u64 {
+        let (stop, tally, closes) = (Arc::clone(&stop), Arc::clone(&tally), Arc::clone(&closes));
+        clients.push(std::thread::spawn(move || {
+            let mut client = StrictClient::new(http_addr);
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let (method, body) = if (n + i).is_multiple_of(2) {
+                    ("POST", format!("upload {i}-{n} {}", "x".repeat(512)))
+                } else {
+                    ("GET", String::new())
+                };
+                tally.record(method, client.send(method, "/", &body));
+                // Half the clients pause between requests (0-60 ms), half send back to
+                // back.
+                if i % 2 == 1 {
+                    std::thread::sleep(Duration::from_millis((n * 7 + i * 13) % 61));
+                }
+            }
+            closes.fetch_add(client.closed_by_server, Ordering::SeqCst);
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let started = Instant::now();
+    let mut old = Vec::new();
+    for _ in 0..20 {
+        let next = on(&ports, &data).config(config).arg("--upgrade").start();
+        old.push(std::mem::replace(&mut current, next));
+    }
+    let upgrades_took = started.elapsed();
+    for mut process in old {
+        let status = process.wait_for_exit(Duration::from_secs(30));
+        assert!(status.success(), "an old strait exited with {status}");
+        assert!(
+            process
+                .log_text()
+                .contains("the new process has taken over; draining"),
+            "{}",
+            process.log_text()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    let failures = tally.failures.lock().expect("lock");
+    let ok = tally.ok.load(Ordering::SeqCst);
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed across 20 upgrades: {:?}\nlast log:\n{}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(10)],
+        current.log_text()
+    );
+    let closes = closes.load(Ordering::SeqCst);
+    assert!(ok >= 1000, "only {ok} requests");
+    assert!(
+        closes >= 20,
+        "the old processes ended their connections with `Connection: close` ({closes})"
+    );
+    eprintln!(
+        "20 upgrades in {upgrades_took:?} (all old processes gone after {:?}): {ok} requests, \
+         none failed; {closes} connections ended by `Connection: close`",
+        started.elapsed()
+    );
+    assert_eq!(current.instance_ids("web"), ["a"]);
+}

@@ -47,7 +47,7 @@ fn upstream_head(route_json: &str, request: &str, client: &ClientInfo) -> String
         )
         .expect("routed");
     let mut out = Vec::new();
-    let id = write_upstream_head(&mut out, &head, route, client, head.expect_continue);
+    let id = write_upstream_head(&mut out, &head, route, client, head.expect_continue, "");
     let mut text = String::from_utf8(out.clone()).expect("utf-8");
     // Generated ids are random: show their length instead.
     if !request.to_ascii_lowercase().contains("x-request-id: ") {

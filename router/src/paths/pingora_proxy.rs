@@ -234,6 +234,7 @@ impl ProxyHttp for PingoraProxy {
             })?;
             upstream.set_uri(uri);
         }
+        upstream.append_header("via", format!("1.1 {}", self.hop_token))?;
         for name in &route.request_remove {
             upstream.remove_header(name);
         }

@@ -115,6 +115,17 @@ fn whole_body(framing: Framing, buf: &[u8]) -> Result<Option<usize>, BadChunk> {
     })
 }
 
+/// How buffering a request body ended.
+enum Buffered {
+    /// All of it is in the buffer: this many bytes.
+    Whole(usize),
+    /// Larger than `request_buffer_bytes` (or of no framing to buffer): it streams.
+    TooLarge,
+    TimedOut,
+    Closed,
+    Bad,
+}
+
 /// The final response head, as relayed.
 struct Response {
     status: u16,
@@ -225,7 +236,14 @@ impl Pump {
         let expect_continue = head.expect_continue && !http10;
         bufs.request.clear();
         let route = &routed.route;
-        let id = write_upstream_head(&mut bufs.request, &head, route, client, expect_continue);
+        let id = write_upstream_head(
+            &mut bufs.request,
+            &head,
+            route,
+            client,
+            expect_continue,
+            &self.proxy.hop_token,
+        );
         let log = self.proxy.access_log.as_ref().map(|_| LogFields {
             request_id: Some(String::from_utf8_lossy(&bufs.request[id]).into_owned()),
             ..LogFields::of(&head, http_version(&head))
@@ -331,13 +349,10 @@ impl Pump {
         let read_timeout = route.per_try_timeout.unwrap_or(route.request_timeout);
         let client_timeout = self.proxy.config.idle_timeout;
         // A body that came whole with the head goes out with it, and can be sent again.
-        let Ok(whole_body) = whole_body(request.body, buf) else {
+        let Ok(mut whole_body) = whole_body(request.body, buf) else {
             return self.local_error(down, bufs, 400, "bad chunked body").await;
         };
-        if let Some(n) = whole_body {
-            bufs.request.extend_from_slice(&buf[..n]);
-            buf.advance(n);
-        } else if request.expect_continue && buf.is_empty() {
+        if whole_body.is_none() && request.expect_continue && buf.is_empty() {
             // The client waits for this before sending its body; the upstream is not
             // asked (its `Expect` was removed), as nginx does.
             if write_flush(down, b"HTTP/1.1 100 Continue\r\n\r\n", client_timeout)
@@ -346,6 +361,28 @@ impl Pump {
             {
                 return ended(499, false, Some("client closed"));
             }
+        }
+        if whole_body.is_none() && !request.upgrade {
+            // A small body is read whole before any upstream is chosen: a slow client
+            // holds only its own connection, never an upstream one.
+            match self.buffer_body(down, buf, request.body).await {
+                Buffered::Whole(n) => whole_body = Some(n),
+                Buffered::TooLarge => {}
+                Buffered::TimedOut => {
+                    self.proxy.metrics.rejected("slow request body");
+                    return self
+                        .local_error(down, bufs, 408, "request body not received in time")
+                        .await;
+                }
+                Buffered::Closed => return ended(499, false, Some("client closed")),
+                Buffered::Bad => {
+                    return self.local_error(down, bufs, 400, "bad chunked body").await;
+                }
+            }
+        }
+        if let Some(n) = whole_body {
+            bufs.request.extend_from_slice(&buf[..n]);
+            buf.advance(n);
         }
         let replayable = whole_body.is_some();
         loop {
@@ -548,6 +585,43 @@ impl Pump {
         }
     }
 
+    /// Reads a request body into `buf` until it is whole, if it fits in
+    /// `request_buffer_bytes`; each read must bring bytes within `body_timeout`.
+    async fn buffer_body(
+        &self,
+        down: &mut Stream,
+        buf: &mut BytesMut,
+        framing: Framing,
+    ) -> Buffered {
+        let limit = self.proxy.config.request_buffer_bytes;
+        let fits = match framing {
+            Framing::Length(n) => n <= limit as u64,
+            Framing::Chunked => limit > 0,
+            Framing::None | Framing::UntilClose => false,
+        };
+        if !fits {
+            return Buffered::TooLarge;
+        }
+        if let Framing::Length(n) = framing {
+            // Known length: room for it all at once.
+            buf.reserve(usize::try_from(n).unwrap_or(0).saturating_sub(buf.len()));
+        }
+        loop {
+            match whole_body(framing, buf) {
+                Ok(Some(n)) => return Buffered::Whole(n),
+                Ok(None) if buf.len() >= limit => return Buffered::TooLarge,
+                Ok(None) => {}
+                Err(_) => return Buffered::Bad,
+            }
+            match read_more(down, buf, self.proxy.config.body_timeout).await {
+                Ok(0) => return Buffered::Closed,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Buffered::TimedOut,
+                Err(_) => return Buffered::Closed,
+            }
+        }
+    }
+
     /// Streams a request body that did not come whole with the head, with its framing.
     async fn stream_request_body(
         &self,
@@ -557,7 +631,9 @@ impl Pump {
         framing: Framing,
         upstream_timeout: Duration,
     ) -> Result<(), AttemptError> {
-        let client_timeout = self.proxy.config.idle_timeout;
+        // Each read of the body must bring bytes within `body_timeout`: a client that
+        // stalls mid-upload does not hold the upstream connection for long.
+        let client_timeout = self.proxy.config.body_timeout;
         let mut remaining = match framing {
             Framing::Length(n) => n,
             _ => 0,

@@ -240,7 +240,7 @@ impl H2App {
         };
         let route = &routed.route;
         out.clear();
-        let id = write_upstream_head(out, &head, route, client, false);
+        let id = write_upstream_head(out, &head, route, client, false, &self.proxy.hop_token);
         if body == Framing::Chunked {
             // The upstream head says how the body comes: in chunks, as the frames arrive.
             let end = out.len() - 2;
@@ -289,7 +289,38 @@ impl H2App {
         let route = &request.routed.route;
         let pool = &request.routed.pool;
         let read_timeout = route.per_try_timeout.unwrap_or(route.request_timeout);
-        let replayable = request.body == Framing::None;
+        // A small body is read whole before any upstream is chosen, as on HTTP/1: a
+        // slow client holds no upstream connection, and the body can be sent again.
+        let mut body = Vec::new();
+        let mut body_done = request.body == Framing::None;
+        let limit = self.proxy.config.request_buffer_bytes;
+        let fits = match request.body {
+            Framing::Length(n) => n <= limit as u64,
+            Framing::Chunked => limit > 0,
+            Framing::None | Framing::UntilClose => false,
+        };
+        if !body_done && fits {
+            while body.len() <= limit {
+                let data = tokio::time::timeout(
+                    self.proxy.config.body_timeout,
+                    session.read_request_body(),
+                )
+                .await;
+                match data {
+                    Err(_) => {
+                        self.proxy.metrics.rejected("slow request body");
+                        return local_h2(session, 408, pool).await;
+                    }
+                    Ok(Err(_)) => return ended_h2(499, 0, Some("client request failed")),
+                    Ok(Ok(None)) => {
+                        body_done = true;
+                        break;
+                    }
+                    Ok(Ok(Some(data))) => body.extend_from_slice(&data),
+                }
+            }
+        }
+        let replayable = body_done;
         let mut upstream = BytesMut::with_capacity(4096);
         loop {
             let Some(index) = pool.pick(self.proxy.clock.now_ms(), &ctx.tried, ctx.hash) else {
@@ -312,7 +343,7 @@ impl H2App {
                     session,
                     &mut up,
                     request,
-                    &head,
+                    (&head, &body, body_done),
                     &mut upstream,
                     read_timeout,
                 )
@@ -396,7 +427,7 @@ impl H2App {
         session: &mut ServerSession,
         up: &mut Stream,
         request: &Forward,
-        head: &[u8],
+        (head, buffered, body_done): (&[u8], &[u8], bool),
         upstream: &mut BytesMut,
         read_timeout: Duration,
     ) -> Result<(), AttemptError> {
@@ -405,12 +436,32 @@ impl H2App {
             .map_err(upstream_error)?;
         if request.body != Framing::None {
             let chunked = request.body == Framing::Chunked;
+            // What was read ahead, then (when it was not all) the rest as it comes, each
+            // read bounded by `body_timeout`.
+            let mut next: Option<Bytes> =
+                (!buffered.is_empty()).then(|| Bytes::copy_from_slice(buffered));
+            let mut more = !body_done;
             loop {
-                let data = tokio::time::timeout(read_timeout, session.read_request_body())
-                    .await
-                    .map_err(|_| AttemptError::Client(408))?
-                    .map_err(|_| AttemptError::Client(499))?;
-                let Some(data) = data else { break };
+                let data = match next.take() {
+                    Some(data) => data,
+                    None if more => {
+                        let read = tokio::time::timeout(
+                            self.proxy.config.body_timeout,
+                            session.read_request_body(),
+                        )
+                        .await
+                        .map_err(|_| AttemptError::Client(408))?
+                        .map_err(|_| AttemptError::Client(499))?;
+                        match read {
+                            Some(data) => data,
+                            None => {
+                                more = false;
+                                continue;
+                            }
+                        }
+                    }
+                    None => break,
+                };
                 if data.is_empty() {
                     continue;
                 }

@@ -79,6 +79,9 @@ pub struct Endpoint {
     pub zone: Option<Arc<str>>,
     pub weight: u32,
     pub state: Arc<EndpointState>,
+    /// Left the store, kept by the mass-removal guard ([`super::PoolStates`]): it serves,
+    /// but a retry goes elsewhere first.
+    pub stale: bool,
 }
 
 /// Per-service state shared across tables.
@@ -229,7 +232,10 @@ impl Pool {
 
     fn usable(&self, index: u32, now_ms: u64, tried: &Tried, ignore_ejection: bool) -> bool {
         let i = index as usize;
-        !tried.contains(i) && (ignore_ejection || !self.endpoints[i].state.is_ejected(now_ms))
+        let endpoint = &self.endpoints[i];
+        !tried.contains(i)
+            && (ignore_ejection
+                || !(endpoint.state.is_ejected(now_ms) || (endpoint.stale && !tried.is_empty())))
     }
 
     /// The candidate set: local zone while it has enough non-ejected endpoints.

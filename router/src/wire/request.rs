@@ -70,10 +70,7 @@ impl<'a> RequestHead<'a> {
     /// scheme and authority, as backends expect.
     pub fn origin_target(&self) -> &'a str {
         let target = self.target;
-        match target
-            .strip_prefix("http://")
-            .or_else(|| target.strip_prefix("https://"))
-        {
+        match after_scheme(target) {
             Some(rest) => match rest.find(['/', '?']) {
                 Some(at) if rest.as_bytes()[at] == b'/' => &rest[at..],
                 Some(at) => &rest[at..], // `?query` with no path: kept as is
@@ -100,6 +97,84 @@ impl<'a> RequestHead<'a> {
     /// Whether the `Connection` headers list `token`.
     pub fn connection_has(&self, token: &str) -> bool {
         connection_has(self.headers, token)
+    }
+}
+
+/// An upper-case method token: `A`-`Z`, `-` and `_`.
+fn is_upper_case_method(method: &str) -> bool {
+    !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
+
+/// The request target's form (RFC 9112 section 3.2): origin form (`/path?query`),
+/// absolute form (`http://authority/path?query`), asterisk form (`*`, `OPTIONS` only).
+/// Authority form is `CONNECT`'s, refused before. Only visible ASCII, and no fragment
+/// (`#` is the client's own: it is never sent).
+fn check_target(method: &str, target: &str) -> Result<(), Rejection> {
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(reject(
+            400,
+            "request target has bytes other than visible ASCII",
+        ));
+    }
+    if target.contains('#') {
+        return Err(reject(400, "request target has a fragment"));
+    }
+    if target == "*" {
+        return if method == "OPTIONS" {
+            Ok(())
+        } else {
+            Err(reject(400, "asterisk-form target without OPTIONS"))
+        };
+    }
+    if target.starts_with('/') {
+        return Ok(());
+    }
+    let scheme_len = if starts_with_ignore_case(target, "http://") {
+        7
+    } else if starts_with_ignore_case(target, "https://") {
+        8
+    } else {
+        return Err(reject(400, "invalid request target"));
+    };
+    let rest = &target[scheme_len..];
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let authority_ok = !authority.is_empty()
+        && authority.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        });
+    if !authority_ok {
+        return Err(reject(400, "invalid authority in the request target"));
+    }
+    Ok(())
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// The authority of an absolute-form target (any case of `http://` or `https://`).
+fn absolute_authority(target: &str) -> Option<&str> {
+    let rest = if starts_with_ignore_case(target, "http://") {
+        &target[7..]
+    } else if starts_with_ignore_case(target, "https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    Some(rest.split(['/', '?']).next().unwrap_or(""))
+}
+
+/// The rest of an absolute-form target after its scheme (any case).
+fn after_scheme(target: &str) -> Option<&str> {
+    if starts_with_ignore_case(target, "http://") {
+        Some(&target[7..])
+    } else if starts_with_ignore_case(target, "https://") {
+        Some(&target[8..])
+    } else {
+        None
     }
 }
 
@@ -166,16 +241,21 @@ pub fn parse_request<'a>(
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
     let headers: &'a [httparse::Header<'a>] = request.headers;
+    // Methods are case-sensitive tokens (RFC 9110 section 9.1): `get` is not `GET`.
+    // Like nginx, strait takes only upper-case ones (letters, `-`, `_`: the registered
+    // methods, WebDAV's included) and refuses the rest, rather than forward a method a
+    // backend might fold into a standard one that route conditions and retry rules did
+    // not see.
+    if !is_upper_case_method(method) {
+        return Err(reject(
+            400,
+            "invalid method (methods are upper-case tokens)",
+        ));
+    }
     if method == "CONNECT" {
         return Err(reject(405, "CONNECT is not supported"));
     }
-    let target_ok = target.starts_with('/')
-        || (target == "*" && method == "OPTIONS")
-        || target.starts_with("http://")
-        || target.starts_with("https://");
-    if !target_ok {
-        return Err(reject(400, "invalid request target"));
-    }
+    check_target(method, target)?;
     let (mut content_length, mut transfer_encoding, mut host) = (0usize, 0usize, 0usize);
     let mut host_value: &[u8] = b"";
     let mut length = 0u64;
@@ -236,10 +316,7 @@ pub fn parse_request<'a>(
         return Err(reject(400, "missing Host header"));
     }
     // Absolute form: routing uses Host, backends use the target's authority; they must agree.
-    let authority = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""));
+    let authority = absolute_authority(target);
     if let Some(authority) = authority
         && host > 0
         && !authority.as_bytes().eq_ignore_ascii_case(host_value)

@@ -12,6 +12,7 @@ fn pool(kind: BalancerKind, weights: &[(u32, Option<&str>)], zone: Option<&str>)
             zone: zone.map(Arc::from),
             weight: *weight,
             state: Arc::default(),
+            stale: false,
         })
         .collect();
     Pool::new(

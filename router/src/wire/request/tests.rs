@@ -131,6 +131,63 @@ fn framing_attacks() {
 }
 
 #[test]
+fn request_targets_and_methods() {
+    check(
+        b"GET /x#frag HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["400 request target has a fragment"],
+    );
+    check(
+        b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["400 request target has bytes other than visible ASCII"],
+    );
+    check(
+        b"GET /a?b=\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["400 malformed request head"],
+    );
+    check(
+        b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["400 invalid method (methods are upper-case tokens)"],
+    );
+    check(
+        b"Get / HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["400 invalid method (methods are upper-case tokens)"],
+    );
+    check(b"PROPFIND / HTTP/1.1\r\nHost: a\r\n\r\n", expect!["ok"]);
+    check(
+        b"VERSION-CONTROL / HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["ok"],
+    );
+    check(
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["400 asterisk-form target without OPTIONS"],
+    );
+    check(
+        b"CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\n\r\n",
+        expect!["405 CONNECT is not supported"],
+    );
+    check(
+        b"GET HTTP://a.com/x HTTP/1.1\r\nHost: a.com\r\n\r\n",
+        expect!["ok"],
+    );
+    check(
+        b"GET http:///x HTTP/1.1\r\nHost: a.com\r\n\r\n",
+        expect!["400 invalid authority in the request target"],
+    );
+    check(
+        b"GET http://u@a.com/x HTTP/1.1\r\nHost: a.com\r\n\r\n",
+        expect!["400 invalid authority in the request target"],
+    );
+    check(
+        b"GET a.com:80 HTTP/1.1\r\nHost: a.com\r\n\r\n",
+        expect!["400 invalid request target"],
+    );
+    check(
+        b"GET /a/b;c=d?e=f&g=%41~!$'()*+,:@ HTTP/1.1\r\nHost: a\r\n\r\n",
+        expect!["ok"],
+    );
+}
+
+#[test]
 fn head_end_finds_crlf_and_bare_lf_terminators() {
     assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
     assert_eq!(head_end(b"GET / HTTP/1.1\n\nbody"), Some(16));
