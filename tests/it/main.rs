@@ -10,6 +10,7 @@ mod dns;
 mod dns_knot;
 mod docs;
 mod embedded;
+mod h2_abuse;
 mod harness;
 mod http;
 mod ops;
