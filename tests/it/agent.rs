@@ -2,27 +2,13 @@
 //! into DNS answers and router traffic; TTL checks; maintenance; a killed process's
 //! instances vanish from other routers on the same ZooKeeper.
 
-use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Process, Strait, ZooKeeper, eventually};
+use crate::harness::{Process, Strait, ZooKeeper, dig, eventually};
 use crate::http::{Backend, Client};
 
 fn dig_a(strait: &Strait, name: &str) -> Vec<String> {
-    let output = Command::new("dig")
-        .arg(format!("@{}", strait.dns.ip()))
-        .args([
-            "-p",
-            &strait.dns.port().to_string(),
-            "+short",
-            "+time=2",
-            "+tries=1",
-            name,
-            "A",
-        ])
-        .output()
-        .expect("dig");
-    String::from_utf8_lossy(&output.stdout)
+    dig(strait.dns, &["+short", name, "A"])
         .lines()
         .map(str::to_string)
         .collect()

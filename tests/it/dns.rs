@@ -6,17 +6,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Strait, eventually};
-
-fn dig(server: SocketAddr, args: &[&str]) -> String {
-    let output = Command::new("dig")
-        .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), "+time=2", "+tries=1"])
-        .args(args)
-        .output()
-        .expect("run dig (Debian package dnsutils)");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use crate::harness::{Strait, dig, eventually};
 
 fn kdig(server: SocketAddr, args: &[&str]) -> String {
     let output = Command::new("kdig")

@@ -33,6 +33,28 @@ pub fn eventually<T>(
     }
 }
 
+/// `dig @server -p port +time=2 +tries=1 args…`, its standard output. dig (BIND 9.18)
+/// binds its UDP socket to port 0 with `SO_REUSEPORT`, and the kernel may then give it
+/// the port strait's DNS sockets share (they are reuseport too, and the tests run as one
+/// user): dig's query goes to itself and it prints "query response not set". Such a run
+/// says nothing about strait, so it is run again from another port.
+pub fn dig(server: SocketAddr, args: &[&str]) -> String {
+    let mut text = String::new();
+    for _ in 0..5 {
+        let output = Command::new("dig")
+            .arg(format!("@{}", server.ip()))
+            .args(["-p", &server.port().to_string(), "+time=2", "+tries=1"])
+            .args(args)
+            .output()
+            .expect("run dig (Debian package dnsutils)");
+        text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !text.contains("query response not set") {
+            break;
+        }
+    }
+    text
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -4,12 +4,11 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Strait, StraitBuilder, eventually, free_port, http, signal};
+use crate::harness::{Strait, StraitBuilder, dig, eventually, free_port, http, signal};
 use crate::http::{Backend, Client};
 
 struct Ports {
@@ -68,12 +67,10 @@ fn tcp_route_request(addr: SocketAddr) -> Result<(), String> {
 }
 
 fn dns_query(port: u16) -> Result<(), String> {
-    let output = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+time=3", "+tries=1"])
-        .args(["+short", "web.service.strait", "A"])
-        .output()
-        .map_err(|e| format!("dig: {e}"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = dig(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &["+time=3", "+short", "web.service.strait", "A"],
+    );
     if text.lines().any(|line| line == "127.0.0.1") {
         Ok(())
     } else {
