@@ -11,6 +11,7 @@ mod registry;
 mod swap;
 mod table;
 mod tcp;
+mod tls_handshake;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -161,6 +162,10 @@ enum HttpVariant {
     /// HTTP/2 with prior knowledge (h2c) from the client, HTTP/1.1 to the backend;
     /// `h2load`, 50 connections x 10 streams.
     H2,
+    /// A new TLS 1.3 connection per request, full handshakes (`tls_handshake`).
+    TlsHandshake,
+    /// A new TLS 1.3 connection per request, each resuming a session ticket.
+    TlsResumed,
 }
 
 impl HttpVariant {
@@ -171,6 +176,8 @@ impl HttpVariant {
             HttpVariant::Body64k => "http-64k",
             HttpVariant::Tls => "http-tls",
             HttpVariant::H2 => "h2",
+            HttpVariant::TlsHandshake => "tls-handshake",
+            HttpVariant::TlsResumed => "tls-handshake (resumed)",
         }
     }
 
@@ -183,6 +190,12 @@ impl HttpVariant {
             HttpVariant::Body64k => "wrk -t1 -c50 keep-alive, 64 KiB body",
             HttpVariant::Tls => "wrk -t1 -c50 keep-alive over TLS, 19-byte body",
             HttpVariant::H2 => "h2load -t1 -c50 -m10 h2c prior knowledge, 19-byte body",
+            HttpVariant::TlsHandshake => {
+                "16 rustls clients, a new TLS 1.3 connection per request (ECDSA P-256, X25519), full handshakes"
+            }
+            HttpVariant::TlsResumed => {
+                "16 rustls clients, a new TLS 1.3 connection per request, each resuming a ticket"
+            }
         }
     }
 }
@@ -192,8 +205,11 @@ fn wrk(port: u16, seconds: u64) -> anyhow::Result<Sample> {
 }
 
 fn wrk_variant(port: u16, seconds: u64, variant: HttpVariant) -> anyhow::Result<Sample> {
-    if variant == HttpVariant::H2 {
-        return h2load(port, seconds);
+    match variant {
+        HttpVariant::H2 => return h2load(port, seconds),
+        HttpVariant::TlsHandshake => return tls_handshake::run(port, seconds, false),
+        HttpVariant::TlsResumed => return tls_handshake::run(port, seconds, true),
+        _ => {}
     }
     let mut command = Command::new("wrk");
     command.args(["-t1", "-c50", "--latency", "-H", "Host: bench.example.com"]);
@@ -393,7 +409,10 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
     let mut procs = Vec::new();
     let body_64k = dir.join("64k.bin");
     std::fs::write(&body_64k, vec![b'x'; 64 * 1024])?;
-    let tls = variant == HttpVariant::Tls;
+    let tls = matches!(
+        variant,
+        HttpVariant::Tls | HttpVariant::TlsHandshake | HttpVariant::TlsResumed
+    );
     let (cert, key) = (dir.join("bench.pem"), dir.join("bench.key"));
     let combined = dir.join("bench-combined.pem");
     if tls {
@@ -824,6 +843,7 @@ fn main() -> anyhow::Result<()> {
             "http-close",
             "http-64k",
             "http-tls",
+            "tls-handshake",
             "h2",
             "tcp",
             "swap",
@@ -838,6 +858,7 @@ fn main() -> anyhow::Result<()> {
         "http-close" => vec!["http-close"],
         "http-64k" => vec!["http-64k"],
         "http-tls" => vec!["http-tls"],
+        "tls-handshake" => vec!["tls-handshake"],
         "h2" => vec!["h2"],
         "tcp" => vec!["tcp"],
         "swap" => vec!["swap"],
@@ -850,7 +871,7 @@ fn main() -> anyhow::Result<()> {
         "deploy" => vec!["deploy"],
         "conn-memory" => vec!["conn-memory"],
         other => bail!(
-            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, h2, tcp, swap, table, dns, registry, build, deploy, conn-memory, alloc or all"
+            "unknown scenario `{other}`: use http, http-close, http-64k, http-tls, tls-handshake, h2, tcp, swap, table, dns, registry, build, deploy, conn-memory, alloc or all"
         ),
     };
     let dir = tempfile::tempdir()?;
@@ -929,41 +950,47 @@ fn main() -> anyhow::Result<()> {
             report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
             continue;
         }
-        let variant = [
-            HttpVariant::KeepAlive,
-            HttpVariant::NewConnection,
-            HttpVariant::Body64k,
-            HttpVariant::Tls,
-            HttpVariant::H2,
-        ]
-        .into_iter()
-        .find(|v| v.scenario() == scenario)
-        .unwrap_or(HttpVariant::KeepAlive);
-        let rows = http_scenario(cli.quick, dir.path(), variant)?;
-        let value = |name: &str| {
-            rows.iter()
-                .find(|r| r.participant == name)
-                .map_or(0.0, |r| r.median_rps)
+        let variants = match scenario {
+            "tls-handshake" => vec![HttpVariant::TlsHandshake, HttpVariant::TlsResumed],
+            _ => [
+                HttpVariant::KeepAlive,
+                HttpVariant::NewConnection,
+                HttpVariant::Body64k,
+                HttpVariant::Tls,
+                HttpVariant::H2,
+            ]
+            .into_iter()
+            .filter(|v| v.scenario() == scenario)
+            .collect(),
         };
-        println!(
-            "\n## {scenario} ({}; 1 worker each, medians)\n",
-            variant.describe()
-        );
-        println!("| participant | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|");
-        for r in &rows {
+        for variant in variants {
+            let scenario = variant.scenario();
+            let rows = http_scenario(cli.quick, dir.path(), variant)?;
+            let value = |name: &str| {
+                rows.iter()
+                    .find(|r| r.participant == name)
+                    .map_or(0.0, |r| r.median_rps)
+            };
             println!(
-                "| {} | {:.0} | {:.2} | {:.2} | {} |",
-                r.participant, r.median_rps, r.median_p50_ms, r.median_p99_ms, r.errors
+                "\n## {scenario} ({}; 1 worker each, medians)\n",
+                variant.describe()
             );
+            println!("| participant | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|");
+            for r in &rows {
+                println!(
+                    "| {} | {:.0} | {:.2} | {:.2} | {} |",
+                    r.participant, r.median_rps, r.median_p50_ms, r.median_p99_ms, r.errors
+                );
+            }
+            let strait = value("strait");
+            println!(
+                "\nstrait/nginx {:.2}, strait/haproxy {:.2}, strait/direct {:.2}",
+                strait / value("nginx").max(1.0),
+                strait / value("haproxy").max(1.0),
+                strait / value("direct").max(1.0)
+            );
+            report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
         }
-        let strait = value("strait");
-        println!(
-            "\nstrait/nginx {:.2}, strait/haproxy {:.2}, strait/direct {:.2}",
-            strait / value("nginx").max(1.0),
-            strait / value("haproxy").max(1.0),
-            strait / value("direct").max(1.0)
-        );
-        report.insert(scenario.to_string(), serde_json::to_value(&rows)?);
     }
     report.insert(
         "machine".into(),

@@ -1,9 +1,12 @@
 //! The registry's listener (strait's admin API uses it too): HTTP/1.1 and HTTP/2 (h2c, or
 //! ALPN over TLS), with a deadline for the request head and the TLS handshake, bounded
-//! header count, and graceful stop.
+//! header count, lingering close, and graceful stop.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -11,7 +14,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::config::TlsConfig;
@@ -91,6 +95,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = Lingering::new(stream);
         let service = TowerToHyperService::new(app.clone());
         let builder = Arc::clone(&builder);
         match &acceptor {
@@ -137,5 +142,105 @@ pub async fn serve(
         .is_err()
     {
         warn!("{name}: requests still in flight after {drain:?}; closing them");
+    }
+}
+
+/// How long a closed connection keeps reading what the client still sends, at most, and
+/// how long it waits for the next bytes (nginx's `lingering_time` and
+/// `lingering_timeout`, shorter).
+const LINGER_FOR: Duration = Duration::from_secs(5);
+const LINGER_IDLE: Duration = Duration::from_secs(1);
+
+/// A connection that, when the server closes it, reads and drops what the client still
+/// sends for a while before the socket closes. Without it, a response sent before the
+/// request body was read (413, 401, 404 on an upload) is lost: closing a socket with
+/// unread bytes sends the client a reset, which discards the response it had not read yet
+/// (RFC 9112 section 9.6).
+struct Lingering {
+    stream: Option<TcpStream>,
+    /// The server shut its side down: linger on drop.
+    closing: bool,
+}
+
+impl Lingering {
+    fn new(stream: TcpStream) -> Self {
+        Lingering {
+            stream: Some(stream),
+            closing: false,
+        }
+    }
+
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        // `stream` is taken only in `drop`.
+        Pin::new(
+            self.stream
+                .as_mut()
+                .expect("a connection in use has its stream"),
+        )
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.closing = true;
+        self.stream().poll_shutdown(cx)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.stream.take().filter(|_| self.closing) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let mut sink = vec![0u8; 16 * 1024];
+            let _ = tokio::time::timeout(LINGER_FOR, async {
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(LINGER_IDLE, stream.read(&mut sink)).await
+                {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            })
+            .await;
+        });
     }
 }

@@ -348,7 +348,7 @@ fn oversized_body_is_refused() {
     let strait = Strait::builder().start();
     let big = format!(
         r#"{{"address":"127.0.0.1","port":80,"metadata":{{"k":"{}"}}}}"#,
-        "x".repeat(2 << 20)
+        "x".repeat(8 << 20)
     );
     let (status, body) = strait.put("/v1/services/web/instances/w1", &big);
     assert_eq!((status, body["error"].as_str()), (413, Some("too_large")));
