@@ -441,9 +441,11 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
             [std::fs::read(&cert)?, std::fs::read(&key)?].concat(),
         )?;
     }
+    // nginx 1.22 (Debian bookworm) offers TLS 1.3 only when told to (1.23.4 made it the
+    // default); strait and HAProxy offer it, and clients pick it.
     let nginx_ssl = if tls {
         format!(
-            " ssl;\n    ssl_certificate {};\n    ssl_certificate_key {}",
+            " ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {};\n    ssl_certificate_key {}",
             cert.display(),
             key.display()
         )

@@ -88,7 +88,7 @@ fn client_config(resume: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         .with_custom_certificate_verifier(Arc::new(SignaturesOnly(provider)))
         .with_no_client_auth();
     config.resumption = if resume {
-        Resumption::in_memory_sessions(4 * CLIENTS)
+        Resumption::in_memory_sessions(4)
     } else {
         Resumption::disabled()
     };
@@ -129,19 +129,25 @@ fn one(port: u16, config: &Arc<rustls::ClientConfig>) -> anyhow::Result<bool> {
 /// Connections per second to `port` for `seconds`, with per-connection latency
 /// percentiles. With `resume`, fails unless most handshakes resumed.
 pub fn run(port: u16, seconds: u64, resume: bool) -> anyhow::Result<Sample> {
-    let config = client_config(resume)?;
-    // A first connection fills the ticket cache.
-    one(port, &config).context("the first TLS connection")?;
+    // A config, and so a ticket cache, per client thread, as a client that reconnects
+    // keeps its own; a first connection fills each.
+    let configs = (0..CLIENTS)
+        .map(|_| {
+            let config = client_config(resume)?;
+            one(port, &config).context("the first TLS connection")?;
+            Ok(config)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let resumed = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
     let first_error = Arc::new(Mutex::new(None::<String>));
     let started = Instant::now();
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (config, stop, errors, resumed, latencies, first_error) = (
-                Arc::clone(&config),
+    let threads: Vec<_> = configs
+        .into_iter()
+        .map(|config| {
+            let (stop, errors, resumed, latencies, first_error) = (
                 Arc::clone(&stop),
                 Arc::clone(&errors),
                 Arc::clone(&resumed),
