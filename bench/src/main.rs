@@ -585,7 +585,8 @@ fn http_scenario(quick: bool, dir: &Path, variant: HttpVariant) -> anyhow::Resul
         ("nginx", nginx_port),
         ("haproxy", haproxy_port),
     ];
-    let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
+    // Five alternating rounds: the bar for a median.
+    let (rounds, seconds) = if quick { (1, 2) } else { (5, 5) };
     for (_, port) in participants {
         wrk_variant(port, 1, variant)?; // warm-up
     }
