@@ -110,11 +110,13 @@ async fn respond_and_close(stream: &mut Stream, rejection: Rejection) {
     let body = format!("{}\n", rejection.reason);
     write_local_response(&mut response, rejection.status, body.as_bytes(), true);
     let write = async {
-        let _ = stream.write_all(&response).await;
-        let _ = stream.flush().await;
-        let _ = stream.shutdown().await;
+        stream.write_all(&response).await?;
+        stream.flush().await
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+    if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), write).await {
+        // A refused head's body may be on its way.
+        crate::io::linger::linger(stream).await;
+    }
 }
 
 /// A connection's view of the drain: whether it has begun, and the deadline of its idle

@@ -651,3 +651,41 @@ fn a_malformed_body_before_any_byte_is_sent_is_a_502() {
     let response = client.get("broken.example.com", "/").expect("an answer");
     assert_eq!(response.status, 502, "{}", response.text());
 }
+
+/// A client that writes its whole request body before reading (as many do) gets the
+/// answer the router sent without reading the body: the connection lingers, draining what
+/// comes, instead of closing on unread bytes (which resets it and loses the response).
+#[test]
+fn early_answers_reach_clients_still_sending_their_body() {
+    let strait = Strait::builder().start();
+    let body = vec![b'x'; 8 << 20];
+    for (what, head, status) in [
+        (
+            "no route for the host",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: nowhere.example\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ),
+            "HTTP/1.1 404",
+        ),
+        (
+            "a length beside chunked framing",
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: nowhere.example\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+                body.len()
+            ),
+            "HTTP/1.1 400",
+        ),
+    ] {
+        let mut conn = TcpStream::connect(strait.http).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        conn.write_all(head.as_bytes()).expect("head");
+        conn.write_all(&body)
+            .unwrap_or_else(|e| panic!("{what}: the body could not be sent: {e}"));
+        let mut response = Vec::new();
+        let _ = conn.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with(status), "{what}: {text:?}");
+    }
+}

@@ -310,6 +310,10 @@ impl Pump {
             ));
         }
         let written = write_flush(down, &bufs.response, self.proxy.config.idle_timeout).await;
+        if written.is_ok() && body_here.is_none() {
+            // The body we did not read may still be arriving.
+            crate::io::linger::linger(down).await;
+        }
         keep_alive && written.is_ok()
     }
 
