@@ -13,8 +13,8 @@ use arc_swap::ArcSwap;
 use discovery::{Health, Snapshot};
 use http::{HeaderMap, Method};
 use router::RouterConfig;
-use router::pool::{PoolStates, Tried};
-use router::table::{Table, compile, synthetic_snapshot};
+use router::pool::Tried;
+use router::table::{Table, TableState, compile, synthetic_snapshot};
 use serde::Serialize;
 use stats_alloc::Region;
 
@@ -98,13 +98,13 @@ fn row(services: usize, rounds: usize) -> anyhow::Result<TableRow> {
     let mut drop_previous = Vec::new();
     let mut snapshot_ms = Vec::new();
     let mut table_bytes = 0;
-    let mut kept: Option<(Arc<ArcSwap<Table>>, PoolStates, Snapshot)> = None;
+    let mut kept: Option<(Arc<ArcSwap<Table>>, TableState, Snapshot)> = None;
     for _ in 0..rounds {
         // Whatever the last round kept is freed first, outside the region.
         drop(kept.take());
         let region = Region::new(crate::GLOBAL);
         let started = Instant::now();
-        let mut states = PoolStates::default();
+        let mut states = TableState::default();
         let first = compile(&snapshot, &config, &mut states);
         cold.push(ms(started));
         let stats = region.change();

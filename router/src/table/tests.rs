@@ -80,7 +80,7 @@ fn lookup_order_and_specificity() {
         ("deep", r#"{"host":"*.b.a.com","service":"wild"}"#),
         ("any", r#"{"host":"*","service":"any"}"#),
     ]);
-    let table = compile(&snap, &RouterConfig::default(), &mut PoolStates::default());
+    let table = compile(&snap, &RouterConfig::default(), &mut TableState::default());
     let cases = [
         ("a.com", "/", "GET", vec![]),
         ("a.com:80", "/x", "GET", vec![]),
@@ -132,7 +132,7 @@ fn lookup_order_and_specificity() {
 #[test]
 fn pool_state_survives_recompilation() {
     let snap = snapshot(&[("root", r#"{"host":"a.com","service":"web"}"#)]);
-    let mut states = PoolStates::default();
+    let mut states = TableState::default();
     let first = compile(&snap, &RouterConfig::default(), &mut states);
     first.pools["web"].endpoints[0]
         .state
@@ -160,20 +160,20 @@ fn unhealthy_instances_are_not_in_pools() {
         Arc::from("i2"),
         Instance::new("web", "i2", spec).expect("valid"),
     );
-    let table = compile(&snap, &RouterConfig::default(), &mut PoolStates::default());
+    let table = compile(&snap, &RouterConfig::default(), &mut TableState::default());
     assert_eq!(table.pools["web"].endpoints.len(), 1);
     let config = RouterConfig {
         serve_warning: true,
         ..RouterConfig::default()
     };
-    let table = compile(&snap, &config, &mut PoolStates::default());
+    let table = compile(&snap, &config, &mut TableState::default());
     assert_eq!(table.pools["web"].endpoints.len(), 2);
 }
 
 #[test]
 fn a_changed_service_inherits_endpoint_state() {
     let mut snap = snapshot(&[("root", r#"{"host":"a.com","service":"web"}"#)]);
-    let mut states = PoolStates::default();
+    let mut states = TableState::default();
     let first = compile(&snap, &RouterConfig::default(), &mut states);
     let services = Arc::make_mut(&mut snap.services);
     let web = Arc::make_mut(services.get_mut("web").expect("web"));
@@ -229,7 +229,7 @@ fn split_targets_select_subsets_by_tag() {
         );
     }
     Arc::make_mut(&mut snap.services).insert(Arc::from("web"), Arc::new(service));
-    let table = compile(&snap, &RouterConfig::default(), &mut PoolStates::default());
+    let table = compile(&snap, &RouterConfig::default(), &mut TableState::default());
     let route = table
         .route("web.test", "/", &Method::GET, &HeaderMap::new())
         .expect("routed");
