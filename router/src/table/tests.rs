@@ -387,14 +387,9 @@ fn describe(table: &Table) -> String {
     for (addr, routes) in table.tcp.iter() {
         let mut names: Vec<String> = routes
             .by_sni
-            .iter()
-            .map(|(sni, _)| format!("sni {sni}"))
-            .chain(
-                routes
-                    .by_sni_suffix
-                    .iter()
-                    .map(|(s, _)| format!("sni *{s}")),
-            )
+            .keys()
+            .map(|sni| format!("sni {sni}"))
+            .chain(routes.by_sni_suffix.keys().map(|s| format!("sni *{s}")))
             .collect();
         names.sort();
         for name in names {
