@@ -14,7 +14,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("compile cold: 10k routes / 100k endpoints", |b| {
         b.iter(|| black_box(compile(&snap, &config, &mut TableState::default())));
     });
-    c.bench_function("compile again, nothing changed: 10k routes / 100k endpoints", |b| {
+    c.bench_function("recompile unchanged: 10k routes / 100k endpoints", |b| {
         // The floor of an incremental compile (`bench table` times one real change).
         let mut states = TableState::default();
         compile(&snap, &config, &mut states);
