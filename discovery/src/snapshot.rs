@@ -160,23 +160,7 @@ impl State {
 
     /// Inserts or replaces an instance. Returns whether anything changed.
     pub fn upsert_instance(&mut self, instance: Instance) -> bool {
-        let unchanged = self
-            .services
-            .get(instance.service.as_str())
-            .and_then(|service| service.instances.get(instance.id.as_str()))
-            == Some(&instance);
-        if unchanged {
-            // Checked before `make_mut`, which would copy maps a published snapshot shares.
-            return false;
-        }
-        let services = Arc::make_mut(&mut self.services);
-        let service = services
-            .entry(Arc::from(instance.service.as_str()))
-            .or_default();
-        Arc::make_mut(service)
-            .instances
-            .insert(Arc::from(instance.id.as_str()), instance);
-        true
+        upsert_instance(&mut self.services, instance)
     }
 
     /// Removes an instance, and its service once empty. Returns the removed instance.
@@ -207,6 +191,28 @@ impl State {
     pub fn remove_route(&mut self, name: &str) -> bool {
         remove_route(&mut self.routes, name)
     }
+}
+
+/// Inserts or replaces an instance; false (and nothing copied) when it is already so.
+/// Only the instance's service is copied, besides the map of services when a published
+/// snapshot shares it.
+pub fn upsert_instance(services: &mut Arc<ServiceMap>, instance: Instance) -> bool {
+    let unchanged = services
+        .get(instance.service.as_str())
+        .and_then(|service| service.instances.get(instance.id.as_str()))
+        == Some(&instance);
+    if unchanged {
+        // Checked before `make_mut`, which would copy maps a published snapshot shares.
+        return false;
+    }
+    let services = Arc::make_mut(services);
+    let service = services
+        .entry(Arc::from(instance.service.as_str()))
+        .or_default();
+    Arc::make_mut(service)
+        .instances
+        .insert(Arc::from(instance.id.as_str()), instance);
+    true
 }
 
 /// Sets route `name`; false (and the map not copied) when it is already so.

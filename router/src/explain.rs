@@ -208,7 +208,7 @@ impl Table {
             HostMatch::Any => "catch-all *".to_string(),
         });
         let mut chosen = None;
-        for route in &entry.routes {
+        for route in entry.routes.iter() {
             if chosen.is_some() {
                 explanation.routes.push(RouteVerdict {
                     name: route.name.to_string(),

@@ -28,9 +28,9 @@ use crate::paths::pingora_proxy::PingoraProxy;
 use crate::paths::pump::Pump;
 use crate::paths::pump_h2::H2App;
 use crate::paths::tcp::{TcpListeners, TcpProxy};
-use crate::pool::{Clock, PoolStates};
+use crate::pool::Clock;
 use crate::request::Proxy;
-use crate::table::{Table, compile};
+use crate::table::{Table, TableState, compile};
 use crate::tls::UpstreamTlsSet;
 use crate::wire::HeadLimits;
 
@@ -205,7 +205,7 @@ impl Router {
         std::thread::Builder::new()
             .name("strait-tables".into())
             .spawn(move || {
-                let mut states = PoolStates::with_upstream_tls(upstream_tls);
+                let mut states = TableState::with_upstream_tls(upstream_tls);
                 let mut stale_services = Vec::<Arc<str>>::new();
                 // Propagation is observed once per new revision: a snapshot published
                 // again unchanged (a ZooKeeper reconnect) carries an old write time.
@@ -216,7 +216,7 @@ impl Router {
                     let next = compile(&snapshot, &config, &mut states);
                     metrics.table_build.observe(started.elapsed().as_secs_f64());
                     metrics.table_revision.set(next.revision as i64);
-                    for service in states.take_mass_removals() {
+                    for service in states.pools_mut().take_mass_removals() {
                         metrics.mass_removals.with_label_values(&[&service]).inc();
                     }
                     for service in stale_services.drain(..) {
@@ -225,7 +225,7 @@ impl Router {
                             .with_label_values(&[&service])
                             .set(0);
                     }
-                    for (service, count) in states.stale_counts() {
+                    for (service, count) in states.pools().stale_counts() {
                         metrics
                             .stale_endpoints
                             .with_label_values(&[service])
@@ -243,7 +243,7 @@ impl Router {
                     }
                     observed_revision = Some(snapshot.revision);
                     let changed = runtime.block_on(async {
-                        match states.next_expiry() {
+                        match states.pools().next_expiry() {
                             Some(at) => tokio::time::timeout_at(at.into(), snapshots.changed())
                                 .await
                                 .unwrap_or(Ok(())),

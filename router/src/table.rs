@@ -13,28 +13,38 @@
 //! routes that point at them.
 
 pub mod route;
+pub mod shards;
 pub mod tcp;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use discovery::model::{PathMatch, RouteKind};
+use discovery::snapshot::RouteMap;
 use discovery::{Route, Snapshot};
 use http::Method;
 use tracing::warn;
 
 pub use route::{CompiledRoute, Target, Targets};
 use route::{TablePools, compile_route};
+pub use shards::ShardedMap;
 pub use tcp::{TcpListenerRoutes, TcpTarget};
 
 use crate::config::RouterConfig;
+use crate::pool::build::changed_keys;
 use crate::pool::{Pool, PoolStates};
+use crate::tls::UpstreamTlsSet;
 use crate::wire::HeaderLookup;
 
-#[derive(Debug, Default)]
+/// The compile's own maps: keys it made itself, nothing from a client.
+type Hasher = foldhash::fast::RandomState;
+
+/// The routes of one host entry, in match order. A slice behind one `Arc`: as direct to
+/// read as a `Vec`, and a table that does not touch the host shares it.
+#[derive(Debug, Clone)]
 pub(crate) struct HostEntry {
-    pub(crate) routes: Vec<Arc<CompiledRoute>>,
+    pub(crate) routes: Arc<[Arc<CompiledRoute>]>,
 }
 
 /// Which host entry a request's host selected.
@@ -46,20 +56,21 @@ pub enum HostMatch<'a> {
     Any,
 }
 
-/// The compiled routing table.
-#[derive(Debug, Default)]
+/// The compiled routing table. Cloning it is cheap (its maps share their shards), which
+/// is how the next table starts from this one.
+#[derive(Debug, Default, Clone)]
 pub struct Table {
     pub revision: u64,
-    exact: HashMap<Box<str>, HostEntry>,
+    exact: ShardedMap<Arc<str>, HostEntry>,
     /// Keyed by suffix including the leading dot: `*.example.com` -> `.example.com`.
-    wildcard: HashMap<Box<str>, HostEntry>,
+    wildcard: ShardedMap<Arc<str>, HostEntry>,
     any: Option<HostEntry>,
-    pub pools: HashMap<Arc<str>, Arc<Pool>>,
+    pub pools: ShardedMap<Arc<str>, Arc<Pool>>,
     /// Pools of the (service, tag) subsets route splits name.
-    pub subsets: HashMap<(Arc<str>, Arc<str>), Arc<Pool>>,
+    pub subsets: ShardedMap<(Arc<str>, Arc<str>), Arc<Pool>>,
     pub route_count: usize,
     /// TCP routes by listen address.
-    pub tcp: BTreeMap<SocketAddr, TcpListenerRoutes>,
+    pub tcp: Arc<BTreeMap<SocketAddr, TcpListenerRoutes>>,
 }
 
 impl Table {
@@ -100,73 +111,362 @@ impl Table {
         }
         self.any.as_ref().map(|entry| (HostMatch::Any, entry))
     }
+
+    fn entry(&self, host: HostKey) -> Option<&HostEntry> {
+        match host {
+            HostKey::Exact(h) => self.exact.get(h),
+            HostKey::Wildcard(suffix) => self.wildcard.get(suffix),
+            HostKey::Any => self.any.as_ref(),
+        }
+    }
+
+    fn set_entry(&mut self, host: HostKey, routes: Vec<Arc<CompiledRoute>>) {
+        let entry = (!routes.is_empty()).then(|| HostEntry {
+            routes: routes.into(),
+        });
+        let (map, key) = match host {
+            HostKey::Any => {
+                self.any = entry;
+                return;
+            }
+            HostKey::Exact(host) => (&mut self.exact, host),
+            HostKey::Wildcard(suffix) => (&mut self.wildcard, suffix),
+        };
+        match entry {
+            Some(entry) => {
+                map.insert(Arc::from(key), entry);
+            }
+            None => {
+                map.remove(key);
+            }
+        }
+    }
 }
 
-/// Builds a table from a snapshot, carrying pool state over from `states`.
-pub fn compile(snapshot: &Snapshot, config: &RouterConfig, states: &mut PoolStates) -> Table {
-    let pools = states.pools(snapshot, config);
-    let subsets = states.subsets(snapshot, config, &pools);
+/// Where an HTTP route's host puts it: an exact host, a `*.suffix` (key: `.suffix`), or
+/// any host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum HostKey<'a> {
+    Exact(&'a str),
+    Wildcard(&'a str),
+    Any,
+}
 
-    let mut table = Table {
-        revision: snapshot.revision,
-        pools,
-        subsets,
-        ..Table::default()
-    };
-    let mut compiled: Vec<(String, Arc<CompiledRoute>)> = Vec::new();
-    for (name, route) in snapshot.routes.iter() {
-        if route.kind == RouteKind::Tcp {
-            add_tcp_route(&mut table, name, route, config);
+impl<'a> HostKey<'a> {
+    fn of(route: &'a Route) -> HostKey<'a> {
+        match route.host.as_deref() {
+            None | Some("*") => HostKey::Any,
+            Some(host) => match host.strip_prefix('*') {
+                Some(suffix) => HostKey::Wildcard(suffix),
+                None => HostKey::Exact(host),
+            },
+        }
+    }
+}
+
+/// What one table hands the next: the pools' state, the routes of the last snapshot
+/// compiled, which routes send to which service, and the last table itself. The next
+/// compile diffs the snapshot against it by pointer and rebuilds only what changed: the
+/// pools of changed services, the routes that changed or send to a rebuilt pool, and the
+/// host entries those routes are in; every other route, host entry and pool is the last
+/// table's, shared by `Arc`. A first compile is the same code from an empty state.
+#[derive(Default)]
+pub struct TableState {
+    pools: PoolStates,
+    /// The routes of the last snapshot compiled.
+    routes: Arc<RouteMap>,
+    /// The routes (HTTP and TCP) that send to each service, split targets included.
+    users: HashMap<Arc<str>, Vec<Arc<str>>, Hasher>,
+    /// The (service, tag) subsets route splits name, and how many routes name each.
+    subset_users: HashMap<(Arc<str>, Arc<str>), usize>,
+    /// The TCP routes, by name (of two for one address and server name, the first wins).
+    tcp_routes: BTreeSet<Arc<str>>,
+    last: Table,
+}
+
+impl TableState {
+    /// Pools built with these services' upstream TLS (see [`crate::tls::upstream`]).
+    pub fn with_upstream_tls(upstream_tls: UpstreamTlsSet) -> Self {
+        TableState {
+            pools: PoolStates::with_upstream_tls(upstream_tls),
+            ..TableState::default()
+        }
+    }
+
+    /// The pools' state: the mass-removal guard's held instances and their expiry.
+    pub fn pools(&self) -> &PoolStates {
+        &self.pools
+    }
+
+    pub fn pools_mut(&mut self) -> &mut PoolStates {
+        &mut self.pools
+    }
+}
+
+/// The services a route sends to (a service twice in a split is named twice).
+fn services_of(route: &Route) -> impl Iterator<Item = &str> {
+    let split = route.split.iter().map(|target| target.service.as_str());
+    route.service.as_deref().into_iter().chain(split)
+}
+
+/// The (service, tag) subsets a route's split names.
+fn subsets_of(route: &Route) -> impl Iterator<Item = (Arc<str>, Arc<str>)> + '_ {
+    route.split.iter().filter_map(|target| {
+        let tag = target.tag.as_deref()?;
+        Some((Arc::from(target.service.as_str()), Arc::from(tag)))
+    })
+}
+
+/// Whether two versions of a route are the same route (only its pools may have changed).
+fn same_route(old: Option<&Arc<Route>>, new: Option<&Arc<Route>>) -> bool {
+    match (old, new) {
+        (Some(old), Some(new)) => Arc::ptr_eq(old, new) || old == new,
+        _ => false,
+    }
+}
+
+/// Builds the table for `snapshot` from the last one `state` holds, carrying pool state
+/// over: one code path for the first snapshot (from an empty state) and every later one.
+pub fn compile(snapshot: &Snapshot, config: &RouterConfig, state: &mut TableState) -> Table {
+    let mut table = state.last.clone();
+    table.revision = snapshot.revision;
+    let old_routes = Arc::clone(&state.routes);
+
+    // Pools first: the routes resolve against them.
+    let pool_changes = state.pools.update(snapshot, config);
+    table.pools.reserve_for(snapshot.services.len());
+    for (name, pool) in &pool_changes {
+        match pool {
+            Some(pool) => table.pools.insert(Arc::clone(name), Arc::clone(pool)),
+            None => table.pools.remove(name),
+        };
+    }
+    // A subset inherits from its service's pool: built again with it.
+    if !state.subset_users.is_empty() && !pool_changes.is_empty() {
+        let changed: HashSet<&str, Hasher> = pool_changes.iter().map(|(n, _)| &**n).collect();
+        for (service, tag) in state.subset_users.keys() {
+            if changed.contains(&**service) {
+                let key = (Arc::clone(service), Arc::clone(tag));
+                match state.pools.subset(snapshot, config, service, tag) {
+                    Some(pool) => table.subsets.insert(key, pool),
+                    None => table.subsets.remove(&key),
+                };
+            }
+        }
+    }
+
+    // The dirty routes, each with its last and its new version: those whose `Arc`
+    // changed (less those written again the same: a resync), and those sending to a
+    // rebuilt pool.
+    type Versions<'a> = (&'a Arc<str>, Option<&'a Arc<Route>>, Option<&'a Arc<Route>>);
+    let mut dirty: Vec<Versions> = changed_keys(&old_routes, &snapshot.routes)
+        .into_iter()
+        .filter(|&(_, old, new)| !same_route(old, new))
+        .collect();
+    // Users are routes of the last snapshot (the index follows it); they may be gone
+    // from this one.
+    let users_of_changed = pool_changes
+        .iter()
+        .filter_map(|(name, _)| state.users.get(name))
+        .flatten()
+        .filter_map(|user| old_routes.get_key_value(user));
+    let mut listed: Option<HashSet<&str, Hasher>> = None;
+    for (name, old) in users_of_changed {
+        let listed = listed.get_or_insert_with(|| dirty.iter().map(|(n, _, _)| &***n).collect());
+        if listed.insert(name) {
+            dirty.push((name, Some(old), snapshot.routes.get(name)));
+        }
+    }
+    drop(listed);
+
+    // Who sends where: the index of users (TCP routes'; HTTP ones' once compiled), the
+    // subsets, the TCP routes.
+    let mut tcp_dirty = false;
+    for &(name, old, new) in &dirty {
+        if same_route(old, new) {
+            tcp_dirty |= new.is_some_and(|r| r.kind == RouteKind::Tcp);
             continue;
         }
-        let pools = TablePools {
-            services: &table.pools,
-            subsets: &table.subsets,
+        if let Some(old) = old {
+            for service in services_of(old) {
+                if let Some(users) = state.users.get_mut(service) {
+                    users.retain(|n| n != name);
+                    if users.is_empty() {
+                        state.users.remove(service);
+                    }
+                }
+            }
+            for key in subsets_of(old) {
+                if let Some(count) = state.subset_users.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        state.subset_users.remove(&key);
+                        table.subsets.remove(&key);
+                    }
+                }
+            }
+            if old.kind == RouteKind::Tcp {
+                state.tcp_routes.remove(name);
+                tcp_dirty = true;
+            }
+        }
+        if let Some(new) = new {
+            for key in subsets_of(new) {
+                let count = state.subset_users.entry(key.clone()).or_default();
+                *count += 1;
+                if *count == 1
+                    && let Some(pool) = state.pools.subset(snapshot, config, &key.0, &key.1)
+                {
+                    table.subsets.insert(key, pool);
+                }
+            }
+            if new.kind == RouteKind::Tcp {
+                for service in services_of(new) {
+                    add_user(&mut state.users, &Arc::from(service), name);
+                }
+                state.tcp_routes.insert(Arc::clone(name));
+                tcp_dirty = true;
+            }
+        }
+    }
+
+    // The dirty HTTP routes, compiled (or, when only their pools changed, copied with
+    // their targets resolved again), by the host entry they go to.
+    let mut hosts: HashMap<HostKey, Vec<Arc<CompiledRoute>>, Hasher> =
+        HashMap::with_capacity_and_hasher(dirty.len(), Hasher::default());
+    // The last table's routes of each host entry an unchanged route is looked up in.
+    let mut previous: HashMap<HostKey, HashMap<&str, &Arc<CompiledRoute>>, Hasher> =
+        HashMap::default();
+    let pools = TablePools {
+        services: &table.pools,
+        subsets: &table.subsets,
+    };
+    let last = &state.last;
+    for &(name, old, new) in &dirty {
+        let same = same_route(old, new);
+        let old = old.filter(|r| r.kind != RouteKind::Tcp);
+        if let Some(old) = old {
+            hosts.entry(HostKey::of(old)).or_default();
+        }
+        let Some(new) = new.filter(|r| r.kind != RouteKind::Tcp) else {
+            continue;
         };
-        match compile_route(name, route, config, &pools) {
-            Ok(c) => compiled.push((
-                route.host.clone().unwrap_or_else(|| "*".into()),
-                Arc::new(c),
-            )),
+        let host = HostKey::of(new);
+        let compiled_before = if same {
+            previous
+                .entry(host)
+                .or_insert_with(|| {
+                    last.entry(host)
+                        .map(|e| e.routes.iter().map(|r| (&*r.name, r)).collect())
+                        .unwrap_or_default()
+                })
+                .get(&**name)
+                .copied()
+        } else {
+            None
+        };
+        let compiled = match compiled_before {
+            Some(before) => Ok(before.retarget(&pools)),
+            None => compile_route(name, new, config, &pools),
+        };
+        let routes = hosts.entry(host).or_default();
+        match compiled {
+            Ok(route) => {
+                if !same {
+                    for target in &route.targets.list {
+                        add_user(&mut state.users, &target.service, name);
+                    }
+                }
+                routes.push(Arc::new(route));
+            }
             Err(e) => warn!(route = %name, error = %e, "skipping route that does not compile"),
         }
     }
-    table.route_count = compiled.len();
-    for (host, route) in compiled {
-        let entry = if host == "*" {
-            table.any.get_or_insert_with(HostEntry::default)
-        } else if let Some(suffix) = host.strip_prefix('*') {
-            table.wildcard.entry(suffix.into()).or_default()
-        } else {
-            table.exact.entry(host.into_boxed_str()).or_default()
-        };
-        entry.routes.push(route);
+    drop(previous);
+
+    // Each host entry a dirty route left or joined: its other routes as they were, and
+    // the dirty ones as compiled now, in match order.
+    if table.exact.is_empty() {
+        table.exact.reserve_for(hosts.len());
     }
-    let sort = |entry: &mut HostEntry| {
-        entry.routes.sort_by(|a, b| {
+    let mut dirty_names: Option<HashSet<&str, Hasher>> = None;
+    for (host, added) in hosts {
+        let (before, mut routes) = match table.entry(host) {
+            None => (0, added),
+            Some(entry) => {
+                let dirty_names = dirty_names
+                    .get_or_insert_with(|| dirty.iter().map(|(n, _, _)| &***n).collect());
+                let mut routes: Vec<Arc<CompiledRoute>> = entry
+                    .routes
+                    .iter()
+                    .filter(|r| !dirty_names.contains(&*r.name))
+                    .cloned()
+                    .collect();
+                routes.extend(added);
+                (entry.routes.len(), routes)
+            }
+        };
+        routes.sort_by(|a, b| {
             let conditions = |r: &CompiledRoute| {
                 usize::from(r.methods.is_empty()) + usize::from(r.headers.is_empty())
             };
             (a.path.rank(), conditions(a), &a.name).cmp(&(b.path.rank(), conditions(b), &b.name))
         });
-    };
-    table.exact.values_mut().for_each(sort);
-    table.wildcard.values_mut().for_each(sort);
-    if let Some(any) = table.any.as_mut() {
-        sort(any);
+        table.route_count = table.route_count + routes.len() - before;
+        table.set_entry(host, routes);
     }
+
+    // A TCP route changed, or sends to a rebuilt pool (it is among the dirty then).
+    if tcp_dirty {
+        table.tcp = Arc::new(tcp_routes(snapshot, &state.tcp_routes, &table, config));
+    }
+    state.routes = Arc::clone(&snapshot.routes);
+    state.last = table.clone();
     table
 }
 
-fn add_tcp_route(table: &mut Table, name: &Arc<str>, route: &Route, config: &RouterConfig) {
-    if let Some(listen) = route.listen {
-        let pools = TablePools {
-            services: &table.pools,
-            subsets: &table.subsets,
-        };
-        let routes = table.tcp.entry(listen).or_default();
-        routes.add(name, route, &pools, config);
+/// Notes that route `name` sends to `service` (once, however many targets name it).
+fn add_user(
+    users: &mut HashMap<Arc<str>, Vec<Arc<str>>, Hasher>,
+    service: &Arc<str>,
+    name: &Arc<str>,
+) {
+    match users.get_mut(&**service) {
+        Some(names) => {
+            if names.last() != Some(name) {
+                names.push(Arc::clone(name));
+            }
+        }
+        None => {
+            users.insert(Arc::clone(service), vec![Arc::clone(name)]);
+        }
     }
+}
+
+/// The TCP routes by listen address, added in name order.
+fn tcp_routes(
+    snapshot: &Snapshot,
+    names: &BTreeSet<Arc<str>>,
+    table: &Table,
+    config: &RouterConfig,
+) -> BTreeMap<SocketAddr, TcpListenerRoutes> {
+    let pools = TablePools {
+        services: &table.pools,
+        subsets: &table.subsets,
+    };
+    let mut by_address: BTreeMap<SocketAddr, TcpListenerRoutes> = BTreeMap::new();
+    for (name, route) in names
+        .iter()
+        .filter_map(|name| snapshot.routes.get_key_value(name))
+    {
+        if let Some(listen) = route.listen {
+            by_address
+                .entry(listen)
+                .or_default()
+                .add(name, route, &pools, config);
+        }
+    }
+    by_address
 }
 
 /// A large synthetic snapshot for benchmarks: `services` services of `per_service`

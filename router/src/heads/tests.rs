@@ -8,7 +8,7 @@ use http::HeaderMap;
 
 use super::*;
 use crate::config::RouterConfig;
-use crate::pool::PoolStates;
+use crate::table::TableState;
 use crate::table::{Table, compile};
 use crate::wire::{parse_request, parse_response};
 
@@ -30,7 +30,7 @@ fn table(route_json: &str) -> Table {
     compile(
         &snapshot,
         &RouterConfig::default(),
-        &mut PoolStates::default(),
+        &mut TableState::default(),
     )
 }
 

@@ -104,7 +104,7 @@ struct Candidates {
     schedule: Vec<u32>,
     /// Consistent hash: (point, index), sorted by point.
     ring: Vec<(u64, u32)>,
-    /// Weighted random: cumulative weights, parallel to `indices`.
+    /// Weighted random: cumulative weights, parallel to `indices` (empty otherwise).
     cumulative: Vec<u64>,
 }
 
@@ -476,13 +476,18 @@ impl Candidates {
         } else {
             Vec::new()
         };
-        let cumulative = indices
-            .iter()
-            .scan(0u64, |sum, &i| {
-                *sum += weight(i);
-                Some(*sum)
-            })
-            .collect();
+        // Only weighted random reads them: 8 bytes an endpoint the other kinds keep.
+        let cumulative = if kind == BalancerKind::Random {
+            indices
+                .iter()
+                .scan(0u64, |sum, &i| {
+                    *sum += weight(i);
+                    Some(*sum)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Candidates {
             indices,
             schedule,

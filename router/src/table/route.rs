@@ -2,7 +2,6 @@
 //! to (one, or a weighted split), timeouts, retry policy and header rewrites. Compiled
 //! once per table from a discovery `Route` (control plane), matched per request.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -13,11 +12,12 @@ use http::header::{HeaderName, HeaderValue};
 use prometheus::{Histogram, IntCounter};
 use tracing::warn;
 
+use super::shards::ShardedMap;
 use crate::config::RouterConfig;
 use crate::pool::Pool;
 use crate::wire::HeaderLookup;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum PathMatcher {
     Exact(Box<str>),
     Prefix(Box<str>),
@@ -48,7 +48,7 @@ impl PathMatcher {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum ValueMatcher {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
@@ -56,7 +56,7 @@ pub(crate) enum ValueMatcher {
     Present(bool),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct HeaderMatcher {
     pub(crate) name: HeaderName,
     pub(crate) value: ValueMatcher,
@@ -90,8 +90,8 @@ pub struct Targets {
 /// The pools route targets resolve against: one per service, and one per (service, tag)
 /// subset a split names.
 pub(crate) struct TablePools<'a> {
-    pub(crate) services: &'a HashMap<Arc<str>, Arc<Pool>>,
-    pub(crate) subsets: &'a HashMap<(Arc<str>, Arc<str>), Arc<Pool>>,
+    pub(crate) services: &'a ShardedMap<Arc<str>, Arc<Pool>>,
+    pub(crate) subsets: &'a ShardedMap<(Arc<str>, Arc<str>), Arc<Pool>>,
 }
 
 impl TablePools<'_> {
@@ -108,11 +108,17 @@ impl TablePools<'_> {
 
 impl Targets {
     pub(super) fn of(route: &Route, pools: &TablePools) -> Targets {
-        let target = |service: &str, tag: Option<&str>| Target {
-            service: Arc::from(service),
-            tag: tag.map(Arc::from),
-            pool: pools.get(service, tag),
-            requests: Default::default(),
+        let target = |service: &str, tag: Option<&str>| {
+            let pool = pools.get(service, tag);
+            Target {
+                // The pool's name when there is one: no copy of it per route.
+                service: pool
+                    .as_ref()
+                    .map_or_else(|| Arc::from(service), |p| Arc::clone(&p.service)),
+                tag: tag.map(Arc::from),
+                pool,
+                requests: Default::default(),
+            }
         };
         match &route.service {
             Some(service) => Targets {
@@ -134,6 +140,24 @@ impl Targets {
                     })
                     .collect(),
             },
+        }
+    }
+
+    /// The same targets resolved against the pools of a newer table (the route unchanged,
+    /// a pool it sends to rebuilt). The labelled series already looked up are kept.
+    fn retarget(&self, pools: &TablePools) -> Targets {
+        Targets {
+            list: self
+                .list
+                .iter()
+                .map(|t| Target {
+                    service: Arc::clone(&t.service),
+                    tag: t.tag.clone(),
+                    pool: pools.get(&t.service, t.tag.as_deref()),
+                    requests: std::array::from_fn(|i| carried(&t.requests[i])),
+                })
+                .collect(),
+            cumulative: self.cumulative.clone(),
         }
     }
 
@@ -251,6 +275,29 @@ impl CompiledRoute {
         self.targets.pick_index()
     }
 
+    /// This route against the pools of a newer table: the matchers (compiled regexes
+    /// included) and policies copied, the targets resolved again.
+    pub(super) fn retarget(&self, pools: &TablePools) -> CompiledRoute {
+        CompiledRoute {
+            name: Arc::clone(&self.name),
+            path: self.path.clone(),
+            methods: self.methods.clone(),
+            headers: self.headers.clone(),
+            targets: self.targets.retarget(pools),
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            per_try_timeout: self.per_try_timeout,
+            idle_timeout: self.idle_timeout,
+            retry: self.retry.clone(),
+            prefix_rewrite: self.prefix_rewrite.clone(),
+            request_set: self.request_set.clone(),
+            request_remove: self.request_remove.clone(),
+            response_set: self.response_set.clone(),
+            response_remove: self.response_remove.clone(),
+            request_duration: carried(&self.request_duration),
+        }
+    }
+
     pub fn retries_on(&self, status: u16) -> bool {
         self.retry.as_ref().is_some_and(|r| {
             r.on.iter().any(|on| match on {
@@ -260,6 +307,15 @@ impl CompiledRoute {
             })
         })
     }
+}
+
+/// A lazily resolved metric series, carried into a newer table as it is.
+fn carried<T: Clone>(cell: &OnceLock<T>) -> OnceLock<T> {
+    let next = OnceLock::new();
+    if let Some(value) = cell.get() {
+        let _ = next.set(value.clone());
+    }
+    next
 }
 
 fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
@@ -316,7 +372,7 @@ fn header_names(route: &str, names: &[String]) -> Result<Vec<HeaderName>, String
 }
 
 pub(super) fn compile_route(
-    name: &str,
+    name: &Arc<str>,
     route: &Route,
     config: &RouterConfig,
     pools: &TablePools,
@@ -359,7 +415,7 @@ pub(super) fn compile_route(
         _ => None,
     };
     Ok(CompiledRoute {
-        name: Arc::from(name),
+        name: Arc::clone(name),
         path,
         methods,
         headers,

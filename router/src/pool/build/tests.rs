@@ -28,8 +28,8 @@ const P: Health = Health::Passing;
 
 /// The pool of `web`: each endpoint's id, `*` after a stale one.
 fn pool_of(states: &mut PoolStates, snapshot: &Snapshot, config: &RouterConfig) -> Vec<String> {
-    let pools = states.pools(snapshot, config);
-    pools.get("web").map_or_else(Vec::new, |pool| {
+    states.update(snapshot, config);
+    states.pool("web").map_or_else(Vec::new, |pool| {
         pool.endpoints
             .iter()
             .map(|e| format!("{}{}", e.id, if e.stale { "*" } else { "" }))
