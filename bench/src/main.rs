@@ -361,7 +361,17 @@ fn build_strait() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("STRAIT_BENCH_BIN") {
         return Ok(PathBuf::from(bin));
     }
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // What `cargo run` sets for the bench (its package's variables, the library path)
+    // would make this build's units differ from a shell's `cargo build`, and the two
+    // would rebuild each other's dependencies every run.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME") || key == "LD_LIBRARY_PATH" {
+            cargo.env_remove(&*key);
+        }
+    }
+    let status = cargo
         .args(["build", "--release", "--bin", "strait"])
         .current_dir(workspace_root())
         .status()
