@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
+use oci::media::MANIFEST_ACCEPT;
 use oci::{MediaType, Reference};
 use ureq::http::Response;
 
@@ -387,8 +388,6 @@ pub struct Registry {
     auth: Auth,
     scopes: BTreeSet<String>,
 }
-
-const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// Manifests larger than this are refused.
 const MAX_MANIFEST: u64 = 4 << 20;

@@ -9,6 +9,17 @@ pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json"
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
+/// The OCI image index type as a `&'static str` (a static header value; `MediaType`
+/// gives only owned strings).
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The `Accept` of a manifest request: every manifest kind strait reads (OCI and docker,
+/// images and indexes).
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
 /// The annotation naming an image in an OCI layout's `index.json`.
 pub const REF_NAME: &str = oci_spec::image::ANNOTATION_REF_NAME;
 
@@ -50,6 +61,28 @@ pub fn to_oci(media_type: &MediaType) -> MediaType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_static_names_are_oci_specs() {
+        assert_eq!(OCI_INDEX, MediaType::ImageIndex.to_string());
+        let accepted: Vec<&str> = MANIFEST_ACCEPT.split(", ").collect();
+        let kinds = [
+            MediaType::ImageIndex.to_string(),
+            MediaType::ImageManifest.to_string(),
+            DOCKER_MANIFEST_LIST.to_string(),
+            DOCKER_MANIFEST.to_string(),
+        ];
+        assert_eq!(
+            accepted,
+            kinds.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        for kind in &accepted {
+            assert!(
+                ManifestKind::of(&MediaType::from(*kind)).is_some(),
+                "{kind}"
+            );
+        }
+    }
 
     #[test]
     fn kinds_and_docker_equivalents() {

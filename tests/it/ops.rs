@@ -423,6 +423,29 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
             }
         },
     );
+    // The build info names this binary: the package version and the commit that
+    // `strait --version` reports.
+    let (ok, version, _) = crate::harness::cli(&["--version"]);
+    assert!(ok, "{version}");
+    let commit = version
+        .split("(commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no commit in {version:?}"));
+    assert!(!commit.is_empty() && commit != "unknown", "{version}");
+    let expected = format!(
+        "strait_build_info{{commit=\"{commit}\",version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let text = strait.metrics_text();
+    assert!(
+        text.lines().any(|l| l == expected),
+        "no `{expected}` in:\n{}",
+        text.lines()
+            .filter(|l| l.contains("build_info"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// The systemd unit passes `systemd-analyze verify` (its binary path pointed at the

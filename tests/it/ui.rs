@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Strait, eventually, http};
+use crate::harness::{Strait, ZooKeeper, eventually, http};
 use crate::ops::artefacts;
 
 const CHROMIUM: &str = "chromium";
@@ -273,6 +273,29 @@ fn status_page_shows_services_and_live_health_behind_the_token() {
         "the route is not shown:\n{dom}"
     );
     assert!(dom.contains("eu-1"), "the zone is not shown:\n{dom}");
+    // The instance's weight, and the store's state, revision and age from the API.
+    assert!(
+        dom.contains(r#"<td>eu-1</td><td>3</td>"#),
+        "the weight is not shown:\n{dom}"
+    );
+    assert!(
+        dom.contains(">connected<"),
+        "the store is not shown connected:\n{dom}"
+    );
+    let overview_number = |id: &str| -> u64 {
+        let start = dom
+            .find(&format!(r#"id="{id}""#))
+            .unwrap_or_else(|| panic!("no #{id}:\n{dom}"));
+        let bold = &dom[start..];
+        let value = &bold[bold.find("<b>").expect("<b>") + 3..bold.find("</b>").expect("</b>")];
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("#{id} is not a number: {value:?}"))
+    };
+    assert!(overview_number("revision") >= 2, "two writes were made");
+    assert!(overview_number("table") >= 1);
+    assert!(dom.contains(r#"id="age" data-age=""#), "{dom}");
+    assert!(dom.contains("propagation p50 / p99"), "{dom}");
 
     // Registered while the page is open: it appears without a reload.
     register("i2", 9002);
@@ -302,4 +325,114 @@ fn status_page_shows_services_and_live_health_behind_the_token() {
         !urls.as_str().unwrap_or_default().contains(token),
         "the token appeared in a URL: {urls}"
     );
+}
+
+/// What an SRE looks at when things go wrong, read with `--dump-dom` as a one-liner
+/// would: a TLS listener's certificate with its expiry, and the store going away (the
+/// ZooKeeper server stopped): the page says the router serves its last snapshot (fail
+/// static), and says so no longer once the server is back.
+#[test]
+fn status_page_shows_certificate_expiry_and_fail_static() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::tls::make_ca(dir.path(), "ca");
+    let (cert, key) = crate::tls::make_leaf(dir.path(), "ca", "site", &["site.example"]);
+    let mut zk = ZooKeeper::start();
+    let strait = Strait::builder()
+        .store(&zk.url("ui_fail_static"))
+        .config(&format!(
+            "[[router.tls]]\naddr = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            cert.display(),
+            key.display()
+        ))
+        .start();
+    // A fresh server may refuse sessions for a moment after it answers `ruok`.
+    eventually(Duration::from_secs(30), "a write through ZooKeeper", || {
+        let (status, answer) = strait.put(
+            "/v1/services/web/instances/i1",
+            r#"{"address": "127.0.0.1", "port": 9001}"#,
+        );
+        (status == 200)
+            .then_some(())
+            .ok_or_else(|| answer.to_string())
+    });
+    // `/` sends a browser to the page.
+    let redirect = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .arg(strait.url("/"))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&redirect.stdout),
+        format!("303 {}", strait.url("/ui"))
+    );
+    let dom = dump_dom(&strait.url("/ui"), 5000);
+    assert!(dom.contains(r#"data-instance="web/i1""#), "{dom}");
+    assert!(dom.contains(">connected<"), "{dom}");
+    let row = dom
+        .find("data-cert=")
+        .map(|at| &dom[at..])
+        .unwrap_or_else(|| panic!("no certificate row:\n{dom}"));
+    let row = &row[..row.find("</tr>").expect("row end")];
+    assert!(row.contains("site.example"), "{row}");
+    // make_leaf's certificates are valid for two days: "in 48 h", with the date.
+    assert!(row.contains(">in ") && !row.contains("expired"), "{row}");
+    let month = utc_month_in(2);
+    assert!(
+        row.contains(&month),
+        "the expiry date ({month}-..) is not shown: {row}"
+    );
+
+    zk.stop();
+    eventually(
+        Duration::from_secs(30),
+        "the store reported disconnected",
+        || {
+            let (_, status) = strait.get("/v1/status");
+            (status["store"]["connected"] == false)
+                .then_some(())
+                .ok_or_else(|| status.to_string())
+        },
+    );
+    let dom = dump_dom(&strait.url("/ui"), 5000);
+    assert!(
+        dom.contains("serving the last snapshot (fail static)"),
+        "fail static not shown:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"data-instance="web/i1""#),
+        "the last snapshot's instance is gone:\n{dom}"
+    );
+
+    zk.restart();
+    eventually(Duration::from_secs(60), "the store reconnected", || {
+        let (_, status) = strait.get("/v1/status");
+        (status["store"]["connected"] == true)
+            .then_some(())
+            .ok_or_else(|| status.to_string())
+    });
+    let dom = dump_dom(&strait.url("/ui"), 5000);
+    assert!(
+        dom.contains(">connected<") && !dom.contains("fail static"),
+        "{dom}"
+    );
+}
+
+/// The UTC year and month `days` from now (`YYYY-MM`), the start of the expiry date the
+/// page prints (`YYYY-MM-DD`; the day itself may move if the run straddles midnight).
+fn utc_month_in(days: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let output = Command::new("date")
+        .args(["-u", "-d", &format!("@{}", now + days * 86_400), "+%Y-%m"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
