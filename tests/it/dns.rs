@@ -6,6 +6,9 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+
 use crate::harness::{Strait, dig, eventually};
 
 fn kdig(server: SocketAddr, args: &[&str]) -> String {
@@ -26,6 +29,44 @@ fn short(server: SocketAddr, args: &[&str]) -> Vec<String> {
         .collect();
     lines.sort();
     lines
+}
+
+/// Sends `query` (wire bytes) over UDP, or over TCP with its length prefix, and reads the
+/// answer with hickory-proto's decoder, strictly: an answer hickory cannot read fails.
+fn exchange(server: SocketAddr, query: &[u8], tcp: bool) -> (Vec<u8>, Message) {
+    let bytes = if tcp {
+        let mut stream = TcpStream::connect(server).expect("connect over TCP");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let length = u16::try_from(query.len()).expect("a query under 64 KiB");
+        stream.write_all(&length.to_be_bytes()).expect("send");
+        stream.write_all(query).expect("send");
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).expect("an answer's length");
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut answer).expect("an answer");
+        answer
+    } else {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        socket.send_to(query, server).expect("send");
+        let mut buf = [0u8; 65_535];
+        let (n, _) = socket.recv_from(&mut buf).expect("an answer");
+        buf[..n].to_vec()
+    };
+    let message = Message::from_vec(&bytes)
+        .unwrap_or_else(|e| panic!("hickory cannot read strait's answer ({e}): {bytes:02x?}"));
+    (bytes, message)
+}
+
+/// A plain query (no EDNS) built by hickory-proto.
+fn query_wire(name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut query = Message::query();
+    query.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+    query.to_vec().expect("encode")
 }
 
 fn register(strait: &Strait, service: &str, id: &str, body: &str) {
@@ -222,11 +263,37 @@ fn rfc_rules_over_the_wire() {
     let mut query = vec![0x42, 0x42, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1];
     query.extend_from_slice(b"\x03web\x07service\x06strait\x00\x00\x01\x00\x01");
     query.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 0x10]);
-    socket.send_to(&query, dns).expect("send");
-    let mut buf = [0u8; 512];
-    let (n, _) = socket.recv_from(&mut buf).expect("an answer");
-    assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
-    assert!(n <= query.len());
+    let (bytes, answer) = exchange(dns, &query, false);
+    assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+    assert!(bytes.len() <= query.len());
+    // An answer too big for a plain UDP query's 512 bytes is truncated (TC, RFC 1035
+    // 4.2.1: what fits, glue left out); over TCP it comes whole; both are counted.
+    for i in 0..40 {
+        register(
+            &strait,
+            "big",
+            &format!("b{i:02}"),
+            &format!(r#"{{"address":"10.1.0.{i}","port":8080}}"#),
+        );
+    }
+    eventually(Duration::from_secs(10), "40 SRV records", || {
+        let (_, whole) = exchange(
+            dns,
+            &query_wire("big.service.strait.", RecordType::SRV),
+            true,
+        );
+        (whole.answers.len() == 40)
+            .then_some(())
+            .ok_or_else(|| format!("{} answers", whole.answers.len()))
+    });
+    let srv = query_wire("big.service.strait.", RecordType::SRV);
+    let (bytes, truncated) = exchange(dns, &srv, false);
+    assert!(truncated.metadata.truncation, "TC not set");
+    assert!(bytes.len() <= 512, "{} bytes over UDP", bytes.len());
+    let (bytes, whole) = exchange(dns, &srv, true);
+    assert!(!whole.metadata.truncation && whole.answers.len() == 40);
+    assert!(bytes.len() > 512);
+    assert_eq!(whole.additionals.len(), 40, "the glue, one A per instance");
     // Metrics: every qtype by name, rcodes.
     for qtype in ["TXT", "SOA", "NS"] {
         dig(dns, &["web.service.strait", qtype]);
@@ -244,10 +311,16 @@ fn rfc_rules_over_the_wire() {
         .into_iter()
         .filter(|label| !text.contains(label))
         .collect();
-        if missing.is_empty() {
+        let truncated = strait.metric("strait_dns_truncated_total").unwrap_or(0.0);
+        let fallbacks = strait
+            .metric("strait_dns_tcp_fallbacks_total")
+            .unwrap_or(0.0);
+        if missing.is_empty() && truncated >= 1.0 && fallbacks >= 1.0 {
             Ok(())
         } else {
-            Err(format!("{missing:?}"))
+            Err(format!(
+                "{missing:?}, truncated {truncated}, TCP fallbacks {fallbacks}"
+            ))
         }
     });
 }
