@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Process, Strait, ZooKeeper, cli, eventually, http};
+use crate::harness::{Process, Strait, ZooKeeper, cli, dig, eventually, http};
 use crate::http::read_response;
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -164,6 +164,37 @@ fn build_crashing_image(registry: SocketAddr, version: &str) -> String {
     std::fs::write(
         dir.path().join("strait-build.toml"),
         r#"entrypoint = ["/bin/busybox", "sh", "-c", "echo no config found >&2; exit 3"]
+[[layer]]
+src = "root/"
+dest = "/"
+"#,
+    )
+    .expect("build file");
+    push(dir.path(), registry, version)
+}
+
+/// An image whose `/healthz` passes but whose `/` answers 500 (a busybox CGI: httpd runs
+/// `cgi-bin/index.cgi` for a directory without `index.html`).
+fn build_erroring_image(registry: SocketAddr, version: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("bin")).expect("bin");
+    std::fs::create_dir_all(root.join("www/cgi-bin")).expect("cgi-bin");
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("busybox");
+    std::fs::write(root.join("www/healthz"), "ok\n").expect("healthz");
+    let cgi = root.join("www/cgi-bin/index.cgi");
+    std::fs::write(
+        &cgi,
+        format!(
+            "#!/bin/busybox sh\nprintf 'HTTP/1.1 500 Internal Server Error\\r\\ncontent-type: text/plain\\r\\n\\r\\n{version} is broken\\n'\n"
+        ),
+    )
+    .expect("index.cgi");
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(
+        dir.path().join("strait-build.toml"),
+        r#"entrypoint = ["/bin/busybox", "sh", "-c", "trap 'exit 0' TERM; /bin/busybox httpd -f -p $PORT -h /www & wait"]
 [[layer]]
 src = "root/"
 dest = "/"
@@ -341,6 +372,66 @@ fn path_served(router: SocketAddr, host: &str, path: &str) -> Result<String, Str
     }
 }
 
+/// `POST path` on the admin API, raw: (status, `Location` header, JSON body).
+fn post_raw(strait: &Strait, path: &str, body: &str) -> (u16, Option<String>, Value) {
+    let mut stream = TcpStream::connect(strait.admin).expect("connect to the admin API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream
+        .write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                strait.admin,
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+    let (response, _) = read_response(&mut BufReader::new(stream)).expect("a response");
+    (
+        response.status,
+        response.headers.get("location").cloned(),
+        response.json(),
+    )
+}
+
+/// `dig … SRV +short` for `name`, sorted, as (port, target) pairs.
+fn srv_records(strait: &Strait, name: &str) -> Vec<(u16, String)> {
+    let mut records: Vec<(u16, String)> = dig(strait.dns, &[name, "SRV", "+short"])
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            match fields[..] {
+                [_, _, port, target] => Some((port.parse().ok()?, target.to_string())),
+                _ => None,
+            }
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+/// The SRV records the instances of `deployment` (passing ones) should have.
+fn srv_expected(strait: &Strait, app: &str, deployment: u64) -> Vec<(u16, String)> {
+    let (_, d) = strait.get(&format!("/v1/apps/{app}/deployments/{deployment}"));
+    let mut records: Vec<(u16, String)> = d["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["health"] == "passing")
+        .filter_map(|i| {
+            Some((
+                u16::try_from(i["port"].as_u64()?).ok()?,
+                format!("{}.{app}.instance.strait.", i["id"].as_str()?),
+            ))
+        })
+        .collect();
+    records.sort();
+    records
+}
+
 fn deployment(strait: &Strait, app: &str, id: u64) -> Value {
     let (status, body) = strait.get(&format!("/v1/apps/{app}/deployments/{id}"));
     assert_eq!(status, 200, "{body}");
@@ -390,6 +481,36 @@ fn deploys_shift_traffic_with_no_failed_request_roll_back_a_bad_version_and_surv
         "--env reaches the containers"
     );
     assert_eq!(podman.running().len(), 2, "{:?}", podman.containers());
+
+    // DNS answers the deployed instances: an SRV record each (its port, its instance id),
+    // also by the deployment's tag, and their address.
+    let expected = srv_expected(&strait, "web", 1);
+    assert_eq!(expected.len(), 2, "{:?}", deployment(&strait, "web", 1));
+    eventually(
+        Duration::from_secs(10),
+        "SRV records of v1's instances",
+        || {
+            let srv = srv_records(&strait, "web.service.strait");
+            if srv == expected {
+                Ok(())
+            } else {
+                Err(format!("{srv:?}, wanted {expected:?}"))
+            }
+        },
+    );
+    assert_eq!(srv_records(&strait, "d1.web.service.strait"), expected);
+    let mut addresses: Vec<String> = dig(strait.dns, &["web.service.strait", "A", "+short"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    addresses.dedup();
+    assert_eq!(
+        addresses,
+        [deployment(&strait, "web", 1)["instances"][0]["address"]
+            .as_str()
+            .expect("an address")],
+        "the agent's address"
+    );
 
     // v2 under load: not one failed request across the shift.
     let load = Load::start(strait.http, host, 4);
@@ -471,15 +592,209 @@ fn deploys_shift_traffic_with_no_failed_request_roll_back_a_bad_version_and_surv
     let (_, route) = strait.get("/v1/routes/web");
     assert_eq!(route["service"], "web", "restored: {route}");
 
-    // History and status through the CLI.
+    // v4 passes its check but answers 500 to real requests: the 5xx gate rolls it back
+    // at its first step, and v2 keeps serving.
+    let v4 = build_erroring_image(registry, "v4");
+    let load = Load::start(strait.http, host, 4);
+    let (ok, out) = deploy(
+        &strait,
+        &[
+            "web",
+            &v4,
+            "--steps",
+            "50,100",
+            "--pause",
+            "5s",
+            "--max-5xx",
+            "10",
+            "--drain",
+            "1s",
+            "--wait",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (answered, failed, seen) = load.finish();
+    assert!(!ok, "a version answering 500 fails: {out}");
+    assert!(
+        out.contains("deployment 4 of web rolled_back")
+            && out.contains("with 5xx at 50% of the traffic (the limit is 10%)"),
+        "{out}"
+    );
+    assert!(
+        failed.len() >= 20 && failed.iter().all(|f| f == "500 v4 is broken"),
+        "only v4's own answers failed, enough of them to judge: {failed:?}"
+    );
+    assert_eq!(seen, ["v2"], "{answered} answered 200");
+    assert_eq!(version_served(strait.http, host), Ok("v2".into()));
+    let d4 = deployment(&strait, "web", 4);
+    assert_eq!(
+        (&d4["state"], &d4["weight"]),
+        (&"rolled_back".into(), &0.into()),
+        "{d4}"
+    );
+    assert!(
+        d4["reason"].as_str().is_some_and(|r| {
+            r.starts_with("the new version answered ") && r.contains("requests with 5xx")
+        }),
+        "{d4}"
+    );
+    let (_, route) = strait.get("/v1/routes/web");
+    assert_eq!(route["service"], "web", "restored: {route}");
+
+    // `strait deploy status`: the newest deployment, step by step.
+    let (ok, out) = deploy(&strait, &["status", "web"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with("deployment 4 of web: rolled_back (weight 0%)"),
+        "{out}"
+    );
+    for line in [
+        "pin the route to deployment 2",
+        "start 2 instances",
+        "roll back",
+        "deployment 2 has the traffic",
+        "reason: the new version answered ",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("failed") && l.contains("shift 50% of the traffic")),
+        "{out}"
+    );
+    assert!(!out.contains("shift 100%"), "it stopped at 50%: {out}");
+    let (ok, out) = deploy(&strait, &["status", "web", "--id", "2"]);
+    assert!(
+        ok && out.starts_with("deployment 2 of web: succeeded"),
+        "{out}"
+    );
+
+    // `strait deploy cancel` of a deployment under way: rolled back, v2 serving.
+    let (ok, out) = deploy(&strait, &["web", &v3, "--timeout", "60s"]);
+    assert!(ok && out.contains("deployment 5 of web accepted"), "{out}");
+    let (ok, out) = deploy(&strait, &["cancel", "web", "--wait"]);
+    assert!(!ok, "a cancelled deployment does not succeed: {out}");
+    assert!(
+        out.contains("deployment 5 of web rolled_back: cancelled"),
+        "{out}"
+    );
+    assert_eq!(deployment(&strait, "web", 5)["state"], "rolled_back");
+    assert_eq!(version_served(strait.http, host), Ok("v2".into()));
+    let (ok, out) = deploy(&strait, &["cancel", "web"]);
+    assert!(
+        !ok && out.contains("app `web` has no deployment in progress"),
+        "{out}"
+    );
+
+    // `strait deploy rollback`: back to the previous succeeded version (v1, by digest).
+    let d1 = deployment(&strait, "web", 1);
+    let d2 = deployment(&strait, "web", 2);
+    let (ok, out) = deploy(&strait, &["rollback", "web", "--wait"]);
+    assert!(ok, "{out}\n{}", strait.log_text());
+    assert!(
+        out.contains(&format!(
+            "deployment 6 of web: {}",
+            d1["image"].as_str().expect("image")
+        )) && out.contains("succeeded in"),
+        "{out}"
+    );
+    assert_eq!(version_served(strait.http, host), Ok("v1".into()));
+    let d6 = deployment(&strait, "web", 6);
+    assert_eq!(d6["state"], "succeeded", "{d6}");
+    assert_eq!((&d6["image"], &d6["digest"]), (&d1["image"], &d1["digest"]));
+    assert_eq!(d6["previous"], 2, "{d6}");
+    assert_eq!(
+        path_served(strait.http, host, "/greeting"),
+        Ok("hello from v1".into()),
+        "v1's spec (its env) came back with it"
+    );
+
+    // POST /v1/apps/web/rollback: back again, past the rolled-back ones, to v2.
+    let (status, location, body) = post_raw(&strait, "/v1/apps/web/rollback", "");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["id"], 7, "{body}");
+    assert_eq!(location.as_deref(), Some("/v1/apps/web/deployments/7"));
+    let d7 = eventually(Duration::from_secs(60), "the rollback to v2", || {
+        let d = deployment(&strait, "web", 7);
+        match d["state"].as_str() {
+            Some("succeeded") => Ok(d),
+            Some("pending" | "running") => Err(format!("{d}")),
+            _ => panic!("the rollback did not succeed: {d}"),
+        }
+    });
+    assert_eq!((&d7["image"], &d7["digest"]), (&d2["image"], &d2["digest"]));
+    assert_eq!(d7["previous"], 6, "{d7}");
+    assert_eq!(version_served(strait.http, host), Ok("v2".into()));
+    let (status, body) = http(&strait, "POST", "/v1/apps/nope/rollback", None, None);
+    assert_eq!(status, 404, "an app without deployments: {body}");
+
+    // History through the CLI: every deployment, newest first, with its digest.
     let (ok, out) = deploy(&strait, &["history", "web"]);
     assert!(ok, "{out}");
-    let states: Vec<&str> = out
+    let rows: Vec<Vec<&str>> = out
         .lines()
         .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(states, ["rolled_back", "succeeded", "succeeded"], "{out}");
+    let states: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
+    assert_eq!(
+        states,
+        [
+            ("7", "succeeded"),
+            ("6", "succeeded"),
+            ("5", "rolled_back"),
+            ("4", "rolled_back"),
+            ("3", "rolled_back"),
+            ("2", "succeeded"),
+            ("1", "succeeded")
+        ],
+        "{out}"
+    );
+    let short = |d: &Value| d["digest"].as_str().expect("digest")[..19].to_string();
+    assert_eq!(
+        rows[1][2],
+        short(&d1),
+        "the rollback ran v1's digest: {out}"
+    );
+    assert_eq!(rows[0][2], short(&d2), "{out}");
+    assert_eq!(rows[6][3], "v1", "{out}");
+
+    // `strait app ls`: the app, its current deployment, its instances and host.
+    let admin = admin_env(&strait);
+    let (ok, out, err) = cli(&["app", "--admin", &admin, "ls"]);
+    assert!(ok, "{out}{err}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["APP", "CURRENT", "INSTANCES", "PASSING", "HOST", "IMAGE"],
+            vec![
+                "web",
+                "7",
+                "2",
+                "2",
+                host,
+                d2["image"].as_str().expect("image")
+            ],
+        ],
+        "{out}"
+    );
+
+    eventually(
+        Duration::from_secs(20),
+        "v1's rollback containers to stop",
+        || {
+            let running = podman.running();
+            if running.len() == 2 && running.iter().all(|n| n.contains("-web-7-")) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", podman.containers()))
+            }
+        },
+    );
 
     // A container killed: restarted with back-off, its restarts in its metadata.
     let victim = podman.running().into_iter().next().expect("a container");
@@ -507,6 +822,44 @@ fn deploys_shift_traffic_with_no_failed_request_roll_back_a_bad_version_and_surv
         strait.metric("strait_agent_container_restarts_total{app=\"web\"}") >= Some(1.0),
         "{}",
         strait.metrics_text()
+    );
+
+    // Metrics of the deployments this process ran and of its agent's containers.
+    let metric = |name: &str| strait.metric(name).unwrap_or(-1.0);
+    assert_eq!(
+        (
+            metric("strait_deploy_deployments_total{app=\"web\",outcome=\"succeeded\"}"),
+            metric("strait_deploy_deployments_total{app=\"web\",outcome=\"rolled_back\"}"),
+            metric("strait_deploy_in_progress"),
+        ),
+        (4.0, 3.0, 0.0),
+        "{}",
+        strait.metrics_text()
+    );
+    assert!(
+        metric("strait_deploy_duration_seconds_count{outcome=\"rolled_back\"}") == 3.0,
+        "{}",
+        strait.metrics_text()
+    );
+    eventually(Duration::from_secs(20), "the containers gauge", || {
+        match (
+            metric("strait_agent_containers{state=\"running\"}"),
+            metric("strait_agent_containers{state=\"draining\"}"),
+        ) {
+            (2.0, 0.0) => Ok(()),
+            other => Err(format!("{other:?}: {:?}", podman.containers())),
+        }
+    });
+    // v1, v2, v3, v4 and both rollbacks: two each (the cancelled one may not have begun).
+    assert!(
+        metric("strait_agent_container_starts_total{app=\"web\",result=\"ok\"}") >= 12.0,
+        "{}",
+        strait.metrics_text()
+    );
+    assert_eq!(
+        metric("strait_agent_container_starts_total{app=\"web\",result=\"pull_failed\"}"),
+        -1.0,
+        "no failed pull"
     );
 
     // The agent (here strait itself) restarts: it adopts the running containers.
@@ -652,13 +1005,28 @@ fn deployments_refuse_bad_input_and_end_clearly() {
 
     // A second deployment while one runs: 409; cancelling the first rolls it back.
     let slow = build_image(registry, "slow", false);
-    let (status, body) = post(
-        "web",
+    let (status, location, body) = post_raw(
+        &strait,
+        "/v1/apps/web/deployments",
         &format!(
             r#"{{"image": "{slow}", "instances": 1, "check": {{"http": {{"path": "/healthz"}}}}, "timeout": "60s"}}"#
         ),
     );
     assert_eq!(status, 202, "{body}");
+    // The 202's `Location` is the deployment's own URL, which GETs it.
+    let location = location.expect("a Location header");
+    assert_eq!(location, "/v1/apps/web/deployments/1");
+    let (status, polled) = strait.get(&location);
+    assert_eq!(status, 200, "{polled}");
+    assert_eq!(
+        (&polled["app"], &polled["id"], &polled["image"]),
+        (&body["app"], &body["id"], &body["image"]),
+        "{polled}"
+    );
+    assert!(
+        matches!(polled["state"].as_str(), Some("pending" | "running")),
+        "{polled}"
+    );
     let (status, body) = post("web", &format!(r#"{{"image": "{v1}"}}"#));
     assert_eq!(status, 409, "{body}");
     assert!(
