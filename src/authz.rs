@@ -449,16 +449,12 @@ fn shares_a_team(a: &Identity, b: &Identity) -> bool {
     }
 }
 
-/// The decoded value of `key` in a query string.
+/// The decoded value of `key` in a query string (the first, as the handlers' `Query`
+/// extractor reads it).
 fn query_value(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == key).then(|| {
-            percent_encoding::percent_decode_str(v)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn identity_has(identity: &Identity, team: &str) -> bool {
@@ -714,7 +710,19 @@ async fn filtered(
 
 #[cfg(test)]
 mod tests {
-    use super::object_of;
+    use super::{object_of, query_value};
+
+    #[test]
+    fn query_values() {
+        assert_eq!(query_value("lease=ab12", "lease").as_deref(), Some("ab12"));
+        assert_eq!(
+            query_value("x=1&lease=a%2Fb&lease=c", "lease").as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(query_value("leases=1&lease", "lease").as_deref(), Some(""));
+        assert_eq!(query_value("x=1", "lease"), None);
+        assert_eq!(query_value("", "lease"), None);
+    }
 
     #[test]
     fn audit_objects() {
