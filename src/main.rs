@@ -101,7 +101,8 @@ enum Command {
         #[command(subcommand)]
         command: token_cmd::TokenCommand,
     },
-    /// The audit log of admin API writes (refused ones included).
+    /// The audit log of admin API writes and registry pushes and deletes (refused ones
+    /// included).
     Audit {
         #[command(flatten)]
         admin: AdminArgs,

@@ -17,7 +17,7 @@ pub enum TokenCommand {
         /// An admin token (everything, teams included).
         #[arg(long, conflicts_with = "teams")]
         admin_token: bool,
-        /// Expires after this (e.g. 30d); default never.
+        /// Expires after this, 1s to 3y (e.g. 30d, 12h, 90s); default never.
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         #[arg(long)]
@@ -144,13 +144,28 @@ pub fn audit(admin: &AdminArgs, since: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a query value keeps as it is: RFC 3986's unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(text, QUERY_VALUE).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::urlencode;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(urlencode("42"), "42");
+        assert_eq!(
+            urlencode("2026-12-03T14:02:11+01:00"),
+            "2026-12-03T14%3A02%3A11%2B01%3A00"
+        );
+        assert_eq!(urlencode("a b/é~_.-"), "a%20b%2F%C3%A9~_.-");
+    }
 }

@@ -130,9 +130,9 @@ async fn create(
         }
     }
     if let Some(ttl) = body.ttl
-        && (ttl < Duration::from_secs(60) || ttl > MAX_TTL)
+        && (ttl < Duration::from_secs(1) || ttl > MAX_TTL)
     {
-        return Err(invalid("ttl must be 1m to 3y".into()));
+        return Err(invalid("ttl must be 1s to 3y".into()));
     }
     let (id, token, hash) = access::token::mint();
     let now = SystemTime::now();

@@ -233,13 +233,18 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
         .audit_log
         .clone()
         .unwrap_or_else(|| settings.store.data_dir.join("audit.log"));
+    let audit = Arc::new(
+        access::audit::AuditLog::open(&audit_path)
+            .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
+    );
+    // One log for the admin API's writes and the registry's pushes and deletes.
+    if let Some(server) = &registry_server {
+        server.registry().set_audit_log(Arc::clone(&audit));
+    }
     let authz = crate::authz::Authz::new(
         Arc::clone(&policy),
         settings.admin.token.as_deref().map(Arc::from),
-        Some(Arc::new(
-            access::audit::AuditLog::open(&audit_path)
-                .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
-        )),
+        Some(audit),
         Arc::clone(&store),
         Arc::clone(&leases),
         agent.clone(),

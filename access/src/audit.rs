@@ -1,6 +1,6 @@
-//! The audit log: every write to the admin API (and every one refused), who made it
-//! (identity, token id, teams), what it did (method, path, object), the store revision
-//! before and after, and the result. Appended as JSON lines to a file (one `write` per
+//! The audit log: every write to the admin API and every push and delete to the registry
+//! (and every one refused), who made it (identity, token id, teams), what it did (method,
+//! path, object), the store revision before and after (admin API writes), and the result. Appended as JSON lines to a file (one `write` per
 //! record, so lines never interleave) and kept in memory, the newest [`KEPT`], for
 //! `GET /v1/audit?since=`. A log that cannot be written is warned about, and the write
 //! itself still answers: the audit never takes the API down.
@@ -25,7 +25,8 @@ pub struct AuditRecord {
     pub seq: u64,
     #[serde(with = "humantime_serde")]
     pub time: SystemTime,
-    /// The identity's label: `admin-token`, `token:<id>`, `user:<name>`, `anonymous`.
+    /// The identity's label: `admin-token`, `token:<id>`, `user:<name>`, `anonymous`;
+    /// the registry's also `invalid-credentials` and `unverified:<name>`.
     pub who: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -33,8 +34,10 @@ pub struct AuditRecord {
     pub teams: String,
     pub method: String,
     pub path: String,
-    /// What was written: `route web`, `instance web/web-1`, `app web`…
+    /// What was written: `route web`, `instance web/web-1`, `app web`…; in the registry
+    /// `manifest web/app:v1`, `manifest web/app@<digest>`, `blob web/app@<digest>`.
     pub object: String,
+    /// The store's revisions (0 for the registry, which has none).
     pub revision_before: u64,
     pub revision_after: u64,
     pub status: u16,

@@ -4,7 +4,12 @@
 //! `Bearer realm="<registry>/token",service="strait-registry",scope="repository:<name>:<actions>"`.
 //!
 //! Tokens are `base64url(claims).base64url(hmac-sha256)`, signed with a key generated at
-//! start: they are valid only on the process that issued them, for `token_ttl`.
+//! start: they are valid only on the process that issued them, for `token_ttl`. The claims
+//! name the user and their teams too, so a request made with a token is audited as its
+//! user's.
+//!
+//! Every answer says who asked ([`Requester`]): the registry's audit records and write
+//! metrics name them, refused requests included.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -68,10 +73,70 @@ enum Identity {
     Anonymous,
     /// A user of the htpasswd file or the LDAP directory, with their LDAP groups.
     User(String, BTreeSet<String>),
-    /// A bearer token with these grants.
-    Token(Vec<Grant>),
+    /// A bearer token.
+    Token(TokenClaims),
     /// Credentials that cannot be checked now (the LDAP directory is unreachable).
-    Unavailable(String),
+    Unavailable {
+        user: String,
+        message: String,
+    },
+}
+
+/// What a verified bearer token says.
+struct TokenClaims {
+    /// Whom it was issued to; `None` for an anonymous token.
+    user: Option<access::Identity>,
+    grants: Vec<Grant>,
+}
+
+/// Who made a request, for the audit log and the write metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    /// `user:<name>` (Basic auth, or a bearer token issued to the user), `anonymous` (no
+    /// credentials, or an anonymous token), `invalid-credentials`, or `unverified:<name>`
+    /// (the LDAP directory could not be asked).
+    pub who: String,
+    /// `admin`, the user's teams (comma-separated), `none` (a user of no team), or
+    /// `anonymous` (anyone not authenticated).
+    pub teams: String,
+}
+
+impl Requester {
+    pub fn anonymous() -> Requester {
+        Requester::unauthenticated("anonymous")
+    }
+
+    fn unauthenticated(who: impl Into<String>) -> Requester {
+        Requester {
+            who: who.into(),
+            teams: "anonymous".into(),
+        }
+    }
+
+    fn of(identity: &access::Identity) -> Requester {
+        let teams = identity.team_label();
+        Requester {
+            who: identity.label().to_owned(),
+            teams: if teams.is_empty() {
+                "none".into()
+            } else {
+                teams
+            },
+        }
+    }
+}
+
+/// A request refused: who made it, and the 401 or 403 to send.
+#[derive(Debug)]
+pub struct Refused {
+    pub requester: Requester,
+    pub error: ApiError,
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> ApiError {
+        refused.error
+    }
 }
 
 /// Teams and users beyond the htpasswd file: who may push where, and LDAP logins.
@@ -145,12 +210,24 @@ impl Auth {
         self
     }
 
-    /// Whether `user` may do `action` to repository `name` by the teams' rules; the
+    /// A directory user as the teams' rules see them: without teams, every user is the
+    /// admin (as before teams existed).
+    fn user_identity(&self, user: &str, groups: &BTreeSet<String>) -> access::Identity {
+        let policy = &self.teams.policy;
+        if policy.has_teams() {
+            policy.user_identity(user, groups)
+        } else {
+            access::Identity::Admin {
+                who: format!("user:{user}"),
+            }
+        }
+    }
+
+    /// Whether `identity` may do `action` to repository `name` by the teams' rules; the
     /// message names the owner when not.
-    fn team_allows(
+    fn identity_allows(
         &self,
-        user: &str,
-        groups: &BTreeSet<String>,
+        identity: &access::Identity,
         name: &str,
         action: Action,
     ) -> Result<(), String> {
@@ -158,51 +235,85 @@ impl Auth {
         if action == Action::Pull || !policy.has_teams() {
             return Ok(());
         }
-        let identity = policy.user_identity(user, groups);
-        policy
-            .may_write_repository(&identity, name)
-            .map_err(|d| d.0)
+        policy.may_write_repository(identity, name).map_err(|d| d.0)
     }
 
-    /// Checks the request's credentials against what `resource`/`action` needs; the error
-    /// is the 401 (with a challenge) or 403 to send.
+    /// Whether `user` may do `action` to repository `name` by the teams' rules.
+    fn team_allows(
+        &self,
+        user: &str,
+        groups: &BTreeSet<String>,
+        name: &str,
+        action: Action,
+    ) -> Result<(), String> {
+        self.identity_allows(&self.user_identity(user, groups), name, action)
+    }
+
+    /// Who `identity` is, for the audit log.
+    fn requester(&self, identity: Option<&Identity>) -> Requester {
+        match identity {
+            None => Requester::unauthenticated("invalid-credentials"),
+            Some(Identity::Anonymous) => Requester::anonymous(),
+            Some(Identity::User(user, groups)) => Requester::of(&self.user_identity(user, groups)),
+            Some(Identity::Token(claims)) => claims
+                .user
+                .as_ref()
+                .map_or_else(Requester::anonymous, Requester::of),
+            Some(Identity::Unavailable { user, .. }) => {
+                Requester::unauthenticated(format!("unverified:{user}"))
+            }
+        }
+    }
+
+    /// Checks the request's credentials against what `resource`/`action` needs: who asked,
+    /// or the 401 (with a challenge) or 403 to send.
     pub async fn authorize(
         &self,
         headers: &HeaderMap,
         resource: Resource<'_>,
         action: Action,
         secure: bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Requester, Refused> {
         let identity = self.identify(headers).await;
-        if let Some(Identity::Unavailable(message)) = &identity {
-            return Err(ApiError::new(ErrorCode::Unauthorized, message.clone())
-                .with_status(StatusCode::UNAUTHORIZED));
+        let requester = self.requester(identity.as_ref());
+        let refuse = |error: ApiError| Refused {
+            requester: requester.clone(),
+            error,
+        };
+        if let Some(Identity::Unavailable { message, .. }) = &identity {
+            return Err(refuse(
+                ApiError::new(ErrorCode::Unauthorized, message.clone())
+                    .with_status(StatusCode::UNAUTHORIZED),
+            ));
         }
         if let (Some(Identity::User(user, groups)), Resource::Repository(name)) =
             (&identity, resource)
             && let Err(message) = self.team_allows(user, groups, name, action)
         {
-            return Err(
-                ApiError::new(ErrorCode::Denied, message).with_status(StatusCode::FORBIDDEN)
-            );
+            return Err(refuse(
+                ApiError::new(ErrorCode::Denied, message).with_status(StatusCode::FORBIDDEN),
+            ));
         }
         let allowed = match (&identity, resource) {
             (Some(Identity::User(..)), _) => true,
-            (Some(Identity::Unavailable(_)), _) => false,
+            (Some(Identity::Unavailable { .. }), _) => false,
             (Some(Identity::Token(_)), Resource::Base) => true,
-            (Some(Identity::Token(grants)), Resource::Repository(name)) => grants.iter().any(|g| {
-                g.resource == format!("repository:{name}")
-                    && g.actions.iter().any(|a| a == action.as_str() || a == "*")
-            }),
-            (Some(Identity::Token(grants)), Resource::Catalog) => {
-                grants.iter().any(|g| g.resource == "registry:catalog")
+            (Some(Identity::Token(claims)), Resource::Repository(name)) => {
+                claims.grants.iter().any(|g| {
+                    g.resource == format!("repository:{name}")
+                        && g.actions.iter().any(|a| a == action.as_str() || a == "*")
+                })
             }
+            (Some(Identity::Token(claims)), Resource::Catalog) => claims
+                .grants
+                .iter()
+                .any(|g| g.resource == "registry:catalog"),
             (Some(Identity::Anonymous), Resource::Base) => false,
             (Some(Identity::Anonymous), _) => self.anonymous_pull && action == Action::Pull,
             (None, _) => false,
         };
         if allowed {
-            return Ok(());
+            return Ok(requester);
         }
         let scope = match resource {
             Resource::Repository(name) => match action {
@@ -218,19 +329,38 @@ impl Auth {
         if !scope.is_empty() {
             challenge.push_str(&format!(",scope=\"{scope}\""));
         }
-        let (code, message) = match identity {
-            Some(Identity::User(..) | Identity::Token(_) | Identity::Unavailable(_)) => (
+        let (code, message) = match &identity {
+            // A user's token without push (or delete) to another team's repository: the
+            // refusal names the owner, as a Basic-auth request's does.
+            Some(Identity::Token(TokenClaims {
+                user: Some(user), ..
+            })) => match resource {
+                Resource::Repository(name) => match self.identity_allows(user, name, action) {
+                    Err(message) => (ErrorCode::Denied, message),
+                    Ok(()) => (
+                        ErrorCode::Denied,
+                        "the credentials do not grant this access".into(),
+                    ),
+                },
+                _ => (
+                    ErrorCode::Denied,
+                    "the credentials do not grant this access".into(),
+                ),
+            },
+            Some(Identity::User(..) | Identity::Token(_) | Identity::Unavailable { .. }) => (
                 ErrorCode::Denied,
-                "the credentials do not grant this access",
+                "the credentials do not grant this access".into(),
             ),
-            None => (ErrorCode::Unauthorized, "invalid credentials"),
-            Some(Identity::Anonymous) => (ErrorCode::Unauthorized, "authentication required"),
+            None => (ErrorCode::Unauthorized, "invalid credentials".into()),
+            Some(Identity::Anonymous) => {
+                (ErrorCode::Unauthorized, "authentication required".into())
+            }
         };
         let mut error = ApiError::new(code, message).with_status(StatusCode::UNAUTHORIZED);
         if let Ok(value) = HeaderValue::from_str(&challenge) {
             error = error.with_header(header::WWW_AUTHENTICATE, value);
         }
-        Err(error)
+        Err(refuse(error))
     }
 
     fn realm(&self, headers: &HeaderMap, secure: bool) -> String {
@@ -258,7 +388,7 @@ impl Auth {
             match self.check_password(&user, &password).await {
                 Checked::User(groups) => Some(Identity::User(user, groups)),
                 Checked::Invalid => None,
-                Checked::Unavailable(message) => Some(Identity::Unavailable(message)),
+                Checked::Unavailable(message) => Some(Identity::Unavailable { user, message }),
             }
         } else if scheme.eq_ignore_ascii_case("bearer") {
             self.verify_token(credentials.trim()).map(Identity::Token)
@@ -349,25 +479,39 @@ impl Auth {
             let Some((name, actions)) = rest.rsplit_once(':') else {
                 continue;
             };
-            let granted: Vec<String> = actions
-                .split(',')
-                .filter(|action| match (&user, *action) {
+            let mut granted: Vec<String> = Vec::new();
+            for action in actions.split(',') {
+                let grant = match (&user, action) {
                     // A team's repositories only (pull is as configured).
-                    (Some((user, groups)), "push" | "delete" | "*") if kind == "repository" => {
-                        let wanted = if *action == "delete" {
+                    (Some((user, groups)), "push" | "delete") if kind == "repository" => {
+                        let wanted = if action == "delete" {
                             Action::Delete
                         } else {
                             Action::Push
                         };
-                        self.team_allows(user, groups, name, wanted).is_ok()
+                        self.team_allows(user, groups, name, wanted)
+                            .is_ok()
+                            .then_some(action)
                     }
-                    (Some(_), _) => true,
-                    (None, "pull") => self.anonymous_pull,
-                    (None, "*") => self.anonymous_pull && kind == "registry",
-                    (None, _) => false,
-                })
-                .map(str::to_owned)
-                .collect();
+                    // Everything, or what of it the user may: pull (a client asking for
+                    // `*` to delete then reaches the refusal that names the owner).
+                    (Some((user, groups)), "*") if kind == "repository" => {
+                        let all = self.team_allows(user, groups, name, Action::Push).is_ok()
+                            && self.team_allows(user, groups, name, Action::Delete).is_ok();
+                        Some(if all { "*" } else { "pull" })
+                    }
+                    (Some(_), _) => Some(action),
+                    (None, "pull") => self.anonymous_pull.then_some(action),
+                    (None, "*") if kind == "registry" => self.anonymous_pull.then_some(action),
+                    (None, "*") => self.anonymous_pull.then_some("pull"),
+                    (None, _) => None,
+                };
+                if let Some(grant) = grant
+                    && !granted.iter().any(|g| g == grant)
+                {
+                    granted.push(grant.to_owned());
+                }
+            }
             if !granted.is_empty() && matches!(kind, "repository" | "registry") {
                 grants.push(Grant {
                     resource: format!("{kind}:{name}"),
@@ -380,11 +524,22 @@ impl Auth {
             .unwrap_or_default()
             .as_secs()
             + self.token_ttl.as_secs();
-        let claims = serde_json::json!({
-            "sub": user.map(|(user, _)| user).unwrap_or_default(),
+        let mut claims = serde_json::json!({
+            "sub": user.as_ref().map(|(user, _)| user.as_str()).unwrap_or_default(),
             "exp": expires,
             "access": grants.iter().map(|g| serde_json::json!({"resource": g.resource, "actions": g.actions})).collect::<Vec<_>>(),
         });
+        // Whom the token acts for, as they were when it was issued (LDAP groups included).
+        match user
+            .as_ref()
+            .map(|(user, groups)| self.user_identity(user, groups))
+        {
+            Some(access::Identity::Admin { .. }) => claims["admin"] = true.into(),
+            Some(access::Identity::Teams { teams, .. }) => {
+                claims["teams"] = serde_json::json!(teams)
+            }
+            Some(access::Identity::Anonymous) | None => {}
+        }
         let token = self.sign(&claims.to_string());
         Ok(serde_json::json!({
             "token": token,
@@ -405,7 +560,7 @@ impl Auth {
         format!("{payload}.{signature}")
     }
 
-    fn verify_token(&self, token: &str) -> Option<Vec<Grant>> {
+    fn verify_token(&self, token: &str) -> Option<TokenClaims> {
         let (payload, signature) = token.split_once('.')?;
         let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
         let mut mac = self.mac();
@@ -433,7 +588,26 @@ impl Auth {
                 })
             })
             .collect();
-        Some(grants)
+        let sub = claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .unwrap_or_default();
+        let user = (!sub.is_empty()).then(|| {
+            let who = format!("user:{sub}");
+            if claims.get("admin").and_then(serde_json::Value::as_bool) == Some(true) {
+                access::Identity::Admin { who }
+            } else {
+                let teams = claims
+                    .get("teams")
+                    .and_then(serde_json::Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect();
+                access::Identity::Teams { who, teams }
+            }
+        });
+        Some(TokenClaims { user, grants })
     }
 }
 
@@ -531,8 +705,13 @@ mod tests {
             .authorize(&none, Resource::Repository("a"), Action::Push, false)
             .await
             .expect_err("push needs credentials");
-        assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
-        let challenge = denied.headers[0].1.to_str().expect("ascii").to_owned();
+        assert_eq!(denied.error.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(denied.requester, Requester::anonymous());
+        let challenge = denied.error.headers[0]
+            .1
+            .to_str()
+            .expect("ascii")
+            .to_owned();
         assert_eq!(
             challenge,
             "Bearer realm=\"http://localhost/token\",service=\"strait-registry\",scope=\"repository:a:pull,push\""
@@ -601,6 +780,174 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// `alice` in team web (which owns `web/*`), `api/*` team api's.
+    fn team_auth() -> Auth {
+        let teams = access::Teams::try_from(vec![
+            access::config::TeamConfig {
+                name: "web".into(),
+                members: vec!["alice".into()],
+                ldap_group: None,
+                owns: access::config::Owns {
+                    repositories: vec!["web/*".into()],
+                    ..Default::default()
+                },
+            },
+            access::config::TeamConfig {
+                name: "api".into(),
+                members: vec![],
+                ldap_group: None,
+                owns: access::config::Owns {
+                    repositories: vec!["api/*".into()],
+                    ..Default::default()
+                },
+            },
+        ])
+        .expect("teams");
+        let policy = access::Policy::new(&teams, &access::AuthConfig::default());
+        auth(true).with_teams(TeamAccess {
+            policy: Arc::new(policy),
+            ldap: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn requests_say_who_asked_and_a_token_carries_its_users_teams() {
+        let auth = team_auth();
+        let basic = with_auth(&format!("Basic {}", STANDARD.encode("alice:secret")));
+        let alice = Requester {
+            who: "user:alice".into(),
+            teams: "web".into(),
+        };
+        let requester = auth
+            .authorize(&basic, Resource::Repository("web/app"), Action::Push, false)
+            .await
+            .expect("alice pushes to web/*");
+        assert_eq!(requester, alice);
+        let refused = auth
+            .authorize(
+                &basic,
+                Resource::Repository("api/app"),
+                Action::Delete,
+                false,
+            )
+            .await
+            .expect_err("not to api/*");
+        assert_eq!(refused.requester, alice);
+        assert_eq!(refused.error.status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            refused.error.message,
+            "repository `api/app` belongs to team `api`; user:alice may not change it"
+        );
+
+        // A token issued to alice is audited as alice, and names the owner when it lacks
+        // push to another team's repository.
+        let token = auth
+            .issue_token(
+                &basic,
+                &[
+                    "repository:web/app:pull,push".to_owned(),
+                    "repository:api/app:pull,push".to_owned(),
+                ],
+            )
+            .await
+            .expect("token");
+        let bearer = with_auth(&format!(
+            "Bearer {}",
+            token["token"].as_str().expect("token")
+        ));
+        let requester = auth
+            .authorize(
+                &bearer,
+                Resource::Repository("web/app"),
+                Action::Push,
+                false,
+            )
+            .await
+            .expect("push granted");
+        assert_eq!(requester, alice);
+        let refused = auth
+            .authorize(
+                &bearer,
+                Resource::Repository("api/app"),
+                Action::Push,
+                false,
+            )
+            .await
+            .expect_err("push not granted");
+        assert_eq!(refused.requester, alice);
+        assert_eq!(refused.error.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            refused.error.message.contains("belongs to team `api`"),
+            "{}",
+            refused.error.message
+        );
+        assert!(
+            auth.authorize(
+                &bearer,
+                Resource::Repository("api/app"),
+                Action::Pull,
+                false
+            )
+            .await
+            .is_ok()
+        );
+        // `*` grants what of it the user may.
+        let token = auth
+            .issue_token(
+                &basic,
+                &[
+                    "repository:web/app:*".to_owned(),
+                    "repository:api/app:*".to_owned(),
+                ],
+            )
+            .await
+            .expect("token");
+        let claims = token["token"]
+            .as_str()
+            .and_then(|t| t.split_once('.'))
+            .and_then(|(payload, _)| URL_SAFE_NO_PAD.decode(payload).ok())
+            .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok())
+            .expect("claims");
+        assert_eq!(
+            claims["access"],
+            serde_json::json!([
+                {"resource": "repository:web/app", "actions": ["*"]},
+                {"resource": "repository:api/app", "actions": ["pull"]},
+            ])
+        );
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["teams"], serde_json::json!(["web"]));
+
+        // Wrong or no credentials.
+        let wrong = with_auth(&format!("Basic {}", STANDARD.encode("alice:nope")));
+        let refused = auth
+            .authorize(&wrong, Resource::Repository("web/app"), Action::Push, false)
+            .await
+            .expect_err("wrong password");
+        assert_eq!(refused.requester.who, "invalid-credentials");
+        let anonymous = auth
+            .issue_token(
+                &HeaderMap::new(),
+                &["repository:web/app:pull,push".to_owned()],
+            )
+            .await
+            .expect("anonymous token");
+        let bearer = with_auth(&format!(
+            "Bearer {}",
+            anonymous["token"].as_str().expect("token")
+        ));
+        let refused = auth
+            .authorize(
+                &bearer,
+                Resource::Repository("web/app"),
+                Action::Push,
+                false,
+            )
+            .await
+            .expect_err("anonymous push");
+        assert_eq!(refused.requester, Requester::anonymous());
     }
 
     #[test]

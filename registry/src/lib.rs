@@ -4,7 +4,7 @@
 //! - `storage`: the `Storage` trait and its filesystem backend.
 //! - `manifest`: the manifest kinds accepted and what they reference.
 //! - `names`: validation of names, tags, digests (nothing escapes the storage root).
-//! - `auth`: htpasswd (bcrypt) users, Basic auth and the bearer-token flow.
+//! - `auth`: htpasswd (bcrypt) users, Basic auth and the bearer-token flow; who asked.
 //! - `gc`: mark-and-sweep, safe while serving.
 //! - `http`: the listener (HTTP/1.1, h2, TLS), with head deadlines and limits.
 

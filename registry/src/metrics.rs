@@ -14,6 +14,11 @@ pub struct Metrics {
     pub uploads_in_progress: IntGauge,
     pub storage_bytes: IntGauge,
     pub blobs: IntGauge,
+    /// Pushes and deletes (audited ones: a completed upload, a manifest put, a delete;
+    /// every refused request) by team and result.
+    pub writes: IntCounterVec,
+    /// Pushes and deletes refused, by team: alert on its rate.
+    pub denied_writes: IntCounterVec,
 }
 
 impl Metrics {
@@ -63,6 +68,20 @@ impl Metrics {
                 "Bytes of blobs in storage (rescanned periodically)",
             )?,
             blobs: IntGauge::new("strait_registry_blobs", "Blobs in storage")?,
+            writes: IntCounterVec::new(
+                Opts::new(
+                    "strait_registry_writes_total",
+                    "Registry pushes and deletes by team (or admin, anonymous) and result: ok, denied, error",
+                ),
+                &["team", "result"],
+            )?,
+            denied_writes: IntCounterVec::new(
+                Opts::new(
+                    "strait_registry_denied_writes_total",
+                    "Registry pushes and deletes refused (401 or 403), by team",
+                ),
+                &["team"],
+            )?,
         };
         registry.register(Box::new(metrics.requests.clone()))?;
         registry.register(Box::new(metrics.request_duration.clone()))?;
@@ -72,6 +91,8 @@ impl Metrics {
         registry.register(Box::new(metrics.uploads_in_progress.clone()))?;
         registry.register(Box::new(metrics.storage_bytes.clone()))?;
         registry.register(Box::new(metrics.blobs.clone()))?;
+        registry.register(Box::new(metrics.writes.clone()))?;
+        registry.register(Box::new(metrics.denied_writes.clone()))?;
         Ok(metrics)
     }
 }

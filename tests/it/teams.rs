@@ -104,9 +104,107 @@ fn skopeo_push(src: &str, registry: SocketAddr, repo: &str, creds: Option<&str>)
 }
 
 fn audit(strait: &Strait) -> Vec<Value> {
-    let (status, body) = http(strait, "GET", "/v1/audit", None, Some(ADMIN_TOKEN));
+    audit_query(strait, "")
+}
+
+/// `GET /v1/audit<query>` as the admin.
+fn audit_query(strait: &Strait, query: &str) -> Vec<Value> {
+    let (status, body) = http(
+        strait,
+        "GET",
+        &format!("/v1/audit{query}"),
+        None,
+        Some(ADMIN_TOKEN),
+    );
     assert_eq!(status, 200, "{body}");
     body["records"].as_array().cloned().unwrap_or_default()
+}
+
+fn skopeo_delete(registry: SocketAddr, image: &str, creds: &str) -> (bool, String) {
+    let output = Command::new("skopeo")
+        .args(["delete", "--tls-verify=false", "--creds", creds])
+        .arg(format!("docker://{registry}/{image}"))
+        .output()
+        .expect("skopeo");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A Distribution API request with Basic auth: (status, body).
+fn registry_request(
+    registry: SocketAddr,
+    method: &str,
+    path: &str,
+    creds: Option<&str>,
+) -> (u16, String) {
+    use base64::Engine as _;
+    let url = format!("http://{registry}{path}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let request = match method {
+        "DELETE" => agent.delete(&url),
+        "HEAD" => agent.head(&url),
+        _ => agent.get(&url),
+    };
+    let request = match creds {
+        Some(creds) => request.header(
+            "authorization",
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(creds)
+            ),
+        ),
+        None => request,
+    };
+    let mut response = request
+        .call()
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    (
+        response.status().as_u16(),
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+/// The value of the sample of `name` with all of `labels` in a Prometheus text page.
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The records matching every `(field, value)`; a value ending in `*` is a prefix.
+fn matching<'a>(records: &'a [Value], fields: &[(&str, &str)]) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|r| {
+            fields.iter().all(|(k, v)| {
+                let actual = match &r[*k] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                match v.strip_suffix('*') {
+                    Some(prefix) => actual.starts_with(prefix),
+                    None => actual == *v,
+                }
+            })
+        })
+        .collect()
 }
 
 #[test]
@@ -317,6 +415,27 @@ fn teams_change_only_what_they_own_and_every_attempt_is_audited() {
         metrics.contains("strait_admin_denied_writes_total{team=\"api\"} 10"),
         "{metrics}"
     );
+    // Writes by team and result: web's route, instance, lease and renewal, and its refused
+    // deployment; api's own route and its ten refusals; the admin's unknown team.
+    for (team, result, count) in [
+        ("web", "ok", 4.0),
+        ("web", "denied", 1.0),
+        ("api", "ok", 1.0),
+        ("api", "denied", 10.0),
+        ("admin", "error", 1.0),
+    ] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "strait_admin_writes_total",
+                &[("team", team), ("result", result)]
+            ),
+            Some(count),
+            "strait_admin_writes_total{{team={team},result={result}}}: {metrics}"
+        );
+        let records = matching(&records, &[("teams", team), ("result", result)]);
+        assert_eq!(records.len() as f64, count, "{records:#?}");
+    }
     let lines = std::fs::read_to_string(&audit_log).unwrap_or_default();
     assert!(
         lines.lines().count() >= records.len(),
@@ -361,6 +480,12 @@ fn teams_change_only_what_they_own_and_every_attempt_is_audited() {
     );
 
     // The registry: pushes only to the team's repositories; anonymous pull stays.
+    let before_registry = audit(&strait)
+        .last()
+        .and_then(|r| r["seq"].as_u64())
+        .expect("records");
+    // A second between the two parts, so `since=<time>` below tells them apart.
+    std::thread::sleep(Duration::from_millis(1100));
     let registry = strait.registry.expect("registry");
     let source = tmp.path().join("image");
     make_image(&source, "v1", "amd64", &[("f", b"team image".to_vec())]);
@@ -385,6 +510,383 @@ fn teams_change_only_what_they_own_and_every_attempt_is_audited() {
         .output()
         .expect("skopeo");
     assert!(inspect.status.success(), "anonymous pull");
+
+    // Deletes: only from the team's repositories (skopeo's token flow, and Basic auth).
+    let (ok, err) = skopeo_delete(registry, "web/app:v1", "alice:alice-pass");
+    assert!(ok, "alice deletes from web's repository: {err}");
+    let (ok, err) = skopeo_delete(registry, "api/app:v1", "alice:alice-pass");
+    assert!(!ok, "alice deleted from api's repository");
+    assert!(err.contains("denied") || err.contains("DENIED"), "{err}");
+    let (status, body) = registry_request(
+        registry,
+        "DELETE",
+        "/v2/api/app/manifests/v1",
+        Some("alice:alice-pass"),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("DENIED"), "{body}");
+    assert!(
+        body.contains("repository `api/app` belongs to team `api`; user:alice may not change it"),
+        "{body}"
+    );
+    let (status, body) = registry_request(
+        registry,
+        "DELETE",
+        "/v2/api/app/manifests/v1",
+        Some("bob:bob-pass"),
+    );
+    assert_eq!(status, 202, "bob deletes api's tag: {body}");
+    let (status, _) = registry_request(registry, "HEAD", "/v2/api/app/manifests/v1", None);
+    assert_eq!(status, 404, "the tag is gone");
+
+    // Every push and delete is in the same audit log, refused ones with who and why: one
+    // record per completed upload, manifest and delete, none per chunk nor per read.
+    let records = audit_query(&strait, &format!("?since={before_registry}"));
+    assert!(
+        records.iter().all(
+            |r| r["path"].as_str().is_some_and(|p| p.starts_with("/v2/"))
+                && r["seq"].as_u64() > Some(before_registry)
+        ),
+        "{records:#?}"
+    );
+    for method in ["GET", "HEAD", "PATCH"] {
+        assert!(
+            matching(&records, &[("method", method)]).is_empty(),
+            "{records:#?}"
+        );
+    }
+    let pushed = matching(
+        &records,
+        &[
+            ("who", "user:alice"),
+            ("teams", "web"),
+            ("method", "PUT"),
+            ("object", "manifest web/app:v1"),
+            ("status", "201"),
+            ("result", "ok"),
+            ("message", "digest sha256:*"),
+        ],
+    );
+    assert_eq!(pushed.len(), 1, "alice's push: {records:#?}");
+    assert!(pushed[0]["token"].is_null(), "{}", pushed[0]);
+    let blobs = matching(
+        &records,
+        &[
+            ("who", "user:alice"),
+            ("object", "blob web/app@sha256:*"),
+            ("result", "ok"),
+        ],
+    );
+    assert_eq!(blobs.len(), 2, "a layer and a config: {records:#?}");
+    let refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["who"] == "user:alice"
+                && r["teams"] == "web"
+                && r["method"] != "DELETE"
+                && r["result"] == "denied"
+                && r["status"] == 401
+                && r["object"].as_str().is_some_and(|o| o.contains(" api/app"))
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("repository `api/app` belongs to team `api`"))
+        })
+        .collect();
+    assert!(!refused.is_empty(), "alice's refused push: {records:#?}");
+    let anonymous: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["who"] == "anonymous"
+                && r["teams"] == "anonymous"
+                && r["result"] == "denied"
+                && r["status"] == 401
+                && r["object"]
+                    .as_str()
+                    .is_some_and(|o| o.contains(" web/other"))
+        })
+        .collect();
+    assert!(!anonymous.is_empty(), "the anonymous push: {records:#?}");
+    assert_eq!(
+        matching(
+            &records,
+            &[
+                ("who", "user:bob"),
+                ("teams", "api"),
+                ("method", "PUT"),
+                ("object", "manifest api/app:v1"),
+                ("result", "ok"),
+            ],
+        )
+        .len(),
+        1,
+        "{records:#?}"
+    );
+    assert_eq!(
+        matching(
+            &records,
+            &[
+                ("who", "user:carol"),
+                ("teams", "admin"),
+                ("object", "manifest api/by-admin:v1"),
+                ("result", "ok"),
+            ],
+        )
+        .len(),
+        1,
+        "{records:#?}"
+    );
+    let deleted = matching(
+        &records,
+        &[
+            ("who", "user:alice"),
+            ("method", "DELETE"),
+            ("object", "manifest web/app@sha256:*"),
+            ("status", "202"),
+            ("result", "ok"),
+        ],
+    );
+    assert_eq!(deleted.len(), 1, "alice's delete: {records:#?}");
+    let delete_refused: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["who"] == "user:alice"
+                && r["method"] == "DELETE"
+                && r["result"] == "denied"
+                && r["object"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("manifest api/app"))
+        })
+        .collect();
+    assert!(
+        delete_refused.iter().any(|r| r["status"] == 403
+            && r["object"] == "manifest api/app:v1"
+            && r["message"]
+                == "repository `api/app` belongs to team `api`; user:alice may not change it"),
+        "{records:#?}"
+    );
+    assert!(
+        delete_refused.iter().any(|r| r["status"] == 401),
+        "skopeo's refused delete: {records:#?}"
+    );
+    assert_eq!(
+        matching(
+            &records,
+            &[
+                ("who", "user:bob"),
+                ("method", "DELETE"),
+                ("object", "manifest api/app:v1"),
+                ("status", "202"),
+                ("result", "ok"),
+            ],
+        )
+        .len(),
+        1,
+        "{records:#?}"
+    );
+
+    // `since` as an RFC 3339 time: the same records (the admin API's are a second older).
+    let first_time = records[0]["time"].as_str().expect("time");
+    let by_time = audit_query(&strait, &format!("?since={first_time}"));
+    let seqs = |records: &[Value]| -> Vec<u64> {
+        records.iter().filter_map(|r| r["seq"].as_u64()).collect()
+    };
+    assert_eq!(seqs(&by_time), seqs(&records));
+    let (status, body) = http(
+        &strait,
+        "GET",
+        "/v1/audit?since=yesterday",
+        None,
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    // The JSON lines file has them too.
+    let lines = std::fs::read_to_string(&audit_log).unwrap_or_default();
+    let registry_lines: Vec<Value> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/v2/")))
+        .collect();
+    assert_eq!(registry_lines, records);
+
+    // `strait audit --since`, by sequence number and by time.
+    let admin = format!("http://{}", strait.admin);
+    for since in [before_registry.to_string(), first_time.to_string()] {
+        let (ok, out, err) = cli(&[
+            "audit",
+            "--since",
+            &since,
+            "--admin",
+            &admin,
+            "--token",
+            ADMIN_TOKEN,
+        ]);
+        assert!(ok, "{out}{err}");
+        assert_eq!(out.lines().count(), records.len(), "{out}");
+        assert!(
+            out.lines().any(|l| l.contains("user:alice")
+                && l.contains(" PUT ")
+                && l.contains("manifest web/app:v1")
+                && l.contains(" 201 ok")),
+            "{out}"
+        );
+        assert!(
+            out.lines().any(|l| l.contains("user:alice")
+                && l.contains(" DELETE ")
+                && l.contains(" 403 denied: repository `api/app` belongs to team `api`")),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.contains("anonymous") && l.contains(" 401 denied: ")),
+            "{out}"
+        );
+    }
+
+    // Registry writes by team and result, and refusals by team, as the records say.
+    let (_, metrics) = crate::harness::http_text(&strait.url("/metrics"), Some(ADMIN_TOKEN));
+    for team in ["web", "api", "admin", "anonymous"] {
+        for result in ["ok", "denied", "error"] {
+            let count = matching(&records, &[("teams", team), ("result", result)]).len();
+            let metric = sample(
+                &metrics,
+                "strait_registry_writes_total",
+                &[("team", team), ("result", result)],
+            );
+            assert_eq!(
+                metric.unwrap_or(0.0),
+                count as f64,
+                "strait_registry_writes_total{{team={team},result={result}}}: {metrics}"
+            );
+        }
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "strait_registry_denied_writes_total",
+            &[("team", "web")]
+        ),
+        Some((refused.len() + delete_refused.len()) as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "strait_registry_denied_writes_total",
+            &[("team", "anonymous")]
+        ),
+        Some(anonymous.len() as f64),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn tokens_are_listed_revoked_and_expire_from_the_cli() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let htpasswd = htpasswd(tmp.path());
+    let strait = Strait::builder().config(&config(&htpasswd, "")).start();
+    let admin = format!("http://{}", strait.admin);
+    let strait_cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--admin", &admin, "--token", ADMIN_TOKEN]);
+        cli(&all)
+    };
+
+    // A token that lives a few seconds; the API takes 1s to 3y.
+    let (ok, out, err) = strait_cli(&[
+        "token",
+        "create",
+        "--team",
+        "web",
+        "--ttl",
+        "3s",
+        "--description",
+        "short-lived",
+    ]);
+    assert!(ok, "{out}{err}");
+    let short = out.trim().to_string();
+    let short_id = short
+        .split('_')
+        .nth(1)
+        .expect("strait_<id>_<secret>")
+        .to_string();
+    assert!(err.contains(", expires 20"), "{err}");
+    let made = std::time::Instant::now();
+    let (ok, out, err) = strait_cli(&["token", "create", "--team", "web", "--ttl", "500ms"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("ttl must be 1s to 3y"), "{err}");
+    let (long_id, long) = make_token(&strait, "api");
+    let (status, body) = http(&strait, "GET", "/v1/routes", None, Some(&short));
+    assert_eq!(status, 200, "not expired yet: {body}");
+
+    // `strait token ls`: ids, teams, expiry, description; never a secret.
+    let (ok, out, err) = strait_cli(&["token", "ls"]);
+    assert!(ok, "{out}{err}");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["ID", "FOR", "CREATED", "EXPIRES", "DESCRIPTION"],
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let row = |id: &str| -> Vec<&str> {
+        rows.iter()
+            .find(|r| r.first() == Some(&id))
+            .cloned()
+            .unwrap_or_else(|| panic!("token {id} is not listed: {out}"))
+    };
+    let short_row = row(&short_id);
+    assert_eq!(short_row[1], "web", "{out}");
+    assert!(
+        short_row[3].starts_with("20") && short_row[3].ends_with('Z'),
+        "{out}"
+    );
+    assert_eq!(short_row.get(4), Some(&"short-lived"), "{out}");
+    let long_row = row(&long_id);
+    assert_eq!(long_row[1], "api", "{out}");
+    assert_eq!(long_row[3], "never", "{out}");
+    assert!(
+        !out.contains(&short[22..]) && !out.contains(&long[22..]),
+        "{out}"
+    );
+
+    // Past its ttl: 401 saying so.
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(made.elapsed()) + Duration::from_millis(1100),
+    );
+    let (status, body) = http(&strait, "GET", "/v1/routes", None, Some(&short));
+    assert_eq!(status, 401, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("token {short_id} expired at 20")),
+        "{body}"
+    );
+    let (ok, out, err) = cli(&["svc", "ls", "--admin", &admin, "--token", &short]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("expired at"), "the CLI says why: {err}");
+
+    // `strait token revoke`: gone from the list, and refused.
+    let (ok, out, err) = strait_cli(&["token", "revoke", &long_id]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), format!("token {long_id} revoked"));
+    let (status, body) = http(&strait, "GET", "/v1/routes", None, Some(&long));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["message"], "unknown or revoked token", "{body}");
+    let (ok, out, _) = strait_cli(&["token", "ls"]);
+    assert!(ok);
+    assert!(!out.contains(&long_id) && out.contains(&short_id), "{out}");
+    let (ok, _, err) = strait_cli(&["token", "revoke", &long_id]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("token `{long_id}` not found")),
+        "{err}"
+    );
 }
 
 #[test]
