@@ -28,7 +28,10 @@
 //! which time the successor (a binary upgrade) has long been accepting.
 
 mod limits;
+mod parking;
 
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,16 +39,20 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{ALPN, Stream};
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{ALPN, GetSocketDigest, SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use self::limits::Admitted;
 pub use self::limits::{ConnLimits, ListenerSpec};
+pub use self::parking::Parking;
+use self::parking::{Lot, Parked};
 use crate::heads::{ClientInfo, write_local_response};
 use crate::io::h2_watch::H2Watched;
 use crate::io::prefixed::Prefixed;
-use crate::metrics::RouterMetrics;
+use crate::metrics::{GaugeGuard, RouterMetrics};
 use crate::paths::pump::{ConnBuffers, Plan, Pump};
 use crate::paths::pump_h2::H2App;
 use crate::wire::request::reject;
@@ -144,6 +151,14 @@ impl Drain {
     }
 }
 
+/// What an HTTP/1 connection holds for its whole life, parked or not: its admission
+/// under the connection limits, its client, and its place in the open-connections gauge.
+struct Http1<'a> {
+    admitted: Admitted<'a>,
+    client_ip: Option<IpAddr>,
+    counted: GaugeGuard,
+}
+
 /// How an active stretch of an HTTP/1 connection ended.
 enum Active {
     /// No request for `IDLE_RELEASE` (or draining): buffers released; the connection
@@ -195,6 +210,8 @@ pub struct Front<A> {
     pub connections: ConnLimits,
     /// While draining, how long an idle connection waits for one more request.
     pub drain_keepalive: Duration,
+    /// The parked (idle, taskless) connections.
+    pub parking: Parking,
 }
 
 #[async_trait]
@@ -221,7 +238,6 @@ where
     A: HttpServerApp + Send + Sync + 'static,
 {
     async fn connection(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
-        let shutdown = &shutdown;
         let digest = stream.get_socket_digest();
         let local = digest
             .as_ref()
@@ -233,24 +249,59 @@ where
         let Some(admitted) = self.connections.admit(local, client_ip) else {
             return;
         };
-        let _connection = self.metrics.connection();
+        let counted = self.metrics.connection();
         // TLS with ALPN h2: straight to pingora's HTTP/2 server.
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let watched = H2Watched::new(stream, Arc::clone(&self.metrics.h2));
-            self.h2.process_new(Box::new(watched), shutdown).await;
+            self.h2.process_new(Box::new(watched), &shutdown).await;
             return;
         }
+        let idle_until = Instant::now() + admitted.idle_timeout();
+        let connection = Http1 {
+            admitted,
+            client_ip,
+            counted,
+        };
+        self.http1(stream, connection, idle_until, &shutdown).await;
+    }
+
+    /// A parked connection taken up again: a request (or the client's close) is there.
+    async fn resume(self: Arc<Self>, parked: Parked, shutdown: ShutdownWatch) {
+        let admitted = self.connections.readmit(parked.admission);
+        let socket = std::net::TcpStream::from(parked.socket);
+        let Ok(socket) = tokio::net::TcpStream::from_std(socket) else {
+            return;
+        };
+        let mut stream = L4Stream::from(socket);
+        stream.set_socket_digest(SocketDigest::from_raw_fd(stream.as_raw_fd()));
+        let connection = Http1 {
+            admitted,
+            client_ip: parked.client_ip,
+            counted: parked.counted,
+        };
+        self.http1(Box::new(stream), connection, parked.until, &shutdown)
+            .await;
+    }
+
+    /// An HTTP/1 connection (or an h2c one, found out from its preface), from a wait for
+    /// its next request's first byte until it closes or is parked.
+    async fn http1(
+        self: &Arc<Self>,
+        stream: Stream,
+        mut connection: Http1<'_>,
+        mut idle_until: Instant,
+        shutdown: &ShutdownWatch,
+    ) {
         let tls = stream.get_ssl_digest().is_some();
         let check_h2c = self.h2c && !tls;
-        let client = ClientInfo::new(client_ip, tls);
-        let idle_timeout = admitted.idle_timeout();
+        let client = ClientInfo::new(connection.client_ip, tls);
+        let idle_timeout = connection.admitted.idle_timeout();
         let mut drain = Drain {
             watch: shutdown.clone(),
             deadline: None,
             keepalive: self.drain_keepalive,
         };
         let mut stream = stream;
-        let mut idle_until = Instant::now() + idle_timeout;
         loop {
             let Some(first) = wait_first_byte(&mut stream, &mut drain, idle_until).await else {
                 return;
@@ -268,8 +319,16 @@ where
             ));
             match active.await {
                 Active::Idle(idle, until) => {
-                    stream = idle;
-                    idle_until = until;
+                    let until = drain.deadline.map_or(until, |d| d.min(until));
+                    match self.park(idle, connection, until, shutdown) {
+                        // Parked: this task ends; a request or the deadline decides next.
+                        Ok(()) => return,
+                        Err((idle, kept)) => {
+                            stream = idle;
+                            connection = kept;
+                            idle_until = until;
+                        }
+                    }
                 }
                 Active::H2c(prefixed) => {
                     let watched = H2Watched::new(prefixed, Arc::clone(&self.metrics.h2));
@@ -277,6 +336,113 @@ where
                     return;
                 }
                 Active::Closed => return,
+            }
+        }
+    }
+
+    /// Parks an idle plain-TCP connection in the lot (started, with its thread, by the
+    /// first). What cannot be parked (TLS; no lot on this host; no descriptor to spare)
+    /// is handed back, to wait in its task.
+    #[allow(clippy::result_large_err)]
+    fn park<'a>(
+        self: &'a Arc<Self>,
+        stream: Stream,
+        connection: Http1<'a>,
+        until: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Result<(), (Stream, Http1<'a>)> {
+        let Some(fd) = stream
+            .as_any()
+            .downcast_ref::<L4Stream>()
+            .map(AsRawFd::as_raw_fd)
+        else {
+            return Err((stream, connection));
+        };
+        let Some(lot) = self.parking.lot.get_or_init(|| self.open_lot(shutdown)) else {
+            return Err((stream, connection));
+        };
+        let Ok(socket) = lot.duplicate(fd) else {
+            return Err((stream, connection));
+        };
+        // The stream and its tokio registration go; the duplicate keeps the socket open.
+        drop(stream);
+        let parked = Parked {
+            socket,
+            until,
+            client_ip: connection.client_ip,
+            admission: connection.admitted.into_token(),
+            counted: connection.counted,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        if let Err(refused) = lot.park(parked) {
+            // Idle, and the epoll set would not take it: closed, as an idle timeout would.
+            self.close_parked(*refused);
+        }
+        Ok(())
+    }
+
+    /// The lot and its thread; `None` (and a warning) where this host allows no parking.
+    fn open_lot(self: &Arc<Self>, shutdown: &ShutdownWatch) -> Option<Arc<Lot>> {
+        let lot = match Lot::new() {
+            Ok(lot) => Arc::new(lot),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "idle connections cannot be parked here (epoll, pidfd_getfd): each keeps its task"
+                );
+                return None;
+            }
+        };
+        let front = Arc::clone(self);
+        let watched = Arc::clone(&lot);
+        let shutdown = shutdown.clone();
+        let started = std::thread::Builder::new()
+            .name("strait-parking".into())
+            .spawn(move || front.tend(&watched, &shutdown));
+        match started {
+            Ok(_) => Some(lot),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the parked connections' thread");
+                None
+            }
+        }
+    }
+
+    fn close_parked(&self, parked: Parked) {
+        drop(self.connections.readmit(parked.admission));
+        drop(parked.socket);
+        drop(parked.counted);
+    }
+
+    /// The lot's thread: hands each connection whose request has come to a task on its
+    /// runtime, closes those whose time is up, and shortens every wait when the drain
+    /// begins. Runs for the life of the process.
+    fn tend(self: Arc<Self>, lot: &Lot, shutdown: &ShutdownWatch) {
+        let mut moved = Vec::new();
+        let mut draining = false;
+        let mut next_sweep = Instant::now() + parking::SWEEP;
+        loop {
+            if let Err(e) = lot.wait_ready(parking::SWEEP, &mut moved) {
+                tracing::warn!(error = %e, "waiting on parked connections failed");
+                std::thread::sleep(parking::SWEEP);
+            }
+            for parked in moved.drain(..) {
+                let runtime = parked.runtime.clone();
+                // A runtime already shut down drops the task, and the connection with it.
+                runtime.spawn(Arc::clone(&self).resume(parked, shutdown.clone()));
+            }
+            let now = Instant::now();
+            if !draining && *shutdown.borrow() {
+                draining = true;
+                lot.drain(now + self.drain_keepalive);
+            }
+            if now >= next_sweep {
+                next_sweep = now + parking::SWEEP;
+                lot.take_expired(now, &mut moved);
+                for parked in moved.drain(..) {
+                    self.close_parked(parked);
+                }
+                self.metrics.parked_connections.set(lot.len() as i64);
             }
         }
     }

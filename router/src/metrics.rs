@@ -22,6 +22,8 @@ pub struct RouterMetrics {
     pub ejections: IntCounterVec,
     pub active_requests: IntGauge,
     pub active_connections: IntGauge,
+    /// Of those, the idle HTTP/1 connections parked without a task (front/parking.rs).
+    pub parked_connections: IntGauge,
     /// Open TCP-route connections (layer 4), which a drain waits for too.
     pub tcp_connections: IntGauge,
     pub rejected: IntCounterVec,
@@ -144,6 +146,10 @@ impl RouterMetrics {
                 "strait_router_active_connections",
                 "Open downstream HTTP/1 connections",
             )?,
+            parked_connections: IntGauge::new(
+                "strait_router_parked_connections",
+                "Idle downstream HTTP/1 connections parked without a task (counted in active_connections too)",
+            )?,
             tcp_connections: IntGauge::new(
                 "strait_router_tcp_connections",
                 "Open TCP-route connections",
@@ -236,6 +242,7 @@ impl RouterMetrics {
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.active_requests.clone()))?;
         registry.register(Box::new(m.active_connections.clone()))?;
+        registry.register(Box::new(m.parked_connections.clone()))?;
         registry.register(Box::new(m.tcp_connections.clone()))?;
         registry.register(Box::new(m.rejected.clone()))?;
         registry.register(Box::new(m.table_revision.clone()))?;

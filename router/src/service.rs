@@ -22,7 +22,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::config::RouterConfig;
-use crate::front::{ConnLimits, Front, ListenerSpec};
+use crate::front::{ConnLimits, Front, ListenerSpec, Parking};
 use crate::metrics::RouterMetrics;
 use crate::paths::pingora_proxy::PingoraProxy;
 use crate::paths::pump::Pump;
@@ -377,6 +377,7 @@ impl Router {
                 &self.metrics,
             ),
             drain_keepalive: self.config.drain_keepalive.min(self.config.drain_timeout),
+            parking: Parking::default(),
         };
         let mut service = Service::new("strait-http".to_string(), front);
         // No L4 buffers: the front door reads into its own buffer (released when the

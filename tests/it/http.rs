@@ -241,6 +241,12 @@ impl Client {
         self.request("GET", host, path, &[], b"")
     }
 
+    /// The local address of the connection it holds, if any (to tell a reused
+    /// connection from a new one).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.conn.as_ref()?.get_ref().local_addr().ok()
+    }
+
     pub fn request(
         &mut self,
         method: &str,

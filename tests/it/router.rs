@@ -395,6 +395,74 @@ fn posts_and_routes_without_a_policy_are_not_retried(client: &mut Client, tries:
     assert!(plain.contains(&502), "no retry policy, no retry: {plain:?}");
 }
 
+/// The listener's idle timeout closes a keep-alive connection that sends nothing, also
+/// once it is parked without a task (after a second idle): cleanly (end of stream), a
+/// little after the timeout (the parked connections are looked at every 250 ms), not
+/// before; the open-connections gauge counts it until then.
+#[test]
+fn idle_timeout_closes_parked_keep_alive_connections() {
+    use std::io::{Read, Write};
+    let strait = Strait::builder()
+        .config("[router]\nidle_timeout = \"2500ms\"\n")
+        .start();
+    let backend = Backend::start("web");
+    strait.put("/v1/services/web/instances/w1", &backend.instance());
+    route(
+        &strait,
+        "web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the route",
+        || match Client::new(strait.http).get("web.example.com", "/") {
+            Ok(r) if r.status == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let mut stream = std::net::TcpStream::connect(strait.http).expect("connect");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
+        .expect("request");
+    let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+    let (response, keep) = crate::http::read_response(&mut reader).expect("response");
+    assert!(response.status == 200 && keep);
+    let answered = Instant::now();
+    eventually(Duration::from_secs(5), "the connection parked", || {
+        let parked = strait
+            .metric("strait_router_parked_connections")
+            .unwrap_or(0.0);
+        (parked >= 1.0)
+            .then_some(())
+            .ok_or(format!("{parked} parked"))
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let read = stream.read(&mut byte);
+    let after = answered.elapsed();
+    assert!(
+        matches!(read, Ok(0)),
+        "ended with {read:?}, not a clean close"
+    );
+    assert!(
+        after >= Duration::from_millis(2400) && after < Duration::from_millis(3500),
+        "closed after {after:?} (idle timeout 2.5 s)"
+    );
+    eventually(Duration::from_secs(5), "the gauges back to 0", || {
+        let parked = strait
+            .metric("strait_router_parked_connections")
+            .unwrap_or(f64::MAX);
+        let open = strait
+            .metric("strait_router_active_connections")
+            .unwrap_or(f64::MAX);
+        (parked == 0.0 && open == 0.0)
+            .then_some(())
+            .ok_or(format!("{parked} parked, {open} open"))
+    });
+}
+
 /// A route's `timeouts.idle` bounds each wait for response body bytes: an instance that
 /// sends a head and part of a body and then stalls is cut off after it, not after the
 /// 60 s request timeout.

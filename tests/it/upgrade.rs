@@ -517,3 +517,76 @@ fn twenty_upgrades_fail_no_request_of_clients_that_never_retry() {
     );
     assert_eq!(current.instance_ids("web"), ["a"]);
 }
+
+/// Idle keep-alive connections are parked without a task after a second; an upgrade
+/// still treats them as the issue asks: one that sends a request during the drain is
+/// answered (with `Connection: close`, by the old process), and one that sends nothing
+/// is closed cleanly (end of stream, no reset) once `drain_keepalive` has passed.
+#[test]
+fn parked_connections_are_answered_or_closed_cleanly_across_an_upgrade() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let ports = Ports {
+        http: free_port(),
+        admin: free_port(),
+        dns: free_port(),
+        registry: free_port(),
+    };
+    let config = "[router]\ndrain_timeout = \"5s\"\ndrain_keepalive = \"2s\"\n";
+    let current = on(&ports, &data).config(config).start();
+    let backend = Backend::start("web");
+    let (status, body) = current.put("/v1/services/web/instances/a", &backend.instance());
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = current.put(
+        "/v1/routes/web",
+        r#"{"host":"web.example.com","service":"web"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let http_addr = current.http;
+    eventually(Duration::from_secs(10), "the route to serve", || {
+        StrictClient::new(http_addr).send("GET", "/", "")
+    });
+    let mut talker = StrictClient::new(http_addr);
+    let mut silent = StrictClient::new(http_addr);
+    talker.send("GET", "/", "").expect("talker's first request");
+    silent.send("GET", "/", "").expect("silent's first request");
+    eventually(Duration::from_secs(10), "both connections parked", || {
+        let parked = current
+            .metric("strait_router_parked_connections")
+            .unwrap_or(0.0);
+        (parked >= 2.0)
+            .then_some(())
+            .ok_or(format!("{parked} parked"))
+    });
+
+    let mut old = current;
+    let _next = on(&ports, &data).config(config).arg("--upgrade").start();
+    // The drain begins once pingora has handed the listeners over.
+    eventually(Duration::from_secs(20), "the old process draining", || {
+        old.log_text()
+            .contains("listeners handed over; draining")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+    talker
+        .send("POST", "/", "during the drain")
+        .expect("a parked connection's request during the drain");
+    assert_eq!(
+        talker.closed_by_server, 1,
+        "answered with `Connection: close`"
+    );
+    // The silent one: closed by the old process at the drain's keep-alive deadline,
+    // with a FIN (read gives 0), not a reset.
+    let conn = silent.conn.as_mut().expect("still connected");
+    conn.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let read = conn.get_mut().read(&mut byte);
+    assert!(
+        matches!(read, Ok(0)),
+        "the idle connection ended with {read:?}, not a clean close"
+    );
+    let status = old.wait_for_exit(Duration::from_secs(30));
+    assert!(status.success(), "the old strait exited with {status}");
+}

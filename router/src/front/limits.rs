@@ -55,7 +55,22 @@ pub struct Admitted<'a> {
     ip: Option<IpAddr>,
 }
 
+/// The admission of a parked connection (it has no task to borrow the limits for): the
+/// counts stay taken until [`ConnLimits::readmit`] turns it back into an [`Admitted`].
+pub struct AdmissionToken {
+    listener: Option<usize>,
+    ip: Option<IpAddr>,
+}
+
 impl Admitted<'_> {
+    /// The admission without the borrow; the counts stay taken.
+    pub fn into_token(mut self) -> AdmissionToken {
+        AdmissionToken {
+            listener: self.listener.take(),
+            ip: self.ip.take(),
+        }
+    }
+
     /// The idle keep-alive timeout of the connection's listener.
     pub fn idle_timeout(&self) -> Duration {
         self.listener
@@ -128,6 +143,15 @@ impl ConnLimits {
 
     /// Admits a connection that arrived on `local` from `peer`, or refuses it (`None`:
     /// close it now).
+    /// A parked connection's admission, held again (released when it drops).
+    pub fn readmit(&self, token: AdmissionToken) -> Admitted<'_> {
+        Admitted {
+            limits: self,
+            listener: token.listener,
+            ip: token.ip,
+        }
+    }
+
     pub fn admit(&self, local: Option<SocketAddr>, peer: Option<IpAddr>) -> Option<Admitted<'_>> {
         let listener = local.and_then(|local| {
             self.listeners.iter().position(|l| {
@@ -233,6 +257,10 @@ mod tests {
         };
         assert_eq!(refused("max_connections_per_ip"), 1);
         assert_eq!(refused("max_connections"), 1);
+        // A parked connection's token keeps its counts until it is taken up and dropped.
+        let token = again.into_token();
+        assert!(limits.admit(local, Some(a)).is_none(), "still counted");
+        let again = limits.readmit(token);
         drop((second, third, again));
         assert!(
             limits
