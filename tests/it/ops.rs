@@ -225,6 +225,16 @@ fn h2_stream_and_connection_errors_are_counted() {
         strait.metric("strait_router_h2_goaways_sent_total{code=\"NO_ERROR\"}"),
         Some(0.0)
     );
+    // And in the log, with the client and the code.
+    let log = strait.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("HTTP/2 connection error: GOAWAY sent"))
+        .unwrap_or_else(|| panic!("no log line for the connection error:\n{log}"));
+    assert!(
+        line.contains("code=\"PROTOCOL_ERROR\"") && line.contains("client=\"127.0.0.1:"),
+        "{line}"
+    );
 }
 
 /// The metric names an expression text uses: `strait_*` and `process_*` tokens.

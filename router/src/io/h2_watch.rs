@@ -1,13 +1,15 @@
 //! An HTTP/2 connection's stream, watched as it passes to and from pingora's h2 server:
 //! the GOAWAY and RST_STREAM frames either side sends are counted by error code
-//! ([`crate::wire::h2_frames`]). pingora's h2 keeps its protocol errors to itself (a
-//! debug log line at most); on the wire they cannot hide.
+//! ([`crate::wire::h2_frames`]), and a GOAWAY with an error code is logged (at most once
+//! a second). pingora's h2 keeps its protocol errors to itself (a debug log line at
+//! most); on the wire they cannot hide.
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -68,18 +70,43 @@ fn count_received(counters: &H2Counters, event: H2Event) {
     }
 }
 
-fn count_sent(counters: &H2Counters, event: H2Event) {
+fn count_sent(counters: &H2Counters, event: H2Event, inner: &Stream) {
     match event {
         H2Event::GoAway { code } => {
             counters.goaways_sent[error_code_index(code)].inc();
             if code != 0 {
                 counters.connection_errors_by_router[error_code_index(code)].inc();
+                log_connection_error(code, inner);
             }
         }
         H2Event::RstStream { code } => {
             counters.stream_errors_by_router[error_code_index(code)].inc()
         }
     }
+}
+
+/// A connection the router ended for a protocol error, in the log: at most one line a
+/// second for the process (a flood of broken clients must not flood the log), each
+/// saying how many were left out before it.
+fn log_connection_error(code: u32, inner: &Stream) {
+    static LAST_SECOND: AtomicU64 = AtomicU64::new(0);
+    static LEFT_OUT: AtomicU64 = AtomicU64::new(0);
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST_SECOND.swap(second, Ordering::Relaxed) == second {
+        LEFT_OUT.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let client = inner
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().map(ToString::to_string));
+    tracing::warn!(
+        client = client.as_deref().unwrap_or("unknown"),
+        code = ERROR_CODES[error_code_index(code)],
+        left_out = LEFT_OUT.swap(0, Ordering::Relaxed),
+        "HTTP/2 connection error: GOAWAY sent (strait_router_h2_connection_errors_total)"
+    );
 }
 
 impl fmt::Debug for H2Watched {
@@ -117,9 +144,10 @@ impl AsyncWrite for H2Watched {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = polled {
-            let counters = &this.counters;
-            this.from_router
-                .feed(&data[..n.min(data.len())], |e| count_sent(counters, e));
+            let (counters, inner) = (&this.counters, &this.inner);
+            this.from_router.feed(&data[..n.min(data.len())], |e| {
+                count_sent(counters, e, inner)
+            });
         }
         polled
     }
@@ -140,14 +168,14 @@ impl AsyncWrite for H2Watched {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(mut n)) = polled {
-            let counters = &this.counters;
+            let (counters, inner) = (&this.counters, &this.inner);
             for buf in bufs {
                 if n == 0 {
                     break;
                 }
                 let take = n.min(buf.len());
                 this.from_router
-                    .feed(&buf[..take], |e| count_sent(counters, e));
+                    .feed(&buf[..take], |e| count_sent(counters, e, inner));
                 n -= take;
             }
         }
