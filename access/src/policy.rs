@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use crate::config::{AuthConfig, ReadScope, Team, Teams};
-use crate::patterns::HostPattern;
+use crate::patterns::{HostPattern, ListenPattern};
 
 /// Who a request is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +136,7 @@ impl Policy {
             .map(|t| t.name.as_str())
     }
 
-    /// Teams whose host patterns overlap `host` without covering it for `identity`.
+    /// The team one of whose TCP patterns matches `addr`.
     pub fn listen_owner(&self, addr: &SocketAddr) -> Option<&str> {
         self.teams
             .iter()
@@ -174,13 +174,28 @@ impl Policy {
         self.check(identity, &format!("host `{host}`"), self.host_owner(host))
     }
 
-    /// A TCP route's listen address.
+    /// A TCP route's listen address: one of the identity's teams' patterns must match it.
+    /// An address no pattern matches but another team's overlaps (`0.0.0.0:5432` takes
+    /// the connections to that team's `127.0.0.1:5432`) is refused naming that team.
     pub fn may_listen(&self, identity: &Identity, addr: &SocketAddr) -> Result<(), Denied> {
-        self.check(
-            identity,
-            &format!("listen address `{addr}`"),
-            self.listen_owner(addr),
-        )
+        let what = format!("listen address `{addr}`");
+        let owner = self.listen_owner(addr);
+        if owner.is_none() && !identity.is_admin() {
+            let wanted = ListenPattern::Exact(*addr);
+            let overlapped = self
+                .teams
+                .iter()
+                .filter(|t| !identity.acts_for(&t.name))
+                .find_map(|t| t.tcp.iter().find(|p| p.overlaps(&wanted)).map(|p| (t, p)));
+            if let Some((team, pattern)) = overlapped {
+                return Err(Denied(format!(
+                    "{what} overlaps `{pattern}`, which team `{}` owns; {} may not claim it",
+                    team.name,
+                    identity.label()
+                )));
+            }
+        }
+        self.check(identity, &what, owner)
     }
 
     /// Pushing to or deleting from a repository.
@@ -230,6 +245,7 @@ mod tests {
                 owns: Owns {
                     services: vec!["api".into()],
                     hosts: vec!["api.example.com".into()],
+                    tcp: vec!["127.0.0.1:6379".into()],
                     ..Owns::default()
                 },
             },
@@ -279,9 +295,40 @@ mod tests {
             p.may_listen(&alice, &"0.0.0.0:5432".parse().expect("addr"))
                 .is_ok()
         );
-        assert!(
-            p.may_listen(&alice, &"0.0.0.0:6379".parse().expect("addr"))
-                .is_err()
+        let listen = |who: &Identity, addr: &str| {
+            p.may_listen(who, &addr.parse().expect("addr"))
+                .err()
+                .map(|d| d.0)
+        };
+        assert_eq!(
+            listen(&alice, "127.0.0.1:6379").as_deref(),
+            Some(
+                "listen address `127.0.0.1:6379` belongs to team `api`; user:alice may not change it"
+            )
         );
+        // An address that merely overlaps another team's: refused naming that team.
+        assert_eq!(
+            listen(&alice, "0.0.0.0:6379").as_deref(),
+            Some(
+                "listen address `0.0.0.0:6379` overlaps `127.0.0.1:6379`, which team `api` owns; \
+                 user:alice may not claim it"
+            )
+        );
+        assert!(
+            listen(&alice, "[::]:6379").is_some_and(|m| m.contains("team `api`")),
+            "the IPv6 wildcard overlaps too"
+        );
+        let bob = p.user_identity("bob", &BTreeSet::new());
+        assert_eq!(listen(&bob, "127.0.0.1:6379"), None);
+        assert!(listen(&bob, "0.0.0.0:5432").is_some_and(|m| m.contains("team `web`")));
+        // Wider than the team's own address, overlapping no other team's: no team's.
+        assert!(listen(&bob, "0.0.0.0:6379").is_some_and(|m| m.contains("belongs to no team")));
+        assert_eq!(
+            listen(&alice, "127.0.0.2:6379").as_deref(),
+            Some(
+                "listen address `127.0.0.2:6379` belongs to no team (only the admin may change it)"
+            )
+        );
+        assert_eq!(listen(&carol, "0.0.0.0:6379"), None);
     }
 }

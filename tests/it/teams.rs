@@ -1101,3 +1101,307 @@ fn with_read_own_teams_see_only_what_they_own() {
         "the admin sees all"
     );
 }
+
+/// [`config`] with TCP listen addresses: web owns `127.0.0.1:<web_port>`, api every
+/// address on `<api_port>`.
+fn config_with_tcp(htpasswd: &Path, web_port: u16, api_port: u16) -> String {
+    let text = config(htpasswd, "");
+    let web = r#"repositories = ["web/*"]"#;
+    let api = r#"repositories = ["api/*"]"#;
+    assert!(text.contains(web) && text.contains(api));
+    text.replace(web, &format!("{web}\ntcp = [\"127.0.0.1:{web_port}\"]"))
+        .replace(api, &format!("{api}\ntcp = [\"*:{api_port}\"]"))
+}
+
+#[test]
+fn teams_listen_and_drain_only_what_they_own_and_every_attempt_is_audited() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let htpasswd = htpasswd(tmp.path());
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < 3 {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let (web_port, api_port, unowned) = (ports[0], ports[1], ports[2]);
+    let services = tmp.path().join("services.toml");
+    std::fs::write(
+        &services,
+        "[[service]]\nservice = \"web\"\nid = \"web-1\"\naddress = \"127.0.0.1\"\nport = 7001\n\n\
+         [[service]]\nservice = \"api\"\nid = \"api-1\"\naddress = \"127.0.0.1\"\nport = 7002\n",
+    )
+    .expect("services file");
+    let strait = Strait::builder()
+        .config(&config_with_tcp(&htpasswd, web_port, api_port))
+        .arg("--services")
+        .arg(services.display().to_string())
+        .start();
+    let (web_id, web) = make_token(&strait, "web");
+    let (api_id, api) = make_token(&strait, "api");
+    let (web_who, api_who) = (format!("token:{web_id}"), format!("token:{api_id}"));
+    let tcp = |listen: &str, service: &str| {
+        format!(r#"{{"kind":"tcp","listen":"{listen}","service":"{service}"}}"#)
+    };
+    let listening = |addr: &str| {
+        eventually(
+            Duration::from_secs(10),
+            &format!("a listener on {addr}"),
+            || {
+                std::net::TcpStream::connect(addr)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        )
+    };
+    // Every write below, in order: (who, path, result, what a refusal names).
+    let mut expected: Vec<(String, String, &str, String)> = Vec::new();
+    let mut attempt = |who: &str, token: &str, path: &str, body: &str, status: u16, names: &str| {
+        let (got, answer) = put(&strait, path, body, token);
+        assert_eq!(got, status, "{who} PUT {path} {body}: {answer}");
+        if status == 403 {
+            assert_eq!(answer["error"], "forbidden", "{answer}");
+            let message = answer["message"].as_str().unwrap_or_default();
+            assert!(message.contains(names), "`{names}` in {answer}");
+        }
+        let result = if status == 403 { "denied" } else { "ok" };
+        expected.push((who.to_string(), path.to_string(), result, names.to_string()));
+        answer
+    };
+
+    // TCP routes: a team listens only on the addresses it owns, for its own services.
+    let web_addr = format!("127.0.0.1:{web_port}");
+    let api_addr = format!("127.0.0.1:{api_port}");
+    let unowned_addr = format!("127.0.0.1:{unowned}");
+    attempt(
+        &web_who,
+        &web,
+        "/v1/routes/web-db",
+        &tcp(&web_addr, "web"),
+        200,
+        "",
+    );
+    listening(&web_addr);
+    attempt(
+        &api_who,
+        &api,
+        "/v1/routes/api-db",
+        &tcp(&web_addr, "api"),
+        403,
+        &format!("listen address `{web_addr}` belongs to team `web`"),
+    );
+    attempt(
+        &api_who,
+        &api,
+        "/v1/routes/api-db",
+        &tcp(&format!("0.0.0.0:{web_port}"), "api"),
+        403,
+        &format!(
+            "listen address `0.0.0.0:{web_port}` overlaps `{web_addr}`, which team `web` owns"
+        ),
+    );
+    attempt(
+        &api_who,
+        &api,
+        "/v1/routes/api-db",
+        &tcp(&api_addr, "web"),
+        403,
+        "service `web` belongs to team `web`",
+    );
+    attempt(
+        &api_who,
+        &api,
+        "/v1/routes/web-db",
+        &tcp(&api_addr, "api"),
+        403,
+        "route `web-db` belongs to team `web`",
+    );
+    attempt(
+        &api_who,
+        &api,
+        "/v1/routes/api-db",
+        &tcp(&unowned_addr, "api"),
+        403,
+        &format!("listen address `{unowned_addr}` belongs to no team"),
+    );
+    attempt(
+        &web_who,
+        &web,
+        "/v1/routes/web-wide",
+        &tcp(&format!("0.0.0.0:{api_port}"), "web"),
+        403,
+        &format!("listen address `0.0.0.0:{api_port}` belongs to team `api`"),
+    );
+    attempt(
+        &api_who,
+        &api,
+        "/v1/routes/api-db",
+        &tcp(&api_addr, "api"),
+        200,
+        "",
+    );
+    // The admin listens anywhere.
+    attempt(
+        "admin-token",
+        ADMIN_TOKEN,
+        "/v1/routes/admin-db",
+        &tcp(&unowned_addr, "api"),
+        200,
+        "",
+    );
+    listening(&api_addr);
+    listening(&unowned_addr);
+    let (status, body) = http(&strait, "GET", "/v1/routes", None, Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let routes = body["routes"].as_object().expect("routes");
+    let summary: Vec<(&str, &str, &str)> = routes
+        .iter()
+        .map(|(name, r)| {
+            (
+                name.as_str(),
+                r["listen"].as_str().unwrap_or_default(),
+                r["service"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("admin-db", unowned_addr.as_str(), "api"),
+            ("api-db", api_addr.as_str(), "api"),
+            ("web-db", web_addr.as_str(), "web"),
+        ],
+        "refused writes changed nothing: {body}"
+    );
+
+    // Drains: a team puts only its own service's instances in maintenance (the agent's
+    // endpoint, and the stored health); the other team's instance stays as it was.
+    let health = |service: &str, id: &str| -> String {
+        let (status, body) = http(
+            &strait,
+            "GET",
+            &format!("/v1/services/{service}/instances/{id}"),
+            None,
+            Some(ADMIN_TOKEN),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["health"].as_str().unwrap_or_default().to_string()
+    };
+    let becomes = |service: &str, id: &str, want: &str| {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{service}/{id} {want}"),
+            || match health(service, id) {
+                h if h == want => Ok(()),
+                h => Err(h),
+            },
+        )
+    };
+    becomes("web", "web-1", "passing");
+    becomes("api", "api-1", "passing");
+    let on = r#"{"enable":true}"#;
+    let off = r#"{"enable":false}"#;
+    let api_drain = "/v1/agent/services/api/api-1/maintenance";
+    let web_drain = "/v1/agent/services/web/web-1/maintenance";
+    let owned_by_api = "service `api` belongs to team `api`";
+    attempt(&web_who, &web, api_drain, on, 403, owned_by_api);
+    // Names are judged as the handler reads them: `%61pi` is `api`.
+    attempt(
+        &web_who,
+        &web,
+        "/v1/agent/services/%61pi/api-1/maintenance",
+        on,
+        403,
+        owned_by_api,
+    );
+    attempt(
+        &web_who,
+        &web,
+        "/v1/services/api/instances/api-1/health",
+        r#"{"health":"maintenance"}"#,
+        403,
+        owned_by_api,
+    );
+    assert_eq!(health("api", "api-1"), "passing");
+    let answer = attempt(&web_who, &web, web_drain, on, 200, "");
+    assert_eq!(answer["maintenance"], true, "{answer}");
+    becomes("web", "web-1", "maintenance");
+    // The agent has published since the refused drains: api-1 is untouched.
+    assert_eq!(
+        health("api", "api-1"),
+        "passing",
+        "a refused drain changed it"
+    );
+    attempt(&web_who, &web, web_drain, off, 200, "");
+    becomes("web", "web-1", "passing");
+    // The admin drains anyone's; the owning team ends it.
+    attempt("admin-token", ADMIN_TOKEN, api_drain, on, 200, "");
+    becomes("api", "api-1", "maintenance");
+    attempt(&web_who, &web, api_drain, off, 403, owned_by_api);
+    assert_eq!(health("api", "api-1"), "maintenance");
+    attempt(&api_who, &api, api_drain, off, 200, "");
+    becomes("api", "api-1", "passing");
+
+    // Every attempt is in the audit log, in order, with who, the result and the owner.
+    let records = audit(&strait);
+    let writes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["path"] != "/v1/tokens")
+        .collect();
+    let got: Vec<(String, String, &str)> = writes
+        .iter()
+        .map(|r| {
+            (
+                r["who"].as_str().unwrap_or_default().to_string(),
+                r["path"].as_str().unwrap_or_default().to_string(),
+                r["result"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, &str)> = expected
+        .iter()
+        .map(|(who, path, result, _)| (who.clone(), path.clone(), *result))
+        .collect();
+    assert_eq!(got, want, "{records:#?}");
+    for (record, (_, _, result, names)) in writes.iter().zip(&expected) {
+        assert_eq!(record["method"], "PUT", "{record}");
+        let status = if *result == "denied" { 403 } else { 200 };
+        assert_eq!(record["status"], status, "{record}");
+        if *result == "denied" {
+            assert!(
+                record["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(names.as_str())),
+                "{record}"
+            );
+            assert_eq!(
+                record["revision_after"], record["revision_before"],
+                "{record}"
+            );
+        }
+    }
+    let objects = |path: &str| -> Vec<&str> {
+        writes
+            .iter()
+            .filter(|r| r["path"].as_str() == Some(path))
+            .filter_map(|r| r["object"].as_str())
+            .collect()
+    };
+    assert_eq!(objects("/v1/routes/web-db"), ["route web-db"; 2]);
+    assert_eq!(
+        objects("/v1/agent/services/%61pi/api-1/maintenance"),
+        ["instance api/api-1"]
+    );
+    let (_, metrics) = crate::harness::http_text(&strait.url("/metrics"), Some(ADMIN_TOKEN));
+    for (team, denied) in [("web", 5.0), ("api", 5.0)] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "strait_admin_denied_writes_total",
+                &[("team", team)]
+            ),
+            Some(denied),
+            "{metrics}"
+        );
+    }
+}
