@@ -16,9 +16,6 @@ use crate::server::parts::{
 };
 use crate::server::state::Registry;
 
-/// The referrers list's media type (`MediaType::ImageIndex`, as a static header value).
-const INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
 impl Registry {
     /// The digest a tag or digest reference names, if the repository has it.
     async fn resolve(&self, repo: &RepoName, reference: &str) -> Result<Digest, ApiError> {
@@ -287,9 +284,10 @@ impl Registry {
             "manifests": manifests,
         });
         let mut response = json_response(StatusCode::OK, body.to_string(), head);
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(INDEX));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(oci::media::OCI_INDEX),
+        );
         if params.artifact_type.is_some() {
             response.headers_mut().insert(
                 "OCI-Filters-Applied",
