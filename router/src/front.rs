@@ -351,6 +351,10 @@ where
         until: Instant,
         shutdown: &ShutdownWatch,
     ) -> Result<(), (Stream, Http1<'a>)> {
+        // Its time is up already (an idle timeout under a second): its task ends the wait.
+        if until <= Instant::now() {
+            return Err((stream, connection));
+        }
         let Some(fd) = stream
             .as_any()
             .downcast_ref::<L4Stream>()
