@@ -40,12 +40,28 @@ fn resolve_blocking(
             e @ (RegistryError::Status {
                 status: 401 | 403, ..
             }
-            | RegistryError::Auth { .. }) => {
-                ResolveError::Registry(format!("image {image}: the registry refused: {e}"))
-            }
+            | RegistryError::Auth { .. }) => ResolveError::Registry(format!(
+                "image {image}: the registry refused: {e}{}",
+                refusal_hint(image, credentials, credentials_for)
+            )),
             e => ResolveError::Registry(format!("image {image}: {e}")),
         }),
         Err(e) => Err(ResolveError::Invalid(e.to_string())),
+    }
+}
+
+/// What a deployment's refusal can be helped by: the builder's own words name `strait
+/// build`'s flags, not how `strait up` gets its credentials.
+fn refusal_hint(image: &str, credentials: Option<&str>, credentials_for: Option<&str>) -> String {
+    let registry = image.split('/').next().unwrap_or_default();
+    match (credentials, credentials_for) {
+        (None, _) => " (strait resolves and its agents pull with the credentials in \
+                      STRAIT_REGISTRY_AUTH=user:password, for strait's own registry)"
+            .into(),
+        (Some(_), Some(own)) if own != registry => format!(
+            " (STRAIT_REGISTRY_AUTH goes only to strait's own registry {own}, not to {registry})"
+        ),
+        _ => String::new(),
     }
 }
 
@@ -60,5 +76,22 @@ impl ImageResolver for RegistryResolver {
         })
         .await
         .map_err(|e| ResolveError::Registry(format!("resolving task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal_hint;
+
+    #[test]
+    fn a_refusal_says_where_the_credentials_come_from() {
+        let own = Some("127.0.0.1:5000");
+        assert!(refusal_hint("127.0.0.1:5000/web:v1", None, own).contains("STRAIT_REGISTRY_AUTH="));
+        assert_eq!(
+            refusal_hint("registry.example:443/web:v1", Some("u:p"), own),
+            " (STRAIT_REGISTRY_AUTH goes only to strait's own registry 127.0.0.1:5000, \
+             not to registry.example:443)"
+        );
+        assert_eq!(refusal_hint("127.0.0.1:5000/web:v1", Some("u:p"), own), "");
     }
 }

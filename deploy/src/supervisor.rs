@@ -666,10 +666,15 @@ impl Supervisor {
         key: &SlotKey,
         deployment: &Arc<Deployment>,
     ) -> &'static str {
-        if let Some(failure) = self.lock().failures.get(key)
-            && failure.retry_at > Instant::now()
-        {
-            let (error, port) = (failure.error.clone(), failure.port);
+        // Copied out first: the guard of an `if let` scrutinee lives through its body, and
+        // `register_failed` takes the lock again.
+        let waiting = self
+            .lock()
+            .failures
+            .get(key)
+            .filter(|failure| failure.retry_at > Instant::now())
+            .map(|failure| (failure.error.clone(), failure.port));
+        if let Some((error, port)) = waiting {
             self.register_failed(deployment, key.2, port, &error);
             return "failed";
         }
@@ -768,6 +773,9 @@ impl Supervisor {
         // A container of that name left behind (created, never listed as ours).
         let _ = self.podman.remove(&name, Duration::from_secs(1)).await;
         if let Err(e) = self.podman.start_new(&spec).await {
+            // The image may be gone (`podman rmi`, a prune): the next try pulls it again
+            // (by digest) instead of failing on `--pull=never` for ever.
+            self.lock().pulled.remove(&deployment.image);
             self.metrics
                 .starts
                 .with_label_values(&[&deployment.app, "start_failed"])
