@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Process, Strait, ZooKeeper, cli, dig, eventually, http};
+use crate::harness::{
+    Process, STRAIT, Strait, StraitBuilder, ZooKeeper, cli, dig, eventually, free_port, http,
+};
 use crate::http::read_response;
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -134,6 +136,18 @@ impl Drop for Podman {
 /// and `/healthz` (unless `healthy` is false), stopping at once on SIGTERM. Pushed to
 /// `registry` as `shop/web:<version>`; returns the reference.
 fn build_image(registry: SocketAddr, version: &str, healthy: bool) -> String {
+    build_serving(registry, version, version, healthy, None)
+}
+
+/// As [`build_image`], serving `version` under the tag `tag`, pushed with `auth`
+/// (`user:password`, as `STRAIT_REGISTRY_AUTH`) when given.
+fn build_serving(
+    registry: SocketAddr,
+    tag: &str,
+    version: &str,
+    healthy: bool,
+    auth: Option<&str>,
+) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("bin")).expect("bin");
@@ -152,7 +166,7 @@ dest = "/"
 "#,
     )
     .expect("build file");
-    push(dir.path(), registry, version)
+    push_as(dir.path(), registry, tag, auth)
 }
 
 /// An image whose entrypoint exits at once (code 3).
@@ -205,20 +219,35 @@ dest = "/"
 }
 
 fn push(dir: &Path, registry: SocketAddr, version: &str) -> String {
-    let reference = format!("{registry}/shop/web:{version}");
+    push_as(dir, registry, version, None)
+}
+
+/// `strait build --push` of the build file in `dir` as `shop/web:<tag>`, with `auth` in
+/// `STRAIT_REGISTRY_AUTH` when given.
+fn push_as(dir: &Path, registry: SocketAddr, tag: &str, auth: Option<&str>) -> String {
+    let reference = format!("{registry}/shop/web:{tag}");
     let cache = dir.join("cache");
     let file = dir.join("strait-build.toml");
-    let (ok, out, err) = cli(&[
-        "build",
-        "-f",
-        file.to_str().expect("utf-8"),
-        "--push",
-        &reference,
-        "--cache-dir",
-        cache.to_str().expect("utf-8"),
-        "--quiet",
-    ]);
-    assert!(ok, "strait build {reference}: {out}{err}");
+    let output = Command::new(STRAIT)
+        .args([
+            "build",
+            "-f",
+            file.to_str().expect("utf-8"),
+            "--push",
+            &reference,
+            "--cache-dir",
+            cache.to_str().expect("utf-8"),
+            "--quiet",
+        ])
+        .envs(auth.map(|auth| ("STRAIT_REGISTRY_AUTH", auth)))
+        .output()
+        .expect("run strait build");
+    assert!(
+        output.status.success(),
+        "strait build {reference}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     reference
 }
 
@@ -237,7 +266,17 @@ fn deploy(strait: &Strait, args: &[&str]) -> (bool, String) {
 
 /// A strait with the podman runtime, the registry, and this test's podman set-up.
 fn start_strait(podman: &Podman, data_dir: Option<&Path>, zone: &str) -> Strait {
-    let mut builder = Strait::builder()
+    start_strait_with(podman, data_dir, zone, |builder| builder)
+}
+
+/// [`start_strait`], the builder first passed through `more` (config, env, flags).
+fn start_strait_with(
+    podman: &Podman,
+    data_dir: Option<&Path>,
+    zone: &str,
+    more: impl FnOnce(StraitBuilder) -> StraitBuilder,
+) -> Strait {
+    let mut builder = more(Strait::builder())
         .arg("--runtime")
         .arg("podman")
         .arg("--zone")
@@ -1056,6 +1095,246 @@ fn deployments_refuse_bad_input_and_end_clearly() {
     assert_eq!(status, 400);
     let (status, _) = strait.get("/v1/apps/web/deployments/99");
     assert_eq!(status, 404);
+}
+
+/// `GET /v2/shop/web/manifests/<tag>` on `registry`, with `auth` as Basic credentials:
+/// (status, `Docker-Content-Digest`).
+fn tag_digest(registry: SocketAddr, tag: &str, auth: Option<&str>) -> (u16, Option<String>) {
+    use base64::Engine as _;
+    let authorization = auth.map_or(String::new(), |auth| {
+        format!(
+            "authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(auth)
+        )
+    });
+    let mut stream = TcpStream::connect(registry).expect("connect to the registry");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(
+            format!(
+                "GET /v2/shop/web/manifests/{tag} HTTP/1.1\r\nhost: {registry}\r\n{authorization}\
+                 accept: application/vnd.oci.image.manifest.v1+json, \
+                 application/vnd.oci.image.index.v1+json, \
+                 application/vnd.docker.distribution.manifest.v2+json\r\n\
+                 connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+    let (response, _) = read_response(&mut BufReader::new(stream)).expect("a response");
+    (
+        response.status,
+        response.headers.get("docker-content-digest").cloned(),
+    )
+}
+
+#[test]
+fn a_registry_refusing_anonymous_pulls_needs_credentials_and_a_moved_tag_changes_nothing() {
+    const AUTH: &str = "deployer:deployer-pass";
+    let podman = Podman::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    let etc = tempfile::tempdir().expect("tempdir");
+    let htpasswd = etc.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        registry::auth::htpasswd_line("deployer", "deployer-pass").expect("bcrypt") + "\n",
+    )
+    .expect("htpasswd");
+    let config = format!(
+        "[registry.auth]\nhtpasswd = \"{}\"\nanonymous_pull = false\n",
+        htpasswd.display()
+    );
+    // One registry address across the restarts: the images stay where they were pushed.
+    let registry = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let start = |env: &[(&str, &str)]| {
+        let strait = start_strait_with(&podman, Some(data.path()), "z1", |mut builder| {
+            builder = builder
+                .config(&config)
+                .arg("--registry-addr")
+                .arg(registry.to_string());
+            for (key, value) in env {
+                builder = builder.env(key, value);
+            }
+            builder
+        });
+        assert_eq!(strait.registry, Some(registry));
+        strait
+    };
+    let host = "auth.deploy.test";
+    let request = |image: &str| {
+        format!(
+            r#"{{"image": "{image}", "instances": 1, "host": "{host}", "check": {{"http": {{"path": "/healthz"}}}}, "check_interval": "200ms", "timeout": "30s"}}"#
+        )
+    };
+
+    // Without credentials strait cannot resolve the tag: refused at once, nothing recorded.
+    let mut strait = start(&[]);
+    let v1 = build_serving(registry, "v1", "v1", true, Some(AUTH));
+    let (status, original) = tag_digest(registry, "v1", Some(AUTH));
+    let original = original.expect("the pushed tag's digest");
+    assert_eq!(status, 200);
+    assert_eq!(
+        tag_digest(registry, "v1", None).0,
+        401,
+        "anonymous pulls are refused"
+    );
+    let (status, _, body) = post_raw(&strait, "/v1/apps/web/deployments", &request(&v1));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "registry", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("image {v1}: the registry refused: ")),
+        "{body}"
+    );
+    assert!(
+        message.contains("wants credentials") && message.contains("STRAIT_REGISTRY_AUTH="),
+        "says what to give strait: {body}"
+    );
+    assert_eq!(
+        strait.get("/v1/apps").1["apps"].as_array().map(Vec::len),
+        Some(0),
+        "nothing refused was recorded"
+    );
+    strait.stop();
+
+    // strait has the credentials but its agent's are for another registry: the tag
+    // resolves, the agent's pull is refused, and the deployment fails saying so.
+    let mut strait = start(&[
+        ("STRAIT_REGISTRY_AUTH", AUTH),
+        ("STRAIT_REGISTRY", "127.0.0.1:1"),
+    ]);
+    let (status, _, body) = post_raw(&strait, "/v1/apps/web/deployments", &request(&v1));
+    assert_eq!(status, 202, "{body}");
+    let pinned = format!("{registry}/shop/web@{original}");
+    assert_eq!(body["image"], pinned.as_str(), "{body}");
+    let d1 = eventually(Duration::from_secs(30), "deployment 1 to fail", || {
+        let d = deployment(&strait, "web", 1);
+        match d["state"].as_str() {
+            Some("failed") => Ok(d),
+            other => Err(format!("{other:?}: {d}")),
+        }
+    });
+    let reason = d1["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("instance web-1-0-")
+            && reason.contains(&format!("cannot pull {pinned}: ")),
+        "{d1}"
+    );
+    assert!(
+        reason.contains(": denied: "),
+        "the registry's refusal, in podman's words: {d1}"
+    );
+    assert!(
+        strait.metric("strait_agent_container_starts_total{app=\"web\",result=\"pull_failed\"}")
+            >= Some(1.0),
+        "{}",
+        strait.metrics_text()
+    );
+    assert!(podman.containers().is_empty(), "{:?}", podman.containers());
+    strait.stop();
+
+    // With the credentials for strait's own registry on both sides: podman pulls, the
+    // app answers through the router.
+    let strait = start(&[("STRAIT_REGISTRY_AUTH", AUTH)]);
+    let (ok, out) = deploy(
+        &strait,
+        &[
+            "web",
+            &v1,
+            "--instances",
+            "1",
+            "--host",
+            host,
+            "--check-path",
+            "/healthz",
+            "--check-interval",
+            "200ms",
+            "--wait",
+        ],
+    );
+    assert!(ok, "{out}\n{}", strait.log_text());
+    assert!(
+        out.contains(&format!("deployment 2 of web: {pinned}")) && out.contains("succeeded in "),
+        "{out}"
+    );
+    assert_eq!(version_served(strait.http, host), Ok("v1".into()));
+    let d2 = deployment(&strait, "web", 2);
+    assert_eq!(
+        (&d2["image"], &d2["digest"]),
+        (&pinned.as_str().into(), &original.as_str().into()),
+        "{d2}"
+    );
+
+    // The tag moves to another image after the deployment: a container killed and
+    // restarted still runs the digest resolved when the deployment was accepted.
+    build_serving(registry, "v1", "v1-moved", true, Some(AUTH));
+    let (_, moved) = tag_digest(registry, "v1", Some(AUTH));
+    assert_ne!(moved.as_deref(), Some(original.as_str()), "the tag moved");
+    let victim = podman.running().into_iter().next().expect("a container");
+    let (killed, out) = podman.command(&["kill", &victim]);
+    assert!(killed, "{out}");
+    eventually(
+        Duration::from_secs(20),
+        "the killed container to run again",
+        || {
+            let (_, service) = strait.get("/v1/services/web");
+            let instance = &service["instances"][0];
+            let served = version_served(strait.http, host);
+            if instance["metadata"]["restarts"] == "1"
+                && instance["health"] == "passing"
+                && podman.running() == [victim.clone()]
+                && served.as_deref() == Ok("v1")
+            {
+                Ok(())
+            } else {
+                Err(format!("{served:?} {service}"))
+            }
+        },
+    );
+    assert_eq!(version_served(strait.http, host), Ok("v1".into()));
+    let (_, image) = podman.command(&["inspect", "--format", "{{.ImageName}}", &victim]);
+    assert_eq!(image.trim(), pinned, "the container runs the digest");
+    let (_, service) = strait.get("/v1/services/web");
+    assert_eq!(
+        service["instances"][0]["metadata"]["digest"],
+        original.as_str(),
+        "{service}"
+    );
+
+    // Its container and image removed behind the agent's back: pulled again, by digest,
+    // into a new container that still serves the original.
+    let id_of = |name: &str| podman.command(&["inspect", "--format", "{{.Id}}", name]);
+    let (_, old_id) = id_of(&victim);
+    let (removed, out) = podman.command(&["rm", "--force", "--time=0", &victim]);
+    assert!(removed, "{out}");
+    let (removed, out) = podman.command(&["rmi", "--force", &pinned]);
+    assert!(removed, "{out}");
+    eventually(Duration::from_secs(30), "a new container to serve", || {
+        let (exists, id) = id_of(&victim);
+        let served = version_served(strait.http, host);
+        if exists && id != old_id && served.as_deref() == Ok("v1") {
+            Ok(())
+        } else {
+            Err(format!("{id} {served:?}"))
+        }
+    });
+    assert_eq!(version_served(strait.http, host), Ok("v1".into()));
+    let (_, image) = podman.command(&["inspect", "--format", "{{.ImageName}}", &victim]);
+    assert_eq!(image.trim(), pinned, "the new container runs the digest");
+    assert_eq!(deployment(&strait, "web", 2)["image"], pinned.as_str());
+    let metric = |result: &str| {
+        strait.metric(&format!(
+            "strait_agent_container_starts_total{{app=\"web\",result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!(
+        (metric("ok"), metric("pull_failed")),
+        (Some(2.0), None),
+        "pulled twice with the credentials: {}",
+        strait.metrics_text()
+    );
 }
 
 #[test]
