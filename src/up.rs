@@ -204,6 +204,17 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
     } else {
         None
     };
+    let mut registry_listener = match (&registry_server, sockets.registry.take()) {
+        (Some(server), Some(inherited)) => Some(server.inherit(inherited)?),
+        (Some(server), None) => Some(server.bind().await?),
+        (None, _) => None,
+    };
+    // The registry as images name it: its bound address (a port 0 in the config is
+    // the port picked), for the credentials of its pulls.
+    let registry_addr = registry_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|addr| addr.to_string());
     let controller = deploy::Controller::new(
         Arc::clone(&store),
         Arc::new(RouterTraffic(Arc::clone(&router))),
@@ -211,10 +222,7 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
             credentials: std::env::var("STRAIT_REGISTRY_AUTH")
                 .ok()
                 .filter(|c| !c.is_empty()),
-            credentials_for: settings
-                .registry
-                .enabled
-                .then(|| settings.registry.addr.to_string()),
+            credentials_for: registry_addr.clone(),
         }),
         deploy::ControllerMetrics::new(&registry)?,
     );
@@ -222,11 +230,6 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
         Some(deploy::SupervisorMetrics::new(&registry)?)
     } else {
         None
-    };
-    let mut registry_listener = match (&registry_server, sockets.registry.take()) {
-        (Some(server), Some(inherited)) => Some(server.inherit(inherited)?),
-        (Some(server), None) => Some(server.bind().await?),
-        (None, _) => None,
     };
     let audit_path = settings
         .auth
@@ -295,14 +298,9 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
     let supervisor = match (
         &agent,
         supervisor_metrics,
-        settings.agent.supervisor(
-            admin_addr.port(),
-            settings
-                .registry
-                .enabled
-                .then(|| settings.registry.addr.to_string())
-                .as_deref(),
-        ),
+        settings
+            .agent
+            .supervisor(admin_addr.port(), registry_addr.as_deref()),
     ) {
         (Some(agent), Some(metrics), Some(config)) => Some(
             deploy::Supervisor::start(config, Arc::clone(agent), metrics, Arc::clone(&store))
