@@ -465,6 +465,7 @@ impl Controller {
                 let this = Arc::clone(self);
                 let record = deployment.clone();
                 tokio::spawn(async move { this.run(record).await });
+                self.visible(app, deployment.id).await;
                 Ok(deployment)
             }
             Err(e) => {
@@ -473,6 +474,18 @@ impl Controller {
                 Err(e)
             }
         }
+    }
+
+    /// Waits (a few seconds at most) until this process's snapshot holds deployment `id`
+    /// of `app`: the 202's `Location` then answers at once, ZooKeeper's watch having
+    /// caught up with the write (read your writes; the embedded store has it already).
+    async fn visible(&self, app: &str, id: u64) {
+        let mut snapshots = self.store.watch();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            snapshots.wait_for(|snapshot| snapshot.deployment(app, id).is_some()),
+        )
+        .await;
     }
 
     /// The checks and writes of `create`, under the app's lock.
