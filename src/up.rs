@@ -211,10 +211,8 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
     };
     // The registry as images name it: its bound address (a port 0 in the config is
     // the port picked), for the credentials of its pulls.
-    let registry_addr = registry_listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .map(|addr| addr.to_string());
+    let registry_bound = registry_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let registry_addr = registry_bound.map(|addr| addr.to_string());
     let controller = deploy::Controller::new(
         Arc::clone(&store),
         Arc::new(RouterTraffic(Arc::clone(&router))),
@@ -292,7 +290,7 @@ async fn serve(settings: Settings, upgrade: bool, announce_demo: bool) -> anyhow
     let admin_addr = admin_listener.local_addr()?;
     let mut own_addrs = router_handle.listen_addrs();
     own_addrs.extend([admin_addr, dns_addr]);
-    own_addrs.extend(registry_listener.as_ref().and_then(|l| l.local_addr().ok()));
+    own_addrs.extend(registry_bound);
     own.set(own_addrs);
     controller.start_recovery();
     let supervisor = match (

@@ -1,9 +1,10 @@
 //! The audit log: every write to the admin API and every push and delete to the registry
 //! (and every one refused), who made it (identity, token id, teams), what it did (method,
-//! path, object), the store revision before and after (admin API writes), and the result. Appended as JSON lines to a file (one `write` per
-//! record, so lines never interleave) and kept in memory, the newest [`KEPT`], for
-//! `GET /v1/audit?since=`. A log that cannot be written is warned about, and the write
-//! itself still answers: the audit never takes the API down.
+//! path, object), the store revision before and after (admin API writes), and the result.
+//! Appended as JSON lines to a file (one `write` per record, so lines never interleave)
+//! and kept in memory, the newest [`KEPT`], for `GET /v1/audit?since=`. A log that cannot
+//! be written is warned about, and the write itself still answers: the audit never takes
+//! the API down.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};

@@ -412,21 +412,22 @@ where
         }
     }
 
+    /// Closes a parked connection (its socket and gauge count go with it) and gives
+    /// its admission back.
     fn close_parked(&self, parked: Parked) {
         drop(self.connections.readmit(parked.admission));
-        drop(parked.socket);
-        drop(parked.counted);
     }
 
     /// The lot's thread: hands each connection whose request has come to a task on its
     /// runtime, closes those whose time is up, and shortens every wait when the drain
     /// begins. Runs for the life of the process.
     fn tend(self: Arc<Self>, lot: &Lot, shutdown: &ShutdownWatch) {
+        let mut events = parking::Events::new();
         let mut moved = Vec::new();
         let mut draining = false;
         let mut next_sweep = Instant::now() + parking::SWEEP;
         loop {
-            if let Err(e) = lot.wait_ready(parking::SWEEP, &mut moved) {
+            if let Err(e) = lot.wait_ready(parking::SWEEP, &mut events, &mut moved) {
                 tracing::warn!(error = %e, "waiting on parked connections failed");
                 std::thread::sleep(parking::SWEEP);
             }

@@ -144,7 +144,12 @@ impl Registry {
             _ => action,
         };
         let repo = parts::repo(name)?;
-        let object = object_of(endpoint, &repo, &params);
+        // Only pushes and deletes are audited: a pull names nothing.
+        let object = if action == Action::Pull {
+            String::new()
+        } else {
+            object_of(endpoint, &repo, &params)
+        };
         let requester = match self
             .authorize(headers, Resource::Repository(repo.as_str()), action)
             .await
@@ -165,7 +170,10 @@ impl Registry {
                 return Err(refused.error);
             }
         };
-        let mount_from = params.from.clone();
+        let mount_from = match endpoint {
+            Endpoint::UploadStart(_) => params.from.clone(),
+            _ => None,
+        };
         let result = self
             .repository_request(method, endpoint, &repo, params, headers, body, head)
             .await;

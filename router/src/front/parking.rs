@@ -53,6 +53,15 @@ pub(super) struct Parked {
     pub runtime: tokio::runtime::Handle,
 }
 
+/// The buffer the lot's thread reads events into.
+pub(super) struct Events(Vec<epoll::Event>);
+
+impl Events {
+    pub fn new() -> Events {
+        Events(Vec::with_capacity(BATCH))
+    }
+}
+
 /// The parked connections of a process.
 pub(super) struct Lot {
     epoll: OwnedFd,
@@ -65,7 +74,6 @@ pub(super) struct Lot {
 struct Slots {
     slots: Vec<Option<Parked>>,
     free: Vec<u32>,
-    len: usize,
     /// Set once draining: no connection waits past it.
     drain_deadline: Option<Instant>,
 }
@@ -132,21 +140,27 @@ impl Lot {
             return Err(Box::new(parked));
         }
         slots.slots[index as usize] = Some(parked);
-        slots.len += 1;
         Ok(())
     }
 
     /// Waits up to `timeout` for parked connections to become readable (a request, or
-    /// the client closing) and takes them out, at most `BATCH`.
-    pub fn wait_ready(&self, timeout: Duration, ready: &mut Vec<Parked>) -> io::Result<()> {
-        let mut events = Vec::with_capacity(BATCH);
+    /// the client closing) and takes them out, at most `BATCH` (`events`: the lot
+    /// thread's buffer, kept across calls).
+    pub fn wait_ready(
+        &self,
+        timeout: Duration,
+        events: &mut Events,
+        ready: &mut Vec<Parked>,
+    ) -> io::Result<()> {
+        let events = &mut events.0;
+        events.clear();
         let timeout = rustix::event::Timespec {
             tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
             tv_nsec: i64::from(timeout.subsec_nanos()),
         };
         match epoll::wait(
             &self.epoll,
-            rustix::buffer::spare_capacity(&mut events),
+            rustix::buffer::spare_capacity(events),
             Some(&timeout),
         ) {
             Ok(_) => {}
@@ -154,7 +168,7 @@ impl Lot {
             Err(e) => return Err(e.into()),
         }
         let mut slots = self.slots();
-        for event in &events {
+        for event in events.iter() {
             if let Some(parked) = slots.take(event.data.u64()) {
                 // Out of the set before its task registers it with tokio.
                 let _ = epoll::delete(&self.epoll, &parked.socket);
@@ -191,18 +205,21 @@ impl Lot {
 
     /// How many connections are parked.
     pub fn len(&self) -> usize {
-        self.slots().len
+        self.slots().len()
     }
 }
 
 impl Slots {
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     fn take(&mut self, index: u64) -> Option<Parked> {
         let slot = self.slots.get_mut(usize::try_from(index).ok()?)?;
         let parked = slot.take()?;
         self.free.push(u32::try_from(index).ok()?);
-        self.len -= 1;
         // Give the memory back once a crowd of idle connections has gone.
-        if self.len == 0 && self.slots.len() > 1024 {
+        if self.len() == 0 && self.slots.len() > 1024 {
             self.slots = Vec::new();
             self.free = Vec::new();
         }
